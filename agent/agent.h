@@ -1,0 +1,113 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <dbus/dbus.h>
+
+#include "bus.h"
+#include "loop.h"
+#include "tok.h"
+
+/* --- logging (agent/log.c) --- */
+typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } agent_log_level_t;
+
+/* Debug categories, switched on by P11AGENT_DEBUG=bus,sign,pin,pkcs11,all */
+#define AGENT_DBG_BUS (1u << 0)
+#define AGENT_DBG_SIGN (1u << 1)
+#define AGENT_DBG_PIN (1u << 2)
+
+void agent_log_init(const char *debug_spec);
+bool agent_debug_enabled(unsigned category);
+void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+#define agent_err(...) agent_log(AGENT_LOG_ERR, __func__, __VA_ARGS__)
+#define agent_warn(...) agent_log(AGENT_LOG_WARN, __func__, __VA_ARGS__)
+#define agent_info(...) agent_log(AGENT_LOG_INFO, __func__, __VA_ARGS__)
+#define agent_debug(cat, ...)                                                                      \
+    do {                                                                                           \
+        if (agent_debug_enabled(cat))                                                              \
+            agent_log(AGENT_LOG_DEBUG, __func__, __VA_ARGS__);                                     \
+    } while (0)
+
+/* --- PIN sources and secure buffers (agent/pin.c) --- */
+
+/* A PIN in mlock'ed memory, wiped on free. */
+typedef struct agent_secret {
+    char *buf; /* NUL-terminated */
+    size_t len;
+    size_t cap;
+} agent_secret_t;
+
+void agent_secret_free(agent_secret_t *s);
+
+typedef enum { AGENT_PIN_NONE, AGENT_PIN_FILE } agent_pin_kind_t;
+
+typedef struct agent_pin_source {
+    agent_pin_kind_t kind;
+    char *path; /* AGENT_PIN_FILE */
+} agent_pin_source_t;
+
+/* "file:PATH" -> source. -EINVAL with a message on bad syntax. */
+int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **errmsg);
+void agent_pin_source_clear(agent_pin_source_t *src);
+/* Reads the PIN (one line; a trailing newline is dropped). The identity of
+ * what was read (device, inode, size, mtime) goes to ret_id so that a PIN the
+ * token rejected is never replayed while the file is unchanged. */
+typedef struct agent_pin_id {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    int64_t mtime_ns;
+} agent_pin_id_t;
+int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
+                          agent_pin_id_t *ret_id, char **errmsg);
+
+/* --- the agent --- */
+
+/* Per-token login state the agent keeps across rescans, keyed by token URI. */
+typedef struct agent_token_state {
+    char *token_uri;
+    bool pin_rejected;      /* the pin source's PIN was rejected ... */
+    agent_pin_id_t rejected; /* ... while the file looked like this */
+} agent_token_state_t;
+
+typedef struct agent {
+    tok_ctx_t *tok;
+    agent_loop_t *loop;
+    DBusServer *server;
+    DBusConnection *session_bus;
+    char *socket_path;
+    bool socket_owned; /* we created the socket and unlink it at exit */
+    agent_pin_source_t pin_source;
+    uid_t owner;
+    unsigned clients;
+    uint64_t signatures;
+    uint64_t sign_failures;
+    agent_token_state_t *token_states;
+    size_t n_token_states;
+} agent_t;
+
+/* agent/server.c */
+int agent_server_start(agent_t *a, char **errmsg);
+void agent_server_stop(agent_t *a);
+int agent_session_bus_start(agent_t *a);
+
+/* agent/handlers.c: the method table, used by server.c */
+DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *msg);
+
+/* agent/login.c */
+/* Logs in to the key's token using the configured PIN source, honouring retry
+ * safety. Returns TOK_OK or a tok status; *errmsg names the token and cause. */
+int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg);
+/* Logs in to every token that needs it and has a PIN source; rescans keys if
+ * any login succeeded. */
+void agent_login_all(agent_t *a);
+agent_token_state_t *agent_token_state(agent_t *a, const tok_token_t *t);
+void agent_token_states_free(agent_t *a);
+
+/* Maps a token-layer status to a protocol error (one table). */
+bus_err_t agent_err_from_tok(int tok_status);

@@ -1,0 +1,54 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The daemon's log: stderr (the journal when run by systemd). Debug lines
+ * only for the categories named in P11AGENT_DEBUG. Never log a PIN or the
+ * data being signed. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "agent.h"
+
+static unsigned debug_mask; /* set once in main before any thread starts */
+
+void agent_log_init(const char *spec)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } cats[] = {{"bus", AGENT_DBG_BUS}, {"sign", AGENT_DBG_SIGN}, {"pin", AGENT_DBG_PIN}};
+    char buf[256], *save = NULL;
+
+    debug_mask = 0;
+    if (!spec || !spec[0])
+        return;
+    snprintf(buf, sizeof(buf), "%s", spec);
+    for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
+        if (strcmp(tok, "all") == 0)
+            debug_mask = ~0u;
+        for (size_t i = 0; i < sizeof(cats) / sizeof(cats[0]); i++)
+            if (strcmp(tok, cats[i].name) == 0)
+                debug_mask |= cats[i].bit;
+    }
+}
+
+bool agent_debug_enabled(unsigned category)
+{
+    return (debug_mask & category) != 0;
+}
+
+void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
+{
+    static const char *const prefix[] = {"<3>", "<4>", "<6>", "<7>"};
+    static const char *const word[] = {"error: ", "warning: ", "", "debug: "};
+    char line[2048];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof(line), fmt, ap);
+    va_end(ap);
+    /* The <N> prefix lets journald pick up the level; harmless on a tty. */
+    if (level == AGENT_LOG_DEBUG)
+        fprintf(stderr, "%sp11agentd: %s%s: %s\n", prefix[level], word[level], func, line);
+    else
+        fprintf(stderr, "%sp11agentd: %s%s\n", prefix[level], word[level], line);
+}

@@ -1,0 +1,251 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* p11agentd: keeps keys on PKCS#11 tokens and signs with them for clients. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "agent.h"
+#include "config.h"
+
+#define MAX_MODULES 32
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: p11agentd [OPTION...]\n"
+            "Keep private keys on smart cards and HSMs (PKCS#11) and sign with them for\n"
+            "applications (through the p11agent OpenSSL provider) over D-Bus.\n"
+            "\n"
+            "  -f, --foreground        stay in the foreground (default: detach once ready)\n"
+            "  -m, --module PATH       load this PKCS#11 module (may repeat); without it the\n"
+            "                          modules registered with p11-kit are loaded\n"
+            "  -s, --socket PATH       listen on PATH (default:\n"
+            "                          $XDG_RUNTIME_DIR/p11agent/agent.sock)\n"
+            "  -p, --pin-source SPEC   where token PINs come from: file:PATH (first line of\n"
+            "                          the file; a PIN the token rejects is not retried\n"
+            "                          until the file changes)\n"
+            "  -d, --debug CATS        debug logging: bus,sign,pin,pkcs11 or all (also\n"
+            "                          P11AGENT_DEBUG)\n"
+            "  -h, --help              show this help\n"
+            "  -V, --version           show the version\n"
+            "\n"
+            "Signals: SIGTERM/SIGINT stop the agent, SIGHUP rescans the tokens.\n");
+}
+
+static void on_signal(void *userdata, int fd, short revents)
+{
+    agent_t *a = userdata;
+    struct signalfd_siginfo si;
+
+    if (read(fd, &si, sizeof(si)) != sizeof(si))
+        return;
+    if (si.ssi_signo == SIGHUP) {
+        agent_info("SIGHUP: rescanning tokens");
+        if (tok_ctx_scan(a->tok) == TOK_OK)
+            agent_login_all(a);
+        agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+        return;
+    }
+    agent_info("signal %u: stopping", si.ssi_signo);
+    agent_loop_quit(a->loop);
+}
+
+/* Detaches from the terminal; the parent exits once the child says it is
+ * ready (or failed), so that `p11agentd && client` works. Returns the write
+ * end of the readiness pipe in the child. */
+static int daemonize(void)
+{
+    int p[2];
+    pid_t pid;
+    char c = 1;
+
+    if (pipe(p) < 0)
+        return -errno;
+    pid = fork();
+    if (pid < 0)
+        return -errno;
+    if (pid > 0) {
+        close(p[1]);
+        if (read(p[0], &c, 1) != 1)
+            c = 1;
+        _exit(c == 0 ? EXIT_SUCCESS : EXIT_FAILURE);
+    }
+    close(p[0]);
+    setsid();
+    return p[1];
+}
+
+static void signal_ready(int *fd, bool ok)
+{
+    char c = ok ? 0 : 1;
+
+    if (*fd < 0)
+        return;
+    if (write(*fd, &c, 1) != 1) {
+        /* the parent is gone; nothing to tell */
+    }
+    close(*fd);
+    *fd = -1;
+    if (ok) {
+        int null = open("/dev/null", O_RDWR | O_CLOEXEC);
+
+        if (null >= 0) {
+            dup2(null, STDIN_FILENO);
+            dup2(null, STDOUT_FILENO);
+            close(null);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"foreground", no_argument, NULL, 'f'}, {"module", required_argument, NULL, 'm'},
+        {"socket", required_argument, NULL, 's'}, {"pin-source", required_argument, NULL, 'p'},
+        {"debug", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
+    };
+    const char *modules[MAX_MODULES];
+    size_t n_modules = 0;
+    const char *debug = getenv("P11AGENT_DEBUG");
+    bool foreground = false;
+    agent_t a = {.owner = getuid()};
+    struct rlimit no_core = {0, 0};
+    sigset_t mask;
+    char *errmsg = NULL;
+    int c, r, sfd = -1, ready_fd = -1, ret = EXIT_FAILURE;
+
+    /* This process must never load the p11agent provider (it would call
+     * itself): no openssl.cnf, and the provider stands down if loaded. */
+    setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
+    /* PINs live in this process: no core dumps, no ptrace by other processes. */
+    setrlimit(RLIMIT_CORE, &no_core);
+    prctl(PR_SET_DUMPABLE, 0);
+    signal(SIGPIPE, SIG_IGN);
+
+    while ((c = getopt_long(argc, argv, "fm:s:p:d:hV", opts, NULL)) != -1) {
+        switch (c) {
+        case 'f':
+            foreground = true;
+            break;
+        case 'm':
+            if (n_modules == MAX_MODULES) {
+                fprintf(stderr, "p11agentd: at most %d --module options\n", MAX_MODULES);
+                return EXIT_FAILURE;
+            }
+            modules[n_modules++] = optarg;
+            break;
+        case 's':
+            free(a.socket_path);
+            a.socket_path = strdup(optarg);
+            break;
+        case 'p':
+            agent_pin_source_clear(&a.pin_source);
+            if (agent_pin_source_parse(optarg, &a.pin_source, &errmsg) < 0) {
+                fprintf(stderr, "p11agentd: %s\n", errmsg ? errmsg : "bad --pin-source");
+                free(errmsg);
+                return EXIT_FAILURE;
+            }
+            break;
+        case 'd':
+            debug = optarg;
+            break;
+        case 'h':
+            usage(stdout);
+            return EXIT_SUCCESS;
+        case 'V':
+            printf("p11agentd %s\n", P11AGENT_VERSION);
+            return EXIT_SUCCESS;
+        default:
+            usage(stderr);
+            return EXIT_FAILURE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "p11agentd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return EXIT_FAILURE;
+    }
+    agent_log_init(debug);
+    if (!a.socket_path)
+        a.socket_path = bus_default_socket_path();
+    if (!a.socket_path) {
+        agent_err("cannot determine the socket path");
+        return EXIT_FAILURE;
+    }
+
+    if (!foreground) {
+        ready_fd = daemonize();
+        if (ready_fd < 0) {
+            agent_err("cannot detach: %s", strerror(-ready_fd));
+            goto out;
+        }
+    }
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        agent_err("signalfd: %s", strerror(errno));
+        goto out;
+    }
+
+    r = tok_ctx_new(modules, n_modules, &a.tok, &errmsg);
+    if (r < 0) {
+        agent_err("%s", errmsg ? errmsg : tok_strerror(r));
+        goto out;
+    }
+    r = tok_ctx_scan(a.tok);
+    if (r < 0) {
+        agent_err("scanning tokens failed: %s", tok_strerror(r));
+        goto out;
+    }
+    agent_login_all(&a);
+
+    if (agent_loop_new(&a.loop) < 0 || agent_loop_add_fd(a.loop, sfd, POLLIN, on_signal, &a) < 0) {
+        agent_err("out of memory");
+        goto out;
+    }
+    r = agent_server_start(&a, &errmsg);
+    if (r < 0) {
+        agent_err("%s", errmsg ? errmsg : strerror(-r));
+        goto out;
+    }
+    agent_session_bus_start(&a);
+    agent_info("ready: %zu keys on %zu tokens; listening on %s", tok_ctx_n_keys(a.tok),
+               tok_ctx_n_tokens(a.tok), a.socket_path);
+    signal_ready(&ready_fd, true);
+
+    r = agent_loop_run(a.loop);
+    if (r < 0)
+        agent_err("main loop: %s", strerror(-r));
+    else
+        ret = EXIT_SUCCESS;
+out:
+    signal_ready(&ready_fd, false);
+    agent_server_stop(&a);
+    agent_loop_free(a.loop);
+    tok_ctx_free(a.tok);
+    agent_token_states_free(&a);
+    agent_pin_source_clear(&a.pin_source);
+    free(a.socket_path);
+    free(errmsg);
+    if (sfd >= 0)
+        close(sfd);
+    return ret;
+}

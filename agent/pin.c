@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* PIN sources and the locked, wiped memory that holds a PIN while it is used. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+#define PIN_MAX 256
+
+static int secret_alloc(agent_secret_t *s, size_t cap)
+{
+    void *p = mmap(NULL, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return -errno;
+    /* Best effort: mlock may fail under RLIMIT_MEMLOCK; the buffer is wiped
+     * anyway and core dumps are off. */
+    (void)mlock(p, cap);
+    (void)madvise(p, cap, MADV_DONTDUMP);
+    (void)madvise(p, cap, MADV_DONTFORK);
+    s->buf = p;
+    s->cap = cap;
+    s->len = 0;
+    return 0;
+}
+
+void agent_secret_free(agent_secret_t *s)
+{
+    if (!s || !s->buf)
+        return;
+    explicit_bzero(s->buf, s->cap);
+    munlock(s->buf, s->cap);
+    munmap(s->buf, s->cap);
+    s->buf = NULL;
+    s->len = s->cap = 0;
+}
+
+int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **errmsg)
+{
+    agent_pin_source_t src = {0};
+
+    if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
+        src.kind = AGENT_PIN_FILE;
+        src.path = strdup(spec + 5);
+        if (!src.path)
+            return -ENOMEM;
+        *ret = src;
+        return 0;
+    }
+    if (errmsg && asprintf(errmsg, "unknown PIN source '%s' (expected file:PATH)", spec) < 0)
+        *errmsg = NULL;
+    return -EINVAL;
+}
+
+void agent_pin_source_clear(agent_pin_source_t *src)
+{
+    if (!src)
+        return;
+    free(src->path);
+    memset(src, 0, sizeof(*src));
+}
+
+static void set_msg(char **errmsg, const char *fmt, const char *a, const char *b)
+{
+    if (errmsg && asprintf(errmsg, fmt, a, b) < 0)
+        *errmsg = NULL;
+}
+
+int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
+                          agent_pin_id_t *ret_id, char **errmsg)
+{
+    agent_secret_t s = {0};
+    struct stat st;
+    ssize_t n;
+    size_t len = 0;
+    int fd = -1, r;
+
+    if (src->kind != AGENT_PIN_FILE) {
+        set_msg(errmsg, "no PIN source configured%s%s", "", "");
+        return -ENOENT;
+    }
+    fd = open(src->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        r = -errno;
+        set_msg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        r = -EINVAL;
+        set_msg(errmsg, "PIN file %s is not a regular file%s", src->path, "");
+        goto out;
+    }
+    if (st.st_mode & S_IROTH)
+        agent_warn("PIN file %s is readable by everyone; make it mode 0600", src->path);
+    r = secret_alloc(&s, 4096);
+    if (r < 0) {
+        set_msg(errmsg, "cannot allocate memory for the PIN from %s%s", src->path, "");
+        goto out;
+    }
+    while (len < PIN_MAX + 1 && (n = read(fd, s.buf + len, PIN_MAX + 1 - len)) != 0) {
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            r = -errno;
+            set_msg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
+            goto out;
+        }
+        len += (size_t)n;
+    }
+    /* One line: the PIN ends at the first newline. */
+    for (size_t i = 0; i < len; i++)
+        if (s.buf[i] == '\n' || s.buf[i] == '\r') {
+            len = i;
+            break;
+        }
+    if (len > PIN_MAX) {
+        r = -E2BIG;
+        set_msg(errmsg, "PIN file %s holds more than a PIN (over 256 bytes on its first line)%s",
+                src->path, "");
+        goto out;
+    }
+    if (len == 0) {
+        r = -ENODATA;
+        set_msg(errmsg, "PIN file %s is empty%s", src->path, "");
+        goto out;
+    }
+    explicit_bzero(s.buf + len, s.cap - len);
+    s.len = len;
+    if (ret_id) {
+        ret_id->dev = st.st_dev;
+        ret_id->ino = st.st_ino;
+        ret_id->size = st.st_size;
+        ret_id->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+    }
+    *ret = s;
+    s.buf = NULL;
+    r = 0;
+out:
+    agent_secret_free(&s);
+    if (fd >= 0)
+        close(fd);
+    return r;
+}

@@ -1,0 +1,219 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * The agent's transports: a libdbus peer-to-peer server on a unix socket (all
+ * signing traffic; EXTERNAL auth, uid checked) and, when a session bus
+ * exists, the well-known name org.p11agent.Agent1 there.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+static DBusHandlerResult on_message(DBusConnection *conn, DBusMessage *msg, void *data)
+{
+    return agent_dispatch(data, conn, msg);
+}
+
+static const DBusObjectPathVTable agent_vtable = {
+    .message_function = on_message,
+};
+
+static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data)
+{
+    agent_t *a = data;
+    unsigned long pid = 0;
+
+    if (uid == (unsigned long)a->owner)
+        return TRUE;
+    dbus_connection_get_unix_process_id(conn, &pid);
+    agent_warn("refused a client: uid %lu (pid %lu) is not the agent's owner (uid %lu)", uid, pid,
+               (unsigned long)a->owner);
+    return FALSE;
+}
+
+static DBusHandlerResult on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
+{
+    agent_t *a = data;
+
+    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
+        agent_debug(AGENT_DBG_BUS, "client disconnected");
+        if (a->clients > 0)
+            a->clients--;
+        agent_loop_detach_connection(a->loop, conn);
+        return DBUS_HANDLER_RESULT_HANDLED;
+    }
+    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+}
+
+static void on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
+{
+    agent_t *a = data;
+
+    dbus_connection_set_unix_user_function(conn, allow_uid, a, NULL);
+    dbus_connection_set_allow_anonymous(conn, FALSE);
+    dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    if (!dbus_connection_add_filter(conn, on_filter, a, NULL) ||
+        !dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, a) ||
+        !agent_loop_attach_connection(a->loop, conn)) {
+        agent_err("out of memory accepting a client");
+        dbus_connection_close(conn);
+        return;
+    }
+    a->clients++;
+    agent_debug(AGENT_DBG_BUS, "client connected (%u now)", a->clients);
+}
+
+/* Creates the socket's directory (mode 0700) if it does not exist. */
+static int make_socket_dir(const char *path, char **errmsg)
+{
+    char *dir = strdup(path), *slash;
+    int r = 0;
+
+    if (!dir)
+        return -ENOMEM;
+    slash = strrchr(dir, '/');
+    if (slash && slash != dir) {
+        *slash = '\0';
+        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+            r = -errno;
+            if (asprintf(errmsg, "cannot create socket directory %s: %s", dir, strerror(errno)) < 0)
+                *errmsg = NULL;
+        }
+    }
+    free(dir);
+    return r;
+}
+
+/* A socket file left by a dead agent is removed; a live one is an error. */
+static int check_stale_socket(const char *path, char **errmsg)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    struct stat st;
+    int fd, r;
+
+    if (lstat(path, &st) < 0)
+        return 0;
+    if (!S_ISSOCK(st.st_mode)) {
+        if (asprintf(errmsg, "%s exists and is not a socket; refusing to replace it", path) < 0)
+            *errmsg = NULL;
+        return -EEXIST;
+    }
+    if (strlen(path) >= sizeof(sa.sun_path)) {
+        if (asprintf(errmsg, "socket path too long: %s", path) < 0)
+            *errmsg = NULL;
+        return -ENAMETOOLONG;
+    }
+    strcpy(sa.sun_path, path);
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    r = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
+    close(fd);
+    if (r == 0) {
+        if (asprintf(errmsg, "another p11agentd is already serving %s", path) < 0)
+            *errmsg = NULL;
+        return -EADDRINUSE;
+    }
+    unlink(path);
+    return 0;
+}
+
+int agent_server_start(agent_t *a, char **errmsg)
+{
+    static const char *mechs[] = {"EXTERNAL", NULL};
+    DBusError err;
+    char *escaped = NULL, *address = NULL;
+    mode_t old_umask;
+    int r;
+
+    r = make_socket_dir(a->socket_path, errmsg);
+    if (r < 0)
+        return r;
+    r = check_stale_socket(a->socket_path, errmsg);
+    if (r < 0)
+        return r;
+    escaped = dbus_address_escape_value(a->socket_path);
+    if (!escaped || asprintf(&address, "unix:path=%s", escaped) < 0) {
+        dbus_free(escaped);
+        return -ENOMEM;
+    }
+    dbus_free(escaped);
+    dbus_error_init(&err);
+    old_umask = umask(0077);
+    a->server = dbus_server_listen(address, &err);
+    umask(old_umask);
+    free(address);
+    if (!a->server) {
+        if (asprintf(errmsg, "cannot listen on %s: %s", a->socket_path, err.message) < 0)
+            *errmsg = NULL;
+        dbus_error_free(&err);
+        return -EIO;
+    }
+    a->socket_owned = true;
+    chmod(a->socket_path, 0600);
+    if (!dbus_server_set_auth_mechanisms(a->server, mechs) ||
+        !agent_loop_attach_server(a->loop, a->server))
+        return -ENOMEM;
+    dbus_server_set_new_connection_function(a->server, on_new_connection, a, NULL);
+    return 0;
+}
+
+void agent_server_stop(agent_t *a)
+{
+    if (a->server) {
+        dbus_server_disconnect(a->server);
+        dbus_server_unref(a->server);
+        a->server = NULL;
+    }
+    if (a->session_bus) {
+        dbus_connection_close(a->session_bus);
+        dbus_connection_unref(a->session_bus);
+        a->session_bus = NULL;
+    }
+    if (a->socket_owned) {
+        unlink(a->socket_path);
+        a->socket_owned = false;
+    }
+}
+
+int agent_session_bus_start(agent_t *a)
+{
+    DBusError err;
+    DBusConnection *bus;
+    int r;
+
+    if (!getenv("DBUS_SESSION_BUS_ADDRESS"))
+        return 0;
+    dbus_error_init(&err);
+    bus = dbus_bus_get_private(DBUS_BUS_SESSION, &err);
+    if (!bus) {
+        agent_warn("session bus unavailable (%s); serving the socket only", err.message);
+        dbus_error_free(&err);
+        return 0;
+    }
+    dbus_connection_set_exit_on_disconnect(bus, FALSE);
+    r = dbus_bus_request_name(bus, BUS_NAME, DBUS_NAME_FLAG_DO_NOT_QUEUE, &err);
+    if (r != DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER) {
+        agent_warn("cannot own %s on the session bus (%s); serving the socket only", BUS_NAME,
+                   dbus_error_is_set(&err) ? err.message : "another agent owns it");
+        dbus_error_free(&err);
+        dbus_connection_close(bus);
+        dbus_connection_unref(bus);
+        return 0;
+    }
+    if (!dbus_connection_register_object_path(bus, BUS_PATH, &agent_vtable, a) ||
+        !agent_loop_attach_connection(a->loop, bus)) {
+        dbus_connection_close(bus);
+        dbus_connection_unref(bus);
+        return -ENOMEM;
+    }
+    a->session_bus = bus;
+    agent_info("owning %s on the session bus", BUS_NAME);
+    return 0;
+}

@@ -1,0 +1,272 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Client side of the protocol: a private peer-to-peer connection to the
+ * agent's socket and one function per method. Used by the provider (inside
+ * other people's programs) and by p11agentctl, so: private connections only,
+ * never exit on disconnect, never install signal handlers.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "bus.h"
+
+static void set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void set_errmsg(char **errmsg, const char *fmt, ...)
+{
+    va_list ap;
+    char *s = NULL;
+
+    if (!errmsg)
+        return;
+    va_start(ap, fmt);
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    free(*errmsg);
+    *errmsg = s;
+}
+
+char *bus_default_socket_path(void)
+{
+    const char *rt = getenv("XDG_RUNTIME_DIR");
+    char *path = NULL;
+
+    if (rt && rt[0] == '/') {
+        if (asprintf(&path, "%s/p11agent/agent.sock", rt) < 0)
+            return NULL;
+    } else if (asprintf(&path, "/run/user/%u/p11agent/agent.sock", (unsigned)getuid()) < 0) {
+        return NULL;
+    }
+    return path;
+}
+
+char *bus_socket_path(const char *configured)
+{
+    const char *env = getenv("P11AGENT_SOCKET");
+
+    if (env && env[0])
+        return strdup(env);
+    if (configured && configured[0])
+        return strdup(configured);
+    return bus_default_socket_path();
+}
+
+int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char **errmsg)
+{
+    DBusError err;
+    DBusConnection *conn;
+    char *escaped = NULL, *address = NULL;
+    struct stat st;
+    int r;
+
+    if (!socket_path || !socket_path[0]) {
+        set_errmsg(errmsg, "no agent socket configured");
+        return BUS_ERR_INVALID_ARGS;
+    }
+    if (stat(socket_path, &st) < 0) {
+        set_errmsg(errmsg, "agent not running: cannot reach socket %s: %s (start p11agentd, "
+                           "or point P11AGENT_SOCKET / agent-socket at its socket)",
+                   socket_path, strerror(errno));
+        return BUS_ERR_NOT_RUNNING;
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+        set_errmsg(errmsg, "agent socket %s is not a socket", socket_path);
+        return BUS_ERR_NOT_RUNNING;
+    }
+    escaped = dbus_address_escape_value(socket_path);
+    if (!escaped || asprintf(&address, "unix:path=%s", escaped) < 0) {
+        address = NULL;
+        r = BUS_ERR_NO_MEMORY;
+        set_errmsg(errmsg, "out of memory");
+        goto out;
+    }
+    dbus_error_init(&err);
+    conn = dbus_connection_open_private(address, &err);
+    if (!conn) {
+        r = bus_err_from_name(err.name);
+        if (r == BUS_ERR_FAILED || r == BUS_ERR_DISCONNECTED)
+            r = BUS_ERR_NOT_RUNNING;
+        set_errmsg(errmsg, "agent not running: cannot connect to %s: %s", socket_path,
+                   err.message ? err.message : "unknown error");
+        dbus_error_free(&err);
+        goto out;
+    }
+    dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    *ret_conn = conn;
+    r = BUS_OK;
+out:
+    dbus_free(escaped);
+    free(address);
+    return r;
+}
+
+void bus_client_close(DBusConnection *conn)
+{
+    if (!conn)
+        return;
+    dbus_connection_close(conn);
+    dbus_connection_unref(conn);
+}
+
+/* Sends msg (not consumed) and waits for the reply. */
+static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMessage **ret_reply,
+                char **errmsg)
+{
+    DBusError err;
+    DBusMessage *reply;
+    int r;
+
+    if (!conn) {
+        set_errmsg(errmsg, "not connected to the agent");
+        return BUS_ERR_NOT_RUNNING;
+    }
+    if (!dbus_connection_get_is_connected(conn)) {
+        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, or refused "
+                           "this user)");
+        return BUS_ERR_DISCONNECTED;
+    }
+    dbus_error_init(&err);
+    reply = dbus_connection_send_with_reply_and_block(conn, msg, timeout_ms, &err);
+    if (reply) {
+        *ret_reply = reply;
+        return BUS_OK;
+    }
+    r = bus_err_from_name(err.name);
+    if (!dbus_connection_get_is_connected(conn) && r != BUS_ERR_DENIED)
+        r = BUS_ERR_DISCONNECTED;
+    if (r == BUS_ERR_DISCONNECTED)
+        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, or refused this "
+                           "user): %s",
+                   err.message ? err.message : "connection closed");
+    else if (r == BUS_ERR_TIMEOUT)
+        set_errmsg(errmsg, "agent did not answer within %d ms: %s", timeout_ms,
+                   err.message ? err.message : "timeout");
+    else
+        set_errmsg(errmsg, "%s", err.message ? err.message : bus_err_str(r));
+    dbus_error_free(&err);
+    return r;
+}
+
+static DBusMessage *new_call(const char *method)
+{
+    return dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, method);
+}
+
+static int keys_call(DBusConnection *conn, const char *uri, int timeout_ms,
+                     bus_key_info_t **ret_keys, size_t *ret_n, char **errmsg)
+{
+    DBusMessage *msg, *reply = NULL;
+    int r;
+
+    msg = new_call(uri ? "FindKeys" : "ListKeys");
+    if (!msg || (uri && !dbus_message_append_args(msg, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))) {
+        r = BUS_ERR_NO_MEMORY;
+        set_errmsg(errmsg, "out of memory");
+        goto out;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r < 0)
+        goto out;
+    r = bus_parse_keys(reply, ret_keys, ret_n);
+    if (r < 0)
+        set_errmsg(errmsg, "malformed key list from the agent");
+out:
+    if (msg)
+        dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_list_keys(DBusConnection *conn, int timeout_ms, bus_key_info_t **ret_keys,
+                         size_t *ret_n, char **errmsg)
+{
+    return keys_call(conn, NULL, timeout_ms, ret_keys, ret_n, errmsg);
+}
+
+int bus_client_find_keys(DBusConnection *conn, const char *uri, int timeout_ms,
+                         bus_key_info_t **ret_keys, size_t *ret_n, char **errmsg)
+{
+    if (!uri) {
+        set_errmsg(errmsg, "no key URI given");
+        return BUS_ERR_INVALID_ARGS;
+    }
+    return keys_call(conn, uri, timeout_ms, ret_keys, ret_n, errmsg);
+}
+
+int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params_t *p,
+                    const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
+                    size_t *ret_sig_len, char **errmsg)
+{
+    DBusMessage *msg, *reply = NULL;
+    DBusMessageIter it, sub;
+    const uint8_t *sig;
+    uint8_t *copy;
+    int n = 0, r;
+
+    msg = bus_new_sign_call(uri, p, data, len);
+    if (!msg) {
+        set_errmsg(errmsg, "cannot build a signature request (algorithm %d, %zu bytes)", p->alg,
+                   len);
+        return BUS_ERR_INVALID_ARGS;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r < 0)
+        goto out;
+    if (strcmp(dbus_message_get_signature(reply), "ay") != 0 || !dbus_message_iter_init(reply, &it)) {
+        r = BUS_ERR_PROTOCOL;
+        set_errmsg(errmsg, "malformed signature reply from the agent");
+        goto out;
+    }
+    dbus_message_iter_recurse(&it, &sub);
+    dbus_message_iter_get_fixed_array(&sub, &sig, &n);
+    if (n <= 0) {
+        r = BUS_ERR_PROTOCOL;
+        set_errmsg(errmsg, "empty signature from the agent");
+        goto out;
+    }
+    copy = malloc((size_t)n);
+    if (!copy) {
+        r = BUS_ERR_NO_MEMORY;
+        set_errmsg(errmsg, "out of memory");
+        goto out;
+    }
+    memcpy(copy, sig, (size_t)n);
+    *ret_sig = copy;
+    *ret_sig_len = (size_t)n;
+    r = BUS_OK;
+out:
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_status(DBusConnection *conn, int timeout_ms, bus_status_t *ret, char **errmsg)
+{
+    DBusMessage *msg, *reply = NULL;
+    int r;
+
+    msg = new_call("Status");
+    if (!msg) {
+        set_errmsg(errmsg, "out of memory");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r < 0)
+        goto out;
+    r = bus_parse_status(reply, ret);
+    if (r < 0)
+        set_errmsg(errmsg, "malformed status reply from the agent");
+out:
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}

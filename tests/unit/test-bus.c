@@ -1,0 +1,331 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Unit tests of dbus/: names, marshalling round trips, malformed input. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "bus.h"
+
+static void test_bus_error_names_round_trip(void **state)
+{
+    static const bus_err_t all[] = {
+        BUS_ERR_FAILED, BUS_ERR_NO_SUCH_KEY, BUS_ERR_LOCKED,      BUS_ERR_PIN_INCORRECT,
+        BUS_ERR_PIN_LOCKED, BUS_ERR_TOKEN_REMOVED, BUS_ERR_DENIED, BUS_ERR_UNSUPPORTED,
+        BUS_ERR_BUSY,   BUS_ERR_INVALID_ARGS, BUS_ERR_DEVICE,     BUS_ERR_NO_MEMORY,
+        BUS_ERR_TIMEOUT,
+    };
+
+    for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
+        const char *name = bus_err_name(all[i]);
+
+        assert_non_null(name);
+        assert_int_equal(strncmp(name, BUS_ERROR_PREFIX, strlen(BUS_ERROR_PREFIX)), 0);
+        assert_int_equal(bus_err_from_name(name), all[i]);
+    }
+    assert_string_equal(bus_err_name(BUS_ERR_NO_SUCH_KEY), "org.p11agent.Error.NoSuchKey");
+    assert_string_equal(bus_err_name(BUS_ERR_PIN_INCORRECT), "org.p11agent.Error.PinIncorrect");
+    assert_int_equal(bus_err_from_name(DBUS_ERROR_NO_REPLY), BUS_ERR_TIMEOUT);
+    assert_int_equal(bus_err_from_name(DBUS_ERROR_DISCONNECTED), BUS_ERR_DISCONNECTED);
+    assert_int_equal(bus_err_from_name("com.example.Whatever"), BUS_ERR_FAILED);
+    assert_int_equal(bus_err_from_name(NULL), BUS_ERR_FAILED);
+}
+
+static void test_bus_type_and_alg_names(void **state)
+{
+    assert_int_equal(bus_key_type_from_name("RSA"), BUS_KEY_RSA);
+    assert_int_equal(bus_key_type_from_name("EC"), BUS_KEY_EC);
+    assert_int_equal(bus_key_type_from_name("ED25519"), BUS_KEY_ED25519);
+    assert_int_equal(bus_key_type_from_name("DSA"), BUS_KEY_UNKNOWN);
+    assert_string_equal(bus_key_type_name(BUS_KEY_ED448), "ED448");
+    assert_int_equal(bus_sig_alg_from_name("rsa-pss"), BUS_SIG_RSA_PSS);
+    assert_int_equal(bus_sig_alg_from_name("ecdsa"), BUS_SIG_ECDSA);
+    assert_int_equal(bus_sig_alg_from_name("rsa-raw"), 0);
+    assert_string_equal(bus_sig_alg_name(BUS_SIG_EDDSA), "eddsa");
+    assert_null(bus_sig_alg_name(0));
+}
+
+static DBusMessage *new_reply(void)
+{
+    /* A method return needs a call with a serial to answer. */
+    DBusMessage *call = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "ListKeys");
+    DBusMessage *reply;
+
+    assert_non_null(call);
+    dbus_message_set_serial(call, 7);
+    reply = dbus_message_new_method_return(call);
+    dbus_message_unref(call);
+    assert_non_null(reply);
+    return reply;
+}
+
+/* Serialises and parses back, as the wire would. */
+static DBusMessage *wire(DBusMessage *msg)
+{
+    char *buf = NULL;
+    int len = 0;
+    DBusError err;
+    DBusMessage *back;
+
+    dbus_message_set_serial(msg, 9);
+    assert_true(dbus_message_marshal(msg, &buf, &len));
+    dbus_error_init(&err);
+    back = dbus_message_demarshal(buf, len, &err);
+    assert_false(dbus_error_is_set(&err));
+    dbus_free(buf);
+    assert_non_null(back);
+    return back;
+}
+
+static void test_bus_keys_round_trip(void **state)
+{
+    uint8_t spki[] = {0x30, 0x59, 0x01, 0x02}, cert[] = {0x30, 0x82, 0x00};
+    bus_key_info_t in[2] = {
+        {.uri = "pkcs11:token=a;object=k1;type=private", .type = BUS_KEY_EC, .bits = 256,
+         .group = "prime256v1", .label = "k1", .token = "a", .spki = spki,
+         .spki_len = sizeof(spki), .cert = cert, .cert_len = sizeof(cert),
+         .flags = BUS_KEY_CAN_ECDSA | BUS_KEY_LOGGED_IN},
+        {.uri = "pkcs11:token=b;object=k2;type=private", .type = BUS_KEY_RSA, .bits = 2048,
+         .group = "", .label = "", .token = "b", .spki = spki, .spki_len = 1,
+         .flags = BUS_KEY_CAN_RSA_PKCS1 | BUS_KEY_CAN_RSA_PSS},
+    };
+    DBusMessage *msg = new_reply(), *back;
+    bus_key_info_t *out = NULL;
+    size_t n = 0;
+
+    assert_int_equal(bus_append_keys(msg, in, 2), BUS_OK);
+    back = wire(msg);
+    assert_int_equal(bus_parse_keys(back, &out, &n), BUS_OK);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(out[i].uri, in[i].uri);
+        assert_int_equal(out[i].type, in[i].type);
+        assert_int_equal(out[i].bits, in[i].bits);
+        assert_string_equal(out[i].group, in[i].group);
+        assert_string_equal(out[i].label, in[i].label);
+        assert_string_equal(out[i].token, in[i].token);
+        assert_int_equal(out[i].spki_len, in[i].spki_len);
+        assert_memory_equal(out[i].spki, in[i].spki, in[i].spki_len);
+        assert_int_equal(out[i].cert_len, in[i].cert_len);
+        assert_int_equal(out[i].flags, in[i].flags);
+    }
+    assert_memory_equal(out[0].cert, cert, sizeof(cert));
+    assert_null(out[1].cert);
+
+    bus_key_info_t copy;
+    assert_int_equal(bus_key_info_copy(&out[0], &copy), BUS_OK);
+    assert_string_equal(copy.uri, in[0].uri);
+    assert_memory_equal(copy.spki, spki, sizeof(spki));
+    assert_ptr_not_equal(copy.spki, out[0].spki);
+    bus_key_info_clear(&copy);
+    assert_null(copy.uri);
+
+    bus_key_info_free_array(out, n);
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+}
+
+static void test_bus_keys_empty_and_malformed(void **state)
+{
+    DBusMessage *msg = new_reply(), *bad = new_reply();
+    bus_key_info_t *out = (void *)1;
+    size_t n = 99;
+    const char *s = "not a key list";
+
+    assert_int_equal(bus_append_keys(msg, NULL, 0), BUS_OK);
+    assert_int_equal(bus_parse_keys(msg, &out, &n), BUS_OK);
+    assert_int_equal(n, 0);
+    free(out);
+
+    assert_true(dbus_message_append_args(bad, DBUS_TYPE_STRING, &s, DBUS_TYPE_INVALID));
+    out = NULL;
+    assert_int_equal(bus_parse_keys(bad, &out, &n), BUS_ERR_PROTOCOL);
+    assert_null(out);
+    dbus_message_unref(msg);
+    dbus_message_unref(bad);
+}
+
+static void test_bus_sign_call_round_trip(void **state)
+{
+    uint8_t digest[32];
+    bus_sign_params_t p = {.alg = BUS_SIG_RSA_PSS, .hash = "sha256", .mgf1_hash = "sha384",
+                           .salt_len = 32};
+    bus_sign_params_t q;
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    DBusMessage *msg, *back;
+
+    for (size_t i = 0; i < sizeof(digest); i++)
+        digest[i] = (uint8_t)(i * 7);
+    msg = bus_new_sign_call("pkcs11:object=x", &p, digest, sizeof(digest));
+    assert_non_null(msg);
+    back = wire(msg);
+    assert_int_equal(bus_parse_sign_call(back, &uri, &q, &data, &len), BUS_OK);
+    assert_string_equal(uri, "pkcs11:object=x");
+    assert_int_equal(q.alg, BUS_SIG_RSA_PSS);
+    assert_string_equal(q.hash, "sha256");
+    assert_string_equal(q.mgf1_hash, "sha384");
+    assert_int_equal(q.salt_len, 32);
+    assert_int_equal(len, sizeof(digest));
+    assert_memory_equal(data, digest, sizeof(digest));
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+
+    /* EdDSA: no parameters, whole message */
+    p = (bus_sign_params_t){.alg = BUS_SIG_EDDSA};
+    msg = bus_new_sign_call("pkcs11:object=y", &p, (const uint8_t *)"hello", 5);
+    assert_non_null(msg);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_OK);
+    assert_int_equal(q.alg, BUS_SIG_EDDSA);
+    assert_string_equal(q.hash, "");
+    assert_int_equal(len, 5);
+    dbus_message_unref(msg);
+
+    /* unknown algorithm is refused when building */
+    p.alg = 0;
+    assert_null(bus_new_sign_call("pkcs11:", &p, digest, 1));
+}
+
+static DBusMessage *raw_sign_call(const char *alg, const char *hkey, int htype, const void *hval)
+{
+    DBusMessage *msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Sign");
+    DBusMessageIter it, dict, entry, var;
+    const char *uri = "pkcs11:object=z";
+    const uint8_t *d = (const uint8_t *)"0123456789abcdef0123456789abcdef";
+    char sig[2] = {(char)htype, 0};
+
+    dbus_message_iter_init_append(msg, &it);
+    dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &uri);
+    dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &alg);
+    dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict);
+    if (hkey) {
+        dbus_message_iter_open_container(&dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry);
+        dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &hkey);
+        dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, sig, &var);
+        dbus_message_iter_append_basic(&var, htype, hval);
+        dbus_message_iter_close_container(&entry, &var);
+        dbus_message_iter_close_container(&dict, &entry);
+    }
+    dbus_message_iter_close_container(&it, &dict);
+    dbus_message_append_args(msg, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &d, 32, DBUS_TYPE_INVALID);
+    return msg;
+}
+
+static void test_bus_sign_call_rejects_bad_input(void **state)
+{
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    bus_sign_params_t q;
+    DBusMessage *msg;
+    dbus_int32_t num = 5;
+    const char *longname = "sha256-with-a-name-far-too-long-for-the-field";
+    const char *s = "x";
+
+    msg = raw_sign_call("rsa-raw", NULL, 0, NULL);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_ERR_UNSUPPORTED);
+    dbus_message_unref(msg);
+    /* hash given as a number */
+    msg = raw_sign_call("rsa-pkcs1", "hash", DBUS_TYPE_INT32, &num);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+    /* a hash name that does not fit */
+    msg = raw_sign_call("rsa-pkcs1", "hash", DBUS_TYPE_STRING, &longname);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+    /* PSS without a salt length */
+    msg = raw_sign_call("rsa-pss", "hash", DBUS_TYPE_STRING, &(const char *){"sha256"});
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+    /* wrong signature altogether */
+    msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Sign");
+    dbus_message_append_args(msg, DBUS_TYPE_STRING, &s, DBUS_TYPE_INVALID);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+    /* unknown parameters are ignored */
+    msg = raw_sign_call("ecdsa", "future-param", DBUS_TYPE_INT32, &num);
+    assert_int_equal(bus_parse_sign_call(msg, &uri, &q, &data, &len), BUS_OK);
+    assert_int_equal(q.alg, BUS_SIG_ECDSA);
+    dbus_message_unref(msg);
+}
+
+static void test_bus_status_round_trip(void **state)
+{
+    bus_status_t in = {.version = "1.2.3", .pid = 42, .tokens = 2, .keys = 9, .clients = 3,
+                       .signatures = 1ull << 40, .sign_failures = 5};
+    bus_status_t out = {0};
+    DBusMessage *msg = new_reply(), *back;
+
+    assert_int_equal(bus_append_status(msg, &in), BUS_OK);
+    back = wire(msg);
+    assert_int_equal(bus_parse_status(back, &out), BUS_OK);
+    assert_string_equal(out.version, "1.2.3");
+    assert_int_equal(out.pid, 42);
+    assert_int_equal(out.tokens, 2);
+    assert_int_equal(out.keys, 9);
+    assert_int_equal(out.clients, 3);
+    assert_true(out.signatures == (1ull << 40));
+    assert_int_equal(out.sign_failures, 5);
+    bus_status_clear(&out);
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+}
+
+static void test_bus_socket_path_precedence(void **state)
+{
+    char *p;
+
+    unsetenv("P11AGENT_SOCKET");
+    setenv("XDG_RUNTIME_DIR", "/run/user/4242", 1);
+    p = bus_socket_path(NULL);
+    assert_string_equal(p, "/run/user/4242/p11agent/agent.sock");
+    free(p);
+    p = bus_socket_path("/etc/custom.sock");
+    assert_string_equal(p, "/etc/custom.sock");
+    free(p);
+    setenv("P11AGENT_SOCKET", "/tmp/env.sock", 1);
+    p = bus_socket_path("/etc/custom.sock");
+    assert_string_equal(p, "/tmp/env.sock");
+    free(p);
+    unsetenv("P11AGENT_SOCKET");
+    unsetenv("XDG_RUNTIME_DIR");
+    p = bus_default_socket_path();
+    assert_non_null(strstr(p, "/run/user/"));
+    free(p);
+}
+
+static void test_bus_connect_missing_socket_names_it(void **state)
+{
+    DBusConnection *conn = NULL;
+    char *err = NULL;
+
+    assert_int_equal(bus_client_connect("/nonexistent/p11agent-test.sock", &conn, &err),
+                     BUS_ERR_NOT_RUNNING);
+    assert_null(conn);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "/nonexistent/p11agent-test.sock"));
+    assert_non_null(strstr(err, "not running"));
+    free(err);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bus_error_names_round_trip),
+        cmocka_unit_test(test_bus_type_and_alg_names),
+        cmocka_unit_test(test_bus_keys_round_trip),
+        cmocka_unit_test(test_bus_keys_empty_and_malformed),
+        cmocka_unit_test(test_bus_sign_call_round_trip),
+        cmocka_unit_test(test_bus_sign_call_rejects_bad_input),
+        cmocka_unit_test(test_bus_status_round_trip),
+        cmocka_unit_test(test_bus_socket_path_precedence),
+        cmocka_unit_test(test_bus_connect_missing_socket_names_it),
+    };
+
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
