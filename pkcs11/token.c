@@ -364,8 +364,23 @@ static int add_key(tok_ctx_t *ctx, tok_token_t *t, const obj_t *priv, const obj_
     return TOK_OK;
 }
 
+/* Keys of one token in CKA_ID order, so listings are stable. */
+static int key_cmp(const void *a, const void *b)
+{
+    const tok_key_t *x = &((const tok_key_int_t *)a)->k, *y = &((const tok_key_int_t *)b)->k;
+    size_t n = x->id_len < y->id_len ? x->id_len : y->id_len;
+    int c = n > 0 ? memcmp(x->id, y->id, n) : 0;
+
+    if (c != 0)
+        return c;
+    if (x->id_len != y->id_len)
+        return x->id_len < y->id_len ? -1 : 1;
+    return strcmp(x->label, y->label);
+}
+
 static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
 {
+    size_t first = ctx->n_keys;
     objs_t privs = { 0 }, pubs = { 0 }, certs = { 0 };
     CK_SESSION_HANDLE s;
     bool logged_in;
@@ -385,7 +400,9 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
         tok_session_put(t, s);
     if (r != TOK_OK)
         goto out;
+    pthread_mutex_lock(&t->lock);
     logged_in = t->logged_in;
+    pthread_mutex_unlock(&t->lock);
 
     for (size_t i = 0; i < privs.n && r == TOK_OK; i++)
         r = add_key(ctx, t, &privs.v[i], by_id(&pubs, &privs.v[i], pubs.n),
@@ -406,6 +423,8 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
             continue;
         r = add_key(ctx, t, NULL, NULL, c);
     }
+    if (ctx->n_keys > first + 1)
+        qsort(ctx->keys + first, ctx->n_keys - first, sizeof(*ctx->keys), key_cmp);
 out:
     objs_clear(&privs);
     objs_clear(&pubs);

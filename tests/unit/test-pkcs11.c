@@ -586,6 +586,7 @@ static void test_pkcs11_scan_before_login(void **state)
         assert_null(k->cert);
         assert_non_null(strstr(k->uri, "type=private"));
         assert_int_equal(strncmp(k->uri, "pkcs11:model=", 13), 0);
+        assert_ptr_equal(tok_ctx_key(fx.ctx, i), k); /* listed in CKA_ID order */
         pk = key_pkey(k);
         assert_int_equal(EVP_PKEY_get_bits(pk) > 0, 1);
         EVP_PKEY_free(pk);
