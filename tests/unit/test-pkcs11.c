@@ -56,8 +56,9 @@ static const uint8_t oid_p384[] = { 0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22 };
 static const uint8_t oid_ed25519[] = { 0x06, 0x03, 0x2b, 0x65, 0x70 };
 static const uint8_t oid_ed448[] = { 0x06, 0x03, 0x2b, 0x65, 0x71 };
 
-static void gen_pair(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mech,
-                     const uint8_t *params, size_t params_len, uint8_t id, const char *label)
+static CK_OBJECT_HANDLE gen_pair(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE mech,
+                                 const uint8_t *params, size_t params_len, uint8_t id,
+                                 const char *label)
 {
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
     CK_ULONG bits = 2048;
@@ -87,6 +88,72 @@ static void gen_pair(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_MECHANISM_TYPE
     assert_int_equal(f->C_GenerateKeyPair(s, &m, pt, np, kt, sizeof(kt) / sizeof(kt[0]), &pub,
                                           &priv),
                      CKR_OK);
+    return pub;
+}
+
+/* Stores an X.509 certificate (CKA_ID id) for the EC public key object pub,
+ * issued by a throwaway software CA; optionally deletes the public key
+ * object so that only the certificate tells the public key before login. */
+static void add_ec_cert(CK_FUNCTION_LIST *f, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE pub,
+                        const char *group, uint8_t id, const char *label, bool drop_pub)
+{
+    uint8_t point[200];
+    CK_ATTRIBUTE a = { CKA_EC_POINT, point, sizeof(point) };
+    OSSL_PARAM params[3];
+    EVP_PKEY_CTX *pctx;
+    EVP_PKEY *pk = NULL, *ca;
+    X509 *x = X509_new();
+    unsigned char *der = NULL, *subj = NULL;
+    int der_len, subj_len;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_OBJECT_HANDLE h;
+
+    assert_int_equal(f->C_GetAttributeValue(s, pub, &a, 1), CKR_OK);
+    assert_int_equal(point[0], 0x04); /* DER OCTET STRING around the point */
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)group, 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point + 2, point[1]);
+    params[2] = OSSL_PARAM_construct_end();
+    pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    assert_int_equal(EVP_PKEY_fromdata_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_fromdata(pctx, &pk, EVP_PKEY_PUBLIC_KEY, params), 1);
+    ca = EVP_EC_gen("prime256v1");
+    assert_non_null(ca);
+    assert_int_equal(X509_set_version(x, X509_VERSION_3), 1);
+    assert_int_equal(ASN1_INTEGER_set(X509_get_serialNumber(x), id), 1);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)label, -1, -1, 0);
+    X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"test CA", -1, -1, 0);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    assert_int_equal(X509_set_pubkey(x, pk), 1);
+    assert_true(X509_sign(x, ca, EVP_sha256()) > 0);
+    der_len = i2d_X509(x, &der);
+    assert_true(der_len > 0);
+    subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+    assert_true(subj_len > 0);
+    {
+        CK_ATTRIBUTE t[] = {
+            { CKA_CLASS, &cls, sizeof(cls) },
+            { CKA_CERTIFICATE_TYPE, &ct, sizeof(ct) },
+            { CKA_TOKEN, &yes, 1 },
+            { CKA_ID, &id, 1 },
+            { CKA_LABEL, (void *)label, strlen(label) },
+            { CKA_VALUE, der, (CK_ULONG)der_len },
+            { CKA_SUBJECT, subj, (CK_ULONG)subj_len },
+        };
+        assert_int_equal(f->C_CreateObject(s, t, sizeof(t) / sizeof(t[0]), &h), CKR_OK);
+    }
+    if (drop_pub)
+        assert_int_equal(f->C_DestroyObject(s, pub), CKR_OK);
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    X509_free(x);
+    EVP_PKEY_free(ca);
+    EVP_PKEY_free(pk);
+    EVP_PKEY_CTX_free(pctx);
 }
 
 static CK_SLOT_ID find_slot(CK_FUNCTION_LIST *f, bool initialized)
@@ -115,6 +182,7 @@ static void provision_token(const char *module)
     CK_FUNCTION_LIST *f = p11_kit_module_load(module, 0);
     CK_UTF8CHAR label[32];
     CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE pub;
     CK_SLOT_ID slot;
 
     assert_non_null(f);
@@ -130,8 +198,10 @@ static void provision_token(const char *module)
     assert_int_equal(f->C_Logout(s), CKR_OK);
     assert_int_equal(f->C_Login(s, CKU_USER, (CK_UTF8CHAR_PTR)USER_PIN, strlen(USER_PIN)), CKR_OK);
     gen_pair(f, s, CKM_RSA_PKCS_KEY_PAIR_GEN, NULL, 0, 1, "rsa");
-    gen_pair(f, s, CKM_EC_KEY_PAIR_GEN, oid_p256, sizeof(oid_p256), 2, "p256");
-    gen_pair(f, s, CKM_EC_KEY_PAIR_GEN, oid_p384, sizeof(oid_p384), 3, "p384");
+    pub = gen_pair(f, s, CKM_EC_KEY_PAIR_GEN, oid_p256, sizeof(oid_p256), 2, "p256");
+    add_ec_cert(f, s, pub, "prime256v1", 2, "p256-cert", false);
+    pub = gen_pair(f, s, CKM_EC_KEY_PAIR_GEN, oid_p384, sizeof(oid_p384), 3, "p384");
+    add_ec_cert(f, s, pub, "secp384r1", 3, "p384", true);
     gen_pair(f, s, CKM_EC_EDWARDS_KEY_PAIR_GEN, oid_ed25519, sizeof(oid_ed25519), 4, "ed25519");
     gen_pair(f, s, CKM_EC_EDWARDS_KEY_PAIR_GEN, oid_ed448, sizeof(oid_ed448), 5, "ed448");
     assert_int_equal(f->C_Logout(s), CKR_OK);
@@ -583,7 +653,21 @@ static void test_pkcs11_scan_before_login(void **state)
         assert_int_equal(k->id[0], i + 1);
         assert_ptr_equal(k->token, t);
         assert_int_equal(k->handle, 0); /* private key hidden before login */
-        assert_null(k->cert);
+        if (k->id[0] == 2 || k->id[0] == 3) {
+            /* paired with its certificate; P-384 is known only from it */
+            const unsigned char *cp = k->cert;
+            X509 *x;
+
+            assert_non_null(k->cert);
+            x = d2i_X509(NULL, &cp, (long)k->cert_len);
+            assert_non_null(x);
+            pk = key_pkey(k);
+            assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(x), pk), 1);
+            EVP_PKEY_free(pk);
+            X509_free(x);
+        } else {
+            assert_null(k->cert);
+        }
         assert_non_null(strstr(k->uri, "type=private"));
         assert_int_equal(strncmp(k->uri, "pkcs11:model=", 13), 0);
         assert_ptr_equal(tok_ctx_key(fx.ctx, i), k); /* listed in CKA_ID order */
@@ -842,6 +926,9 @@ static void test_pkcs11_rescan_keeps_login(void **state)
     /* now found directly as private keys */
     for (size_t i = 0; i < tok_ctx_n_keys(fx.ctx); i++)
         assert_int_not_equal(tok_ctx_key(fx.ctx, i)->handle, 0);
+    assert_non_null(key_by_label("p384")->cert);
+    assert_non_null(key_by_label("p256")->cert);
+    assert_null(key_by_label("rsa")->cert);
     sign_and_verify("p256", (tok_sign_params_t){ .alg = TOK_SIG_ECDSA, .hash = TOK_HASH_SHA256 }, 32);
     assert_int_equal(count_matches(key_by_label("ed448")->uri, TOK_OK, NULL), 1);
 }
