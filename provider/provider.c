@@ -89,9 +89,16 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
         reason = PROV_R_NO_SUCH_KEY;
     else if (err == BUS_ERR_NO_MEMORY)
         reason = PROV_R_NO_MEMORY;
+    const char *cause = bus_err_str((bus_err_t)err);
+
+    if (msg == NULL)
+        msg = "";
+    /* The client's own messages often start with the cause already. */
+    if (strncmp(msg, cause, strlen(cause)) == 0)
+        cause = "";
     prov_raise_at(ctx, reason, __FILE__, __LINE__, __func__, "p11agent: %s %s failed: %s%s%s",
-                  what, uri != NULL ? uri : "", bus_err_str((bus_err_t)err),
-                  msg != NULL && *msg != '\0' ? ": " : "", msg != NULL ? msg : "");
+                  what, uri != NULL ? uri : "", cause, *cause != '\0' && *msg != '\0' ? ": " : "",
+                  msg);
 }
 
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
