@@ -1,0 +1,193 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * p11agent.so internals: the provider context, the key object shared by
+ * keymgmt, signature and store, the agent client and error reporting.
+ *
+ * Nothing here is exported from the module; the only exported symbol is
+ * OSSL_provider_init (see p11agent.sym).
+ */
+#pragma once
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/core.h>
+#include <openssl/core_dispatch.h>
+#include <openssl/evp.h>
+
+#include "bus.h"
+
+#define PROV_NAME "p11agent"
+#define PROV_PROPS "provider=p11agent"
+
+/* Reason codes; the strings are in provider.c (prov_reason_strings). */
+enum {
+    PROV_R_AGENT = 1,         /* the agent answered with an error */
+    PROV_R_NOT_RUNNING = 2,   /* the agent could not be reached */
+    PROV_R_NO_SUCH_KEY = 3,   /* a URI that matches nothing */
+    PROV_R_NO_MEMORY = 4,
+    PROV_R_BAD_KEY = 5,       /* unusable key data (SPKI, type) */
+    PROV_R_PRIVATE_REFUSED = 6, /* import/export of private parts */
+    PROV_R_BAD_PARAM = 7,     /* unsupported or malformed parameter */
+    PROV_R_UNSUPPORTED = 8,   /* algorithm/digest/padding we can't do */
+    PROV_R_BUFFER_TOO_SMALL = 9,
+    PROV_R_NOT_INITIALIZED = 10,
+    PROV_R_BAD_SIGNATURE = 11, /* the agent returned something odd */
+};
+
+typedef struct prov_client prov_client_t;
+
+typedef struct prov_ctx {
+    const OSSL_CORE_HANDLE *handle;
+    OSSL_FUNC_core_new_error_fn *core_new_error;
+    OSSL_FUNC_core_set_error_debug_fn *core_set_error_debug;
+    OSSL_FUNC_core_vset_error_fn *core_vset_error;
+    /* Our own library context with the default provider: digests, SPKI
+     * decoding and public-key work never pick our own algorithms. */
+    OSSL_LIB_CTX *libctx;
+    OSSL_PROVIDER *default_prov;
+    prov_client_t *client;
+    bool disabled;            /* running inside p11agentd: no operations */
+} prov_ctx_t;
+
+/* Raises an OpenSSL error with our reason code and a formatted message
+ * (through the core's error functions, so the reason strings apply). */
+void prov_raise_at(const prov_ctx_t *ctx, int reason, const char *file, int line,
+                   const char *func, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+#define prov_raise(ctx, reason, ...) \
+    prov_raise_at((ctx), (reason), __FILE__, __LINE__, __func__, __VA_ARGS__)
+
+/* Raises an error for a failed agent call: "p11agent: <what> <uri> failed:
+ * <cause>: <agent message>". */
+void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char *uri,
+                    const char *msg);
+
+/* Builds a provider context: own libctx with "default", the client (not
+ * connected). socket_path may be NULL (default resolution). */
+prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
+                         const char *socket_path, bool disabled);
+void prov_ctx_free(prov_ctx_t *ctx);
+
+/* --- agent client (client.c) --- */
+
+/* Takes ownership of socket_path (malloc'd, may be NULL = no socket known). */
+prov_client_t *prov_client_new(char *socket_path);
+void prov_client_free(prov_client_t *c);
+const char *prov_client_socket(const prov_client_t *c);
+/* FindKeys/Sign through the per-process connection, reconnecting after a
+ * fork or an agent restart. Return BUS_OK or a bus_err_t; *errmsg as in
+ * bus.h (malloc'd, free()). */
+int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **ret_keys,
+                          size_t *ret_n, char **errmsg);
+int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
+                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                     char **errmsg);
+
+/* --- key object (keymgmt.c) --- */
+
+typedef enum prov_key_kind {
+    PROV_KEY_RSA = 0,
+    PROV_KEY_RSA_PSS,
+    PROV_KEY_EC,
+    PROV_KEY_ED25519,
+    PROV_KEY_ED448,
+    PROV_KEY_KIND_COUNT,
+} prov_key_kind_t;
+
+#define PROV_KEY_MAGIC 0x70313161u /* "p11a" */
+
+/* A key held by the agent (uri != NULL), or the public half of some other
+ * key imported for comparison (uri == NULL). Immutable once built; shared
+ * by reference count across threads. */
+typedef struct prov_key {
+    uint32_t magic;
+    atomic_int refs;
+    prov_ctx_t *ctx;
+    prov_key_kind_t kind;
+    char *uri;
+    uint32_t flags;           /* BUS_KEY_* */
+    char *group;              /* EC group name, NULL otherwise */
+    uint8_t *spki;
+    size_t spki_len;
+    uint8_t *cert;
+    size_t cert_len;
+    EVP_PKEY *pub;            /* public part, in ctx->libctx; NULL if empty */
+    int bits;
+    int security_bits;
+    int max_size;
+} prov_key_t;
+
+/* Name of a kind as OpenSSL knows it ("RSA", "RSA-PSS", "EC", "ED25519",
+ * "ED448"). */
+const char *prov_key_kind_name(prov_key_kind_t kind);
+/* An empty key (no public part yet). */
+prov_key_t *prov_key_new(prov_ctx_t *ctx, prov_key_kind_t kind);
+/* A key from an agent record: decodes the SPKI in the provider's libctx,
+ * caches bits/security-bits/max-size. Raises an error and returns NULL on
+ * failure. */
+prov_key_t *prov_key_from_info(prov_ctx_t *ctx, const bus_key_info_t *info);
+/* Same from parts (tests use it with a software key's SPKI). uri may be
+ * NULL for a public-only key. */
+prov_key_t *prov_key_from_spki(prov_ctx_t *ctx, prov_key_kind_t kind, const char *uri,
+                               const uint8_t *spki, size_t spki_len, const uint8_t *cert,
+                               size_t cert_len, uint32_t flags);
+prov_key_t *prov_key_up_ref(prov_key_t *key);
+void prov_key_free(prov_key_t *key);
+/* True if the key can sign (held by the agent). */
+static inline bool prov_key_is_private(const prov_key_t *key)
+{
+    return key != NULL && key->uri != NULL;
+}
+
+extern const OSSL_DISPATCH prov_rsa_keymgmt_functions[];
+extern const OSSL_DISPATCH prov_rsapss_keymgmt_functions[];
+extern const OSSL_DISPATCH prov_ec_keymgmt_functions[];
+extern const OSSL_DISPATCH prov_ed25519_keymgmt_functions[];
+extern const OSSL_DISPATCH prov_ed448_keymgmt_functions[];
+
+/* --- signature (signature.c, sigparams.c) --- */
+
+extern const OSSL_DISPATCH prov_rsa_signature_functions[];
+extern const OSSL_DISPATCH prov_ecdsa_signature_functions[];
+extern const OSSL_DISPATCH prov_ed25519_signature_functions[];
+extern const OSSL_DISPATCH prov_ed448_signature_functions[];
+
+/* PSS salt length special values, as OpenSSL's RSA_PSS_SALTLEN_*. */
+#define PROV_SALTLEN_DIGEST (-1)
+#define PROV_SALTLEN_MAX (-2)
+#define PROV_SALTLEN_AUTO (-3)
+
+/* Parses a pad-mode parameter (integer RSA_*_PADDING or string "pkcs1",
+ * "pss", "none", ...) into an RSA_*_PADDING value. */
+int prov_parse_pad_mode(const OSSL_PARAM *p, int *ret_pad);
+/* Parses saltlen (integer, or string "digest"/"max"/"auto"/number). */
+int prov_parse_saltlen(const OSSL_PARAM *p, int *ret_saltlen);
+/* The salt length actually used for a key of mod_bits bits and a digest of
+ * md_len bytes: digest -> md_len; max/auto -> emLen - md_len - 2. -1 if the
+ * salt does not fit. */
+int prov_pss_salt_bytes(int saltlen, int mod_bits, int md_len);
+/* Maps an EVP_MD to the wire name ("sha256", ...); NULL if unsupported. */
+const char *prov_md_wire_name(const EVP_MD *md);
+
+/* DER AlgorithmIdentifier of a signature. md may be NULL for EdDSA.
+ * For PSS, salt_bytes is the effective salt length and mgf1 the MGF1 digest.
+ * Writes at most cap bytes into buf; returns the length or 0 on failure. */
+typedef enum prov_sig_scheme {
+    PROV_SIG_RSA_PKCS1,
+    PROV_SIG_RSA_PSS,
+    PROV_SIG_ECDSA,
+    PROV_SIG_ED25519,
+    PROV_SIG_ED448,
+} prov_sig_scheme_t;
+size_t prov_algorithm_id(prov_sig_scheme_t scheme, const EVP_MD *md, const EVP_MD *mgf1,
+                         int salt_bytes, uint8_t *buf, size_t cap);
+
+/* --- store (store.c) --- */
+
+extern const OSSL_DISPATCH prov_store_functions[];
+
+/* Exported for the module only. */
+OSSL_provider_init_fn OSSL_provider_init;

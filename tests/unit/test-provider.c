@@ -1,0 +1,1009 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Unit tests for p11agent.so without a running agent.
+ *
+ * The provider code is linked in without provider/client.c; this file
+ * supplies the prov_client_* functions instead: a fake agent that holds
+ * software keys (made with the default provider) and signs with them, and
+ * records what it was asked. Everything else is the real provider,
+ * registered as a built-in in a private OSSL_LIB_CTX next to "default":
+ * store loading, keymgmt, signatures (EVP_DigestSign, EVP_PKEY_sign),
+ * algorithm identifiers and in-memory TLS 1.2/1.3 mutual-auth handshakes.
+ * One test loads the built p11agent.so itself.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/provider.h>
+#include <openssl/rsa.h>
+#include <openssl/ssl.h>
+#include <openssl/store.h>
+#include <openssl/x509.h>
+
+#include "provider.h"
+
+/* ------------------------------------------------------------------ */
+/* The fake agent                                                      */
+/* ------------------------------------------------------------------ */
+
+typedef struct fake_key {
+    const char *uri;
+    const char *alg;     /* for EVP_PKEY_Q_keygen */
+    const char *param;   /* curve or NULL */
+    size_t bits;         /* RSA */
+    bus_key_type_t type;
+    uint32_t flags;
+    EVP_PKEY *soft;      /* the "token" key, default provider */
+    X509 *cert;
+} fake_key_t;
+
+static fake_key_t fake_keys[] = {
+    { "pkcs11:token=t;object=rsa;type=private", "RSA", NULL, 2048, BUS_KEY_RSA,
+      BUS_KEY_CAN_RSA_PKCS1 | BUS_KEY_CAN_RSA_PSS, NULL, NULL },
+    { "pkcs11:token=t;object=p256;type=private", "EC", "P-256", 0, BUS_KEY_EC,
+      BUS_KEY_CAN_ECDSA, NULL, NULL },
+    { "pkcs11:token=t;object=p384;type=private", "EC", "P-384", 0, BUS_KEY_EC,
+      BUS_KEY_CAN_ECDSA, NULL, NULL },
+    { "pkcs11:token=t;object=ed25519;type=private", "ED25519", NULL, 0, BUS_KEY_ED25519,
+      BUS_KEY_CAN_EDDSA, NULL, NULL },
+    { "pkcs11:token=t;object=ed448;type=private", "ED448", NULL, 0, BUS_KEY_ED448,
+      BUS_KEY_CAN_EDDSA, NULL, NULL },
+};
+#define N_FAKE (sizeof(fake_keys) / sizeof(fake_keys[0]))
+#define URI_RSA (fake_keys[0].uri)
+#define URI_P256 (fake_keys[1].uri)
+#define URI_P384 (fake_keys[2].uri)
+#define URI_ED25519 (fake_keys[3].uri)
+#define URI_ED448 (fake_keys[4].uri)
+/* FindKeys finds it (an RSA key), Sign fails with TokenRemoved. */
+#define URI_REMOVED "pkcs11:token=t;object=removed;type=private"
+
+static struct {
+    int signs;
+    bus_sign_params_t last;
+    size_t last_len;
+} fake;
+
+struct prov_client {
+    char *socket_path;
+};
+
+prov_client_t *prov_client_new(char *socket_path)
+{
+    prov_client_t *c = calloc(1, sizeof(*c));
+
+    if (c != NULL)
+        c->socket_path = socket_path;
+    else
+        free(socket_path);
+    return c;
+}
+
+void prov_client_free(prov_client_t *c)
+{
+    if (c == NULL)
+        return;
+    free(c->socket_path);
+    free(c);
+}
+
+const char *prov_client_socket(const prov_client_t *c)
+{
+    return c->socket_path;
+}
+
+static int fake_info(const fake_key_t *k, const char *uri, bus_key_info_t *info)
+{
+    unsigned char *der = NULL;
+    int n;
+
+    memset(info, 0, sizeof(*info));
+    info->uri = strdup(uri);
+    info->type = k->type;
+    info->bits = (uint32_t)EVP_PKEY_get_bits(k->soft);
+    info->group = strdup(k->param != NULL ? (strcmp(k->param, "P-256") == 0 ? "prime256v1"
+                                                                             : "secp384r1")
+                                          : "");
+    info->label = strdup("label");
+    info->token = strdup("t");
+    n = i2d_PUBKEY(k->soft, &der);
+    if (n <= 0)
+        return BUS_ERR_FAILED;
+    info->spki = malloc((size_t)n);
+    memcpy(info->spki, der, (size_t)n);
+    info->spki_len = (size_t)n;
+    OPENSSL_free(der);
+    der = NULL;
+    n = i2d_X509(k->cert, &der);
+    if (n <= 0)
+        return BUS_ERR_FAILED;
+    info->cert = malloc((size_t)n);
+    memcpy(info->cert, der, (size_t)n);
+    info->cert_len = (size_t)n;
+    OPENSSL_free(der);
+    info->flags = k->flags;
+    return BUS_OK;
+}
+
+int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **ret_keys,
+                          size_t *ret_n, char **errmsg)
+{
+    bus_key_info_t *keys = calloc(1, sizeof(*keys));
+
+    for (size_t i = 0; i < N_FAKE; i++) {
+        if (strcmp(uri, fake_keys[i].uri) == 0) {
+            fake_info(&fake_keys[i], uri, &keys[0]);
+            *ret_keys = keys;
+            *ret_n = 1;
+            return BUS_OK;
+        }
+    }
+    if (strcmp(uri, URI_REMOVED) == 0) {
+        fake_info(&fake_keys[0], uri, &keys[0]);
+        *ret_keys = keys;
+        *ret_n = 1;
+        return BUS_OK;
+    }
+    free(keys);
+    *errmsg = strdup("no key on any token matches");
+    return BUS_ERR_NO_SUCH_KEY;
+}
+
+static const char *wire_to_ossl(const char *h)
+{
+    static const char *const map[][2] = {
+        { "sha1", "SHA1" },     { "sha224", "SHA224" }, { "sha256", "SHA256" },
+        { "sha384", "SHA384" }, { "sha512", "SHA512" },
+    };
+
+    for (size_t i = 0; i < 5; i++) {
+        if (strcmp(h, map[i][0]) == 0)
+            return map[i][1];
+    }
+    return NULL;
+}
+
+int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
+                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                     char **errmsg)
+{
+    const fake_key_t *k = NULL;
+    EVP_PKEY_CTX *pctx = NULL;
+    uint8_t *sig = NULL;
+    size_t siglen = 0;
+    int ok = 0;
+
+    fake.last = *p;
+    fake.last_len = len;
+    if (strcmp(uri, URI_REMOVED) == 0) {
+        *errmsg = strdup("the card was pulled from reader 0");
+        return BUS_ERR_TOKEN_REMOVED;
+    }
+    for (size_t i = 0; i < N_FAKE; i++) {
+        if (strcmp(uri, fake_keys[i].uri) == 0)
+            k = &fake_keys[i];
+    }
+    if (k == NULL)
+        return BUS_ERR_NO_SUCH_KEY;
+
+    if (p->alg == BUS_SIG_EDDSA) {
+        EVP_MD_CTX *m = EVP_MD_CTX_new();
+
+        ok = EVP_DigestSignInit_ex(m, NULL, NULL, NULL, NULL, k->soft, NULL) == 1
+             && EVP_DigestSign(m, NULL, &siglen, data, len) == 1
+             && (sig = malloc(siglen)) != NULL
+             && EVP_DigestSign(m, sig, &siglen, data, len) == 1;
+        EVP_MD_CTX_free(m);
+    } else {
+        pctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, NULL);
+        ok = pctx != NULL && EVP_PKEY_sign_init(pctx) == 1;
+        if (ok && p->hash[0] != '\0')
+            ok = EVP_PKEY_CTX_set_signature_md(pctx, EVP_get_digestbyname(wire_to_ossl(p->hash)))
+                 == 1;
+        if (ok && p->alg == BUS_SIG_RSA_PKCS1)
+            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
+        if (ok && p->alg == BUS_SIG_RSA_PSS) {
+            const char *mgf = p->mgf1_hash[0] != '\0' ? p->mgf1_hash : p->hash;
+
+            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
+                 && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, p->salt_len) == 1
+                 && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_get_digestbyname(wire_to_ossl(mgf)))
+                        == 1;
+        }
+        ok = ok && EVP_PKEY_sign(pctx, NULL, &siglen, data, len) == 1
+             && (sig = malloc(siglen)) != NULL
+             && EVP_PKEY_sign(pctx, sig, &siglen, data, len) == 1;
+        EVP_PKEY_CTX_free(pctx);
+    }
+    if (!ok) {
+        free(sig);
+        *errmsg = strdup("fake token failed");
+        return BUS_ERR_DEVICE;
+    }
+    fake.signs++;
+    *ret_sig = sig;
+    *ret_len = siglen;
+    return BUS_OK;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fixtures                                                            */
+/* ------------------------------------------------------------------ */
+
+static OSSL_LIB_CTX *plibctx;   /* default + p11agent (built-in) */
+static OSSL_PROVIDER *prov_default, *prov_ours;
+
+static X509 *self_signed(EVP_PKEY *key, const char *cn)
+{
+    X509 *x = X509_new();
+    X509_NAME *name = X509_NAME_new();
+    const EVP_MD *md = EVP_PKEY_is_a(key, "ED25519") || EVP_PKEY_is_a(key, "ED448")
+                           ? NULL
+                           : EVP_sha256();
+
+    X509_set_version(x, X509_VERSION_3);
+    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
+    X509_set_subject_name(x, name);
+    X509_set_issuer_name(x, name);
+    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
+    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
+    X509_set_pubkey(x, key);
+    assert_true(X509_sign(x, key, md) > 0);
+    X509_NAME_free(name);
+    return x;
+}
+
+static int group_setup(void **state)
+{
+    for (size_t i = 0; i < N_FAKE; i++) {
+        fake_key_t *k = &fake_keys[i];
+
+        if (k->bits != 0)
+            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->bits);
+        else if (k->param != NULL)
+            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->param);
+        else
+            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg);
+        if (k->soft == NULL)
+            return -1;
+        k->cert = self_signed(k->soft, k->uri);
+    }
+    plibctx = OSSL_LIB_CTX_new();
+    if (plibctx == NULL || !OSSL_PROVIDER_add_builtin(plibctx, "p11agent", OSSL_provider_init))
+        return -1;
+    prov_default = OSSL_PROVIDER_load(plibctx, "default");
+    prov_ours = OSSL_PROVIDER_load(plibctx, "p11agent");
+    return prov_default != NULL && prov_ours != NULL ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    OSSL_PROVIDER_unload(prov_ours);
+    OSSL_PROVIDER_unload(prov_default);
+    OSSL_LIB_CTX_free(plibctx);
+    for (size_t i = 0; i < N_FAKE; i++) {
+        EVP_PKEY_free(fake_keys[i].soft);
+        X509_free(fake_keys[i].cert);
+    }
+    return 0;
+}
+
+static const fake_key_t *fake_by_uri(const char *uri)
+{
+    for (size_t i = 0; i < N_FAKE; i++) {
+        if (strcmp(fake_keys[i].uri, uri) == 0)
+            return &fake_keys[i];
+    }
+    return NULL;
+}
+
+/* Loads a URI through OSSL_STORE (our pkcs11: loader). */
+static void load_uri(const char *uri, EVP_PKEY **ret_key, X509 **ret_cert)
+{
+    OSSL_STORE_CTX *st = OSSL_STORE_open_ex(uri, plibctx, NULL, NULL, NULL, NULL, NULL, NULL);
+    EVP_PKEY *key = NULL;
+    X509 *cert = NULL;
+
+    assert_non_null(st);
+    while (!OSSL_STORE_eof(st)) {
+        OSSL_STORE_INFO *info = OSSL_STORE_load(st);
+
+        if (info == NULL)
+            break;
+        if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(info);
+        else if (OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_CERT)
+            cert = OSSL_STORE_INFO_get1_CERT(info);
+        OSSL_STORE_INFO_free(info);
+    }
+    OSSL_STORE_close(st);
+    assert_non_null(key);
+    assert_non_null(cert);
+    *ret_key = key;
+    if (ret_cert != NULL)
+        *ret_cert = cert;
+    else
+        X509_free(cert);
+}
+
+/* True if any queued error's data contains needle. Clears the queue. */
+static bool errors_contain(const char *needle)
+{
+    const char *data = NULL;
+    int flags = 0;
+    bool found = false;
+    unsigned long e;
+
+    while ((e = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0) {
+        if (data != NULL && (flags & ERR_TXT_STRING) && strstr(data, needle) != NULL)
+            found = true;
+    }
+    return found;
+}
+
+/* ------------------------------------------------------------------ */
+/* Signing helpers                                                     */
+/* ------------------------------------------------------------------ */
+
+typedef struct sigopts {
+    const char *md;          /* NULL: none (EdDSA) */
+    int pad;                 /* 0: default */
+    const char *pad_str;     /* set as a string instead */
+    const char *saltlen;     /* string form, or NULL */
+    const char *mgf1;
+} sigopts_t;
+
+static void apply_opts(EVP_PKEY_CTX *pctx, const sigopts_t *o)
+{
+    if (o->pad != 0)
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, o->pad), 1);
+    if (o->pad_str != NULL)
+        assert_true(EVP_PKEY_CTX_ctrl_str(pctx, "rsa_padding_mode", o->pad_str) > 0);
+    if (o->saltlen != NULL) {
+        OSSL_PARAM params[2];
+
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN,
+                                                     (char *)o->saltlen, 0);
+        params[1] = OSSL_PARAM_construct_end();
+        assert_int_equal(EVP_PKEY_CTX_set_params(pctx, params), 1);
+    }
+    if (o->mgf1 != NULL)
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md_name(pctx, o->mgf1, NULL), 1);
+}
+
+/* DigestSign msg with key in libctx; returns the signature. */
+static unsigned char *digest_sign(OSSL_LIB_CTX *lctx, EVP_PKEY *key, const sigopts_t *o,
+                                  const unsigned char *msg, size_t len, size_t *ret_len,
+                                  unsigned char *aid, size_t *aid_len)
+{
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char *sig;
+    size_t siglen = 0;
+
+    assert_int_equal(EVP_DigestSignInit_ex(m, &pctx, o->md, lctx, NULL, key, NULL), 1);
+    apply_opts(pctx, o);
+    if (aid != NULL) {
+        OSSL_PARAM params[2];
+
+        params[0] = OSSL_PARAM_construct_octet_string(OSSL_SIGNATURE_PARAM_ALGORITHM_ID, aid,
+                                                      *aid_len);
+        params[1] = OSSL_PARAM_construct_end();
+        assert_int_equal(EVP_PKEY_CTX_get_params(pctx, params), 1);
+        assert_true(OSSL_PARAM_modified(&params[0]));
+        *aid_len = params[0].return_size;
+    }
+    assert_int_equal(EVP_DigestSign(m, NULL, &siglen, msg, len), 1);
+    assert_true(siglen > 0);
+    sig = malloc(siglen);
+    assert_int_equal(EVP_DigestSign(m, sig, &siglen, msg, len), 1);
+    EVP_MD_CTX_free(m);
+    *ret_len = siglen;
+    return sig;
+}
+
+static bool digest_verify(EVP_PKEY *soft, const sigopts_t *o, const unsigned char *msg,
+                          size_t len, const unsigned char *sig, size_t siglen)
+{
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    int r;
+
+    assert_int_equal(EVP_DigestVerifyInit_ex(m, &pctx, o->md, NULL, NULL, soft, NULL), 1);
+    apply_opts(pctx, o);
+    r = EVP_DigestVerify(m, sig, siglen, msg, len);
+    EVP_MD_CTX_free(m);
+    return r == 1;
+}
+
+static const unsigned char message[] = "p11agent signs this message";
+
+/* Signs through the provider, verifies with the software key, and checks
+ * that the algorithm-id equals the default provider's for the same
+ * settings. */
+static void sign_verify_compare(const char *uri, const sigopts_t *o)
+{
+    const fake_key_t *fk = fake_by_uri(uri);
+    EVP_PKEY *key = NULL;
+    unsigned char aid[256], ref_aid[256], *sig, *ref_sig;
+    size_t aid_len = sizeof(aid), ref_aid_len = sizeof(ref_aid), siglen, ref_len;
+    int before = fake.signs;
+
+    load_uri(uri, &key, NULL);
+    sig = digest_sign(plibctx, key, o, message, sizeof(message), &siglen, aid, &aid_len);
+    assert_int_equal(fake.signs, before + 1);
+    assert_true(digest_verify(fk->soft, o, message, sizeof(message), sig, siglen));
+
+    ref_sig = digest_sign(NULL, fk->soft, o, message, sizeof(message), &ref_len, ref_aid,
+                          &ref_aid_len);
+    assert_int_equal(aid_len, ref_aid_len);
+    assert_memory_equal(aid, ref_aid, aid_len);
+    free(sig);
+    free(ref_sig);
+    EVP_PKEY_free(key);
+}
+
+/* ------------------------------------------------------------------ */
+/* Tests                                                               */
+/* ------------------------------------------------------------------ */
+
+static void test_provider_module_loads_and_offers_operations(void **state)
+{
+    const char *path = getenv("P11AGENT_TEST_MODULE");
+    char dir[4096];
+    OSSL_LIB_CTX *lctx = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *p;
+    static const char *const keymgmts[] = {
+        "RSA", "rsaEncryption", "1.2.840.113549.1.1.1", "RSA-PSS", "RSASSA-PSS",
+        "1.2.840.113549.1.1.10", "EC", "id-ecPublicKey", "1.2.840.10045.2.1", "ED25519",
+        "1.3.101.112", "ED448", "1.3.101.113",
+    };
+    static const char *const sigs[] = { "RSA", "ECDSA", "ED25519", "ED448" };
+    const char *name = NULL;
+    OSSL_PARAM params[2];
+    OSSL_STORE_LOADER *loader;
+
+    if (path == NULL)
+        fail_msg("P11AGENT_TEST_MODULE not set (meson sets it)");
+    snprintf(dir, sizeof(dir), "%s", path);
+    *strrchr(dir, '/') = '\0';
+    assert_int_equal(OSSL_PROVIDER_set_default_search_path(lctx, dir), 1);
+    p = OSSL_PROVIDER_load(lctx, "p11agent");
+    assert_non_null(p);
+
+    params[0] = OSSL_PARAM_construct_utf8_ptr(OSSL_PROV_PARAM_NAME, (char **)&name, 0);
+    params[1] = OSSL_PARAM_construct_end();
+    assert_int_equal(OSSL_PROVIDER_get_params(p, params), 1);
+    assert_non_null(strstr(name, "p11agent"));
+
+    for (size_t i = 0; i < sizeof(keymgmts) / sizeof(keymgmts[0]); i++) {
+        EVP_KEYMGMT *km = EVP_KEYMGMT_fetch(lctx, keymgmts[i], "provider=p11agent");
+
+        if (km == NULL)
+            fail_msg("keymgmt %s missing (a partner function missing?)", keymgmts[i]);
+        EVP_KEYMGMT_free(km);
+    }
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        EVP_SIGNATURE *s = EVP_SIGNATURE_fetch(lctx, sigs[i], "provider=p11agent");
+
+        if (s == NULL)
+            fail_msg("signature %s missing", sigs[i]);
+        EVP_SIGNATURE_free(s);
+    }
+    loader = OSSL_STORE_LOADER_fetch(lctx, "pkcs11", "provider=p11agent");
+    assert_non_null(loader);
+    OSSL_STORE_LOADER_free(loader);
+    OSSL_PROVIDER_unload(p);
+    OSSL_LIB_CTX_free(lctx);
+}
+
+static void test_provider_offers_nothing_inside_agent(void **state)
+{
+    OSSL_LIB_CTX *lctx = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *p;
+    EVP_KEYMGMT *km;
+
+    setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    assert_int_equal(OSSL_PROVIDER_add_builtin(lctx, "p11agent", OSSL_provider_init), 1);
+    p = OSSL_PROVIDER_load(lctx, "p11agent");
+    unsetenv("P11AGENT_AGENT_PROCESS");
+    assert_non_null(p);
+    km = EVP_KEYMGMT_fetch(lctx, "RSA", "provider=p11agent");
+    assert_null(km);
+    assert_null(OSSL_STORE_LOADER_fetch(lctx, "pkcs11", NULL));
+    ERR_clear_error();
+    OSSL_PROVIDER_unload(p);
+    OSSL_LIB_CTX_free(lctx);
+}
+
+static void test_provider_pad_mode_parsing(void **state)
+{
+    int v = 0, pad = -1;
+    OSSL_PARAM p;
+
+    v = RSA_PKCS1_PSS_PADDING;
+    p = OSSL_PARAM_construct_int(OSSL_SIGNATURE_PARAM_PAD_MODE, &v);
+    assert_int_equal(prov_parse_pad_mode(&p, &pad), 1);
+    assert_int_equal(pad, RSA_PKCS1_PSS_PADDING);
+    p = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, "pss", 0);
+    assert_int_equal(prov_parse_pad_mode(&p, &pad), 1);
+    assert_int_equal(pad, RSA_PKCS1_PSS_PADDING);
+    p = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, "pkcs1", 0);
+    assert_int_equal(prov_parse_pad_mode(&p, &pad), 1);
+    assert_int_equal(pad, RSA_PKCS1_PADDING);
+    p = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PAD_MODE, "oaep-ish", 0);
+    assert_int_equal(prov_parse_pad_mode(&p, &pad), 0);
+}
+
+static void test_provider_saltlen_parsing(void **state)
+{
+    static const struct {
+        const char *s;
+        int ok, v;
+    } cases[] = {
+        { "digest", 1, PROV_SALTLEN_DIGEST }, { "max", 1, PROV_SALTLEN_MAX },
+        { "auto", 1, PROV_SALTLEN_AUTO },     { "20", 1, 20 },
+        { "0", 1, 0 },                        { "x", 0, 0 },
+        { "-7", 0, 0 },                       { "", 0, 0 },
+    };
+    int v, iv = 32;
+    OSSL_PARAM p;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        v = 12345;
+        p = OSSL_PARAM_construct_utf8_string(OSSL_SIGNATURE_PARAM_PSS_SALTLEN,
+                                             (char *)cases[i].s, 0);
+        assert_int_equal(prov_parse_saltlen(&p, &v), cases[i].ok);
+        if (cases[i].ok)
+            assert_int_equal(v, cases[i].v);
+    }
+    p = OSSL_PARAM_construct_int(OSSL_SIGNATURE_PARAM_PSS_SALTLEN, &iv);
+    assert_int_equal(prov_parse_saltlen(&p, &v), 1);
+    assert_int_equal(v, 32);
+}
+
+static void test_provider_pss_salt_computation(void **state)
+{
+    /* RSA-2048, SHA-256: digest = 32, max = 256 - 32 - 2 */
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_DIGEST, 2048, 32), 32);
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_MAX, 2048, 32), 222);
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_AUTO, 2048, 48), 206);
+    /* emLen = ceil((modBits - 1) / 8): a 2049-bit modulus still gives 256 */
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_MAX, 2049, 32), 222);
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_MAX, 3072, 64), 318);
+    assert_int_equal(prov_pss_salt_bytes(20, 2048, 32), 20);
+    assert_int_equal(prov_pss_salt_bytes(223, 2048, 32), -1);
+    /* SHA-512 with a 512-bit key does not fit */
+    assert_int_equal(prov_pss_salt_bytes(PROV_SALTLEN_DIGEST, 512, 64), -1);
+}
+
+/* prov_algorithm_id against the default provider, for every supported
+ * digest with RSA PKCS#1 and ECDSA, and EdDSA. */
+static void test_provider_algorithm_id_matches_default(void **state)
+{
+    static const char *const mds[] = { "SHA1", "SHA224", "SHA256", "SHA384", "SHA512" };
+
+    for (size_t i = 0; i < 5; i++) {
+        sigopts_t o = { .md = mds[i] };
+
+        sign_verify_compare(URI_RSA, &o);
+        sign_verify_compare(URI_P256, &o);
+    }
+    {
+        sigopts_t o = { 0 };
+
+        sign_verify_compare(URI_ED25519, &o);
+        sign_verify_compare(URI_ED448, &o);
+    }
+}
+
+static void test_provider_algorithm_id_pss_matches_default(void **state)
+{
+    static const sigopts_t cases[] = {
+        { .md = "SHA256", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "digest" },
+        { .md = "SHA256", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "max" },
+        { .md = "SHA384", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "digest" },
+        { .md = "SHA512", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "auto" },
+        { .md = "SHA1", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "20" },
+        { .md = "SHA256", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "20", .mgf1 = "SHA1" },
+        { .md = "SHA256", .pad_str = "pss", .saltlen = "digest", .mgf1 = "SHA384" },
+    };
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        sign_verify_compare(URI_RSA, &cases[i]);
+}
+
+static void test_provider_pss_sends_salt_and_mgf1(void **state)
+{
+    sigopts_t o = { .md = "SHA256", .pad = RSA_PKCS1_PSS_PADDING, .saltlen = "max" };
+
+    sign_verify_compare(URI_RSA, &o);
+    assert_int_equal(fake.last.alg, BUS_SIG_RSA_PSS);
+    assert_string_equal(fake.last.hash, "sha256");
+    assert_string_equal(fake.last.mgf1_hash, "sha256");
+    assert_int_equal(fake.last.salt_len, 222);
+    assert_int_equal(fake.last_len, 32);
+
+    o.saltlen = "digest";
+    o.md = "SHA384";
+    sign_verify_compare(URI_RSA, &o);
+    assert_int_equal(fake.last.salt_len, 48);
+    assert_string_equal(fake.last.hash, "sha384");
+}
+
+/* EVP_PKEY_sign: the input is the digest; RSA without a digest signs raw
+ * data with PKCS#1 padding. */
+static void test_provider_pkey_sign_prehashed_and_raw(void **state)
+{
+    const fake_key_t *fk = fake_by_uri(URI_RSA);
+    unsigned char dgst[32], sig[512];
+    size_t siglen = sizeof(sig);
+    EVP_PKEY *key = NULL;
+    EVP_PKEY_CTX *pctx, *vctx;
+
+    memset(dgst, 0xab, sizeof(dgst));
+    load_uri(URI_RSA, &key, NULL);
+
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_sign_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()), 1);
+    assert_int_equal(EVP_PKEY_sign(pctx, sig, &siglen, dgst, sizeof(dgst)), 1);
+    assert_string_equal(fake.last.hash, "sha256");
+    vctx = EVP_PKEY_CTX_new_from_pkey(NULL, fk->soft, NULL);
+    assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_signature_md(vctx, EVP_sha256()), 1);
+    assert_int_equal(EVP_PKEY_verify(vctx, sig, siglen, dgst, sizeof(dgst)), 1);
+    EVP_PKEY_CTX_free(vctx);
+    EVP_PKEY_CTX_free(pctx);
+
+    /* raw: no digest set */
+    siglen = sizeof(sig);
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_sign_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_sign(pctx, sig, &siglen, dgst, 20), 1);
+    assert_int_equal(fake.last.alg, BUS_SIG_RSA_PKCS1);
+    assert_string_equal(fake.last.hash, "");
+    assert_int_equal(siglen, 256);
+    vctx = EVP_PKEY_CTX_new_from_pkey(NULL, fk->soft, NULL);
+    assert_int_equal(EVP_PKEY_verify_init(vctx), 1);
+    assert_int_equal(EVP_PKEY_verify(vctx, sig, siglen, dgst, 20), 1);
+    EVP_PKEY_CTX_free(vctx);
+    EVP_PKEY_CTX_free(pctx);
+
+    /* a wrong-sized digest never reaches the agent */
+    {
+        int before = fake.signs;
+
+        siglen = sizeof(sig);
+        pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+        assert_int_equal(EVP_PKEY_sign_init(pctx), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()), 1);
+        assert_true(EVP_PKEY_sign(pctx, sig, &siglen, dgst, 20) <= 0);
+        assert_int_equal(fake.signs, before);
+        EVP_PKEY_CTX_free(pctx);
+        ERR_clear_error();
+    }
+    EVP_PKEY_free(key);
+}
+
+/* bits, security-bits, max-size and the EC group, as the default provider
+ * reports them for the same key; ECDSA max-size is the DER maximum. */
+static void test_provider_key_params_match_software_key(void **state)
+{
+    static const int ecdsa_max[] = { 72, 104 }; /* P-256, P-384 */
+
+    for (size_t i = 0; i < N_FAKE; i++) {
+        const fake_key_t *fk = &fake_keys[i];
+        EVP_PKEY *key = NULL;
+        char g1[64] = "", g2[64] = "", d1[64] = "", d2[64] = "";
+        int r1, r2;
+
+        load_uri(fk->uri, &key, NULL);
+        assert_true(EVP_PKEY_is_a(key, fk->alg));
+        assert_int_equal(EVP_PKEY_get_bits(key), EVP_PKEY_get_bits(fk->soft));
+        assert_int_equal(EVP_PKEY_get_security_bits(key), EVP_PKEY_get_security_bits(fk->soft));
+        assert_int_equal(EVP_PKEY_get_size(key), EVP_PKEY_get_size(fk->soft));
+        assert_true(EVP_PKEY_get_size(key) > 0);
+        if (fk->type == BUS_KEY_EC) {
+            assert_int_equal(EVP_PKEY_get_group_name(key, g1, sizeof(g1), NULL), 1);
+            assert_int_equal(EVP_PKEY_get_group_name(fk->soft, g2, sizeof(g2), NULL), 1);
+            assert_string_equal(g1, g2);
+            assert_int_equal(EVP_PKEY_get_size(key), ecdsa_max[i - 1]);
+        }
+        if (fk->type == BUS_KEY_ED25519)
+            assert_int_equal(EVP_PKEY_get_size(key), 64);
+        r1 = EVP_PKEY_get_default_digest_name(key, d1, sizeof(d1));
+        r2 = EVP_PKEY_get_default_digest_name(fk->soft, d2, sizeof(d2));
+        assert_int_equal(r1, r2);
+        assert_string_equal(d1, d2);
+        assert_true(EVP_PKEY_can_sign(key));
+        EVP_PKEY_free(key);
+    }
+}
+
+static void test_provider_cert_matches_key(void **state)
+{
+    EVP_PKEY *key = NULL, *other = NULL;
+    X509 *cert = NULL, *other_cert = NULL;
+
+    load_uri(URI_P256, &key, &cert);
+    load_uri(URI_P384, &other, &other_cert);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(cert), key), 1);
+    assert_int_equal(EVP_PKEY_eq(key, X509_get0_pubkey(cert)), 1);
+    assert_int_equal(X509_check_private_key(cert, key), 1);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(other_cert), key), 0);
+    assert_int_equal(X509_check_private_key(other_cert, key), 0);
+    ERR_clear_error();
+    X509_free(cert);
+    X509_free(other_cert);
+    EVP_PKEY_free(other);
+    EVP_PKEY_free(key);
+
+    load_uri(URI_RSA, &key, &cert);
+    assert_int_equal(X509_check_private_key(cert, key), 1);
+    assert_int_equal(EVP_PKEY_eq(X509_get0_pubkey(fake_keys[0].cert), key), 1);
+    X509_free(cert);
+    EVP_PKEY_free(key);
+}
+
+static void test_provider_export_refuses_private(void **state)
+{
+    EVP_PKEY *key = NULL;
+    OSSL_PARAM *params = NULL;
+    BIGNUM *n = NULL, *soft_n = NULL;
+
+    load_uri(URI_RSA, &key, NULL);
+    assert_int_equal(EVP_PKEY_todata(key, EVP_PKEY_KEYPAIR, &params), 0);
+    assert_null(params);
+    ERR_clear_error();
+    assert_int_equal(EVP_PKEY_todata(key, EVP_PKEY_PUBLIC_KEY, &params), 1);
+    assert_non_null(OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_RSA_N));
+    assert_null(OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_RSA_D));
+    assert_int_equal(OSSL_PARAM_get_BN(OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_RSA_N), &n), 1);
+    assert_int_equal(EVP_PKEY_get_bn_param(fake_keys[0].soft, OSSL_PKEY_PARAM_RSA_N, &soft_n), 1);
+    assert_int_equal(BN_cmp(n, soft_n), 0);
+    OSSL_PARAM_free(params);
+    BN_free(n);
+    BN_free(soft_n);
+    /* and OpenSSL can't move the key into the default provider to sign
+     * there with half a key */
+    {
+        EVP_MD_CTX *m = EVP_MD_CTX_new();
+        int before = fake.signs;
+
+        assert_true(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, "provider=default", key,
+                                          NULL) <= 0);
+        assert_int_equal(fake.signs, before);
+        EVP_MD_CTX_free(m);
+        ERR_clear_error();
+    }
+    EVP_PKEY_free(key);
+}
+
+static void test_provider_import_public_only(void **state)
+{
+    EVP_PKEY *key = NULL, *imported = NULL;
+    OSSL_PARAM *pub = NULL, *pair = NULL;
+    EVP_PKEY_CTX *pctx;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_int_equal(EVP_PKEY_todata(fake_keys[1].soft, EVP_PKEY_KEYPAIR, &pair), 1);
+    assert_int_equal(EVP_PKEY_todata(fake_keys[1].soft, EVP_PKEY_PUBLIC_KEY, &pub), 1);
+
+    pctx = EVP_PKEY_CTX_new_from_name(plibctx, "EC", "provider=p11agent");
+    assert_non_null(pctx);
+    assert_int_equal(EVP_PKEY_fromdata_init(pctx), 1);
+    assert_true(EVP_PKEY_fromdata(pctx, &imported, EVP_PKEY_KEYPAIR, pair) <= 0);
+    assert_null(imported);
+    assert_true(errors_contain("private"));
+    assert_int_equal(EVP_PKEY_fromdata(pctx, &imported, EVP_PKEY_PUBLIC_KEY, pub), 1);
+    assert_non_null(imported);
+    assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(imported)), "p11agent");
+    /* our match(): same public key */
+    assert_int_equal(EVP_PKEY_eq(imported, key), 1);
+    assert_int_equal(EVP_PKEY_get_bits(imported), 256);
+    /* a public-only key can't sign */
+    {
+        EVP_MD_CTX *m = EVP_MD_CTX_new();
+
+        assert_true(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, imported, NULL)
+                    <= 0);
+        EVP_MD_CTX_free(m);
+        ERR_clear_error();
+    }
+    EVP_PKEY_CTX_free(pctx);
+    EVP_PKEY_free(imported);
+    OSSL_PARAM_free(pub);
+    OSSL_PARAM_free(pair);
+    EVP_PKEY_free(key);
+}
+
+static void test_provider_sign_error_names_key_and_cause(void **state)
+{
+    EVP_PKEY *key = NULL;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    unsigned char sig[512];
+    size_t siglen = sizeof(sig);
+
+    load_uri(URI_REMOVED, &key, NULL);
+    ERR_clear_error();
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_true(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)) <= 0);
+    assert_true(errors_contain("p11agent: signing with " URI_REMOVED
+                               " failed: token removed: the card was pulled from reader 0"));
+    EVP_MD_CTX_free(m);
+    EVP_PKEY_free(key);
+}
+
+static void test_provider_store_unknown_uri_names_it(void **state)
+{
+    OSSL_STORE_CTX *st;
+
+    ERR_clear_error();
+    st = OSSL_STORE_open_ex("pkcs11:object=nothing-here", plibctx, NULL, NULL, NULL, NULL,
+                            NULL, NULL);
+    assert_null(st);
+    assert_true(errors_contain("no key matches pkcs11:object=nothing-here"));
+}
+
+static void test_provider_digest_sign_init_does_not_call_agent(void **state)
+{
+    EVP_PKEY *key = NULL;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    size_t siglen = 0;
+    int before;
+
+    load_uri(URI_P256, &key, NULL);
+    before = fake.signs;
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA384", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_DigestSignUpdate(m, message, 5), 1);
+    /* size query: no agent call, the maximal DER size */
+    assert_int_equal(EVP_DigestSignFinal(m, NULL, &siglen), 1);
+    assert_int_equal(siglen, 72);
+    assert_int_equal(fake.signs, before);
+    EVP_MD_CTX_free(m);
+    EVP_PKEY_free(key);
+}
+
+/* ------------------------------------------------------------------ */
+/* TLS: in-memory mutual-auth handshakes, client key in the agent      */
+/* ------------------------------------------------------------------ */
+
+static int accept_any(int ok, X509_STORE_CTX *ctx)
+{
+    return 1;
+}
+
+static void handshake(const char *uri, int version, const char *sigalgs, int expect_alg)
+{
+    EVP_PKEY *ckey = NULL, *skey = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *ccert = NULL, *scert = self_signed(skey, "server");
+    SSL_CTX *sctx = SSL_CTX_new_ex(NULL, NULL, TLS_server_method());
+    SSL_CTX *cctx = SSL_CTX_new_ex(plibctx, NULL, TLS_client_method());
+    SSL *s, *c;
+    BIO *sb, *cb;
+    int before = fake.signs, sdone = 0, cdone = 0;
+
+    load_uri(uri, &ckey, &ccert);
+    assert_int_equal(SSL_CTX_use_certificate(sctx, scert), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(sctx, skey), 1);
+    SSL_CTX_set_verify(sctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, accept_any);
+    SSL_CTX_set_verify(cctx, SSL_VERIFY_PEER, accept_any);
+    assert_int_equal(SSL_CTX_set_min_proto_version(sctx, version), 1);
+    assert_int_equal(SSL_CTX_set_max_proto_version(sctx, version), 1);
+    assert_int_equal(SSL_CTX_use_certificate(cctx, ccert), 1);
+    assert_int_equal(SSL_CTX_use_PrivateKey(cctx, ckey), 1);
+    assert_int_equal(SSL_CTX_check_private_key(cctx), 1);
+    /* what the server's CertificateRequest allows the client to sign with */
+    if (sigalgs != NULL)
+        assert_int_equal(SSL_CTX_set1_client_sigalgs_list(sctx, sigalgs), 1);
+
+    s = SSL_new(sctx);
+    c = SSL_new(cctx);
+    assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
+    SSL_set_bio(s, sb, sb);
+    SSL_set_bio(c, cb, cb);
+    SSL_set_accept_state(s);
+    SSL_set_connect_state(c);
+    for (int i = 0; i < 100 && !(sdone && cdone); i++) {
+        int r;
+
+        if (!cdone) {
+            r = SSL_do_handshake(c);
+            if (r == 1)
+                cdone = 1;
+            else if (SSL_get_error(c, r) != SSL_ERROR_WANT_READ)
+                fail_msg("client handshake failed: %s",
+                         ERR_error_string(ERR_get_error(), NULL));
+        }
+        if (!sdone) {
+            r = SSL_do_handshake(s);
+            if (r == 1)
+                sdone = 1;
+            else if (SSL_get_error(s, r) != SSL_ERROR_WANT_READ)
+                fail_msg("server handshake failed: %s",
+                         ERR_error_string(ERR_get_error(), NULL));
+        }
+    }
+    assert_true(sdone && cdone);
+    /* TLS 1.3 needs one more read for the server to see the client's
+     * certificate messages processed; by now they are. */
+    assert_int_equal(SSL_version(s), version);
+    {
+        X509 *peer = SSL_get1_peer_certificate(s);
+
+        assert_non_null(peer);
+        assert_int_equal(X509_cmp(peer, ccert), 0);
+        X509_free(peer);
+    }
+    assert_int_equal(fake.signs, before + 1);
+    assert_int_equal(fake.last.alg, expect_alg);
+
+    SSL_free(c);
+    SSL_free(s);
+    SSL_CTX_free(cctx);
+    SSL_CTX_free(sctx);
+    X509_free(ccert);
+    X509_free(scert);
+    EVP_PKEY_free(ckey);
+    EVP_PKEY_free(skey);
+}
+
+static void test_provider_tls12_client_auth(void **state)
+{
+    handshake(URI_RSA, TLS1_2_VERSION, "RSA+SHA256", BUS_SIG_RSA_PKCS1);
+    assert_string_equal(fake.last.hash, "sha256");
+    handshake(URI_RSA, TLS1_2_VERSION, "rsa_pss_rsae_sha256", BUS_SIG_RSA_PSS);
+    handshake(URI_P256, TLS1_2_VERSION, NULL, BUS_SIG_ECDSA);
+    handshake(URI_P384, TLS1_2_VERSION, NULL, BUS_SIG_ECDSA);
+    handshake(URI_ED25519, TLS1_2_VERSION, NULL, BUS_SIG_EDDSA);
+}
+
+static void test_provider_tls13_client_auth(void **state)
+{
+    handshake(URI_RSA, TLS1_3_VERSION, NULL, BUS_SIG_RSA_PSS);
+    assert_int_equal(fake.last.salt_len, 32); /* TLS: salt = digest length */
+    handshake(URI_P256, TLS1_3_VERSION, NULL, BUS_SIG_ECDSA);
+    handshake(URI_P384, TLS1_3_VERSION, NULL, BUS_SIG_ECDSA);
+    assert_string_equal(fake.last.hash, "sha384");
+    handshake(URI_ED25519, TLS1_3_VERSION, NULL, BUS_SIG_EDDSA);
+    handshake(URI_ED448, TLS1_3_VERSION, NULL, BUS_SIG_EDDSA);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_provider_module_loads_and_offers_operations),
+        cmocka_unit_test(test_provider_offers_nothing_inside_agent),
+        cmocka_unit_test(test_provider_pad_mode_parsing),
+        cmocka_unit_test(test_provider_saltlen_parsing),
+        cmocka_unit_test(test_provider_pss_salt_computation),
+        cmocka_unit_test(test_provider_algorithm_id_matches_default),
+        cmocka_unit_test(test_provider_algorithm_id_pss_matches_default),
+        cmocka_unit_test(test_provider_pss_sends_salt_and_mgf1),
+        cmocka_unit_test(test_provider_pkey_sign_prehashed_and_raw),
+        cmocka_unit_test(test_provider_key_params_match_software_key),
+        cmocka_unit_test(test_provider_cert_matches_key),
+        cmocka_unit_test(test_provider_export_refuses_private),
+        cmocka_unit_test(test_provider_import_public_only),
+        cmocka_unit_test(test_provider_sign_error_names_key_and_cause),
+        cmocka_unit_test(test_provider_store_unknown_uri_names_it),
+        cmocka_unit_test(test_provider_digest_sign_init_does_not_call_agent),
+        cmocka_unit_test(test_provider_tls12_client_auth),
+        cmocka_unit_test(test_provider_tls13_client_auth),
+    };
+
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
