@@ -189,13 +189,15 @@ EOF
 
 # --- agent -------------------------------------------------------------
 # agent_start [PIN_FILE]: start p11agentd on $SOCK and wait (bounded) until
-# it answers. The agent never sees the clients' openssl.cnf.
+# it answers. The agent runs without OPENSSL_CONF, unless IT_AGENT_CNF names
+# one for it.
 agent_start() {
-	local pinfile=${1:-$T/pin} i limit=50
+	local pinfile=${1:-$T/pin} i limit=50 envcmd=(env -u OPENSSL_CONF)
 	[ -n "$IT_PRELOAD" ] && limit=150
+	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
 	rm -f "$SOCK"
 	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"
-	env -u OPENSSL_CONF "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
+	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
 		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
 	for ((i = 0; i < limit; i++)); do
