@@ -6,7 +6,7 @@
 # Installs missing Debian packages first. Exits 0 on success.
 set -uo pipefail  # no -e: every step checks its own status (lib.sh is not errexit-safe)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-cd "$ROOT"
+cd "$ROOT" || exit 1
 
 say() { printf '%s\n' "$*"; }
 die() {

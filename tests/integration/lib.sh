@@ -13,6 +13,7 @@
 export LC_ALL=C
 IT_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 IT_TIMEOUT=${P11AGENT_TEST_TIMEOUT:-30}
+# shellcheck disable=SC2034 # used by the test scripts
 IT_KEYS="rsa2048 p256 p384 ed25519"
 IT_BG_PIDS=()
 AGENT_PID=""

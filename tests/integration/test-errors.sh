@@ -23,11 +23,13 @@ failed_cleanly() {
 	return 1
 }
 
-# message FILE: FILE without the words the command line itself puts there
-# (the URI, the token label, OpenSSL's "p11agent::" library prefix), so a
-# grep on it matches only what the provider/agent said.
+# message FILE: FILE without the words that are there whatever happened (the
+# URI, the token label, the provider's library name in OpenSSL's
+# "error:XXXXXXXX:p11agent:..." lines, the module path), so a grep on it
+# matches only what the provider/agent said about the cause.
 message() {
-	sed -e 's/pkcs11:[^ ]*//g' -e 's/p11agent-test//g' -e 's/p11agent:://g' "$1"
+	sed -e 's/pkcs11:[^ ]*//g' -e 's/p11agent-test//g' -e 's/:p11agent:/::/g' \
+		-e 's#[^ ]*p11agent\.so##g' "$1"
 }
 
 sign() { # sign KEY OUT-PREFIX [more pkeyutl args]: pkeyutl -sign, status

@@ -29,7 +29,8 @@ signed_by_agent() {
 # with the certificate's public key and the same options. RSA without
 # options: PKCS#1 v1.5 with digest:sha256.
 pkeyutl_case() {
-	local k=$1 before sig=$T/$k.pkeyutl.sig md=sha256 in raw=() opts=() o
+	local k=$1 before sig md=sha256 in raw=() opts=() o
+	sig=$T/$k.pkeyutl.sig
 	shift
 	for o in "$@"; do
 		opts+=(-pkeyopt "$o")
@@ -54,7 +55,8 @@ pkeyutl_case() {
 
 # dgst_case KEY DIGEST: openssl dgst -sign / -verify.
 dgst_case() {
-	local k=$1 md=$2 before sig=$T/$k.dgst.sig
+	local k=$1 md=$2 before sig
+	sig=$T/$k.dgst.sig
 	rm -f "$sig"
 	before=$(agent_signatures) || return 1
 	client dgst "-$md" -sign "$(uri "$k")" -out "$sig" "$T/msg" ||
@@ -67,7 +69,8 @@ dgst_case() {
 # req_case KEY: a CSR signed by the token key; openssl req -verify accepts
 # it and it carries the certificate's public key.
 req_case() {
-	local k=$1 before csr=$T/$k.csr
+	local k=$1 before csr
+	csr=$T/$k.csr
 	rm -f "$csr"
 	before=$(agent_signatures) || return 1
 	client req -new -key "$(uri "$k")" -subj "/CN=x" -out "$csr" ||
