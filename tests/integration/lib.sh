@@ -190,30 +190,39 @@ EOF
 
 # --- agent -------------------------------------------------------------
 # agent_start [PIN_FILE]: start p11agentd on $SOCK and wait (bounded) until
-# it answers. The agent runs without OPENSSL_CONF, unless IT_AGENT_CNF names
-# one for it.
+# it listens. A socket file left by a killed agent stays in place: the new
+# agent must replace it, and is ready once `p11agentctl status` answers. The
+# agent runs without OPENSSL_CONF, unless IT_AGENT_CNF names one for it.
 agent_start() {
-	local pinfile=${1:-$T/pin} i limit=50 envcmd=(env -u OPENSSL_CONF)
+	local pinfile=${1:-$T/pin} i limit=50 stale=0 envcmd=(env -u OPENSSL_CONF)
 	[ -n "$IT_PRELOAD" ] && limit=150
 	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
-	rm -f "$SOCK"
+	[ -S "$SOCK" ] && stale=1
 	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"
 	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
 		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
 	for ((i = 0; i < limit; i++)); do
-		[ -S "$SOCK" ] && break
+		if [ "$stale" -eq 0 ]; then
+			[ -S "$SOCK" ] && break
+		elif with_timeout 5 "$P11AGENTCTL" --socket "$SOCK" status >/dev/null 2>&1; then
+			return 0
+		fi
 		if ! kill -0 "$AGENT_PID" 2>/dev/null; then
 			wait "$AGENT_PID"
-			echo "p11agentd exited with status $? before creating $SOCK" >&2
+			echo "p11agentd exited with status $? before listening on $SOCK" >&2
 			tail -n 20 "$T/agent.log" >&2
 			AGENT_PID=""
 			return 1
 		fi
 		sleep 0.1
 	done
-	if [ ! -S "$SOCK" ]; then
-		echo "p11agentd did not create $SOCK within $((limit / 10)) s" >&2
+	if [ "$i" -ge "$limit" ]; then
+		if [ "$stale" -eq 1 ]; then
+			echo "p11agentd did not take over the stale socket $SOCK within $((limit / 10)) s" >&2
+		else
+			echo "p11agentd did not create $SOCK within $((limit / 10)) s" >&2
+		fi
 		tail -n 20 "$T/agent.log" >&2
 		return 1
 	fi
