@@ -165,6 +165,7 @@ done:
 void agent_login_all(agent_t *a)
 {
     bool rescan = false;
+    int r;
 
     if (a->pin_source.kind == AGENT_PIN_NONE)
         return;
@@ -174,10 +175,11 @@ void agent_login_all(agent_t *a)
 
         if (!tok_token_login_required(t) || tok_token_logged_in(t))
             continue;
-        if (agent_login_token(a, t, &msg) == TOK_OK)
+        r = agent_login_token(a, t, &msg);
+        if (r == TOK_OK)
             rescan = true;
-        else if (msg)
-            agent_warn("%s", msg);
+        else if (msg && (r == TOK_ERR_NOT_LOGGED_IN || r == TOK_ERR_PIN_LOCKED))
+            agent_warn("%s", msg); /* no attempt was made, so nothing was logged yet */
         free(msg);
     }
     if (rescan && tok_ctx_scan(a->tok) != TOK_OK)

@@ -65,14 +65,14 @@ suite() {
 }
 
 TEST_ARGS=()
-suite build
+suite build -Dwerror=true
 
 # ASan+UBSan. Slower: a longer meson timeout and client timeout. Leak
 # checking stays on everywhere (meson's ASAN_OPTIONS defaults); the
 # integration tests preload libasan into openssl(1), which loads the
 # instrumented provider (see tests/integration/lib.sh).
 TEST_ARGS=(--timeout-multiplier 3)
-P11AGENT_TEST_TIMEOUT=90 suite build-asan -Db_sanitize=address,undefined -Db_lundef=false
+P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
