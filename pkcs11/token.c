@@ -387,7 +387,7 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
     size_t first = ctx->n_keys;
     objs_t privs = { 0 }, pubs = { 0 }, certs = { 0 };
     CK_SESSION_HANDLE s;
-    bool logged_in;
+    bool hidden;
     int r;
 
     r = tok_session_get(t, &s);
@@ -400,22 +400,24 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
         r = load_objs(t, s, CKO_CERTIFICATE, &certs);
     if (r != TOK_OK)
         goto out;
+    /* Private objects are hidden only while a login is needed and missing
+     * (a trust store token with 150 CA certificates must not list keys). */
     pthread_mutex_lock(&t->lock);
-    logged_in = t->logged_in;
+    hidden = !t->logged_in && (t->info.flags & CKF_LOGIN_REQUIRED);
     pthread_mutex_unlock(&t->lock);
 
     for (size_t i = 0; i < privs.n && r == TOK_OK; i++)
         r = add_key(ctx, t, &privs.v[i], by_id(&pubs, &privs.v[i], pubs.n),
                     by_id(&certs, &privs.v[i], certs.n));
     /* Private objects are hidden before login: list their public halves. */
-    for (size_t i = 0; i < pubs.n && r == TOK_OK && !logged_in; i++) {
+    for (size_t i = 0; i < pubs.n && r == TOK_OK && hidden; i++) {
         const obj_t *u = &pubs.v[i];
 
         if (u->id_len == 0 || by_id(&privs, u, privs.n) || by_id(&pubs, u, i))
             continue;
         r = add_key(ctx, t, NULL, u, by_id(&certs, u, certs.n));
     }
-    for (size_t i = 0; i < certs.n && r == TOK_OK && !logged_in; i++) {
+    for (size_t i = 0; i < certs.n && r == TOK_OK && hidden; i++) {
         const obj_t *c = &certs.v[i];
 
         if (c->id_len == 0 || by_id(&privs, c, privs.n) || by_id(&pubs, c, pubs.n) ||
