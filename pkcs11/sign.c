@@ -326,12 +326,10 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     if (h == CK_INVALID_HANDLE) {
         refound = true;
         h = refind(ki, s);
-        if (h == CK_INVALID_HANDLE) {
-            rv = CKR_KEY_HANDLE_INVALID;
-            goto failed;
-        }
     }
-    for (;;) {
+    if (h == CK_INVALID_HANDLE)
+        rv = CKR_KEY_HANDLE_INVALID;
+    while (h != CK_INVALID_HANDLE) {
         rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, &buf, &cap, stack, &sig_len);
         if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
             break;
@@ -348,10 +346,7 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
             break;
         refound = true;
         h = refind(ki, s);
-        if (h == CK_INVALID_HANDLE)
-            break;
     }
-failed:
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
         r = tok_status_from_rv(rv);
