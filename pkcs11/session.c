@@ -107,6 +107,7 @@ void tok_session_drop(tok_token_t *t, CK_SESSION_HANDLE s)
 {
     t->f->C_CloseSession(s);
     pthread_mutex_lock(&t->lock);
+    tok_token_forget_session_locked(t, s);
     t->n_open--;
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
@@ -131,6 +132,7 @@ int tok_token_login(tok_token_t *t, const char *pin, size_t pin_len)
         t->logged_in = true;
         pthread_mutex_unlock(&t->lock);
         tok_token_find_handles(t, s);
+        tok_token_make_copies(t, s);
         r = TOK_OK;
     } else {
         r = tok_status_from_rv(rv);

@@ -283,7 +283,7 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     uint8_t stack[MAX_ECDSA_RAW], *buf = NULL;
     size_t cap;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-    CK_OBJECT_HANDLE h;
+    CK_OBJECT_HANDLE h, copy;
     CK_ULONG sig_len = 0;
     CK_RV rv = CKR_OK;
     bool logged_in, refound = false, have_session = false;
@@ -305,6 +305,7 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     }
     pthread_mutex_lock(&t->lock);
     h = key->handle;
+    copy = ki->copy;
     logged_in = t->logged_in;
     pthread_mutex_unlock(&t->lock);
     if (h == CK_INVALID_HANDLE && !logged_in) {
@@ -325,21 +326,27 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     if (h == CK_INVALID_HANDLE) {
         refound = true;
         h = refind(ki, s);
-        if (h == CK_INVALID_HANDLE) {
-            rv = CKR_KEY_HANDLE_INVALID;
-            goto failed;
-        }
     }
-    for (;;) {
-        rv = do_sign(t, s, &op, h, &buf, &cap, stack, &sig_len);
-        if ((rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID) || refound)
+    if (h == CK_INVALID_HANDLE)
+        rv = CKR_KEY_HANDLE_INVALID;
+    while (h != CK_INVALID_HANDLE) {
+        rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, &buf, &cap, stack, &sig_len);
+        if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
+            break;
+        if (copy != CK_INVALID_HANDLE) {
+            /* the copy went away (its session closed, a logout): use the token object */
+            pthread_mutex_lock(&t->lock);
+            if (ki->copy == copy)
+                ki->copy = CK_INVALID_HANDLE;
+            pthread_mutex_unlock(&t->lock);
+            copy = CK_INVALID_HANDLE;
+            continue;
+        }
+        if (refound)
             break;
         refound = true;
         h = refind(ki, s);
-        if (h == CK_INVALID_HANDLE)
-            break;
     }
-failed:
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
         r = tok_status_from_rv(rv);

@@ -51,6 +51,7 @@ struct tok_token {
     char *label;
     char *uri;
     unsigned mechs; /* TOK_MECH_* the token can sign with */
+    bool use_copies; /* software slot (no CKF_HW_SLOT): sign with session copies */
 
     pthread_mutex_t lock; /* pool, logged_in, info, key handles */
     pthread_cond_t cond;  /* a session came back or a slot freed */
@@ -67,6 +68,11 @@ struct tok_token {
 typedef struct tok_key_int {
     tok_key_t k;
     bool handle_from_login; /* handle found after login: gone at logout */
+    /* A session-object copy of the private key (C_CopyObject, CKA_TOKEN
+     * false) made on copy_session; signing with it spares software tokens
+     * re-reading the key's file per signature. 0 when none. Under t->lock. */
+    CK_OBJECT_HANDLE copy;
+    CK_SESSION_HANDLE copy_session;
 } tok_key_int_t;
 
 struct tok_ctx {
@@ -115,6 +121,11 @@ CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, con
 void tok_token_find_handles(tok_token_t *t, CK_SESSION_HANDLE s);
 /* After logout or loss of login: forgets handles found through login. */
 void tok_token_forget_login_locked(tok_token_t *t);
+/* Makes session copies of the token's keys that have a handle but no copy. */
+void tok_token_make_copies(tok_token_t *t, CK_SESSION_HANDLE s);
+/* Session s is closing: its session objects (key copies) go with it. */
+void tok_token_forget_session_locked(tok_token_t *t, CK_SESSION_HANDLE s);
+void tok_ctx_destroy_copies(tok_ctx_t *ctx);
 void tok_key_clear(tok_key_t *k);
 
 /* uri.c */

@@ -163,6 +163,7 @@ CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, con
     CK_ATTRIBUTE tmpl[] = {
         { CKA_CLASS, &cls, sizeof(cls) },
         { CKA_SIGN, &yes, sizeof(yes) },
+        { CKA_TOKEN, &yes, sizeof(yes) },
         { CKA_ID, (void *)id, id_len },
     };
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
@@ -170,7 +171,7 @@ CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, con
 
     if (id_len == 0)
         return CK_INVALID_HANDLE;
-    if (t->f->C_FindObjectsInit(s, tmpl, 3) != CKR_OK)
+    if (t->f->C_FindObjectsInit(s, tmpl, 4) != CKR_OK)
         return CK_INVALID_HANDLE;
     if (t->f->C_FindObjects(s, &h, 1, &got) != CKR_OK || got != 1)
         h = CK_INVALID_HANDLE;
@@ -245,16 +246,19 @@ static int load_objs(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, o
 {
     CK_BBOOL yes = CK_TRUE;
     CK_CERTIFICATE_TYPE ct = CKC_X_509;
-    CK_ATTRIBUTE tmpl[2] = { { CKA_CLASS, &cls, sizeof(cls) } };
+    CK_ATTRIBUTE tmpl[3] = {
+        { CKA_CLASS, &cls, sizeof(cls) },
+        { CKA_TOKEN, &yes, sizeof(yes) },
+    };
     CK_OBJECT_HANDLE *hs = NULL;
     size_t n = 0;
     int r;
 
     if (cls == CKO_PRIVATE_KEY)
-        tmpl[1] = (CK_ATTRIBUTE){ CKA_SIGN, &yes, sizeof(yes) };
+        tmpl[2] = (CK_ATTRIBUTE){ CKA_SIGN, &yes, sizeof(yes) };
     else if (cls == CKO_CERTIFICATE)
-        tmpl[1] = (CK_ATTRIBUTE){ CKA_CERTIFICATE_TYPE, &ct, sizeof(ct) };
-    r = find_objects(t, s, tmpl, cls == CKO_PUBLIC_KEY ? 1 : 2, &hs, &n);
+        tmpl[2] = (CK_ATTRIBUTE){ CKA_CERTIFICATE_TYPE, &ct, sizeof(ct) };
+    r = find_objects(t, s, tmpl, cls == CKO_PUBLIC_KEY ? 2 : 3, &hs, &n);
     if (r != TOK_OK)
         return r;
     ret->v = calloc(n + 1, sizeof(*ret->v));
@@ -383,7 +387,7 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
     size_t first = ctx->n_keys;
     objs_t privs = { 0 }, pubs = { 0 }, certs = { 0 };
     CK_SESSION_HANDLE s;
-    bool logged_in;
+    bool hidden;
     int r;
 
     r = tok_session_get(t, &s);
@@ -394,28 +398,26 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
         r = load_objs(t, s, CKO_PUBLIC_KEY, &pubs);
     if (r == TOK_OK)
         r = load_objs(t, s, CKO_CERTIFICATE, &certs);
-    if (r == TOK_ERR_TOKEN_REMOVED)
-        tok_session_drop(t, s);
-    else
-        tok_session_put(t, s);
     if (r != TOK_OK)
         goto out;
+    /* Private objects are hidden only while a login is needed and missing
+     * (a trust store token with 150 CA certificates must not list keys). */
     pthread_mutex_lock(&t->lock);
-    logged_in = t->logged_in;
+    hidden = !t->logged_in && (t->info.flags & CKF_LOGIN_REQUIRED);
     pthread_mutex_unlock(&t->lock);
 
     for (size_t i = 0; i < privs.n && r == TOK_OK; i++)
         r = add_key(ctx, t, &privs.v[i], by_id(&pubs, &privs.v[i], pubs.n),
                     by_id(&certs, &privs.v[i], certs.n));
     /* Private objects are hidden before login: list their public halves. */
-    for (size_t i = 0; i < pubs.n && r == TOK_OK && !logged_in; i++) {
+    for (size_t i = 0; i < pubs.n && r == TOK_OK && hidden; i++) {
         const obj_t *u = &pubs.v[i];
 
         if (u->id_len == 0 || by_id(&privs, u, privs.n) || by_id(&pubs, u, i))
             continue;
         r = add_key(ctx, t, NULL, u, by_id(&certs, u, certs.n));
     }
-    for (size_t i = 0; i < certs.n && r == TOK_OK && !logged_in; i++) {
+    for (size_t i = 0; i < certs.n && r == TOK_OK && hidden; i++) {
         const obj_t *c = &certs.v[i];
 
         if (c->id_len == 0 || by_id(&privs, c, privs.n) || by_id(&pubs, c, pubs.n) ||
@@ -425,7 +427,13 @@ static int discover_keys(tok_ctx_t *ctx, tok_token_t *t)
     }
     if (ctx->n_keys > first + 1)
         qsort(ctx->keys + first, ctx->n_keys - first, sizeof(*ctx->keys), key_cmp);
+    if (r == TOK_OK)
+        tok_token_make_copies(t, s);
 out:
+    if (r == TOK_ERR_TOKEN_REMOVED)
+        tok_session_drop(t, s);
+    else
+        tok_session_put(t, s);
     objs_clear(&privs);
     objs_clear(&pubs);
     objs_clear(&certs);
@@ -494,6 +502,7 @@ tok_token_t *tok_token_new(tok_ctx_t *ctx, tok_module_t *mod, CK_SLOT_ID slot,
         return NULL;
     }
     t->mechs = read_mechs(t);
+    t->use_copies = !(slot_info->flags & CKF_HW_SLOT);
     tok_debug(ctx, "token %s in slot %lu, mechanisms 0x%x, pool %zu", t->uri, slot, t->mechs,
               t->max_sessions);
     return t;
@@ -533,9 +542,72 @@ void tok_token_forget_login_locked(tok_token_t *t)
         tok_key_int_t *ki = &ctx->keys[i];
 
         if (ki->k.token == t && ki->handle_from_login) {
+            /* private session objects are destroyed at logout, too */
             ki->k.handle = CK_INVALID_HANDLE;
             ki->handle_from_login = false;
+            ki->copy = CK_INVALID_HANDLE;
         }
+    }
+}
+
+void tok_token_forget_session_locked(tok_token_t *t, CK_SESSION_HANDLE s)
+{
+    tok_ctx_t *ctx = t->ctx;
+
+    for (size_t i = 0; i < ctx->n_keys; i++)
+        if (ctx->keys[i].k.token == t && ctx->keys[i].copy_session == s)
+            ctx->keys[i].copy = CK_INVALID_HANDLE;
+}
+
+void tok_token_make_copies(tok_token_t *t, CK_SESSION_HANDLE s)
+{
+    tok_ctx_t *ctx = t->ctx;
+    CK_BBOOL no = CK_FALSE;
+    CK_ATTRIBUTE tmpl = { CKA_TOKEN, &no, sizeof(no) };
+
+    if (!t->use_copies)
+        return;
+    for (size_t i = 0; i < ctx->n_keys; i++) {
+        tok_key_int_t *ki = &ctx->keys[i];
+        CK_OBJECT_HANDLE h, c = CK_INVALID_HANDLE;
+        CK_RV rv;
+
+        if (ki->k.token != t)
+            continue;
+        pthread_mutex_lock(&t->lock);
+        h = ki->copy == CK_INVALID_HANDLE ? ki->k.handle : CK_INVALID_HANDLE;
+        pthread_mutex_unlock(&t->lock);
+        if (h == CK_INVALID_HANDLE)
+            continue;
+        rv = t->f->C_CopyObject(s, h, &tmpl, 1, &c);
+        tok_debug(ctx, "%s: session copy %lu: %s", ki->k.uri, c, p11_kit_strerror(rv));
+        if (rv != CKR_OK)
+            continue;
+        pthread_mutex_lock(&t->lock);
+        if (ki->copy == CK_INVALID_HANDLE && ki->k.handle == h) {
+            ki->copy = c;
+            ki->copy_session = s;
+            c = CK_INVALID_HANDLE;
+        }
+        pthread_mutex_unlock(&t->lock);
+        if (c != CK_INVALID_HANDLE)
+            t->f->C_DestroyObject(s, c);
+    }
+}
+
+/* Destroys the session copies of the context's keys (before they are freed). */
+void tok_ctx_destroy_copies(tok_ctx_t *ctx)
+{
+    for (size_t i = 0; i < ctx->n_keys; i++) {
+        tok_key_int_t *ki = &ctx->keys[i];
+        tok_token_t *t = ki->k.token;
+        CK_SESSION_HANDLE s;
+
+        if (ki->copy == CK_INVALID_HANDLE || tok_session_get(t, &s) != TOK_OK)
+            continue;
+        t->f->C_DestroyObject(s, ki->copy);
+        ki->copy = CK_INVALID_HANDLE;
+        tok_session_put(t, s);
     }
 }
 
@@ -613,6 +685,7 @@ int tok_ctx_scan(tok_ctx_t *ctx)
 
     if (ctx == NULL)
         return TOK_ERR_ARGS;
+    tok_ctx_destroy_copies(ctx);
     tok_ctx_free_keys(ctx);
     for (size_t i = 0; i < ctx->n_tokens; i++)
         ctx->tokens[i]->seen = false;

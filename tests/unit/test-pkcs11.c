@@ -700,8 +700,10 @@ static void test_pkcs11_login(void **state)
 {
     assert_int_equal(tok_token_login(test_token(), USER_PIN, strlen(USER_PIN)), TOK_OK);
     assert_true(tok_token_logged_in(test_token()));
-    for (size_t i = 0; i < tok_ctx_n_keys(fx.ctx); i++)
+    for (size_t i = 0; i < tok_ctx_n_keys(fx.ctx); i++) {
         assert_int_not_equal(tok_ctx_key(fx.ctx, i)->handle, 0);
+        assert_int_not_equal(((const tok_key_int_t *)tok_ctx_key(fx.ctx, i))->copy, 0);
+    }
     /* a second login is fine (CKR_USER_ALREADY_LOGGED_IN) */
     assert_int_equal(tok_token_login(test_token(), USER_PIN, strlen(USER_PIN)), TOK_OK);
 }
@@ -942,6 +944,8 @@ static void test_pkcs11_logout(void **state)
     ensure_login();
     assert_int_equal(tok_token_logout(test_token()), TOK_OK);
     assert_false(tok_token_logged_in(test_token()));
+    assert_int_equal(key_by_label("p256")->handle, 0);
+    assert_int_equal(((const tok_key_int_t *)key_by_label("p256"))->copy, 0);
     assert_int_equal(tok_sign(key_by_label("p256"), &p, digest, 32, &sig, &sig_len, NULL),
                      TOK_ERR_NOT_LOGGED_IN);
     assert_null(sig);
@@ -969,6 +973,37 @@ static void test_pkcs11_sign_after_external_logout(void **state)
     sign_and_verify("p256", p, 32);
 }
 
+/* Software tokens sign with session copies of the keys; when a copy
+ * disappears, the token object is used again. */
+static void test_pkcs11_session_copy_fallback(void **state)
+{
+    const tok_key_int_t *ki;
+    tok_token_t *t = test_token();
+    CK_SESSION_HANDLE s;
+    CK_BBOOL token = CK_TRUE;
+    CK_ATTRIBUTE a = { CKA_TOKEN, &token, sizeof(token) };
+
+    ensure_login();
+    assert_true(t->use_copies);
+    ki = (const tok_key_int_t *)key_by_label("ed25519");
+    assert_int_not_equal(ki->copy, 0);
+    assert_int_not_equal(ki->copy, ki->k.handle);
+    assert_int_equal(tok_session_get(t, &s), TOK_OK);
+    assert_int_equal(t->f->C_GetAttributeValue(s, ki->copy, &a, 1), CKR_OK);
+    assert_int_equal(token, CK_FALSE);
+    assert_int_equal(t->f->C_DestroyObject(s, ki->copy), CKR_OK);
+    tok_session_put(t, s);
+    sign_and_verify("ed25519", (tok_sign_params_t){ .alg = TOK_SIG_EDDSA }, 50);
+    assert_int_equal(ki->copy, 0);
+    assert_int_not_equal(ki->k.handle, 0);
+    /* a rescan makes copies again and does not list them as keys */
+    assert_int_equal(tok_ctx_scan(fx.ctx), TOK_OK);
+    assert_int_equal(tok_ctx_n_keys(fx.ctx), 5);
+    ki = (const tok_key_int_t *)key_by_label("ed25519");
+    assert_int_not_equal(ki->copy, 0);
+    sign_and_verify("ed25519", (tok_sign_params_t){ .alg = TOK_SIG_EDDSA }, 50);
+}
+
 int main(void)
 {
     const struct CMUnitTest pure[] = {
@@ -994,6 +1029,7 @@ int main(void)
         cmocka_unit_test(test_pkcs11_sign_missing_mechanism_message),
         cmocka_unit_test(test_pkcs11_sign_threads),
         cmocka_unit_test(test_pkcs11_rescan_keeps_login),
+        cmocka_unit_test(test_pkcs11_session_copy_fallback),
         cmocka_unit_test(test_pkcs11_logout),
         cmocka_unit_test(test_pkcs11_sign_after_external_logout),
     };
