@@ -1,0 +1,387 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Mechanism mapping, C_Sign and ECDSA r||s -> X9.62 DER. */
+#include "config.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "tok-internal.h"
+
+/* Largest r||s we accept: two P-521 halves with room to spare. */
+#define MAX_ECDSA_RAW 264
+
+static size_t der_len_size(size_t len)
+{
+    return len < 0x80 ? 1 : len < 0x100 ? 2 : 3;
+}
+
+static uint8_t *der_put_len(uint8_t *p, size_t len)
+{
+    if (len < 0x80) {
+        *p++ = (uint8_t)len;
+    } else if (len < 0x100) {
+        *p++ = 0x81;
+        *p++ = (uint8_t)len;
+    } else {
+        *p++ = 0x82;
+        *p++ = (uint8_t)(len >> 8);
+        *p++ = (uint8_t)len;
+    }
+    return p;
+}
+
+/* An unsigned big-endian integer as DER INTEGER content: no redundant
+ * leading zeros, one 0x00 in front when the high bit is set. */
+static void int_bounds(const uint8_t *v, size_t n, const uint8_t **ret, size_t *ret_n, bool *ret_pad)
+{
+    while (n > 1 && v[0] == 0) {
+        v++;
+        n--;
+    }
+    *ret = v;
+    *ret_n = n;
+    *ret_pad = (v[0] & 0x80) != 0;
+}
+
+static uint8_t *der_put_int(uint8_t *p, const uint8_t *v, size_t n, bool pad)
+{
+    *p++ = 0x02;
+    p = der_put_len(p, n + pad);
+    if (pad)
+        *p++ = 0x00;
+    memcpy(p, v, n);
+    return p + n;
+}
+
+int tok_ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t **ret, size_t *ret_len)
+{
+    const uint8_t *r, *s;
+    size_t rn, sn, rl, sl, body, total;
+    bool rpad, spad;
+    uint8_t *der, *p;
+
+    if (raw == NULL || ret == NULL || ret_len == NULL || raw_len == 0 || raw_len % 2 != 0 ||
+        raw_len > MAX_ECDSA_RAW)
+        return TOK_ERR_ARGS;
+    int_bounds(raw, raw_len / 2, &r, &rn, &rpad);
+    int_bounds(raw + raw_len / 2, raw_len / 2, &s, &sn, &spad);
+    rl = rn + rpad;
+    sl = sn + spad;
+    body = 1 + der_len_size(rl) + rl + 1 + der_len_size(sl) + sl;
+    total = 1 + der_len_size(body) + body;
+    der = malloc(total);
+    if (der == NULL)
+        return TOK_ERR_NO_MEMORY;
+    p = der;
+    *p++ = 0x30;
+    p = der_put_len(p, body);
+    p = der_put_int(p, r, rn, rpad);
+    der_put_int(p, s, sn, spad);
+    *ret = der;
+    *ret_len = total;
+    return TOK_OK;
+}
+
+static CK_MECHANISM_TYPE hash_mech(tok_hash_t h)
+{
+    switch (h) {
+    case TOK_HASH_SHA1: return CKM_SHA_1;
+    case TOK_HASH_SHA224: return CKM_SHA224;
+    case TOK_HASH_SHA256: return CKM_SHA256;
+    case TOK_HASH_SHA384: return CKM_SHA384;
+    case TOK_HASH_SHA512: return CKM_SHA512;
+    default: return CK_UNAVAILABLE_INFORMATION;
+    }
+}
+
+static CK_RSA_PKCS_MGF_TYPE hash_mgf(tok_hash_t h)
+{
+    switch (h) {
+    case TOK_HASH_SHA1: return CKG_MGF1_SHA1;
+    case TOK_HASH_SHA224: return CKG_MGF1_SHA224;
+    case TOK_HASH_SHA256: return CKG_MGF1_SHA256;
+    case TOK_HASH_SHA384: return CKG_MGF1_SHA384;
+    case TOK_HASH_SHA512: return CKG_MGF1_SHA512;
+    default: return CK_UNAVAILABLE_INFORMATION;
+    }
+}
+
+/* What one signature needs: mechanism, input, output size. */
+typedef struct sign_op {
+    CK_MECHANISM mech;
+    CK_RSA_PKCS_PSS_PARAMS pss;
+    uint8_t di[19 + 64]; /* DigestInfo prefix || digest */
+    const uint8_t *in;
+    size_t in_len;
+    size_t sig_max;
+    unsigned need; /* TOK_MECH_* */
+    const char *mech_name;
+} sign_op_t;
+
+static int prepare_rsa(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data,
+                       size_t len, sign_op_t *op, char **errmsg)
+{
+    size_t hl = tok_hash_len(p->hash), k = (key->bits + 7) / 8, plen;
+    const uint8_t *prefix;
+
+    op->sig_max = k;
+    if (p->alg == TOK_SIG_RSA_PKCS1) {
+        op->mech.mechanism = CKM_RSA_PKCS;
+        op->need = TOK_MECH_RSA_PKCS;
+        op->mech_name = "CKM_RSA_PKCS";
+        if (p->hash == TOK_HASH_NONE) {
+            if (len == 0 || k < 11 || len > k - 11)
+                goto bad_len;
+            return TOK_OK;
+        }
+        prefix = tok_digest_info_prefix(p->hash, &plen);
+        if (prefix == NULL || len != hl)
+            goto bad_len;
+        memcpy(op->di, prefix, plen);
+        memcpy(op->di + plen, data, len);
+        op->in = op->di;
+        op->in_len = plen + len;
+        return TOK_OK;
+    }
+    /* PSS over a digest */
+    long salt = p->salt_len;
+    long max_salt = (long)((key->bits - 1 + 7) / 8) - (long)hl - 2;
+    tok_hash_t mgf = p->mgf1_hash != TOK_HASH_NONE ? p->mgf1_hash : p->hash;
+
+    op->mech.mechanism = CKM_RSA_PKCS_PSS;
+    op->need = TOK_MECH_RSA_PSS;
+    op->mech_name = "CKM_RSA_PKCS_PSS";
+    if (hl == 0 || len != hl || hash_mgf(mgf) == CK_UNAVAILABLE_INFORMATION)
+        goto bad_len;
+    if (salt == -1) /* "digest" */
+        salt = (long)hl;
+    else if (salt == -2 || salt == -3) /* "max" / "auto" */
+        salt = max_salt;
+    if (salt < 0 || salt > max_salt) {
+        tok_set_errmsg(errmsg, "PSS salt length %ld does not fit a %u-bit key", p->salt_len,
+                       key->bits);
+        return TOK_ERR_ARGS;
+    }
+    op->pss.hashAlg = hash_mech(p->hash);
+    op->pss.mgf = hash_mgf(mgf);
+    op->pss.sLen = (CK_ULONG)salt;
+    op->mech.pParameter = &op->pss;
+    op->mech.ulParameterLen = sizeof(op->pss);
+    return TOK_OK;
+bad_len:
+    tok_set_errmsg(errmsg, "%zu bytes of input do not fit %s with hash %d on a %u-bit key", len,
+                   op->mech_name, (int)p->hash, key->bits);
+    return TOK_ERR_ARGS;
+}
+
+static int prepare(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data,
+                   size_t len, sign_op_t *op, char **errmsg)
+{
+    size_t hl = tok_hash_len(p->hash);
+    bool type_ok;
+
+    memset(op, 0, sizeof(*op));
+    op->in = data;
+    op->in_len = len;
+    switch (p->alg) {
+    case TOK_SIG_RSA_PKCS1:
+    case TOK_SIG_RSA_PSS:
+        type_ok = key->type == TOK_KEY_RSA;
+        break;
+    case TOK_SIG_ECDSA:
+        type_ok = key->type == TOK_KEY_EC;
+        op->mech.mechanism = CKM_ECDSA;
+        op->need = TOK_MECH_ECDSA;
+        op->mech_name = "CKM_ECDSA";
+        op->sig_max = 2 * ((key->bits + 7) / 8);
+        if ((p->hash != TOK_HASH_NONE && len != hl) || len == 0 || len > 64) {
+            tok_set_errmsg(errmsg, "%zu bytes are not a digest for ECDSA", len);
+            return TOK_ERR_ARGS;
+        }
+        break;
+    case TOK_SIG_EDDSA:
+        type_ok = key->type == TOK_KEY_ED25519 || key->type == TOK_KEY_ED448;
+        op->mech.mechanism = CKM_EDDSA;
+        op->need = TOK_MECH_EDDSA;
+        op->mech_name = "CKM_EDDSA";
+        op->sig_max = key->type == TOK_KEY_ED448 ? 114 : 64;
+        if (p->hash != TOK_HASH_NONE) {
+            tok_set_errmsg(errmsg, "EdDSA signs the message itself, not a digest");
+            return TOK_ERR_ARGS;
+        }
+        break;
+    default:
+        tok_set_errmsg(errmsg, "unknown signature algorithm %d", (int)p->alg);
+        return TOK_ERR_ARGS;
+    }
+    if (!type_ok) {
+        tok_set_errmsg(errmsg, "key '%s' cannot sign with %s", key->uri,
+                       op->mech_name ? op->mech_name : "RSA");
+        return TOK_ERR_MECHANISM;
+    }
+    if (p->alg == TOK_SIG_RSA_PKCS1 || p->alg == TOK_SIG_RSA_PSS)
+        return prepare_rsa(key, p, data, len, op, errmsg);
+    return TOK_OK;
+}
+
+/* Marks the token logged out (its private handles are gone). */
+static void lost_login(tok_token_t *t)
+{
+    pthread_mutex_lock(&t->lock);
+    t->logged_in = false;
+    tok_token_forget_login_locked(t);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Finds the private key again by CKA_ID; 0 if it is not there. */
+static CK_OBJECT_HANDLE refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
+{
+    tok_token_t *t = ki->k.token;
+    CK_OBJECT_HANDLE h = tok_find_private_by_id(t, s, ki->k.id, ki->k.id_len);
+
+    tok_debug(t->ctx, "%s: handle %lu -> %lu", ki->k.uri, ki->k.handle, h);
+    pthread_mutex_lock(&t->lock);
+    ki->k.handle = h;
+    if (h != CK_INVALID_HANDLE)
+        ki->handle_from_login = t->logged_in;
+    pthread_mutex_unlock(&t->lock);
+    return h;
+}
+
+/* Runs C_SignInit + C_Sign into *buf (cap bytes; grown on the heap if the
+ * token wants more: *buf then differs from stack). */
+static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJECT_HANDLE h,
+                     uint8_t **buf, size_t *cap, uint8_t *stack, CK_ULONG *ret_len)
+{
+    CK_ULONG n = *cap;
+    uint8_t *nb;
+    CK_RV rv;
+
+    rv = t->f->C_SignInit(s, &op->mech, h);
+    if (rv != CKR_OK)
+        return rv;
+    rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, *buf, &n);
+    if (rv == CKR_BUFFER_TOO_SMALL && n > *cap && n <= 64 * 1024) {
+        nb = *buf == stack ? malloc(n) : realloc(*buf, n);
+        if (nb == NULL)
+            return CKR_HOST_MEMORY; /* the operation stays active: the caller drops s */
+        *buf = nb;
+        *cap = n;
+        rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, *buf, &n);
+    }
+    if (rv == CKR_OK)
+        *ret_len = n;
+    return rv;
+}
+
+int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data, size_t len,
+             uint8_t **ret_sig, size_t *ret_sig_len, char **errmsg)
+{
+    tok_key_int_t *ki = (tok_key_int_t *)key;
+    tok_token_t *t;
+    sign_op_t op;
+    uint8_t stack[MAX_ECDSA_RAW], *buf = NULL;
+    size_t cap;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE h;
+    CK_ULONG sig_len = 0;
+    CK_RV rv = CKR_OK;
+    bool logged_in, refound = false, have_session = false;
+    int r;
+
+    if (key == NULL || key->token == NULL || p == NULL || ret_sig == NULL || ret_sig_len == NULL ||
+        (data == NULL && len > 0) || len > TOK_SIGN_MAX_DATA)
+        return TOK_ERR_ARGS;
+    t = key->token;
+    r = prepare(key, p, data, len, &op, errmsg);
+    if (r != TOK_OK)
+        goto out;
+    if (!(key->mechs & op.need)) {
+        tok_set_errmsg(errmsg, "token '%s' has no %s for key '%s'%s", t->label, op.mech_name,
+                       key->uri,
+                       op.need == TOK_MECH_RSA_PSS ? " (TLS 1.3 with RSA needs RSA-PSS)" : "");
+        r = TOK_ERR_MECHANISM;
+        goto out;
+    }
+    pthread_mutex_lock(&t->lock);
+    h = key->handle;
+    logged_in = t->logged_in;
+    pthread_mutex_unlock(&t->lock);
+    if (h == CK_INVALID_HANDLE && !logged_in) {
+        tok_set_errmsg(errmsg, "token '%s' needs a login for key '%s'", t->label, key->uri);
+        r = TOK_ERR_NOT_LOGGED_IN;
+        goto out;
+    }
+    cap = op.sig_max;
+    buf = p->alg == TOK_SIG_ECDSA && cap <= sizeof(stack) ? stack : malloc(cap ? cap : 1);
+    if (buf == NULL) {
+        r = TOK_ERR_NO_MEMORY;
+        goto out;
+    }
+    r = tok_session_get(t, &s);
+    if (r != TOK_OK)
+        goto out;
+    have_session = true;
+    if (h == CK_INVALID_HANDLE) {
+        refound = true;
+        h = refind(ki, s);
+        if (h == CK_INVALID_HANDLE) {
+            rv = CKR_KEY_HANDLE_INVALID;
+            goto failed;
+        }
+    }
+    for (;;) {
+        rv = do_sign(t, s, &op, h, &buf, &cap, stack, &sig_len);
+        if ((rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID) || refound)
+            break;
+        refound = true;
+        h = refind(ki, s);
+        if (h == CK_INVALID_HANDLE)
+            break;
+    }
+failed:
+    if (rv != CKR_OK) {
+        tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
+        r = tok_status_from_rv(rv);
+        if (rv == CKR_USER_NOT_LOGGED_IN) {
+            lost_login(t);
+        } else if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT) {
+            lost_login(t);
+        } else if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
+            CK_SESSION_INFO si;
+
+            /* Not there: gone, or hidden because the login was lost. */
+            if (t->f->C_GetSessionInfo(s, &si) == CKR_OK && si.state != CKS_RO_USER_FUNCTIONS &&
+                si.state != CKS_RW_USER_FUNCTIONS && tok_token_login_required(t)) {
+                lost_login(t);
+                r = TOK_ERR_NOT_LOGGED_IN;
+            } else {
+                r = TOK_ERR_NO_KEY;
+            }
+        }
+        if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY) {
+            tok_session_drop(t, s);
+            have_session = false;
+        }
+        tok_set_errmsg(errmsg, "%s with key '%s' on token '%s': %s", op.mech_name, key->uri,
+                       t->label, p11_kit_strerror(rv));
+        goto out;
+    }
+    if (p->alg == TOK_SIG_ECDSA) {
+        r = tok_ecdsa_raw_to_der(buf, sig_len, ret_sig, ret_sig_len);
+        if (r != TOK_OK)
+            tok_set_errmsg(errmsg, "token '%s' returned a %lu-byte ECDSA signature", t->label,
+                           sig_len);
+        goto out;
+    }
+    *ret_sig = buf;
+    *ret_sig_len = sig_len;
+    buf = NULL;
+    r = TOK_OK;
+out:
+    if (have_session)
+        tok_session_put(t, s);
+    if (buf != stack)
+        free(buf);
+    return r;
+}

@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Private to pkcs11/: the structures behind tok.h and the helpers the files
+ * of the token layer share. Nothing outside pkcs11/ includes this.
+ */
+#pragma once
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+
+#include "tok.h"
+
+#ifndef CKM_EDDSA
+#define CKM_EDDSA 0x1057UL
+#endif
+#ifndef CKK_EC_EDWARDS
+#define CKK_EC_EDWARDS 0x40UL
+#endif
+#ifndef CKA_PUBLIC_KEY_INFO
+#define CKA_PUBLIC_KEY_INFO 0x129UL
+#endif
+
+/* Sessions a token's pool opens at most, unless the token allows fewer. */
+#define TOK_POOL_MAX_DEFAULT 4
+/* How long tok_sign waits for a free session before TOK_ERR_BUSY. */
+#define TOK_POOL_WAIT_SECONDS 10
+/* Largest input tok_sign accepts (EdDSA signs the message itself). */
+#define TOK_SIGN_MAX_DATA (1024 * 1024)
+
+typedef struct tok_module {
+    CK_FUNCTION_LIST *f;
+    CK_INFO info;
+    bool have_info;
+    char *name; /* p11-kit module name, or NULL */
+    char *path; /* module file name, or NULL */
+} tok_module_t;
+
+struct tok_token {
+    tok_ctx_t *ctx;
+    tok_module_t *mod;
+    CK_FUNCTION_LIST *f;
+    CK_SLOT_ID slot;
+    CK_SLOT_INFO slot_info;
+    CK_TOKEN_INFO info; /* under lock once the token is shared */
+    char *label;
+    char *uri;
+    unsigned mechs; /* TOK_MECH_* the token can sign with */
+
+    pthread_mutex_t lock; /* pool, logged_in, info, key handles */
+    pthread_cond_t cond;  /* a session came back or a slot freed */
+    pthread_mutex_t login_lock; /* one login/logout at a time */
+    CK_SESSION_HANDLE *idle;
+    size_t n_idle;
+    size_t n_open;
+    size_t max_sessions;
+    bool logged_in;
+    bool seen; /* scan bookkeeping */
+};
+
+/* tok_key_t plus private state; ctx->keys is an array of these. */
+typedef struct tok_key_int {
+    tok_key_t k;
+    bool handle_from_login; /* handle found after login: gone at logout */
+} tok_key_int_t;
+
+struct tok_ctx {
+    CK_FUNCTION_LIST **p11kit_modules; /* from p11-kit's registry, or NULL */
+    tok_module_t *mods;
+    size_t n_mods;
+    tok_token_t **tokens;
+    size_t n_tokens;
+    tok_key_int_t *keys;
+    size_t n_keys;
+    bool debug;
+};
+
+/* status.c */
+void tok_debug_print(const char *func, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+#define tok_debug(ctx, ...)                                                                        \
+    do {                                                                                           \
+        if ((ctx) != NULL && (ctx)->debug)                                                         \
+            tok_debug_print(__func__, __VA_ARGS__);                                                \
+    } while (0)
+bool tok_debug_enabled_from_env(void);
+/* *errmsg = malloc'd printf result, if errmsg is not NULL. Call once per failure. */
+void tok_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Copies a blank-padded CK string of n bytes, without the padding. malloc'd. */
+char *tok_ck_string(const unsigned char *s, size_t n);
+bool tok_rv_is_removal(CK_RV rv);
+
+/* module.c */
+void tok_ctx_free_keys(tok_ctx_t *ctx);
+
+/* session.c */
+int tok_pool_init(tok_token_t *t);
+void tok_pool_destroy(tok_token_t *t);
+int tok_session_get(tok_token_t *t, CK_SESSION_HANDLE *ret);
+void tok_session_put(tok_token_t *t, CK_SESSION_HANDLE s);
+void tok_session_drop(tok_token_t *t, CK_SESSION_HANDLE s);
+
+/* token.c */
+tok_token_t *tok_token_new(tok_ctx_t *ctx, tok_module_t *mod, CK_SLOT_ID slot,
+                           const CK_SLOT_INFO *slot_info, const CK_TOKEN_INFO *info);
+void tok_token_free(tok_token_t *t);
+/* Looks up the private key handle by CKA_ID on session s. 0 if none. */
+CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, const uint8_t *id,
+                                        size_t id_len);
+/* After login: fills in handles of the token's keys that have none. */
+void tok_token_find_handles(tok_token_t *t, CK_SESSION_HANDLE s);
+/* After logout or loss of login: forgets handles found through login. */
+void tok_token_forget_login_locked(tok_token_t *t);
+void tok_key_clear(tok_key_t *k);
+
+/* uri.c */
+char *tok_uri_for_token(const CK_TOKEN_INFO *info);
+char *tok_uri_for_key(const CK_TOKEN_INFO *info, const tok_key_t *k);
+
+/* keydata.c: public key material -> SPKI DER (OpenSSL, default library context) */
+typedef struct tok_pub {
+    tok_key_type_t type;
+    unsigned bits;
+    const char *group;
+    uint8_t *spki;
+    size_t spki_len;
+} tok_pub_t;
+int tok_pub_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len, tok_pub_t *ret);
+int tok_pub_from_ec(CK_KEY_TYPE kt, const uint8_t *params, size_t params_len, const uint8_t *point,
+                    size_t point_len, tok_pub_t *ret);
+int tok_pub_from_spki(const uint8_t *der, size_t len, tok_pub_t *ret);
+int tok_pub_from_cert(const uint8_t *der, size_t len, tok_pub_t *ret);
+void tok_pub_clear(tok_pub_t *p);

@@ -1,0 +1,205 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* Unit tests of agent/: PIN sources, error mapping, the main loop. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "agent.h"
+
+static char tmpdir[] = "/tmp/p11agent-test-agent-XXXXXX";
+
+static int setup(void **state)
+{
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    char cmd[128];
+
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static char *write_file(const char *name, const char *content, size_t len, mode_t mode)
+{
+    char *path = NULL;
+    int fd;
+
+    assert_true(asprintf(&path, "%s/%s", tmpdir, name) > 0);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, content, len), (ssize_t)len);
+    close(fd);
+    return path;
+}
+
+static void test_agent_pin_source_parse(void **state)
+{
+    agent_pin_source_t src = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_pin_source_parse("file:/etc/pin", &src, &err), 0);
+    assert_int_equal(src.kind, AGENT_PIN_FILE);
+    assert_string_equal(src.path, "/etc/pin");
+    agent_pin_source_clear(&src);
+    assert_null(src.path);
+
+    assert_int_equal(agent_pin_source_parse("env:PIN", &src, &err), -EINVAL);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "env:PIN"));
+    free(err);
+    err = NULL;
+    assert_int_equal(agent_pin_source_parse("file:", &src, &err), -EINVAL);
+    free(err);
+}
+
+static void read_pin_expect(const char *content, size_t len, const char *expect)
+{
+    char *path = write_file("pin", content, len, 0600);
+    agent_pin_source_t src = {.kind = AGENT_PIN_FILE, .path = path};
+    agent_secret_t s = {0};
+    agent_pin_id_t id = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_pin_source_read(&src, &s, &id, &err), 0);
+    assert_null(err);
+    assert_int_equal(s.len, strlen(expect));
+    assert_memory_equal(s.buf, expect, s.len);
+    assert_int_equal(s.buf[s.len], '\0');
+    assert_true(id.ino != 0);
+    agent_secret_free(&s);
+    assert_null(s.buf);
+    assert_int_equal(s.len, 0);
+    free(path);
+}
+
+static void test_agent_pin_file_reads_first_line(void **state)
+{
+    read_pin_expect("123456", 6, "123456");
+    read_pin_expect("123456\n", 7, "123456");
+    read_pin_expect("12 34\r\nsecond line\n", 19, "12 34");
+}
+
+static void expect_pin_error(const char *content, size_t len, int expect_r, const char *needle)
+{
+    char *path = write_file("badpin", content, len, 0600);
+    agent_pin_source_t src = {.kind = AGENT_PIN_FILE, .path = path};
+    agent_secret_t s = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_pin_source_read(&src, &s, NULL, &err), expect_r);
+    assert_null(s.buf);
+    assert_non_null(err);
+    assert_non_null(strstr(err, needle));
+    assert_non_null(strstr(err, path)); /* names the file */
+    free(err);
+    free(path);
+}
+
+static void test_agent_pin_file_errors(void **state)
+{
+    char big[600];
+    agent_pin_source_t src = {.kind = AGENT_PIN_FILE, .path = "/nonexistent/pin"};
+    agent_secret_t s = {0};
+    char *err = NULL;
+
+    expect_pin_error("", 0, -ENODATA, "empty");
+    expect_pin_error("\n", 1, -ENODATA, "empty");
+    memset(big, '7', sizeof(big));
+    expect_pin_error(big, sizeof(big), -E2BIG, "more than a PIN");
+
+    assert_int_equal(agent_pin_source_read(&src, &s, NULL, &err), -ENOENT);
+    assert_non_null(strstr(err, "/nonexistent/pin"));
+    free(err);
+}
+
+static void test_agent_pin_id_changes_with_file(void **state)
+{
+    char *path = write_file("pin2", "1111", 4, 0600);
+    agent_pin_source_t src = {.kind = AGENT_PIN_FILE, .path = path};
+    agent_secret_t s = {0};
+    agent_pin_id_t a = {0}, b = {0};
+
+    assert_int_equal(agent_pin_source_read(&src, &s, &a, NULL), 0);
+    agent_secret_free(&s);
+    free(write_file("pin2", "22222", 5, 0600));
+    assert_int_equal(agent_pin_source_read(&src, &s, &b, NULL), 0);
+    assert_memory_equal(s.buf, "22222", 5);
+    agent_secret_free(&s);
+    assert_true(a.size != b.size || a.mtime_ns != b.mtime_ns);
+    free(path);
+}
+
+static void test_agent_err_from_tok_table(void **state)
+{
+    assert_int_equal(agent_err_from_tok(TOK_OK), BUS_OK);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_NO_KEY), BUS_ERR_NO_SUCH_KEY);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_NOT_LOGGED_IN), BUS_ERR_LOCKED);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_PIN_INCORRECT), BUS_ERR_PIN_INCORRECT);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_PIN_LOCKED), BUS_ERR_PIN_LOCKED);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_TOKEN_REMOVED), BUS_ERR_TOKEN_REMOVED);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_MECHANISM), BUS_ERR_UNSUPPORTED);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_DEVICE), BUS_ERR_DEVICE);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_BUSY), BUS_ERR_BUSY);
+    assert_int_equal(agent_err_from_tok(TOK_ERR_GENERAL), BUS_ERR_FAILED);
+    assert_int_equal(agent_err_from_tok(-999), BUS_ERR_FAILED);
+}
+
+typedef struct {
+    agent_loop_t *loop;
+    int reads;
+} fd_test_t;
+
+static void on_readable(void *userdata, int fd, short revents)
+{
+    fd_test_t *t = userdata;
+    char c;
+
+    assert_true(revents & POLLIN);
+    assert_int_equal(read(fd, &c, 1), 1);
+    assert_int_equal(c, 'x');
+    if (++t->reads == 3)
+        agent_loop_quit(t->loop);
+}
+
+static void test_agent_loop_runs_fd_callbacks_until_quit(void **state)
+{
+    fd_test_t t = {0};
+    int p[2];
+
+    assert_int_equal(pipe(p), 0);
+    assert_int_equal(agent_loop_new(&t.loop), 0);
+    assert_int_equal(agent_loop_add_fd(t.loop, p[0], POLLIN, on_readable, &t), 0);
+    assert_int_equal(write(p[1], "xxx", 3), 3);
+    assert_int_equal(agent_loop_run(t.loop), 0);
+    assert_int_equal(t.reads, 3);
+    agent_loop_free(t.loop);
+    close(p[0]);
+    close(p[1]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_agent_pin_source_parse),
+        cmocka_unit_test(test_agent_pin_file_reads_first_line),
+        cmocka_unit_test(test_agent_pin_file_errors),
+        cmocka_unit_test(test_agent_pin_id_changes_with_file),
+        cmocka_unit_test(test_agent_err_from_tok_table),
+        cmocka_unit_test(test_agent_loop_runs_fd_callbacks_until_quit),
+    };
+
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
