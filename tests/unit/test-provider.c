@@ -1020,6 +1020,27 @@ static void test_provider_store_unknown_uri_names_it(void **state)
     assert_true(errors_contain("no key matches pkcs11:object=nothing-here"));
 }
 
+static void test_provider_store_expect_pubkey_gives_spki(void **state)
+{
+    for (size_t i = 0; i < N_FAKE; i++) {
+        OSSL_STORE_CTX *st = OSSL_STORE_open_ex(fake_keys[i].uri, plibctx, NULL, NULL, NULL,
+                                                NULL, NULL, NULL);
+        OSSL_STORE_INFO *info;
+        EVP_PKEY *pub;
+
+        assert_non_null(st);
+        assert_int_equal(OSSL_STORE_expect(st, OSSL_STORE_INFO_PUBKEY), 1);
+        info = OSSL_STORE_load(st);
+        assert_non_null(info);
+        assert_int_equal(OSSL_STORE_INFO_get_type(info), OSSL_STORE_INFO_PUBKEY);
+        pub = OSSL_STORE_INFO_get1_PUBKEY(info);
+        assert_int_equal(EVP_PKEY_eq(pub, fake_keys[i].soft), 1);
+        EVP_PKEY_free(pub);
+        OSSL_STORE_INFO_free(info);
+        OSSL_STORE_close(st);
+    }
+}
+
 static void test_provider_digest_sign_init_does_not_call_agent(void **state)
 {
     EVP_PKEY *key = NULL;
@@ -1267,6 +1288,7 @@ int main(void)
         cmocka_unit_test(test_provider_import_public_only),
         cmocka_unit_test(test_provider_sign_error_names_key_and_cause),
         cmocka_unit_test(test_provider_store_unknown_uri_names_it),
+        cmocka_unit_test(test_provider_store_expect_pubkey_gives_spki),
         cmocka_unit_test(test_provider_digest_sign_init_does_not_call_agent),
         cmocka_unit_test(test_provider_tls12_client_auth),
         cmocka_unit_test(test_provider_tls13_client_auth),
