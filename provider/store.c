@@ -86,7 +86,7 @@ static int store_load_key(store_ctx_t *st, const bus_key_info_t *info, OSSL_CALL
 
     if (key == NULL)
         return 0;
-    /* RSA-PSS-only tokens keys are still served by the RSA keymgmt. */
+    /* RSA keys (PSS-only ones too) are served by the RSA keymgmt. */
     params[0] = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type);
     params[1] = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
                                                  (char *)prov_key_kind_name(key->kind), 0);

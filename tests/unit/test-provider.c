@@ -74,6 +74,8 @@ static fake_key_t fake_keys[] = {
 #define URI_ED448 (fake_keys[4].uri)
 /* FindKeys finds it (an RSA key), Sign fails with TokenRemoved. */
 #define URI_REMOVED "pkcs11:token=t;object=removed;type=private"
+/* The RSA key on a token without CKM_RSA_PKCS_PSS: Sign rsa-pss fails. */
+#define URI_NOPSS "pkcs11:token=old;object=rsa;type=private"
 
 /* What the fake agent saw; written by the server thread under fake_lock,
  * read by tests after their (synchronous) call returned. */
@@ -151,7 +153,7 @@ static DBusMessage *fake_find_keys(DBusMessage *msg)
         if (strcmp(uri, fake_keys[i].uri) == 0)
             k = &fake_keys[i];
     }
-    if (k == NULL && strcmp(uri, URI_REMOVED) == 0)
+    if (k == NULL && (strcmp(uri, URI_REMOVED) == 0 || strcmp(uri, URI_NOPSS) == 0))
         k = &fake_keys[0];
     if (k == NULL)
         return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY),
@@ -233,6 +235,12 @@ static DBusMessage *fake_sign(DBusMessage *msg)
     for (size_t i = 0; i < N_FAKE; i++) {
         if (strcmp(uri, fake_keys[i].uri) == 0)
             k = &fake_keys[i];
+    }
+    if (strcmp(uri, URI_NOPSS) == 0) {
+        if (p.alg == BUS_SIG_RSA_PSS)
+            return dbus_message_new_error(msg, bus_err_name(BUS_ERR_UNSUPPORTED),
+                                          "token old has no CKM_RSA_PKCS_PSS");
+        k = &fake_keys[0];
     }
     if (k == NULL)
         return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
@@ -1009,6 +1017,37 @@ static void test_provider_sign_error_names_key_and_cause(void **state)
     EVP_PKEY_free(key);
 }
 
+/* TLS 1.3 with an RSA key on a token without PSS fails at CertificateVerify;
+ * the error must say why. TLS 1.2 with PKCS#1 still works. */
+static void test_provider_rsa_without_pss_explains_tls13(void **state)
+{
+    EVP_PKEY *key = NULL;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char sig[512];
+    size_t siglen = sizeof(sig);
+
+    load_uri(URI_NOPSS, &key, NULL);
+    ERR_clear_error();
+    assert_int_equal(EVP_DigestSignInit_ex(m, &pctx, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+    assert_true(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)) <= 0);
+    assert_true(errors_contain("TLS 1.3"));
+    EVP_MD_CTX_free(m);
+
+    m = EVP_MD_CTX_new();
+    siglen = sizeof(sig);
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)), 1);
+    {
+        sigopts_t o = { .md = "SHA256" };
+
+        assert_true(digest_verify(fake_keys[0].soft, &o, message, sizeof(message), sig, siglen));
+    }
+    EVP_MD_CTX_free(m);
+    EVP_PKEY_free(key);
+}
+
 static void test_provider_store_unknown_uri_names_it(void **state)
 {
     OSSL_STORE_CTX *st;
@@ -1287,6 +1326,7 @@ int main(void)
         cmocka_unit_test(test_provider_export_refuses_private),
         cmocka_unit_test(test_provider_import_public_only),
         cmocka_unit_test(test_provider_sign_error_names_key_and_cause),
+        cmocka_unit_test(test_provider_rsa_without_pss_explains_tls13),
         cmocka_unit_test(test_provider_store_unknown_uri_names_it),
         cmocka_unit_test(test_provider_store_expect_pubkey_gives_spki),
         cmocka_unit_test(test_provider_digest_sign_init_does_not_call_agent),
