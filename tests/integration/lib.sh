@@ -1,0 +1,379 @@
+# shellcheck shell=bash
+# Shared by the integration tests (and tests/demo.sh). Source it, then call
+# it_setup. Needs in the environment (meson sets them, see meson.build):
+#   P11AGENTD    built agent/p11agentd
+#   P11AGENTCTL  built agent/p11agentctl
+#   P11AGENT_SO  built provider/p11agent.so
+# Optional: P11AGENT_TEST_KEEP=1 keeps the temp dir (its path goes to stderr),
+#           P11AGENT_TEST_TIMEOUT=seconds for each client/server (default 30).
+#
+# Everything that can block runs under timeout(1); the EXIT trap stops every
+# process this file started (agent, servers) and removes the temp dir.
+
+export LC_ALL=C
+IT_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+IT_TIMEOUT=${P11AGENT_TEST_TIMEOUT:-30}
+# shellcheck disable=SC2034 # used by the test scripts
+IT_KEYS="rsa2048 p256 p384 ed25519"
+IT_BG_PIDS=()
+AGENT_PID=""
+T=""
+
+# --- TAP ---------------------------------------------------------------
+TAP_N=0
+TAP_FAILED=0
+
+tap_ok() {
+	TAP_N=$((TAP_N + 1))
+	echo "ok $TAP_N - $*"
+}
+
+# tap_not_ok DESC [FILE...]: a failed case; FILEs are shown as diagnostics.
+tap_not_ok() {
+	local desc=$1 f
+	shift
+	TAP_N=$((TAP_N + 1))
+	TAP_FAILED=$((TAP_FAILED + 1))
+	echo "not ok $TAP_N - $desc"
+	for f in "$@"; do
+		[ -s "$f" ] || continue
+		echo "# --- $(basename "$f") (last 40 lines)"
+		tail -n 40 "$f" | sed 's/^/#   /'
+	done
+}
+
+tap_diag() { sed 's/^/# /'; }
+
+# tap_case DESC FUNC [ARGS...]: run FUNC ARGS, its stdout and stderr go to
+# a log shown (with the agent log) when it fails. FUNC returns 0 for a pass.
+tap_case() {
+	local desc=$1 log
+	shift
+	log=$T/case-$((TAP_N + 1)).log
+	if "$@" >"$log" 2>&1; then
+		tap_ok "$desc"
+	else
+		tap_not_ok "$desc" "$log" "$T/agent.log"
+	fi
+}
+
+tap_bail() {
+	echo "Bail out! $*"
+	exit 1
+}
+
+# tap_done: print the plan and exit 0 only if every case passed.
+tap_done() {
+	echo "1..$TAP_N"
+	[ "$TAP_FAILED" -eq 0 ] && [ "$TAP_N" -gt 0 ]
+	exit $?
+}
+
+# --- processes ---------------------------------------------------------
+with_timeout() {
+	local secs=$1
+	shift
+	timeout -k 2 "$secs" "$@"
+}
+
+# stop_pid PID: SIGTERM, up to 5 s, then SIGKILL. Returns the exit status.
+stop_pid() {
+	local pid=$1 i
+	[ -n "$pid" ] || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null
+}
+
+it_cleanup() {
+	local pid
+	trap - EXIT
+	for pid in "${IT_BG_PIDS[@]}" $AGENT_PID; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	sleep 0.1
+	for pid in "${IT_BG_PIDS[@]}" $AGENT_PID; do
+		kill -KILL "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+	done
+	if [ -n "$T" ] && [ -d "$T" ]; then
+		if [ "${P11AGENT_TEST_KEEP:-0}" = 1 ]; then
+			echo "kept $T" >&2
+		else
+			rm -rf -- "$T"
+		fi
+	fi
+}
+
+# A loopback TCP port that was free a moment ago. Callers retry on EADDRINUSE.
+free_port() {
+	if command -v python3 >/dev/null; then
+		python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+	else
+		echo $((20000 + RANDOM % 40000))
+	fi
+}
+
+# --- setup -------------------------------------------------------------
+# it_setup: temp dir, token (mktoken.sh), openssl.cnf for clients. Sets T,
+# SOCK, MODULE, CNF, and everything in $T/env. Bails out on failure.
+it_setup() {
+	local v tool
+	for v in P11AGENTD P11AGENTCTL P11AGENT_SO; do
+		[ -n "${!v:-}" ] || tap_bail "$v is not set (run through meson test)"
+	done
+	[ -x "$P11AGENTD" ] || tap_bail "agent not built: $P11AGENTD"
+	[ -x "$P11AGENTCTL" ] || tap_bail "p11agentctl not built: $P11AGENTCTL"
+	[ -f "$P11AGENT_SO" ] || tap_bail "provider not built: $P11AGENT_SO"
+	for tool in openssl pkcs11-tool softhsm2-util timeout xxd; do
+		command -v "$tool" >/dev/null || tap_bail "$tool not installed"
+	done
+
+	T=$(mktemp -d "${TMPDIR:-/tmp}/p11agent-it.XXXXXX") || tap_bail "mktemp failed"
+	# unix socket paths are limited to 107 bytes
+	if [ ${#T} -gt 80 ]; then
+		rm -rf -- "$T"
+		T=$(mktemp -d /tmp/p11agent-it.XXXXXX) || tap_bail "mktemp failed"
+	fi
+	trap it_cleanup EXIT
+	trap 'exit 130' INT TERM HUP
+
+	"$IT_LIB_DIR/mktoken.sh" "$T" >"$T/mktoken.log" 2>&1 || {
+		tap_diag <"$T/mktoken.log"
+		tap_bail "mktoken.sh failed"
+	}
+	set -a
+	# shellcheck disable=SC1091
+	. "$T/env"
+	set +a
+	MODULE=$P11AGENT_TEST_MODULE
+	SOCK=$T/agent.sock
+
+	# Keep the tests away from the user's own agent, config and bus; the
+	# only socket is the one passed explicitly.
+	unset P11AGENT_SOCKET OPENSSL_CONF OPENSSL_MODULES DBUS_SESSION_BUS_ADDRESS
+	mkdir -m 0700 -p "$T/run" "$T/config"
+	export XDG_RUNTIME_DIR=$T/run XDG_CONFIG_HOME=$T/config
+
+	CNF=$T/openssl.cnf
+	write_cnf "$CNF"
+
+	# An ASan/UBSan-built provider is dlopen()ed by the uninstrumented
+	# openssl(1): the ASan runtime has to be preloaded into those clients.
+	IT_PRELOAD=$(ldd "$P11AGENT_SO" 2>/dev/null | awk '/libasan\.so/ { print $3; exit }')
+}
+
+# write_cnf FILE [EXTRA]: the client openssl.cnf loading default + p11agent.
+# EXTRA lines go into the openssl_init section (e.g. alg_section = ...).
+write_cnf() {
+	cat >"$1" <<EOF
+openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+${2:-}
+[provider_sect]
+default = default_sect
+p11agent = p11agent_sect
+[default_sect]
+activate = 1
+[p11agent_sect]
+module = $P11AGENT_SO
+agent-socket = $SOCK
+activate = 1
+EOF
+}
+
+# --- agent -------------------------------------------------------------
+# agent_start [PIN_FILE]: start p11agentd on $SOCK and wait (bounded) until
+# it listens. A socket file left by a killed agent stays in place: the new
+# agent must replace it, and is ready once `p11agentctl status` answers. The
+# agent runs without OPENSSL_CONF, unless IT_AGENT_CNF names one for it.
+agent_start() {
+	local pinfile=${1:-$T/pin} i limit=50 stale=0 envcmd=(env -u OPENSSL_CONF)
+	[ -n "$IT_PRELOAD" ] && limit=150
+	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
+	[ -S "$SOCK" ] && stale=1
+	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"
+	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
+		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
+	AGENT_PID=$!
+	for ((i = 0; i < limit; i++)); do
+		if [ "$stale" -eq 0 ]; then
+			[ -S "$SOCK" ] && break
+		elif with_timeout 5 "$P11AGENTCTL" --socket "$SOCK" status >/dev/null 2>&1; then
+			return 0
+		fi
+		if ! kill -0 "$AGENT_PID" 2>/dev/null; then
+			wait "$AGENT_PID"
+			echo "p11agentd exited with status $? before listening on $SOCK" >&2
+			tail -n 20 "$T/agent.log" >&2
+			AGENT_PID=""
+			return 1
+		fi
+		sleep 0.1
+	done
+	if [ "$i" -ge "$limit" ]; then
+		if [ "$stale" -eq 1 ]; then
+			echo "p11agentd did not take over the stale socket $SOCK within $((limit / 10)) s" >&2
+		else
+			echo "p11agentd did not create $SOCK within $((limit / 10)) s" >&2
+		fi
+		tail -n 20 "$T/agent.log" >&2
+		return 1
+	fi
+	# The socket exists once bound; give listen() a moment by asking.
+	for ((i = 0; i < 20; i++)); do
+		with_timeout 5 "$P11AGENTCTL" --socket "$SOCK" status >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	return 0
+}
+
+# agent_stop: SIGTERM and wait. Returns the agent's exit status.
+agent_stop() {
+	local rc=0
+	[ -n "$AGENT_PID" ] || return 0
+	stop_pid "$AGENT_PID" || rc=$?
+	AGENT_PID=""
+	echo "=== agent stopped, status $rc" >>"$T/agent.log"
+	return "$rc"
+}
+
+agent_kill() {
+	[ -n "$AGENT_PID" ] || return 0
+	kill -KILL "$AGENT_PID" 2>/dev/null
+	wait "$AGENT_PID" 2>/dev/null
+	AGENT_PID=""
+	echo "=== agent killed (SIGKILL)" >>"$T/agent.log"
+}
+
+# agent_signatures: print N from the "signatures: N" line of
+# `p11agentctl --socket SOCK status`.
+agent_signatures() {
+	local out n
+	out=$(with_timeout 10 "$P11AGENTCTL" --socket "$SOCK" status 2>&1)
+	n=$(sed -n 's/^signatures:[[:space:]]*\([0-9][0-9]*\)[[:space:]]*$/\1/p' <<<"$out" | head -n 1)
+	if [ -z "$n" ]; then
+		echo "p11agentctl status gave no 'signatures: N' line:" >&2
+		echo "$out" >&2
+		return 1
+	fi
+	echo "$n"
+}
+
+# --- clients -----------------------------------------------------------
+uri() { echo "pkcs11:token=$P11AGENT_TEST_TOKEN;object=$1;type=private"; }
+
+# client ARGS...: openssl(1) with the p11agent openssl.cnf, bounded.
+client() {
+	with_timeout "$IT_TIMEOUT" env OPENSSL_CONF="${IT_CNF:-$CNF}" \
+		${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} openssl "$@"
+}
+
+# plain ARGS...: openssl(1) with the default provider only, bounded.
+plain() {
+	with_timeout "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl "$@"
+}
+
+# server_start DIR ARGS...: openssl s_server (software key, CA-verified
+# client certificate required, one connection, -www status page) on a free
+# loopback port. Sets SRV_PID and SRV_PORT.
+server_start() {
+	local dir=$1 try i
+	shift
+	for ((try = 0; try < 5; try++)); do
+		SRV_PORT=$(free_port)
+		with_timeout "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server \
+			-accept "127.0.0.1:$SRV_PORT" -naccept 1 -www \
+			-cert "$T/server.pem" -key "$T/server.key" -CAfile "$T/ca.pem" \
+			-Verify 1 -verify_return_error "$@" \
+			>"$dir/server.out" 2>"$dir/server.err" </dev/null &
+		SRV_PID=$!
+		IT_BG_PIDS+=("$SRV_PID")
+		for ((i = 0; i < 100; i++)); do
+			grep -q '^ACCEPT' "$dir/server.out" 2>/dev/null && return 0
+			kill -0 "$SRV_PID" 2>/dev/null || break
+			sleep 0.05
+		done
+		stop_pid "$SRV_PID" || true
+		grep -qi 'in use' "$dir/server.err" || break
+	done
+	echo "s_server did not start:" >&2
+	cat "$dir/server.err" >&2
+	return 1
+}
+
+# mtls DIR KEY CERT PROTO [SIGALGS]: one mutual-TLS handshake plus an HTTP
+# request for s_server's status page. PROTO is tls1_2 or tls1_3; SIGALGS
+# restricts the client's CertificateVerify (-client_sigalgs on both ends).
+# Returns the client's exit status; output in DIR/{client,server}.{out,err}
+# and the server's page (its view of the connection) in DIR/page.
+mtls() {
+	local dir=$1 key=$2 cert=$3 proto=$4 sigalgs=${5:-} rc=0 cpid fd
+	mkdir -p "$dir"
+	: >"$dir/page"
+	rm -f "$dir/in"
+	mkfifo "$dir/in" || return 1
+	server_start "$dir" "-$proto" ${sigalgs:+-client_sigalgs "$sigalgs"} || return 1
+	client s_client -connect "127.0.0.1:$SRV_PORT" \
+		-servername localhost -CAfile "$T/ca.pem" -verify_return_error \
+		"-$proto" -cert "$cert" -key "$key" ${sigalgs:+-client_sigalgs "$sigalgs"} \
+		-brief -ign_eof <"$dir/in" >"$dir/client.out" 2>"$dir/client.err" &
+	cpid=$!
+	exec {fd}>"$dir/in"
+	# Send the request only once the client has finished its handshake
+	# (-brief prints CONNECTION ESTABLISHED then; it also keeps session
+	# dumps out of stdout, which then holds only the server's page).
+	while kill -0 "$cpid" 2>/dev/null; do
+		if grep -q '^CONNECTION ESTABLISHED' "$dir/client.err" 2>/dev/null; then
+			printf 'GET / HTTP/1.0\r\n\r\n' >&"$fd"
+			break
+		fi
+		sleep 0.05
+	done
+	wait "$cpid" || rc=$?
+	exec {fd}>&-
+	stop_pid "$SRV_PID" || true
+	sed -n '/^HTTP\/1.0 200 ok/,$p' "$dir/client.out" >"$dir/page"
+	return "$rc"
+}
+
+# mtls_accepted DIR CN PROTO_NAME SIGTYPE: the server's page shows a
+# verified client certificate with CN, the protocol (TLSv1.3/TLSv1.2) and
+# the client's signature type as the server saw it (RSA-PSS, RSA, ECDSA,
+# ed25519). Explains on stderr what is missing.
+mtls_accepted() {
+	local dir=$1 cn=$2 proto=$3 sigtype=$4 ok=0
+	if ! grep -q '^HTTP/1.0 200 ok' "$dir/page"; then
+		echo "no response from s_server; client and server said:" >&2
+		tail -n 15 "$dir/client.err" "$dir/server.err" >&2
+		return 1
+	fi
+	grep -q '^Client certificate' "$dir/page" ||
+		{ echo "server saw no client certificate" >&2; ok=1; }
+	grep -Eq "^ +Subject: .*CN ?= ?$cn\$" "$dir/page" ||
+		{ echo "client certificate subject is not CN=$cn" >&2; ok=1; }
+	grep -q 'Verify return code: 0 (ok)' "$dir/page" ||
+		{ echo "server did not verify the client certificate" >&2; ok=1; }
+	grep -Eq "^ +Protocol +: $proto\$" "$dir/page" ||
+		{ echo "protocol is not $proto" >&2; ok=1; }
+	grep -q "^Peer signature type: $sigtype\$" "$dir/page" ||
+		{ echo "client signature type is not $sigtype:" >&2
+		  grep '^Peer sig' "$dir/page" >&2; ok=1; }
+	[ "$ok" -eq 0 ] || tail -n 15 "$dir/client.err" "$dir/server.err" >&2
+	return "$ok"
+}
+
+# The expected signature type in the server's view for a key label.
+sigtype_of() {
+	case $1 in
+	*rsa*) echo RSA-PSS ;;
+	*ed25519*) echo ed25519 ;;
+	*) echo ECDSA ;;
+	esac
+}

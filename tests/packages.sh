@@ -1,0 +1,33 @@
+# shellcheck shell=bash
+# Debian 12 packages needed to build p11agent and run its tests; sourced by
+# tests/demo.sh, tests/run-tests.sh and .ci/run.
+P11AGENT_PACKAGES=(
+	meson ninja-build pkg-config gcc libc6-dev
+	libssl-dev openssl
+	libp11-kit-dev p11-kit
+	libdbus-1-dev dbus
+	libcmocka-dev
+	softhsm2 opensc
+	python3 xxd curl coreutils
+)
+
+# ensure_packages: install whatever in P11AGENT_PACKAGES is missing (as
+# root, or through sudo). Quiet when everything is there.
+ensure_packages() {
+	local p missing=() sudo=()
+	for p in "${P11AGENT_PACKAGES[@]}"; do
+		dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+	done
+	[ ${#missing[@]} -gt 0 ] || return 0
+	if [ "$(id -u)" -ne 0 ]; then
+		if ! command -v sudo >/dev/null; then
+			echo "missing packages: ${missing[*]}; run as root: apt-get install ${missing[*]}" >&2
+			return 1
+		fi
+		sudo=(sudo)
+	fi
+	echo "installing: ${missing[*]}" >&2
+	"${sudo[@]}" apt-get update -q >&2 &&
+		"${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}

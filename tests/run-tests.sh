@@ -1,0 +1,78 @@
+#!/bin/bash
+# The whole test suite, twice: a normal build (build/) and an ASan+UBSan
+# build (build-asan/). Installs missing Debian packages first. A skipped
+# test counts as a failure (CI must not pass by skipping). The last line is
+# "N passed, M failed", totals over both builds.
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+. tests/packages.sh
+ensure_packages || { echo "cannot install the packages needed"; echo "0 passed, 1 failed"; exit 1; }
+
+PASSED=0
+FAILED=0
+
+# tally DIR: add DIR's meson-logs/testlog.json to PASSED/FAILED; a test
+# passes only with result OK and no "# SKIP" TAP line. Prints the others.
+tally() {
+	local counts
+	counts=$(python3 - "$1/meson-logs/testlog.json" <<'PY'
+import json, re, sys
+ok = bad = 0
+try:
+    lines = open(sys.argv[1]).read().splitlines()
+except OSError:
+    lines = []
+for line in lines:
+    if not line.strip():
+        continue
+    t = json.loads(line)
+    skips = [l for l in t.get("stdout", "").splitlines()
+             if re.match(r"(not )?ok\b.*#\s*skip", l, re.I)]
+    if t["result"] == "OK" and not skips:
+        ok += 1
+        continue
+    bad += 1
+    why = t["result"] if t["result"] != "OK" else "skipped TAP cases"
+    print(f"  {why}: {t['name']}", file=sys.stderr)
+    for l in skips:
+        print(f"    {l}", file=sys.stderr)
+print(ok, bad)
+PY
+	) || counts="0 1"
+	PASSED=$((PASSED + ${counts% *}))
+	FAILED=$((FAILED + ${counts#* }))
+	[ "${counts#* }" -eq 0 ]
+}
+
+# suite DIR [MESON SETUP ARGS...]: configure (once), build, test, tally.
+suite() {
+	local dir=$1 rc=0
+	shift
+	echo "=== $dir"
+	if [ ! -f "$dir/meson-private/coredata.dat" ]; then
+		meson setup "$dir" "$@" || { echo "meson setup $dir failed"; FAILED=$((FAILED + 1)); return 1; }
+	fi
+	meson compile -C "$dir" || { echo "build in $dir failed"; FAILED=$((FAILED + 1)); return 1; }
+	rm -f "$dir/meson-logs/testlog.json"
+	meson test -C "$dir" --print-errorlogs "${TEST_ARGS[@]}" || rc=$?
+	if ! tally "$dir" || [ "$rc" -ne 0 ]; then
+		echo "$dir: failures (meson test status $rc)"
+		# a failing meson test run with nothing tallied still counts once
+		[ "$rc" -eq 0 ] || [ -s "$dir/meson-logs/testlog.json" ] || FAILED=$((FAILED + 1))
+		return 1
+	fi
+}
+
+TEST_ARGS=()
+suite build
+
+# ASan+UBSan. Slower: a longer meson timeout and client timeout. Leak
+# checking stays on everywhere (meson's ASAN_OPTIONS defaults); the
+# integration tests preload libasan into openssl(1), which loads the
+# instrumented provider (see tests/integration/lib.sh).
+TEST_ARGS=(--timeout-multiplier 3)
+P11AGENT_TEST_TIMEOUT=90 suite build-asan -Db_sanitize=address,undefined -Db_lundef=false
+
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
