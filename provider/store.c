@@ -86,7 +86,7 @@ static int store_load_key(store_ctx_t *st, const bus_key_info_t *info, OSSL_CALL
 
     if (key == NULL)
         return 0;
-    /* RSA-PSS-only tokens keys are still served by the RSA keymgmt. */
+    /* RSA keys (PSS-only ones too) are served by the RSA keymgmt. */
     params[0] = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type);
     params[1] = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
                                                  (char *)prov_key_kind_name(key->kind), 0);
@@ -98,6 +98,24 @@ static int store_load_key(store_ctx_t *st, const bus_key_info_t *info, OSSL_CALL
     /* keymgmt load() took its own reference if the key was used. */
     prov_key_free(key);
     return ok;
+}
+
+/* Callers that ask for a public key (expect PUBKEY, e.g. `openssl pkey
+ * -pubin`) get the SPKI by value, decoded by whichever provider can. */
+static int store_load_pubkey(const bus_key_info_t *info, OSSL_CALLBACK *cb, void *cbarg)
+{
+    OSSL_PARAM params[5];
+    int type = OSSL_OBJECT_PKEY;
+
+    params[0] = OSSL_PARAM_construct_int(OSSL_OBJECT_PARAM_TYPE, &type);
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE,
+                                                 (char *)bus_key_type_name(info->type), 0);
+    params[2] = OSSL_PARAM_construct_utf8_string(OSSL_OBJECT_PARAM_DATA_STRUCTURE,
+                                                 "SubjectPublicKeyInfo", 0);
+    params[3] = OSSL_PARAM_construct_octet_string(OSSL_OBJECT_PARAM_DATA, info->spki,
+                                                  info->spki_len);
+    params[4] = OSSL_PARAM_construct_end();
+    return cb(params, cbarg);
 }
 
 static int store_load_cert(const bus_key_info_t *info, OSSL_CALLBACK *cb, void *cbarg)
@@ -136,6 +154,8 @@ static int store_load(void *loaderctx, OSSL_CALLBACK *object_cb, void *object_cb
                 continue;
             if (st->expect == OSSL_STORE_INFO_CERT)
                 continue;
+            if (st->expect == OSSL_STORE_INFO_PUBKEY)
+                return store_load_pubkey(info, object_cb, object_cbarg);
             return store_load_key(st, info, object_cb, object_cbarg);
         }
     }

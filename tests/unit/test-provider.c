@@ -1,16 +1,20 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * Unit tests for p11agent.so without a running agent.
+ * Unit tests for p11agent.so without the real agent.
  *
- * The provider code is linked in without provider/client.c; this file
- * supplies the prov_client_* functions instead: a fake agent that holds
- * software keys (made with the default provider) and signs with them, and
- * records what it was asked. Everything else is the real provider,
- * registered as a built-in in a private OSSL_LIB_CTX next to "default":
- * store loading, keymgmt, signatures (EVP_DigestSign, EVP_PKEY_sign),
- * algorithm identifiers and in-memory TLS 1.2/1.3 mutual-auth handshakes.
- * One test loads the built p11agent.so itself.
+ * A fake agent runs in a thread of the test process: a libdbus
+ * peer-to-peer server on a temporary socket (driven by the agent's poll
+ * loop), answering FindKeys and Sign with software keys made by the default
+ * provider, and recording what it was asked. The provider is the real code
+ * (client, store, keymgmt, signature), registered as a built-in in a
+ * private OSSL_LIB_CTX next to "default", with P11AGENT_SOCKET pointing at
+ * the fake. Covered: store loading, key params against the default
+ * provider, algorithm identifiers, signatures that verify, in-memory
+ * TLS 1.2/1.3 mutual-auth handshakes, reconnection after an agent restart,
+ * fork, threads. One case loads the built p11agent.so itself.
  */
+#include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -30,6 +36,7 @@
 #include <openssl/store.h>
 #include <openssl/x509.h>
 
+#include "loop.h"
 #include "provider.h"
 
 /* ------------------------------------------------------------------ */
@@ -67,39 +74,37 @@ static fake_key_t fake_keys[] = {
 #define URI_ED448 (fake_keys[4].uri)
 /* FindKeys finds it (an RSA key), Sign fails with TokenRemoved. */
 #define URI_REMOVED "pkcs11:token=t;object=removed;type=private"
+/* The RSA key on a token without CKM_RSA_PKCS_PSS: Sign rsa-pss fails. */
+#define URI_NOPSS "pkcs11:token=old;object=rsa;type=private"
 
+/* What the fake agent saw; written by the server thread under fake_lock,
+ * read by tests after their (synchronous) call returned. */
+static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int signs;
+    int connections;      /* accepted so far */
     bus_sign_params_t last;
     size_t last_len;
 } fake;
 
-struct prov_client {
-    char *socket_path;
-};
-
-prov_client_t *prov_client_new(char *socket_path)
+static int fake_signs(void)
 {
-    prov_client_t *c = calloc(1, sizeof(*c));
+    int n;
 
-    if (c != NULL)
-        c->socket_path = socket_path;
-    else
-        free(socket_path);
-    return c;
+    pthread_mutex_lock(&fake_lock);
+    n = fake.signs;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
 }
 
-void prov_client_free(prov_client_t *c)
+static int fake_connections(void)
 {
-    if (c == NULL)
-        return;
-    free(c->socket_path);
-    free(c);
-}
+    int n;
 
-const char *prov_client_socket(const prov_client_t *c)
-{
-    return c->socket_path;
+    pthread_mutex_lock(&fake_lock);
+    n = fake.connections;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
 }
 
 static int fake_info(const fake_key_t *k, const char *uri, bus_key_info_t *info)
@@ -135,28 +140,29 @@ static int fake_info(const fake_key_t *k, const char *uri, bus_key_info_t *info)
     return BUS_OK;
 }
 
-int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **ret_keys,
-                          size_t *ret_n, char **errmsg)
+static DBusMessage *fake_find_keys(DBusMessage *msg)
 {
-    bus_key_info_t *keys = calloc(1, sizeof(*keys));
+    const char *uri = NULL;
+    const fake_key_t *k = NULL;
+    bus_key_info_t info;
+    DBusMessage *reply;
 
+    if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
     for (size_t i = 0; i < N_FAKE; i++) {
-        if (strcmp(uri, fake_keys[i].uri) == 0) {
-            fake_info(&fake_keys[i], uri, &keys[0]);
-            *ret_keys = keys;
-            *ret_n = 1;
-            return BUS_OK;
-        }
+        if (strcmp(uri, fake_keys[i].uri) == 0)
+            k = &fake_keys[i];
     }
-    if (strcmp(uri, URI_REMOVED) == 0) {
-        fake_info(&fake_keys[0], uri, &keys[0]);
-        *ret_keys = keys;
-        *ret_n = 1;
-        return BUS_OK;
-    }
-    free(keys);
-    *errmsg = strdup("no key on any token matches");
-    return BUS_ERR_NO_SUCH_KEY;
+    if (k == NULL && (strcmp(uri, URI_REMOVED) == 0 || strcmp(uri, URI_NOPSS) == 0))
+        k = &fake_keys[0];
+    if (k == NULL)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY),
+                                      "no key on any token matches");
+    fake_info(k, uri, &info);
+    reply = dbus_message_new_method_return(msg);
+    bus_append_keys(reply, &info, 1);
+    bus_key_info_clear(&info);
+    return reply;
 }
 
 static const char *wire_to_ossl(const char *h)
@@ -173,67 +179,227 @@ static const char *wire_to_ossl(const char *h)
     return NULL;
 }
 
-int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
-                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
-                     char **errmsg)
+static int fake_soft_sign(const fake_key_t *k, const bus_sign_params_t *p, const uint8_t *data,
+                          size_t len, uint8_t *sig, size_t *siglen)
 {
-    const fake_key_t *k = NULL;
     EVP_PKEY_CTX *pctx = NULL;
-    uint8_t *sig = NULL;
-    size_t siglen = 0;
     int ok = 0;
-
-    fake.last = *p;
-    fake.last_len = len;
-    if (strcmp(uri, URI_REMOVED) == 0) {
-        *errmsg = strdup("the card was pulled from reader 0");
-        return BUS_ERR_TOKEN_REMOVED;
-    }
-    for (size_t i = 0; i < N_FAKE; i++) {
-        if (strcmp(uri, fake_keys[i].uri) == 0)
-            k = &fake_keys[i];
-    }
-    if (k == NULL)
-        return BUS_ERR_NO_SUCH_KEY;
 
     if (p->alg == BUS_SIG_EDDSA) {
         EVP_MD_CTX *m = EVP_MD_CTX_new();
 
         ok = EVP_DigestSignInit_ex(m, NULL, NULL, NULL, NULL, k->soft, NULL) == 1
-             && EVP_DigestSign(m, NULL, &siglen, data, len) == 1
-             && (sig = malloc(siglen)) != NULL
-             && EVP_DigestSign(m, sig, &siglen, data, len) == 1;
+             && EVP_DigestSign(m, sig, siglen, data, len) == 1;
         EVP_MD_CTX_free(m);
-    } else {
-        pctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, NULL);
-        ok = pctx != NULL && EVP_PKEY_sign_init(pctx) == 1;
-        if (ok && p->hash[0] != '\0')
-            ok = EVP_PKEY_CTX_set_signature_md(pctx, EVP_get_digestbyname(wire_to_ossl(p->hash)))
-                 == 1;
-        if (ok && p->alg == BUS_SIG_RSA_PKCS1)
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
-        if (ok && p->alg == BUS_SIG_RSA_PSS) {
-            const char *mgf = p->mgf1_hash[0] != '\0' ? p->mgf1_hash : p->hash;
+        return ok;
+    }
+    pctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, NULL);
+    ok = pctx != NULL && EVP_PKEY_sign_init(pctx) == 1;
+    if (ok && p->hash[0] != '\0')
+        ok = EVP_PKEY_CTX_set_signature_md(pctx, EVP_get_digestbyname(wire_to_ossl(p->hash)))
+             == 1;
+    if (ok && p->alg == BUS_SIG_RSA_PKCS1)
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
+    if (ok && p->alg == BUS_SIG_RSA_PSS) {
+        const char *mgf = p->mgf1_hash[0] != '\0' ? p->mgf1_hash : p->hash;
 
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
-                 && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, p->salt_len) == 1
-                 && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_get_digestbyname(wire_to_ossl(mgf)))
-                        == 1;
-        }
-        ok = ok && EVP_PKEY_sign(pctx, NULL, &siglen, data, len) == 1
-             && (sig = malloc(siglen)) != NULL
-             && EVP_PKEY_sign(pctx, sig, &siglen, data, len) == 1;
-        EVP_PKEY_CTX_free(pctx);
+        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
+             && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, p->salt_len) == 1
+             && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_get_digestbyname(wire_to_ossl(mgf))) == 1;
     }
-    if (!ok) {
-        free(sig);
-        *errmsg = strdup("fake token failed");
-        return BUS_ERR_DEVICE;
+    ok = ok && EVP_PKEY_sign(pctx, sig, siglen, data, len) == 1;
+    EVP_PKEY_CTX_free(pctx);
+    return ok;
+}
+
+static DBusMessage *fake_sign(DBusMessage *msg)
+{
+    const char *uri = NULL;
+    const uint8_t *data = NULL;
+    bus_sign_params_t p;
+    const fake_key_t *k = NULL;
+    uint8_t sig[1024];
+    const uint8_t *sigp = sig;
+    size_t len = 0, siglen = sizeof(sig);
+    DBusMessage *reply;
+
+    if (bus_parse_sign_call(msg, &uri, &p, &data, &len) < 0)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
+    pthread_mutex_lock(&fake_lock);
+    fake.last = p;
+    fake.last_len = len;
+    pthread_mutex_unlock(&fake_lock);
+    if (strcmp(uri, URI_REMOVED) == 0)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_TOKEN_REMOVED),
+                                      "the card was pulled from reader 0");
+    for (size_t i = 0; i < N_FAKE; i++) {
+        if (strcmp(uri, fake_keys[i].uri) == 0)
+            k = &fake_keys[i];
     }
+    if (strcmp(uri, URI_NOPSS) == 0) {
+        if (p.alg == BUS_SIG_RSA_PSS)
+            return dbus_message_new_error(msg, bus_err_name(BUS_ERR_UNSUPPORTED),
+                                          "token old has no CKM_RSA_PKCS_PSS");
+        k = &fake_keys[0];
+    }
+    if (k == NULL)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
+    if (!fake_soft_sign(k, &p, data, len, sig, &siglen))
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_DEVICE), "fake token failed");
+    pthread_mutex_lock(&fake_lock);
     fake.signs++;
-    *ret_sig = sig;
-    *ret_len = siglen;
-    return BUS_OK;
+    pthread_mutex_unlock(&fake_lock);
+    reply = dbus_message_new_method_return(msg);
+    dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sigp, (int)siglen,
+                             DBUS_TYPE_INVALID);
+    return reply;
+}
+
+/* --- the fake agent's D-Bus side: a libdbus server on a temporary
+ * socket, driven by the agent's poll loop in a thread of its own --- */
+
+static struct {
+    char dir[64];
+    char socket[128];
+    agent_loop_t *loop;
+    DBusServer *server;
+    DBusConnection *conns[64];
+    size_t n_conns;
+    int ctl[2];     /* tests -> server thread commands */
+    int ack[2];     /* server thread -> tests */
+    pthread_t thread;
+} srv;
+
+static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, void *data)
+{
+    DBusMessage *reply;
+
+    if (dbus_message_is_method_call(msg, BUS_IFACE, "FindKeys"))
+        reply = fake_find_keys(msg);
+    else if (dbus_message_is_method_call(msg, BUS_IFACE, "Sign"))
+        reply = fake_sign(msg);
+    else
+        return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+    dbus_connection_send(conn, reply, NULL);
+    dbus_message_unref(reply);
+    return DBUS_HANDLER_RESULT_HANDLED;
+}
+
+static const DBusObjectPathVTable srv_vtable = { .message_function = srv_on_message };
+
+static void srv_forget(DBusConnection *conn)
+{
+    for (size_t i = 0; i < srv.n_conns; i++) {
+        if (srv.conns[i] == conn) {
+            srv.conns[i] = srv.conns[--srv.n_conns];
+            return;
+        }
+    }
+}
+
+static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
+{
+    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
+        srv_forget(conn);
+        agent_loop_detach_connection(srv.loop, conn);
+        return DBUS_HANDLER_RESULT_HANDLED;
+    }
+    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+}
+
+static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
+{
+    dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    if (srv.n_conns == sizeof(srv.conns) / sizeof(srv.conns[0])
+        || !dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
+        || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL)
+        || !agent_loop_attach_connection(srv.loop, conn)) {
+        dbus_connection_close(conn);
+        return;
+    }
+    srv.conns[srv.n_conns++] = conn;
+    pthread_mutex_lock(&fake_lock);
+    fake.connections++;
+    pthread_mutex_unlock(&fake_lock);
+}
+
+/* Commands: 'r' drops every client connection, as an agent restart
+ * would; 'q' stops the loop. Each is acknowledged. */
+static void srv_on_ctl(void *userdata, int fd, short revents)
+{
+    char c = 0;
+
+    if (read(fd, &c, 1) != 1)
+        return;
+    if (c == 'r') {
+        while (srv.n_conns > 0) {
+            DBusConnection *conn = srv.conns[--srv.n_conns];
+
+            agent_loop_detach_connection(srv.loop, conn);
+        }
+    } else if (c == 'q') {
+        agent_loop_quit(srv.loop);
+    }
+    if (write(srv.ack[1], &c, 1) != 1)
+        abort();
+}
+
+static void srv_command(char c)
+{
+    char a = 0;
+
+    assert_int_equal(write(srv.ctl[1], &c, 1), 1);
+    assert_int_equal(read(srv.ack[0], &a, 1), 1);
+    assert_int_equal(a, c);
+}
+
+static void *srv_thread(void *arg)
+{
+    agent_loop_run(srv.loop);
+    return NULL;
+}
+
+static int srv_start(void)
+{
+    static const char *const mechs[] = { "EXTERNAL", NULL };
+    char addr[192];
+    DBusError err;
+
+    snprintf(srv.dir, sizeof(srv.dir), "/tmp/p11agent-test-XXXXXX");
+    if (mkdtemp(srv.dir) == NULL)
+        return -1;
+    snprintf(srv.socket, sizeof(srv.socket), "%s/agent.sock", srv.dir);
+    snprintf(addr, sizeof(addr), "unix:path=%s", srv.socket);
+    dbus_error_init(&err);
+    srv.server = dbus_server_listen(addr, &err);
+    if (srv.server == NULL) {
+        fprintf(stderr, "listen %s: %s\n", addr, err.message);
+        dbus_error_free(&err);
+        return -1;
+    }
+    dbus_server_set_auth_mechanisms(srv.server, (const char **)mechs);
+    if (agent_loop_new(&srv.loop) < 0 || pipe(srv.ctl) < 0 || pipe(srv.ack) < 0)
+        return -1;
+    dbus_server_set_new_connection_function(srv.server, srv_on_new_connection, NULL, NULL);
+    if (!agent_loop_attach_server(srv.loop, srv.server)
+        || agent_loop_add_fd(srv.loop, srv.ctl[0], POLLIN, srv_on_ctl, NULL) < 0)
+        return -1;
+    return pthread_create(&srv.thread, NULL, srv_thread, NULL) == 0 ? 0 : -1;
+}
+
+static void srv_stop(void)
+{
+    srv_command('q');
+    pthread_join(srv.thread, NULL);
+    dbus_server_disconnect(srv.server);
+    dbus_server_unref(srv.server);
+    agent_loop_free(srv.loop);
+    close(srv.ctl[0]);
+    close(srv.ctl[1]);
+    close(srv.ack[0]);
+    close(srv.ack[1]);
+    unlink(srv.socket);
+    rmdir(srv.dir);
 }
 
 /* ------------------------------------------------------------------ */
@@ -279,6 +445,10 @@ static int group_setup(void **state)
             return -1;
         k->cert = self_signed(k->soft, k->uri);
     }
+    if (srv_start() < 0)
+        return -1;
+    /* read once, when the provider starts */
+    setenv("P11AGENT_SOCKET", srv.socket, 1);
     plibctx = OSSL_LIB_CTX_new();
     if (plibctx == NULL || !OSSL_PROVIDER_add_builtin(plibctx, "p11agent", OSSL_provider_init))
         return -1;
@@ -292,6 +462,7 @@ static int group_teardown(void **state)
     OSSL_PROVIDER_unload(prov_ours);
     OSSL_PROVIDER_unload(prov_default);
     OSSL_LIB_CTX_free(plibctx);
+    srv_stop();
     for (size_t i = 0; i < N_FAKE; i++) {
         EVP_PKEY_free(fake_keys[i].soft);
         X509_free(fake_keys[i].cert);
@@ -438,11 +609,11 @@ static void sign_verify_compare(const char *uri, const sigopts_t *o)
     EVP_PKEY *key = NULL;
     unsigned char aid[256], ref_aid[256], *sig, *ref_sig;
     size_t aid_len = sizeof(aid), ref_aid_len = sizeof(ref_aid), siglen, ref_len;
-    int before = fake.signs;
+    int before = fake_signs();
 
     load_uri(uri, &key, NULL);
     sig = digest_sign(plibctx, key, o, message, sizeof(message), &siglen, aid, &aid_len);
-    assert_int_equal(fake.signs, before + 1);
+    assert_int_equal(fake_signs(), before + 1);
     assert_true(digest_verify(fk->soft, o, message, sizeof(message), sig, siglen));
 
     ref_sig = digest_sign(NULL, fk->soft, o, message, sizeof(message), &ref_len, ref_aid,
@@ -683,14 +854,14 @@ static void test_provider_pkey_sign_prehashed_and_raw(void **state)
 
     /* a wrong-sized digest never reaches the agent */
     {
-        int before = fake.signs;
+        int before = fake_signs();
 
         siglen = sizeof(sig);
         pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
         assert_int_equal(EVP_PKEY_sign_init(pctx), 1);
         assert_int_equal(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()), 1);
         assert_true(EVP_PKEY_sign(pctx, sig, &siglen, dgst, 20) <= 0);
-        assert_int_equal(fake.signs, before);
+        assert_int_equal(fake_signs(), before);
         EVP_PKEY_CTX_free(pctx);
         ERR_clear_error();
     }
@@ -780,11 +951,11 @@ static void test_provider_export_refuses_private(void **state)
      * there with half a key */
     {
         EVP_MD_CTX *m = EVP_MD_CTX_new();
-        int before = fake.signs;
+        int before = fake_signs();
 
         assert_true(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, "provider=default", key,
                                           NULL) <= 0);
-        assert_int_equal(fake.signs, before);
+        assert_int_equal(fake_signs(), before);
         EVP_MD_CTX_free(m);
         ERR_clear_error();
     }
@@ -846,6 +1017,37 @@ static void test_provider_sign_error_names_key_and_cause(void **state)
     EVP_PKEY_free(key);
 }
 
+/* TLS 1.3 with an RSA key on a token without PSS fails at CertificateVerify;
+ * the error must say why. TLS 1.2 with PKCS#1 still works. */
+static void test_provider_rsa_without_pss_explains_tls13(void **state)
+{
+    EVP_PKEY *key = NULL;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char sig[512];
+    size_t siglen = sizeof(sig);
+
+    load_uri(URI_NOPSS, &key, NULL);
+    ERR_clear_error();
+    assert_int_equal(EVP_DigestSignInit_ex(m, &pctx, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+    assert_true(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)) <= 0);
+    assert_true(errors_contain("TLS 1.3"));
+    EVP_MD_CTX_free(m);
+
+    m = EVP_MD_CTX_new();
+    siglen = sizeof(sig);
+    assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)), 1);
+    {
+        sigopts_t o = { .md = "SHA256" };
+
+        assert_true(digest_verify(fake_keys[0].soft, &o, message, sizeof(message), sig, siglen));
+    }
+    EVP_MD_CTX_free(m);
+    EVP_PKEY_free(key);
+}
+
 static void test_provider_store_unknown_uri_names_it(void **state)
 {
     OSSL_STORE_CTX *st;
@@ -857,6 +1059,27 @@ static void test_provider_store_unknown_uri_names_it(void **state)
     assert_true(errors_contain("no key matches pkcs11:object=nothing-here"));
 }
 
+static void test_provider_store_expect_pubkey_gives_spki(void **state)
+{
+    for (size_t i = 0; i < N_FAKE; i++) {
+        OSSL_STORE_CTX *st = OSSL_STORE_open_ex(fake_keys[i].uri, plibctx, NULL, NULL, NULL,
+                                                NULL, NULL, NULL);
+        OSSL_STORE_INFO *info;
+        EVP_PKEY *pub;
+
+        assert_non_null(st);
+        assert_int_equal(OSSL_STORE_expect(st, OSSL_STORE_INFO_PUBKEY), 1);
+        info = OSSL_STORE_load(st);
+        assert_non_null(info);
+        assert_int_equal(OSSL_STORE_INFO_get_type(info), OSSL_STORE_INFO_PUBKEY);
+        pub = OSSL_STORE_INFO_get1_PUBKEY(info);
+        assert_int_equal(EVP_PKEY_eq(pub, fake_keys[i].soft), 1);
+        EVP_PKEY_free(pub);
+        OSSL_STORE_INFO_free(info);
+        OSSL_STORE_close(st);
+    }
+}
+
 static void test_provider_digest_sign_init_does_not_call_agent(void **state)
 {
     EVP_PKEY *key = NULL;
@@ -865,14 +1088,14 @@ static void test_provider_digest_sign_init_does_not_call_agent(void **state)
     int before;
 
     load_uri(URI_P256, &key, NULL);
-    before = fake.signs;
+    before = fake_signs();
     assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL), 1);
     assert_int_equal(EVP_DigestSignInit_ex(m, NULL, "SHA384", plibctx, NULL, key, NULL), 1);
     assert_int_equal(EVP_DigestSignUpdate(m, message, 5), 1);
     /* size query: no agent call, the maximal DER size */
     assert_int_equal(EVP_DigestSignFinal(m, NULL, &siglen), 1);
     assert_int_equal(siglen, 72);
-    assert_int_equal(fake.signs, before);
+    assert_int_equal(fake_signs(), before);
     EVP_MD_CTX_free(m);
     EVP_PKEY_free(key);
 }
@@ -894,7 +1117,7 @@ static void handshake(const char *uri, int version, const char *sigalgs, int exp
     SSL_CTX *cctx = SSL_CTX_new_ex(plibctx, NULL, TLS_client_method());
     SSL *s, *c;
     BIO *sb, *cb;
-    int before = fake.signs, sdone = 0, cdone = 0;
+    int before = fake_signs(), sdone = 0, cdone = 0;
 
     load_uri(uri, &ckey, &ccert);
     assert_int_equal(SSL_CTX_use_certificate(sctx, scert), 1);
@@ -948,7 +1171,7 @@ static void handshake(const char *uri, int version, const char *sigalgs, int exp
         assert_int_equal(X509_cmp(peer, ccert), 0);
         X509_free(peer);
     }
-    assert_int_equal(fake.signs, before + 1);
+    assert_int_equal(fake_signs(), before + 1);
     assert_int_equal(fake.last.alg, expect_alg);
 
     SSL_free(c);
@@ -982,6 +1205,110 @@ static void test_provider_tls13_client_auth(void **state)
     handshake(URI_ED448, TLS1_3_VERSION, NULL, BUS_SIG_EDDSA);
 }
 
+/* ------------------------------------------------------------------ */
+/* The agent connection: restart, fork, threads                        */
+/* ------------------------------------------------------------------ */
+
+static bool sign_once(EVP_PKEY *key, const fake_key_t *fk)
+{
+    sigopts_t o = { .md = "SHA256" };
+    unsigned char *sig;
+    size_t siglen = 0;
+    EVP_MD_CTX *m = EVP_MD_CTX_new();
+    bool ok = false;
+
+    if (EVP_DigestSignInit_ex(m, NULL, "SHA256", plibctx, NULL, key, NULL) == 1
+        && EVP_DigestSign(m, NULL, &siglen, message, sizeof(message)) == 1
+        && (sig = malloc(siglen)) != NULL) {
+        ok = EVP_DigestSign(m, sig, &siglen, message, sizeof(message)) == 1
+             && digest_verify(fk->soft, &o, message, sizeof(message), sig, siglen);
+        free(sig);
+    }
+    EVP_MD_CTX_free(m);
+    return ok;
+}
+
+static void test_provider_reconnects_after_agent_restart(void **state)
+{
+    EVP_PKEY *key = NULL;
+    int conns;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[1]));
+    conns = fake_connections();
+    /* The agent drops every client, as a restart does; the next signature
+     * reconnects and succeeds without the application noticing. */
+    srv_command('r');
+    assert_true(sign_once(key, &fake_keys[1]));
+    assert_int_equal(fake_connections(), conns + 1);
+    assert_true(sign_once(key, &fake_keys[1]));
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+}
+
+static void test_provider_fork_child_gets_own_connection(void **state)
+{
+    EVP_PKEY *key = NULL;
+    int conns, status = -1;
+    pid_t pid;
+
+    load_uri(URI_RSA, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[0]));
+    conns = fake_connections();
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* the parent's socket must not be used here */
+        _exit(sign_once(key, &fake_keys[0]) && sign_once(key, &fake_keys[0]) ? 0 : 1);
+    }
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* the child connected once; the parent keeps its connection */
+    assert_int_equal(fake_connections(), conns + 1);
+    assert_true(sign_once(key, &fake_keys[0]));
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+}
+
+typedef struct thread_arg {
+    EVP_PKEY *key;
+    int ok;
+} thread_arg_t;
+
+static void *sign_many(void *p)
+{
+    thread_arg_t *a = p;
+
+    for (int i = 0; i < 50; i++)
+        a->ok += sign_once(a->key, &fake_keys[1]) ? 1 : 0;
+    return NULL;
+}
+
+static void test_provider_threads_share_key_and_connection(void **state)
+{
+    EVP_PKEY *key = NULL;
+    pthread_t t[4];
+    thread_arg_t args[4];
+    int conns, before;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[1]));
+    conns = fake_connections();
+    before = fake_signs();
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg_t){ .key = key };
+        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(args[i].ok, 50);
+    }
+    assert_int_equal(fake_signs(), before + 200);
+    assert_int_equal(fake_connections(), conns);
+    EVP_PKEY_free(key);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -999,10 +1326,15 @@ int main(void)
         cmocka_unit_test(test_provider_export_refuses_private),
         cmocka_unit_test(test_provider_import_public_only),
         cmocka_unit_test(test_provider_sign_error_names_key_and_cause),
+        cmocka_unit_test(test_provider_rsa_without_pss_explains_tls13),
         cmocka_unit_test(test_provider_store_unknown_uri_names_it),
+        cmocka_unit_test(test_provider_store_expect_pubkey_gives_spki),
         cmocka_unit_test(test_provider_digest_sign_init_does_not_call_agent),
         cmocka_unit_test(test_provider_tls12_client_auth),
         cmocka_unit_test(test_provider_tls13_client_auth),
+        cmocka_unit_test(test_provider_reconnects_after_agent_restart),
+        cmocka_unit_test(test_provider_fork_child_gets_own_connection),
+        cmocka_unit_test(test_provider_threads_share_key_and_connection),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
