@@ -199,6 +199,10 @@ agent_start() {
 	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
 	[ -S "$SOCK" ] && stale=1
 	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"
+	# SoftHSM's own leak (EdDSA) is suppressed in the agent, ours are not;
+	# the suppression needs full unwinding (libcrypto has no frame pointers).
+	envcmd+=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+		LSAN_OPTIONS="suppressions=$IT_LIB_DIR/../unit/lsan-softhsm.supp")
 	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
 		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
