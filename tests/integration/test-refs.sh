@@ -20,6 +20,15 @@ done
 ctl() { with_timeout 20 "$P11AGENTCTL" --socket "$SOCK" "$@"; }
 mkref() { python3 "$IT_LIB_DIR/mkref.py" "$@"; }
 
+# py ARGS...: python3 as a provider client (bounded). Under ASan, without
+# leak checking: Python itself does not free everything at exit.
+py() {
+	local e=(OPENSSL_CONF="${IT_CNF:-$CNF}")
+	[ -z "$IT_PRELOAD" ] ||
+		e+=(LD_PRELOAD="$IT_PRELOAD" ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0")
+	with_timeout "$IT_TIMEOUT" env "${e[@]}" python3 "$@"
+}
+
 # failed_cleanly STATUS: an ordinary failure (not 0, a timeout or a signal).
 failed_cleanly() {
 	case $1 in
@@ -172,8 +181,7 @@ py_tls() { # py_tls KEY PROTO CERTFILE KEYFILE
 	mkdir -p "$dir"
 	before=$(agent_signatures) || return 1
 	server_start "$dir" "-$proto" || return 1
-	with_timeout "$IT_TIMEOUT" env OPENSSL_CONF="$CNF" ${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} \
-		python3 - "$SRV_PORT" "$T/ca.pem" "$3" "$4" "${proto/tls1_/}" >"$dir/page" <<'PY' ||
+	py - "$SRV_PORT" "$T/ca.pem" "$3" "$4" "${proto/tls1_/}" >"$dir/page" <<'PY' ||
 import socket, ssl, sys
 port, ca, cert, key, ver = sys.argv[1:]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -211,6 +219,66 @@ default_properties = ?provider=default"
 }
 tap_case "p256 ref TLS 1.3 with default_properties = ?provider=default" pref_ref
 
+# packaging/openssl-p11agent.cnf, as installed (only the module path is the
+# build's): for one program through OPENSSL_CONF, and included system-wide
+# as the README says, into a copy of this machine's /etc/ssl/openssl.cnf.
+snippet() {
+	[ -f "${P11AGENT_CNF_SNIPPET:-}" ] || { echo "no snippet: $P11AGENT_CNF_SNIPPET" >&2; return 1; }
+	sed "s#^module = .*#module = $P11AGENT_SO#" "$P11AGENT_CNF_SNIPPET" >"$T/snippet.cnf"
+	grep -q '^default_properties = ?provider=default$' "$T/snippet.cnf" ||
+		{ echo "the snippet does not prefer the default provider" >&2; return 1; }
+}
+snippet_one_program() {
+	snippet || return 1
+	P11AGENT_SOCKET=$SOCK IT_CNF=$T/snippet.cnf client list -providers >"$T/snippet.list" || return 1
+	cat "$T/snippet.list"
+	grep -q '^  p11agent$' "$T/snippet.list" && grep -q '^  default$' "$T/snippet.list" ||
+		{ echo "providers default and p11agent are not both active" >&2; return 1; }
+	P11AGENT_SOCKET=$SOCK IT_CNF=$T/snippet.cnf hs_ref p256 tls1_3 "$T/p256.ref" "$T/certs/p256.pem"
+}
+tap_case "openssl-p11agent.cnf via OPENSSL_CONF: p256 ref TLS 1.3" snippet_one_program
+
+snippet_system_wide() {
+	snippet || return 1
+	[ -f /etc/ssl/openssl.cnf ] || { echo "no /etc/ssl/openssl.cnf" >&2; return 1; }
+	{
+		echo ".include $T/snippet.cnf"
+		sed '/^\[ *openssl_init *\]/a providers = p11agent_providers\nalg_section = p11agent_algorithms' \
+			/etc/ssl/openssl.cnf
+	} >"$T/system.cnf"
+	grep -A2 '^\[ *openssl_init *\]' "$T/system.cnf"
+	P11AGENT_SOCKET=$SOCK IT_CNF=$T/system.cnf hs_ref rsa2048 tls1_2 "$T/rsa2048.ref" \
+		"$T/certs/rsa2048.pem"
+}
+tap_case "openssl-p11agent.cnf included system-wide: rsa2048 ref TLS 1.2" snippet_system_wide
+
+# --- fork and threads (tests/integration/forksign.c) --------------------
+# forksign_case KEY MODE N SIGNS: all signatures verify under the default
+# provider, and the agent counted at least that many.
+forksign_case() {
+	local before min
+	[ -x "${FORKSIGN:-}" ] || { echo "forksign not built: $FORKSIGN" >&2; return 1; }
+	before=$(agent_signatures) || return 1
+	with_timeout $((IT_TIMEOUT * 4)) env OPENSSL_CONF="$CNF" "$FORKSIGN" "$@" || return 1
+	min=$(($3 * $4))
+	[ "$2" = fork ] && min=$((($3 + 1) * $4 + 1))
+	local after
+	after=$(agent_signatures) || return 1
+	if [ "$after" -lt $((before + min)) ]; then
+		echo "agent signature counter $before -> $after, expected at least +$min" >&2
+		return 1
+	fi
+	echo "signatures: $before -> $after"
+}
+tap_case "forksign: p256 ref, 4 children + parent x 50 signatures, all verified" \
+	forksign_case "$T/p256.ref" fork 4 50
+tap_case "forksign: rsa2048 URI, 3 children + parent x 20 signatures, all verified" \
+	forksign_case "$(uri rsa2048)" fork 3 20
+tap_case "forksign: p256 ref, 8 threads x 500 signatures on one key, all verified" \
+	forksign_case "$T/p256.ref" threads 8 500
+tap_case "forksign: ed25519 ref, 8 threads x 100 signatures, all verified" \
+	forksign_case "$T/ed25519.ref" threads 8 100
+
 # --- bad files: a clear error, never a crash or a hang -------------------
 # bad_ref FILE PATTERN [URI]: pkey -in FILE fails cleanly, the error matches
 # PATTERN (and names URI, if given). Then the agent still signs.
@@ -225,8 +293,7 @@ bad_ref() {
 	grep -Eqi "$pattern" "$f.err" || { echo "the error does not match '$pattern'" >&2; return 1; }
 	# the same through PEM_read_bio_PrivateKey (python)
 	rc=0
-	with_timeout "$IT_TIMEOUT" env OPENSSL_CONF="$CNF" ${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} \
-		python3 -c 'import ssl, sys
+	py -c 'import ssl, sys
 c = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 c.load_cert_chain(sys.argv[1], sys.argv[2])' "$T/certs/p256.pem" "$f" 2>"$f.py.err" || rc=$?
 	cat "$f.py.err"
