@@ -84,6 +84,7 @@ static fake_key_t fake_keys[] = {
 static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int signs;
+    int finds;            /* FindKeys calls */
     int connections;      /* accepted so far */
     bus_sign_params_t last;
     size_t last_len;
@@ -95,6 +96,16 @@ static int fake_signs(void)
 
     pthread_mutex_lock(&fake_lock);
     n = fake.signs;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
+}
+
+static int fake_finds(void)
+{
+    int n;
+
+    pthread_mutex_lock(&fake_lock);
+    n = fake.finds;
     pthread_mutex_unlock(&fake_lock);
     return n;
 }
@@ -149,6 +160,9 @@ static DBusMessage *fake_find_keys(DBusMessage *msg)
     bus_key_info_t info;
     DBusMessage *reply;
 
+    pthread_mutex_lock(&fake_lock);
+    fake.finds++;
+    pthread_mutex_unlock(&fake_lock);
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
         return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
     for (size_t i = 0; i < N_FAKE; i++) {
@@ -1367,11 +1381,14 @@ static void test_provider_decoder_reads_ref_files(void **state)
     for (size_t i = 0; i < N_FAKE; i++) {
         for (int fmt = 0; fmt < 2; fmt++) {
             char *pem = ref_pem(fake_keys[i].uri, fake_keys[i].type, fmt == 1);
+            int finds = fake_finds();
             EVP_PKEY *key = read_key(pem);
 
             if (key == NULL)
                 ERR_print_errors_fp(stderr);
             assert_non_null(key);
+            /* one agent lookup per load, in both formats */
+            assert_int_equal(fake_finds(), finds + 1);
             assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)),
                                 "p11agent");
             assert_int_equal(EVP_PKEY_eq(key, fake_keys[i].soft), 1);
@@ -1381,6 +1398,38 @@ static void test_provider_decoder_reads_ref_files(void **state)
             free(pem);
         }
     }
+}
+
+/* OSSL_STORE's file: loader (openssl pkey -in FILE) decodes twice; the
+ * agent is still asked once. */
+static void test_provider_decoder_file_store_one_lookup(void **state)
+{
+    char path[] = "/tmp/p11agent-unit-ref.XXXXXX";
+    char *pem = ref_pem(URI_RSA, BUS_KEY_RSA, false);
+    int fd = mkstemp(path), finds;
+    OSSL_STORE_CTX *st;
+    EVP_PKEY *key = NULL;
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, pem, strlen(pem)), (ssize_t)strlen(pem));
+    close(fd);
+    finds = fake_finds();
+    st = OSSL_STORE_open_ex(path, plibctx, NULL, NULL, NULL, NULL, NULL, NULL);
+    assert_non_null(st);
+    while (key == NULL && !OSSL_STORE_eof(st)) {
+        OSSL_STORE_INFO *info = OSSL_STORE_load(st);
+
+        if (info != NULL && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(info);
+        OSSL_STORE_INFO_free(info);
+    }
+    OSSL_STORE_close(st);
+    unlink(path);
+    assert_non_null(key);
+    assert_int_equal(fake_finds(), finds + 1);
+    assert_true(sign_once(key, &fake_keys[0]));
+    EVP_PKEY_free(key);
+    free(pem);
 }
 
 /* haproxy's crt file: the certificate first, then the reference. */
@@ -1542,6 +1591,7 @@ int main(void)
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
+        cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
         cmocka_unit_test(test_provider_decoder_cert_then_ref),
         cmocka_unit_test(test_provider_decoder_bad_files_fail_cleanly),
         cmocka_unit_test(test_provider_decoder_refuses_pin_in_uri),
