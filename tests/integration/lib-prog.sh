@@ -198,3 +198,29 @@ soft_get() {
 	[ "$ok" -eq 0 ] || cat "$dir/client.err" >&2
 	return "$ok"
 }
+
+# client_case PROTO KEY FUNC [ARGS...]: the token key KEY as a client: an
+# openssl s_server (software server key, default provider only) forced to
+# PROTO requires and verifies a client certificate; FUNC DIR PORT ARGS...
+# runs the program under test against 127.0.0.1:PORT and leaves the
+# server's reply (its -www status page) in DIR/page. Passes when the
+# server's page shows it accepted KEY's certificate with PROTO and KEY's
+# signature type, and the agent signed. KEY "soft-*" is a harness check
+# with a software key: the agent need not sign.
+client_case() {
+	local proto=$1 k=$2 func=$3 dir rc=0
+	shift 3
+	dir=$T/$func-$k-$proto-$RANDOM
+	mkdir -p "$dir"
+	: >"$dir/page"
+	sig_mark || return 1
+	server_start "$dir" "-$proto" || return 1
+	"$func" "$dir" "$SRV_PORT" "$@" || rc=$?
+	stop_pid "$SRV_PID" || true
+	[ "$rc" -eq 0 ] || echo "$func exited with status $rc" >&2
+	mtls_accepted "$dir" "$k" "$(proto_name "$proto")" "$(sigtype_of "$k")" || return 1
+	case $k in
+	soft-*) ;;
+	*) sig_signed ;;
+	esac
+}
