@@ -292,6 +292,8 @@ server_start() {
 	shift
 	for ((try = 0; try < 5; try++)); do
 		SRV_PORT=$(free_port)
+		# a server.out left by an earlier server in DIR already says ACCEPT
+		rm -f "$dir/server.out" "$dir/server.err"
 		with_timeout "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server \
 			-accept "127.0.0.1:$SRV_PORT" -naccept 1 -www \
 			-cert "$T/server.pem" -key "$T/server.key" -CAfile "$T/ca.pem" \
