@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -75,6 +77,19 @@ typedef struct agent_token_state {
     agent_pin_id_t rejected; /* ... while the file looked like this */
 } agent_token_state_t;
 
+/* A client on the agent's socket: served by a thread of its own that reads
+ * a request, signs and replies (no hand-off between threads). */
+typedef struct agent_client {
+    struct agent_client *next;
+    struct agent *agent;
+    DBusConnection *conn;
+    int fd;
+    unsigned long uid;
+    unsigned long pid;
+} agent_client_t;
+
+#define AGENT_MAX_CLIENTS_DEFAULT 256
+
 typedef struct agent {
     tok_ctx_t *tok;
     agent_loop_t *loop;
@@ -84,16 +99,35 @@ typedef struct agent {
     bool socket_owned; /* we created the socket and unlink it at exit */
     agent_pin_source_t pin_source;
     uid_t owner;
-    unsigned clients;
-    uint64_t signatures;
-    uint64_t sign_failures;
+    unsigned max_clients;
+
+    /* Keys and tokens: readers sign and list; a rescan writes. */
+    pthread_rwlock_t keys_lock;
+    /* One login at a time; guards token_states. */
+    pthread_mutex_t login_lock;
     agent_token_state_t *token_states;
     size_t n_token_states;
+
+    /* Client threads. */
+    pthread_mutex_t clients_lock;
+    pthread_cond_t clients_gone;
+    agent_client_t *clients;
+    unsigned n_clients;
+
+    atomic_uint_fast64_t signatures;
+    atomic_uint_fast64_t sign_failures;
 } agent_t;
+
+int agent_init(agent_t *a);
+void agent_done(agent_t *a);
+/* Rescans tokens under the write lock and logs in where a PIN source allows. */
+void agent_rescan(agent_t *a);
 
 /* agent/server.c */
 int agent_server_start(agent_t *a, char **errmsg);
-void agent_server_stop(agent_t *a);
+/* Stops listening, disconnects every client and waits (bounded) for their
+ * threads. Returns false if some thread did not finish in time. */
+bool agent_server_stop(agent_t *a);
 int agent_session_bus_start(agent_t *a);
 
 /* agent/handlers.c: the method table, used by server.c */
@@ -104,8 +138,8 @@ DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *
  * safety. Returns TOK_OK or a tok status; *errmsg names the token and cause. */
 int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg);
 /* Logs in to every token that needs it and has a PIN source; rescans keys if
- * any login succeeded. */
-void agent_login_all(agent_t *a);
+ * any login succeeded. Caller holds keys_lock for writing. */
+void agent_login_all_locked(agent_t *a);
 agent_token_state_t *agent_token_state(agent_t *a, const tok_token_t *t);
 void agent_token_states_free(agent_t *a);
 

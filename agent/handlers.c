@@ -90,15 +90,19 @@ static DBusMessage *keys_reply(DBusMessage *msg, const tok_key_t *const *keys, s
 
 static DBusMessage *agent_handle_list_keys(agent_t *a, DBusConnection *conn, DBusMessage *msg)
 {
-    size_t n = tok_ctx_n_keys(a->tok);
-    const tok_key_t **keys = calloc(n ? n : 1, sizeof(*keys));
-    DBusMessage *reply;
+    const tok_key_t **keys;
+    DBusMessage *reply = NULL;
+    size_t n;
 
-    if (!keys)
-        return NULL;
-    for (size_t i = 0; i < n; i++)
-        keys[i] = tok_ctx_key(a->tok, i);
-    reply = keys_reply(msg, keys, n);
+    pthread_rwlock_rdlock(&a->keys_lock);
+    n = tok_ctx_n_keys(a->tok);
+    keys = calloc(n ? n : 1, sizeof(*keys));
+    if (keys) {
+        for (size_t i = 0; i < n; i++)
+            keys[i] = tok_ctx_key(a->tok, i);
+        reply = keys_reply(msg, keys, n);
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
     return reply;
 }
@@ -113,20 +117,23 @@ static DBusMessage *agent_handle_find_keys(agent_t *a, DBusConnection *conn, DBu
 
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
         return error_reply(msg, BUS_ERR_INVALID_ARGS, "FindKeys takes one string: a pkcs11: URI");
+    pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
-        return error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
-    if (r < 0)
-        return error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
-                           tok_strerror(r));
-    reply = keys_reply(msg, keys, n);
+        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
+    else if (r < 0)
+        reply = error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
+                            tok_strerror(r));
+    else
+        reply = keys_reply(msg, keys, n);
+    pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
     return reply;
 }
 
 /* Finds the one key a Sign names: its canonical URI (the fast path: that is
  * what FindKeys returned), else any URI that matches exactly one key. */
-static const tok_key_t *lookup_key(agent_t *a, DBusMessage *msg, const char *uri,
+static const tok_key_t *lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
                                    DBusMessage **ret_err)
 {
     const tok_key_t **keys = NULL;
@@ -169,43 +176,31 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+/* Signs with the key the request names; keys_lock is held for reading. */
+static DBusMessage *sign_locked(agent_t *a, DBusMessage *msg, const char *uri,
+                                const bus_sign_params_t *bp, const uint8_t *data, size_t len)
 {
-    const char *uri;
-    const uint8_t *data;
-    size_t len, sig_len = 0;
-    bus_sign_params_t bp;
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
     uint8_t *sig = NULL;
+    size_t sig_len = 0;
     char *why = NULL;
     int64_t t0 = now_us();
     int r, h, m;
 
-    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
-    if (r == BUS_ERR_UNSUPPORTED)
-        return error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
-                                   "ecdsa or eddsa)");
-    if (r < 0)
-        return error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
-                                   "parameters and data)");
-    key = lookup_key(a, msg, uri, &reply);
-    if (!key) {
-        a->sign_failures++;
+    key = lookup_key_locked(a, msg, uri, &reply);
+    if (!key)
         return reply;
-    }
-    h = tok_hash_from_name(bp.hash);
-    m = tok_hash_from_name(bp.mgf1_hash);
-    if (h < 0 || m < 0) {
-        a->sign_failures++;
+    h = tok_hash_from_name(bp->hash);
+    m = tok_hash_from_name(bp->mgf1_hash);
+    if (h < 0 || m < 0)
         return error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
-                           h < 0 ? bp.hash : bp.mgf1_hash, key->uri);
-    }
-    tp.alg = (tok_sig_alg_t)bp.alg;
+                           h < 0 ? bp->hash : bp->mgf1_hash, key->uri);
+    tp.alg = (tok_sig_alg_t)bp->alg;
     tp.hash = (tok_hash_t)h;
     tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
-    tp.salt_len = bp.salt_len;
+    tp.salt_len = bp->salt_len;
 
     r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
     if (r == TOK_ERR_NOT_LOGGED_IN) {
@@ -214,24 +209,19 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
         r = agent_login_token(a, key->token, &why);
         if (r == TOK_OK)
             r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
-        else if (r == TOK_ERR_NOT_LOGGED_IN)
-            r = TOK_ERR_NOT_LOGGED_IN; /* no PIN to be had: Locked */
     }
     if (r < 0) {
-        a->sign_failures++;
-        agent_warn("signing with '%s' (%s) failed: %s", key->uri, bus_sig_alg_name(bp.alg),
+        agent_warn("signing with '%s' (%s) failed: %s", key->uri, bus_sig_alg_name(bp->alg),
                    why ? why : tok_strerror(r));
-        reply = error_reply(msg, agent_err_from_tok(r), "signing with key '%s' on token '%s' "
-                                                        "failed: %s",
-                            key->uri, tok_token_label(key->token), why ? why : tok_strerror(r));
+        reply = error_reply(msg, agent_err_from_tok(r),
+                            "signing with key '%s' on token '%s' failed: %s", key->uri,
+                            tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
         return reply;
     }
-    free(why);
-    a->signatures++;
     agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
-                key->uri, bus_sig_alg_name(bp.alg), bp.hash[0] ? "/" : "", bp.hash, len, sig_len,
-                (long long)(now_us() - t0));
+                key->uri, bus_sig_alg_name(bp->alg), bp->hash[0] ? "/" : "", bp->hash, len,
+                sig_len, (long long)(now_us() - t0));
     reply = dbus_message_new_method_return(msg);
     if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
                                            (int)sig_len, DBUS_TYPE_INVALID)) {
@@ -242,18 +232,51 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
     return reply;
 }
 
+static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+{
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    bus_sign_params_t bp;
+    DBusMessage *reply;
+    int r;
+
+    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
+    if (r == BUS_ERR_UNSUPPORTED)
+        reply = error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
+                                    "ecdsa or eddsa)");
+    else if (r < 0)
+        reply = error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
+                                    "parameters and data)");
+    else {
+        pthread_rwlock_rdlock(&a->keys_lock);
+        reply = sign_locked(a, msg, uri, &bp, data, len);
+        pthread_rwlock_unlock(&a->keys_lock);
+    }
+    if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
+        atomic_fetch_add(&a->signatures, 1);
+    else
+        atomic_fetch_add(&a->sign_failures, 1);
+    return reply;
+}
+
 static DBusMessage *agent_handle_status(agent_t *a, DBusConnection *conn, DBusMessage *msg)
 {
     bus_status_t s = {
         .version = (char *)P11AGENT_VERSION,
         .pid = (uint32_t)getpid(),
-        .tokens = (uint32_t)tok_ctx_n_tokens(a->tok),
-        .keys = (uint32_t)tok_ctx_n_keys(a->tok),
-        .clients = a->clients,
-        .signatures = a->signatures,
-        .sign_failures = a->sign_failures,
+        .signatures = atomic_load(&a->signatures),
+        .sign_failures = atomic_load(&a->sign_failures),
     };
     DBusMessage *reply = dbus_message_new_method_return(msg);
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    s.tokens = (uint32_t)tok_ctx_n_tokens(a->tok);
+    s.keys = (uint32_t)tok_ctx_n_keys(a->tok);
+    pthread_rwlock_unlock(&a->keys_lock);
+    pthread_mutex_lock(&a->clients_lock);
+    s.clients = a->n_clients;
+    pthread_mutex_unlock(&a->clients_lock);
 
     if (reply && bus_append_status(reply, &s) < 0) {
         dbus_message_unref(reply);

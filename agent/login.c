@@ -86,7 +86,7 @@ static void set_msg(char **errmsg, const char *fmt, ...)
     va_end(ap);
 }
 
-int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
+static int login_token_locked(agent_t *a, tok_token_t *t, char **errmsg)
 {
     const char *label = tok_token_label(t);
     agent_token_state_t *state = agent_token_state(a, t);
@@ -162,7 +162,19 @@ done:
     return r;
 }
 
-void agent_login_all(agent_t *a)
+int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
+{
+    int r;
+
+    /* One login at a time, whatever the number of clients waiting: those
+     * that queued behind a successful login find the token logged in. */
+    pthread_mutex_lock(&a->login_lock);
+    r = login_token_locked(a, t, errmsg);
+    pthread_mutex_unlock(&a->login_lock);
+    return r;
+}
+
+void agent_login_all_locked(agent_t *a)
 {
     bool rescan = false;
     int r;

@@ -52,9 +52,7 @@ static void on_signal(void *userdata, int fd, short revents)
         return;
     if (si.ssi_signo == SIGHUP) {
         agent_info("SIGHUP: rescanning tokens");
-        if (tok_ctx_scan(a->tok) == TOK_OK)
-            agent_login_all(a);
-        agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+        agent_rescan(a);
         return;
     }
     agent_info("signal %u: stopping", si.ssi_signo);
@@ -120,7 +118,7 @@ int main(int argc, char **argv)
     size_t n_modules = 0;
     const char *debug = getenv("P11AGENT_DEBUG");
     bool foreground = false;
-    agent_t a = {.owner = getuid()};
+    agent_t a;
     struct rlimit no_core = {0, 0};
     sigset_t mask;
     char *errmsg = NULL;
@@ -128,7 +126,12 @@ int main(int argc, char **argv)
 
     /* This process must never load the p11agent provider (it would call
      * itself): no openssl.cnf, and the provider stands down if loaded. */
+    if (agent_init(&a) < 0) {
+        fprintf(stderr, "p11agentd: out of memory\n");
+        return EXIT_FAILURE;
+    }
     setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    dbus_threads_init_default();
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     /* PINs live in this process: no core dumps, no ptrace by other processes. */
     setrlimit(RLIMIT_CORE, &no_core);
@@ -210,12 +213,7 @@ int main(int argc, char **argv)
         agent_err("%s", errmsg ? errmsg : tok_strerror(r));
         goto out;
     }
-    r = tok_ctx_scan(a.tok);
-    if (r < 0) {
-        agent_err("scanning tokens failed: %s", tok_strerror(r));
-        goto out;
-    }
-    agent_login_all(&a);
+    agent_rescan(&a);
 
     if (agent_loop_new(&a.loop) < 0 || agent_loop_add_fd(a.loop, sfd, POLLIN, on_signal, &a) < 0) {
         agent_err("out of memory");
@@ -238,12 +236,13 @@ int main(int argc, char **argv)
         ret = EXIT_SUCCESS;
 out:
     signal_ready(&ready_fd, false);
-    agent_server_stop(&a);
+    if (!agent_server_stop(&a)) {
+        /* a client thread is still inside the token: leave it all to exit() */
+        return ret;
+    }
     agent_loop_free(a.loop);
     tok_ctx_free(a.tok);
-    agent_token_states_free(&a);
-    agent_pin_source_clear(&a.pin_source);
-    free(a.socket_path);
+    agent_done(&a);
     free(errmsg);
     if (sfd >= 0)
         close(sfd);

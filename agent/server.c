@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -37,36 +38,95 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
     return FALSE;
 }
 
-static DBusHandlerResult on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
+/* The thread of one client: blocking reads, each request handled (and signed)
+ * right here, replies written from here. Ends when the client disconnects
+ * or agent_server_stop() shuts its socket down. */
+static void *client_thread(void *data)
 {
-    agent_t *a = data;
+    agent_client_t *c = data;
+    agent_t *a = c->agent;
 
-    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
-        agent_debug(AGENT_DBG_BUS, "client disconnected");
-        if (a->clients > 0)
-            a->clients--;
-        agent_loop_detach_connection(a->loop, conn);
-        return DBUS_HANDLER_RESULT_HANDLED;
+    while (dbus_connection_read_write_dispatch(c->conn, -1))
+        ;
+    dbus_connection_get_unix_user(c->conn, &c->uid);
+    dbus_connection_get_unix_process_id(c->conn, &c->pid);
+    agent_debug(AGENT_DBG_BUS, "client uid %lu pid %lu disconnected", c->uid, c->pid);
+    dbus_connection_close(c->conn);
+    dbus_connection_unref(c->conn);
+
+    pthread_mutex_lock(&a->clients_lock);
+    for (agent_client_t **pp = &a->clients; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
     }
-    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+    a->n_clients--;
+    pthread_cond_broadcast(&a->clients_gone);
+    pthread_mutex_unlock(&a->clients_lock);
+    free(c);
+    return NULL;
 }
 
 static void on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
     agent_t *a = data;
+    agent_client_t *c = NULL;
+    pthread_attr_t attr;
+    pthread_t th;
+    bool full;
+    int r;
 
-    dbus_connection_set_unix_user_function(conn, allow_uid, a, NULL);
-    dbus_connection_set_allow_anonymous(conn, FALSE);
-    dbus_connection_set_exit_on_disconnect(conn, FALSE);
-    if (!dbus_connection_add_filter(conn, on_filter, a, NULL) ||
-        !dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, a) ||
-        !agent_loop_attach_connection(a->loop, conn)) {
-        agent_err("out of memory accepting a client");
+    pthread_mutex_lock(&a->clients_lock);
+    full = a->n_clients >= a->max_clients;
+    pthread_mutex_unlock(&a->clients_lock);
+    if (full) {
+        agent_warn("refused a client: already serving %u clients (the limit)", a->max_clients);
         dbus_connection_close(conn);
         return;
     }
-    a->clients++;
-    agent_debug(AGENT_DBG_BUS, "client connected (%u now)", a->clients);
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        goto oom;
+    c->agent = a;
+    c->conn = dbus_connection_ref(conn);
+    if (!dbus_connection_get_socket(conn, &c->fd))
+        c->fd = -1;
+    dbus_connection_set_unix_user_function(conn, allow_uid, a, NULL);
+    dbus_connection_set_allow_anonymous(conn, FALSE);
+    dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    if (!dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, a))
+        goto oom;
+
+    pthread_mutex_lock(&a->clients_lock);
+    c->next = a->clients;
+    a->clients = c;
+    a->n_clients++;
+    pthread_mutex_unlock(&a->clients_lock);
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 1u << 20);
+    r = pthread_create(&th, &attr, client_thread, c);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        agent_err("cannot start a thread for a client: %s", strerror(r));
+        pthread_mutex_lock(&a->clients_lock);
+        a->clients = c->next;
+        a->n_clients--;
+        pthread_mutex_unlock(&a->clients_lock);
+        goto fail;
+    }
+    agent_debug(AGENT_DBG_BUS, "client connected");
+    return;
+oom:
+    agent_err("out of memory accepting a client");
+fail:
+    dbus_connection_close(conn);
+    if (c) {
+        dbus_connection_unref(c->conn);
+        free(c);
+    }
 }
 
 /* Creates the socket's directory (mode 0700) if it does not exist. */
@@ -164,22 +224,42 @@ int agent_server_start(agent_t *a, char **errmsg)
     return 0;
 }
 
-void agent_server_stop(agent_t *a)
+bool agent_server_stop(agent_t *a)
 {
+    struct timespec deadline;
+    bool all_gone = true;
+
     if (a->server) {
         dbus_server_disconnect(a->server);
         dbus_server_unref(a->server);
         a->server = NULL;
     }
+    if (a->socket_owned) {
+        unlink(a->socket_path);
+        a->socket_owned = false;
+    }
+    /* Wake every client thread: its blocking read sees the shutdown. A
+     * thread inside a slow C_Sign finishes that first; wait a bounded time. */
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&a->clients_lock);
+    for (agent_client_t *c = a->clients; c; c = c->next)
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+    while (a->n_clients > 0) {
+        if (pthread_cond_timedwait(&a->clients_gone, &a->clients_lock, &deadline) != 0) {
+            agent_warn("%u clients still busy at exit", a->n_clients);
+            all_gone = false;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&a->clients_lock);
     if (a->session_bus) {
         dbus_connection_close(a->session_bus);
         dbus_connection_unref(a->session_bus);
         a->session_bus = NULL;
     }
-    if (a->socket_owned) {
-        unlink(a->socket_path);
-        a->socket_owned = false;
-    }
+    return all_gone;
 }
 
 int agent_session_bus_start(agent_t *a)
