@@ -34,6 +34,11 @@ void agent_done(agent_t *a)
 {
     agent_token_states_free(a);
     agent_pin_source_clear(&a->pin_source);
+    for (size_t i = 0; a->token_pin_sources && i < a->conf.n_tokens; i++)
+        agent_pin_source_clear(&a->token_pin_sources[i]);
+    free(a->token_pin_sources);
+    free(a->key_policies);
+    agent_conf_clear(&a->conf);
     free(a->socket_path);
     a->socket_path = NULL;
     pthread_cond_destroy(&a->clients_gone);
@@ -52,6 +57,36 @@ void agent_rescan(agent_t *a)
         agent_login_all_locked(a);
     else
         agent_warn("rescanning tokens failed: %s", tok_strerror(r));
+    agent_policy_update_locked(a);
     agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
     pthread_rwlock_unlock(&a->keys_lock);
+}
+
+int agent_apply_conf(agent_t *a, char **errmsg)
+{
+    if (a->conf.max_clients)
+        a->max_clients = a->conf.max_clients;
+    a->audit = a->conf.audit;
+    if (a->pin_source.kind == AGENT_PIN_NONE && a->conf.pin_source) {
+        int r = agent_pin_source_parse(a->conf.pin_source, &a->pin_source, errmsg);
+
+        if (r < 0)
+            return r;
+    }
+    a->pin_source.strict = a->system_mode;
+    if (a->conf.n_tokens) {
+        a->token_pin_sources = calloc(a->conf.n_tokens, sizeof(*a->token_pin_sources));
+        if (!a->token_pin_sources)
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < a->conf.n_tokens; i++) {
+        if (!a->conf.tokens[i].pin_source)
+            continue;
+        int r = agent_pin_source_parse(a->conf.tokens[i].pin_source, &a->token_pin_sources[i],
+                                       errmsg);
+        if (r < 0)
+            return r;
+        a->token_pin_sources[i].strict = a->system_mode;
+    }
+    return 0;
 }

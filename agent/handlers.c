@@ -88,8 +88,10 @@ static DBusMessage *keys_reply(DBusMessage *msg, const tok_key_t *const *keys, s
     return reply;
 }
 
-static DBusMessage *agent_handle_list_keys(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_list_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
     const tok_key_t **keys;
     DBusMessage *reply = NULL;
     size_t n;
@@ -107,8 +109,10 @@ static DBusMessage *agent_handle_list_keys(agent_t *a, DBusConnection *conn, DBu
     return reply;
 }
 
-static DBusMessage *agent_handle_find_keys(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_find_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
     const char *uri;
     const tok_key_t **keys = NULL;
     DBusMessage *reply;
@@ -132,21 +136,19 @@ static DBusMessage *agent_handle_find_keys(agent_t *a, DBusConnection *conn, DBu
 }
 
 /* Finds the one key a Sign names: its canonical URI (the fast path: that is
- * what FindKeys returned), else any URI that matches exactly one key. */
-static const tok_key_t *lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
-                                   DBusMessage **ret_err)
+ * what FindKeys returned), else any URI that matches exactly one key.
+ * Returns its index, or -1 with *ret_err set. */
+static ssize_t lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
+                                 DBusMessage **ret_err)
 {
     const tok_key_t **keys = NULL;
-    const tok_key_t *key = NULL;
+    ssize_t found = -1;
     size_t n = 0;
     int r;
 
-    for (size_t i = 0; i < tok_ctx_n_keys(a->tok); i++) {
-        const tok_key_t *k = tok_ctx_key(a->tok, i);
-
-        if (strcmp(k->uri, uri) == 0)
-            return k;
-    }
+    for (size_t i = 0; i < tok_ctx_n_keys(a->tok); i++)
+        if (strcmp(tok_ctx_key(a->tok, i)->uri, uri) == 0)
+            return (ssize_t)i;
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
         *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
@@ -163,9 +165,11 @@ static const tok_key_t *lookup_key_locked(agent_t *a, DBusMessage *msg, const ch
                                "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri,
                                n);
     else
-        key = keys[0];
+        for (size_t i = 0; i < tok_ctx_n_keys(a->tok) && found < 0; i++)
+            if (tok_ctx_key(a->tok, i) == keys[0])
+                found = (ssize_t)i;
     free(keys);
-    return key;
+    return found;
 }
 
 static int64_t now_us(void)
@@ -177,9 +181,12 @@ static int64_t now_us(void)
 }
 
 /* Signs with the key the request names; keys_lock is held for reading. */
-static DBusMessage *sign_locked(agent_t *a, DBusMessage *msg, const char *uri,
+static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
                                 const bus_sign_params_t *bp, const uint8_t *data, size_t len)
 {
+    agent_t *a = c->agent;
+    const char *why_denied = NULL;
+    ssize_t idx;
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
@@ -189,9 +196,18 @@ static DBusMessage *sign_locked(agent_t *a, DBusMessage *msg, const char *uri,
     int64_t t0 = now_us();
     int r, h, m;
 
-    key = lookup_key_locked(a, msg, uri, &reply);
-    if (!key)
+    idx = lookup_key_locked(a, msg, uri, &reply);
+    if (idx < 0) {
+        agent_audit(a, c, "sign", uri, bus_sig_alg_name(bp->alg), bp->hash, "no such key", 0);
         return reply;
+    }
+    key = tok_ctx_key(a->tok, (size_t)idx);
+    if (!agent_key_allowed_locked(a, (size_t)idx, c, &why_denied)) {
+        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "denied", 0);
+        return error_reply(msg, BUS_ERR_DENIED,
+                           "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
+                           c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
+    }
     h = tok_hash_from_name(bp->hash);
     m = tok_hash_from_name(bp->mgf1_hash);
     if (h < 0 || m < 0)
@@ -211,17 +227,16 @@ static DBusMessage *sign_locked(agent_t *a, DBusMessage *msg, const char *uri,
             r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
     }
     if (r < 0) {
-        agent_warn("signing with '%s' (%s) failed: %s", key->uri, bus_sig_alg_name(bp->alg),
-                   why ? why : tok_strerror(r));
+        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash,
+                    why ? why : tok_strerror(r), now_us() - t0);
         reply = error_reply(msg, agent_err_from_tok(r),
                             "signing with key '%s' on token '%s' failed: %s", key->uri,
                             tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
         return reply;
     }
-    agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
-                key->uri, bus_sig_alg_name(bp->alg), bp->hash[0] ? "/" : "", bp->hash, len,
-                sig_len, (long long)(now_us() - t0));
+    agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "ok",
+                now_us() - t0);
     reply = dbus_message_new_method_return(msg);
     if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
                                            (int)sig_len, DBUS_TYPE_INVALID)) {
@@ -232,8 +247,10 @@ static DBusMessage *sign_locked(agent_t *a, DBusMessage *msg, const char *uri,
     return reply;
 }
 
-static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
     const char *uri;
     const uint8_t *data;
     size_t len;
@@ -250,7 +267,7 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
                                     "parameters and data)");
     else {
         pthread_rwlock_rdlock(&a->keys_lock);
-        reply = sign_locked(a, msg, uri, &bp, data, len);
+        reply = sign_locked(c, msg, uri, &bp, data, len);
         pthread_rwlock_unlock(&a->keys_lock);
     }
     if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
@@ -260,8 +277,10 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
     return reply;
 }
 
-static DBusMessage *agent_handle_status(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_status(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
     bus_status_t s = {
         .version = (char *)P11AGENT_VERSION,
         .pid = (uint32_t)getpid(),
@@ -285,7 +304,8 @@ static DBusMessage *agent_handle_status(agent_t *a, DBusConnection *conn, DBusMe
     return reply;
 }
 
-static DBusMessage *agent_handle_introspect(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *conn,
+                                           DBusMessage *msg)
 {
     const char *xml = bus_introspect_xml;
     DBusMessage *reply = dbus_message_new_method_return(msg);
@@ -297,7 +317,8 @@ static DBusMessage *agent_handle_introspect(agent_t *a, DBusConnection *conn, DB
     return reply;
 }
 
-typedef DBusMessage *(*agent_handler_t)(agent_t *a, DBusConnection *conn, DBusMessage *msg);
+typedef DBusMessage *(*agent_handler_t)(agent_client_t *c, DBusConnection *conn,
+                                         DBusMessage *msg);
 
 static const struct {
     const char *iface;
@@ -312,7 +333,7 @@ static const struct {
     {DBUS_INTERFACE_INTROSPECTABLE, "Introspect", "", agent_handle_introspect},
 };
 
-DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
     const char *iface = dbus_message_get_interface(msg);
     const char *member = dbus_message_get_member(msg);
@@ -327,7 +348,7 @@ DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *
             reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "%s takes arguments '%s', not '%s'",
                                 member, methods[i].signature, dbus_message_get_signature(msg));
         else
-            reply = methods[i].fn(a, conn, msg);
+            reply = methods[i].fn(c, conn, msg);
         if (!reply)
             return DBUS_HANDLER_RESULT_NEED_MEMORY;
         if (!dbus_message_get_no_reply(msg))

@@ -34,7 +34,14 @@ static void usage(FILE *f)
             "                          $XDG_RUNTIME_DIR/p11agent/agent.sock)\n"
             "  -p, --pin-source SPEC   where token PINs come from: file:PATH (first line of\n"
             "                          the file; a PIN the token rejects is not retried\n"
-            "                          until the file changes)\n"
+            "                          until the file changes) or credential:NAME (systemd\n"
+            "                          LoadCredential=)\n"
+            "  -c, --config PATH       read this agent.conf (default:\n"
+            "                          $XDG_CONFIG_HOME/p11agent/agent.conf, or\n"
+            "                          /etc/p11agent/agent.conf with --system)\n"
+            "      --system            system mode: socket /run/p11agent/agent.sock, clients\n"
+            "                          admitted by allow-users/allow-groups in the config,\n"
+            "                          PIN files readable by other users refused\n"
             "  -d, --debug CATS        debug logging: bus,sign,pin,pkcs11 or all (also\n"
             "                          P11AGENT_DEBUG)\n"
             "  -h, --help              show this help\n"
@@ -112,12 +119,15 @@ int main(int argc, char **argv)
         {"foreground", no_argument, NULL, 'f'}, {"module", required_argument, NULL, 'm'},
         {"socket", required_argument, NULL, 's'}, {"pin-source", required_argument, NULL, 'p'},
         {"debug", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'}, {"system", no_argument, NULL, 'S'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *modules[MAX_MODULES];
     size_t n_modules = 0;
     const char *debug = getenv("P11AGENT_DEBUG");
     bool foreground = false;
+    const char *config_path = NULL;
+    char *default_config = NULL;
     agent_t a;
     struct rlimit no_core = {0, 0};
     sigset_t mask;
@@ -138,7 +148,7 @@ int main(int argc, char **argv)
     prctl(PR_SET_DUMPABLE, 0);
     signal(SIGPIPE, SIG_IGN);
 
-    while ((c = getopt_long(argc, argv, "fm:s:p:d:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "fm:s:p:d:c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             foreground = true;
@@ -165,6 +175,12 @@ int main(int argc, char **argv)
         case 'd':
             debug = optarg;
             break;
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'S':
+            a.system_mode = true;
+            break;
         case 'h':
             usage(stdout);
             return EXIT_SUCCESS;
@@ -182,8 +198,37 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     agent_log_init(debug);
+
+    if (!config_path) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+
+        if (a.system_mode)
+            default_config = strdup(P11AGENT_SYSCONFDIR "/p11agent/agent.conf");
+        else if (xdg && xdg[0] == '/' &&
+                 asprintf(&default_config, "%s/p11agent/agent.conf", xdg) < 0)
+            default_config = NULL;
+        else if ((!xdg || xdg[0] != '/') && home && home[0] == '/' &&
+                 asprintf(&default_config, "%s/.config/p11agent/agent.conf", home) < 0)
+            default_config = NULL;
+    }
+    r = agent_conf_load(config_path ? config_path : default_config ? default_config : "/nonexistent",
+                        config_path != NULL, &a.conf, &errmsg);
+    free(default_config);
+    if (r < 0) {
+        agent_err("%s", errmsg ? errmsg : "cannot read the configuration");
+        return EXIT_FAILURE;
+    }
+    if (n_modules == 0) {
+        for (size_t i = 0; i < a.conf.n_modules && n_modules < MAX_MODULES; i++)
+            modules[n_modules++] = a.conf.modules[i];
+    }
+    if (agent_apply_conf(&a, &errmsg) < 0) {
+        agent_err("%s", errmsg ? errmsg : "bad configuration");
+        return EXIT_FAILURE;
+    }
     if (!a.socket_path)
-        a.socket_path = bus_default_socket_path();
+        a.socket_path = a.system_mode ? strdup("/run/p11agent/agent.sock")
+                                      : bus_default_socket_path();
     if (!a.socket_path) {
         agent_err("cannot determine the socket path");
         return EXIT_FAILURE;

@@ -25,16 +25,20 @@ static const DBusObjectPathVTable agent_vtable = {
     .message_function = on_message,
 };
 
+/* libdbus asks this once the peer authenticated (EXTERNAL: its uid). The
+ * decision uses the credentials read from the socket when it connected. */
 static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data)
 {
-    agent_t *a = data;
-    unsigned long pid = 0;
+    agent_client_t *c = data;
+    agent_t *a = c->agent;
 
-    if (uid == (unsigned long)a->owner)
+    if (uid == (unsigned long)c->uid && agent_peer_admitted(a, c))
         return TRUE;
-    dbus_connection_get_unix_process_id(conn, &pid);
-    agent_warn("refused a client: uid %lu (pid %lu) is not the agent's owner (uid %lu)", uid, pid,
-               (unsigned long)a->owner);
+    agent_warn("refused a client: uid %lu (pid %ld, %s) is not allowed to use this agent%s",
+               uid, (long)c->pid, c->exe[0] ? c->exe : "?",
+               a->system_mode ? " (see allow-users/allow-groups in agent.conf)"
+                              : " (per-user mode admits only its owner)");
+    agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
     return FALSE;
 }
 
@@ -48,9 +52,8 @@ static void *client_thread(void *data)
 
     while (dbus_connection_read_write_dispatch(c->conn, -1))
         ;
-    dbus_connection_get_unix_user(c->conn, &c->uid);
-    dbus_connection_get_unix_process_id(c->conn, &c->pid);
-    agent_debug(AGENT_DBG_BUS, "client uid %lu pid %lu disconnected", c->uid, c->pid);
+    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
+                (long)c->pid);
     dbus_connection_close(c->conn);
     dbus_connection_unref(c->conn);
 
@@ -90,12 +93,14 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         goto oom;
     c->agent = a;
     c->conn = dbus_connection_ref(conn);
-    if (!dbus_connection_get_socket(conn, &c->fd))
-        c->fd = -1;
-    dbus_connection_set_unix_user_function(conn, allow_uid, a, NULL);
+    if (!dbus_connection_get_socket(conn, &c->fd) || agent_client_read_creds(c, c->fd) < 0) {
+        agent_warn("refused a client: cannot read its credentials");
+        goto fail;
+    }
+    dbus_connection_set_unix_user_function(conn, allow_uid, c, NULL);
     dbus_connection_set_allow_anonymous(conn, FALSE);
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
-    if (!dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, a))
+    if (!dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, c))
         goto oom;
 
     pthread_mutex_lock(&a->clients_lock);
@@ -117,7 +122,8 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         pthread_mutex_unlock(&a->clients_lock);
         goto fail;
     }
-    agent_debug(AGENT_DBG_BUS, "client connected");
+    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
+                (long)c->pid, c->exe);
     return;
 oom:
     agent_err("out of memory accepting a client");
@@ -129,8 +135,9 @@ fail:
     }
 }
 
-/* Creates the socket's directory (mode 0700) if it does not exist. */
-static int make_socket_dir(const char *path, char **errmsg)
+/* Creates the socket's directory if it does not exist: 0700 for a per-user
+ * agent, 0755 in system mode (other users connect; the agent checks them). */
+static int make_socket_dir(const char *path, mode_t mode, char **errmsg)
 {
     char *dir = strdup(path), *slash;
     int r = 0;
@@ -140,7 +147,7 @@ static int make_socket_dir(const char *path, char **errmsg)
     slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        if (mkdir(dir, mode) < 0 && errno != EEXIST) {
             r = -errno;
             if (asprintf(errmsg, "cannot create socket directory %s: %s", dir, strerror(errno)) < 0)
                 *errmsg = NULL;
@@ -192,7 +199,7 @@ int agent_server_start(agent_t *a, char **errmsg)
     mode_t old_umask;
     int r;
 
-    r = make_socket_dir(a->socket_path, errmsg);
+    r = make_socket_dir(a->socket_path, a->system_mode ? 0755 : 0700, errmsg);
     if (r < 0)
         return r;
     r = check_stale_socket(a->socket_path, errmsg);
@@ -216,7 +223,7 @@ int agent_server_start(agent_t *a, char **errmsg)
         return -EIO;
     }
     a->socket_owned = true;
-    chmod(a->socket_path, 0600);
+    chmod(a->socket_path, a->system_mode ? 0666 : 0600);
     if (!dbus_server_set_auth_mechanisms(a->server, mechs) ||
         !agent_loop_attach_server(a->loop, a->server))
         return -ENOMEM;
@@ -287,7 +294,11 @@ int agent_session_bus_start(agent_t *a)
         dbus_connection_unref(bus);
         return 0;
     }
-    if (!dbus_connection_register_object_path(bus, BUS_PATH, &agent_vtable, a) ||
+    a->bus_client.agent = a;
+    a->bus_client.via_session_bus = true;
+    a->bus_client.uid = a->owner;
+    a->bus_client.fd = -1;
+    if (!dbus_connection_register_object_path(bus, BUS_PATH, &agent_vtable, &a->bus_client) ||
         !agent_loop_attach_connection(a->loop, bus)) {
         dbus_connection_close(bus);
         dbus_connection_unref(bus);
