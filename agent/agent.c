@@ -67,6 +67,8 @@ int agent_apply_conf(agent_t *a, char **errmsg)
     if (a->conf.max_clients)
         a->max_clients = a->conf.max_clients;
     a->audit = a->conf.audit;
+    if (a->conf.idle_exit_set && !a->idle_exit_s)
+        a->idle_exit_s = a->conf.idle_exit_s;
     if (a->pin_source.kind == AGENT_PIN_NONE && a->conf.pin_source) {
         int r = agent_pin_source_parse(a->conf.pin_source, &a->pin_source, errmsg);
 

@@ -112,6 +112,9 @@ typedef struct agent {
     DBusConnection *session_bus;
     char *socket_path;
     bool socket_owned; /* we created the socket and unlink it at exit */
+    bool socket_activated; /* the socket came from systemd (LISTEN_FDS) */
+    unsigned idle_exit_s;  /* socket-activated: exit after this long idle (0: never) */
+    int64_t idle_since_ms; /* when the last client left, or 0 while busy */
     agent_pin_source_t pin_source;
     uid_t owner;
     bool system_mode;

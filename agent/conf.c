@@ -213,6 +213,13 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             r = -EINVAL;
         if (r == 0)
             c->max_clients = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "idle-exit") == 0) {
+        *why = "idle-exit must be a number of seconds (0: never)";
+        r = parse_number(value, 86400 * 365, &n);
+        if (r == 0) {
+            c->idle_exit_s = (unsigned)n;
+            c->idle_exit_set = true;
+        }
     } else if (sec == SEC_AGENT && strcmp(key, "audit") == 0) {
         *why = "audit must be all, refusals or none";
         r = 0;

@@ -10,6 +10,7 @@
  *   allow-users = nginx haproxy                # --system: who may connect
  *   allow-groups = ssl-cert
  *   audit = all | refusals | none              # default: all
+ *   idle-exit = 600                            # socket-activated: exit when idle
  *
  *   [token pkcs11:token=hsm1]                  # a token (URI of token attributes)
  *   pin-source = credential:hsm1-pin
@@ -58,6 +59,8 @@ typedef struct agent_conf {
     size_t n_modules;
     char *pin_source;
     unsigned max_clients; /* 0: default */
+    unsigned idle_exit_s;
+    bool idle_exit_set;
     agent_id_list_t allow;
     agent_audit_t audit;
     agent_token_conf_t *tokens;

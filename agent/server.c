@@ -199,6 +199,19 @@ int agent_server_start(agent_t *a, char **errmsg)
     mode_t old_umask;
     int r;
 
+    if (a->socket_activated) {
+        /* systemd (or systemd-socket-activate) passed the listening socket:
+         * libdbus takes it from LISTEN_FDS; the socket is systemd's. */
+        dbus_error_init(&err);
+        a->server = dbus_server_listen("systemd:", &err);
+        if (!a->server) {
+            if (asprintf(errmsg, "cannot use the socket passed by systemd: %s", err.message) < 0)
+                *errmsg = NULL;
+            dbus_error_free(&err);
+            return -EIO;
+        }
+        goto listening;
+    }
     r = make_socket_dir(a->socket_path, a->system_mode ? 0755 : 0700, errmsg);
     if (r < 0)
         return r;
@@ -224,6 +237,7 @@ int agent_server_start(agent_t *a, char **errmsg)
     }
     a->socket_owned = true;
     chmod(a->socket_path, a->system_mode ? 0666 : 0600);
+listening:
     if (!dbus_server_set_auth_mechanisms(a->server, mechs) ||
         !agent_loop_attach_server(a->loop, a->server))
         return -ENOMEM;
