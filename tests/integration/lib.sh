@@ -16,6 +16,7 @@ IT_TIMEOUT=${P11AGENT_TEST_TIMEOUT:-30}
 # shellcheck disable=SC2034 # used by the test scripts
 IT_KEYS="rsa2048 p256 p384 ed25519"
 IT_BG_PIDS=()
+IT_AGENT_ARGS=() # more p11agentd options for agent_start
 AGENT_PID=""
 T=""
 
@@ -204,7 +205,7 @@ agent_start() {
 	envcmd+=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 		LSAN_OPTIONS="suppressions=$IT_LIB_DIR/../unit/lsan-softhsm.supp")
 	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
-		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
+		--pin-source "file:$pinfile" "${IT_AGENT_ARGS[@]}" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
 	for ((i = 0; i < limit; i++)); do
 		if [ "$stale" -eq 0 ]; then
@@ -292,6 +293,8 @@ server_start() {
 	shift
 	for ((try = 0; try < 5; try++)); do
 		SRV_PORT=$(free_port)
+		# a server.out left by an earlier server in DIR already says ACCEPT
+		rm -f "$dir/server.out" "$dir/server.err"
 		with_timeout "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server \
 			-accept "127.0.0.1:$SRV_PORT" -naccept 1 -www \
 			-cert "$T/server.pem" -key "$T/server.key" -CAfile "$T/ca.pem" \
@@ -335,7 +338,9 @@ mtls() {
 	# dumps out of stdout, which then holds only the server's page).
 	while kill -0 "$cpid" 2>/dev/null; do
 		if grep -q '^CONNECTION ESTABLISHED' "$dir/client.err" 2>/dev/null; then
-			printf 'GET / HTTP/1.0\r\n\r\n' >&"$fd"
+			# the client may exit meanwhile: EPIPE, not a SIGPIPE that
+			# kills the test script
+			(trap '' PIPE; printf 'GET / HTTP/1.0\r\n\r\n' >&"$fd") 2>/dev/null || true
 			break
 		fi
 		sleep 0.05

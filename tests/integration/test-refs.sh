@@ -140,9 +140,11 @@ for k in $IT_KEYS; do
 	tap_case "$k: pkeyutl -sign -inkey ref verifies" pkeyutl_ref "$T/$k.ref" "$k"
 done
 
+HS_N=0
 hs_ref() { # hs_ref KEY PROTO KEYFILE CERTFILE
 	local k=$1 proto=$2 before dir
-	dir=$T/hs-$k-$proto-$(basename "$3")
+	HS_N=$((HS_N + 1))
+	dir=$T/hs$HS_N-$k-$proto-$(basename "$3")
 	before=$(agent_signatures) || return 1
 	mtls "$dir" "$3" "$4" "$proto" || echo "s_client exited with status $?" >&2
 	mtls_accepted "$dir" "$k" "${proto/tls1_/TLSv1.}" "$(sigtype_of "$k")" || return 1
