@@ -109,7 +109,10 @@ EOF
 bg() {
 	local name=$1
 	shift
-	with_timeout $((IT_TIMEOUT * 4)) "$@" >"$T/$name.log" 2>&1 </dev/null &
+	# timeout(1) itself, not through the with_timeout function: $! must be
+	# timeout's pid (it passes SIGTERM on), not a subshell's whose death
+	# would leave the server running.
+	timeout -k 2 $((IT_TIMEOUT * 4)) "$@" >"$T/$name.log" 2>&1 </dev/null &
 	BG_PID=$!
 	IT_BG_PIDS+=("$BG_PID")
 }
@@ -117,9 +120,9 @@ bg() {
 # port_listening PORT: a TCP socket listens on PORT (IPv4 or IPv6).
 port_listening() {
 	local hex
-	hex=$(printf ':%04X ' "$1")
-	awk -v p="$hex" '$4 == "0A" && index($2 " ", p) { found = 1 } END { exit !found }' \
-		/proc/net/tcp /proc/net/tcp6 2>/dev/null
+	hex=$(printf ':%04X' "$1")
+	awk -v p="$hex" 'FNR > 1 && $4 == "0A" && substr($2, length($2) - 4) == p { found = 1 }
+		END { exit !found }' /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 
 # wait_listen PORT PID [SECONDS]: wait until PORT listens; fail early when
@@ -175,7 +178,8 @@ soft_get() {
 	while kill -0 "$cpid" 2>/dev/null; do
 		if grep -q '^CONNECTION ESTABLISHED' "$dir/client.err" 2>/dev/null; then
 			# shellcheck disable=SC2059 # the request holds \r\n escapes
-			printf "$req" >&"$fd"
+			# (the client may exit meanwhile: EPIPE, not SIGPIPE)
+			(trap '' PIPE; printf "$req" >&"$fd") 2>/dev/null || true
 			break
 		fi
 		sleep 0.05

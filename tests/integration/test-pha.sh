@@ -36,7 +36,9 @@ pha() {
 	mkfifo "$d/sin" "$d/cin" || return 1
 	sig_mark || return 1
 	SRV_PORT=$(free_port)
-	plain s_server -accept "127.0.0.1:$SRV_PORT" -naccept 1 -tls1_3 \
+	# timeout(1) directly (not lib.sh's plain/client functions): $! must be
+	# the process that gets SIGTERM, not a subshell
+	timeout -k 2 "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server -accept "127.0.0.1:$SRV_PORT" -naccept 1 -tls1_3 \
 		-cert "$T/server.pem" -key "$T/server.key" -CAfile "$T/ca.pem" \
 		-verify_return_error <"$d/sin" >"$d/server.out" 2>"$d/server.err" &
 	SRV_PID=$!
@@ -44,7 +46,7 @@ pha() {
 	exec {sfd}>"$d/sin"
 	wait_for "$d/server.out" '^ACCEPT' || rc=1
 	if [ "$rc" -eq 0 ]; then
-		client s_client -connect "127.0.0.1:$SRV_PORT" -servername localhost \
+		timeout -k 2 "$IT_TIMEOUT" "${PROG_ENV[@]}" openssl s_client -connect "127.0.0.1:$SRV_PORT" -servername localhost \
 			-CAfile "$T/ca.pem" -verify_return_error -tls1_3 $flag \
 			-cert "$T/certs/$k.pem" -key "$keyarg" -brief \
 			<"$d/cin" >"$d/client.out" 2>"$d/client.err" &

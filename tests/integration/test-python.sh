@@ -5,7 +5,11 @@
 # openssl s_server -www -Verify 1 -verify_return_error.
 . "$(dirname "$0")/lib-prog.sh"
 
-prog_require python3
+# Debian's own python3 (the real program on Debian 12), not an
+# interpreter of another origin earlier in PATH
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+prog_require "$PY"
 prog_setup
 [ -z "$IT_PRELOAD" ] || echo "# ASan build: python3 runs with libasan preloaded, leak checking off"
 
@@ -13,7 +17,7 @@ prog_setup
 get() {
 	local dir=$1 port=$2
 	shift 2
-	with_timeout "$IT_TIMEOUT" "${PROG_ENV[@]}" python3 - "$port" "$T/ca.pem" "$@" \
+	with_timeout "$IT_TIMEOUT" "${PROG_ENV[@]}" "$PY" - "$port" "$T/ca.pem" "$@" \
 		>"$dir/page" <<'PY'
 import socket, ssl, sys
 port, ca, cert, key = sys.argv[1:5]
