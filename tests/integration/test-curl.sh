@@ -8,7 +8,7 @@
 
 prog_require curl
 prog_setup
-[ -z "$IT_PRELOAD" ] || echo "# ASan build: curl runs with libasan preloaded, leak checking off"
+[ -z "$IT_PRELOAD" ] || asan_unusable curl --version
 
 # get DIR PORT CERT KEY: curl's view of the server page in DIR/page.
 get() {

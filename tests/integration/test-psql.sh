@@ -15,7 +15,7 @@ PGBIN=${PGBIN%/postgres}
 [ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] ||
 	tap_bail "PostgreSQL server not installed (tests/packages.sh lists its package)"
 prog_setup
-[ -z "$IT_PRELOAD" ] || echo "# ASan build: psql runs with libasan preloaded, leak checking off"
+[ -z "$IT_PRELOAD" ] || asan_unusable psql --version
 
 # PG_RUN CMD...: run CMD as the server's user (postgres when we are root),
 # without the provider's OPENSSL_CONF or the ASan preload (the server does
