@@ -362,7 +362,8 @@ static void cmd_fail_locked(const line_t *l)
     unsigned long count = 1;
     CK_RV rv;
 
-    if (fn < 0 || fn == FLT_FN_C_Initialize || fn == FLT_FN_C_GetFunctionList) {
+    if (fn < 0 || fn == FLT_FN_C_Initialize || fn == FLT_FN_C_Finalize ||
+        fn == FLT_FN_C_GetFunctionList) {
         line_error_locked(l, "fail: unknown or unsupported function '%s'",
                           l->n >= 2 ? l->w[1] : "");
         return;

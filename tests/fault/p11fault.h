@@ -4,6 +4,11 @@
  * control/state files (control.c). The control language is documented at
  * the top of control.c and in README.md.
  *
+ * Files: p11fault.c (call frame, C_Initialize/C_Finalize, function list),
+ * slot.c (removal, slot events), session.c (session handles), auth.c
+ * (login, PIN pad, always-authenticate, signing), forward.c (the rest),
+ * control.c (control and state files). call.h: the call frame.
+ *
  * A PKCS#11 module has no context argument: all state lives in the one
  * `flt` below, guarded by flt.mu (fields marked [mu]). flt.mu is never held
  * across a delay, a PIN pad wait or a blocking wait.
@@ -135,7 +140,7 @@ typedef struct flt {
 
 extern flt_t flt;
 
-/* p11fault.c */
+/* slot.c; p11fault.c: flt_free_pin (wipes, frees; NULL ok) */
 flt_slot_t *flt_slot_get_locked(CK_SLOT_ID id);
 void flt_slot_remove_locked(flt_slot_t *s);
 void flt_slot_insert_locked(flt_slot_t *s);
