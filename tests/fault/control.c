@@ -52,7 +52,7 @@
  * STATE FILE: `KEY VALUE` lines, rewritten (tmp file + rename) after every
  * call and every control change:
  *   pid N, generation N, sync WORD, control.errors N, control.last-error TEXT,
- *   sessions N, slot.ID present|removed, slot.ID.label LABEL,
+ *   sessions N (live ones), slot.ID present|removed, slot.ID.label LABEL,
  *   slot.ID.login-failures N, slot.ID.pin-locked 0|1,
  *   C_Xxx N (calls), C_Xxx.failed N (calls that did not return CKR_OK).
  */
@@ -574,6 +574,8 @@ bool flt_control_check_locked(void)
 
 static void state_print_locked(FILE *fp)
 {
+    size_t live = 0;
+
     fprintf(fp, "pid %ld\n", (long)getpid());
     fprintf(fp, "generation %lu\n", flt.generation);
     if (flt.sync != NULL)
@@ -582,7 +584,10 @@ static void state_print_locked(FILE *fp)
     if (flt.n_errors > 0)
         fprintf(fp, "control.last-error %s\n", flt.last_error);
     fprintf(fp, "initialized %d\n", flt.initialized ? 1 : 0);
-    fprintf(fp, "sessions %zu\n", flt.n_sessions);
+    for (size_t b = 0; b < FLT_BUCKETS; b++)
+        for (const flt_session_t *s = flt.buckets[b]; s != NULL; s = s->next)
+            live += !s->gone;
+    fprintf(fp, "sessions %zu\n", live);
     for (size_t i = 0; i < flt.n_slots; i++) {
         const flt_slot_t *s = &flt.slots[i];
 

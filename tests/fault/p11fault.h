@@ -128,7 +128,6 @@ typedef struct flt {
     /* sessions [mu] */
     flt_session_t *buckets[FLT_BUCKETS];
     CK_SESSION_HANDLE next_handle;
-    size_t n_sessions;
 
     /* counters [mu] */
     unsigned long calls[FLT_FN_COUNT], failed[FLT_FN_COUNT];

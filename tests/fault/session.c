@@ -38,7 +38,6 @@ static void session_unlink_locked(flt_session_t *s)
             pp = &(*pp)->next;
         *pp = s->next;
         s->linked = false;
-        flt.n_sessions--;
     }
     if (s->busy == 0) {
         session_close_real_locked(s);
@@ -134,7 +133,6 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApp
     s->real_open = s->linked = true;
     s->next = *bucket(s->handle);
     *bucket(s->handle) = s;
-    flt.n_sessions++;
     slot = flt_slot_get_locked(slotID);
     if (slot != NULL && slot->epoch != epoch) {
         /* the card went away while the session was being opened */

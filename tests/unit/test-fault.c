@@ -517,6 +517,7 @@ static void test_fault_removal(void **state)
     assert_int_equal(fx.f->C_GetSessionInfo(s, &si), CKR_DEVICE_REMOVED);
     assert_int_equal(fx.f->C_FindObjectsInit(s, NULL, 0), CKR_DEVICE_REMOVED);
     assert_true(state_is(slot_key(""), "removed"));
+    assert_int_equal(state_num("sessions"), 0);
 
     ctl("insert %lu", fx.slot);
     assert_true(slot_listed(CK_TRUE));
@@ -1035,7 +1036,7 @@ static void *signer_main(void *arg)
             break;
         if ((g->rv = fx.f->C_Sign(g->s, (CK_BYTE_PTR)msg, sizeof(msg), sig, &len)) != CKR_OK)
             break;
-        g->done++;
+        __atomic_fetch_add(&g->done, 1, __ATOMIC_RELAXED);
     }
     return NULL;
 }
@@ -1051,12 +1052,18 @@ static void test_fault_threads(void **state)
         g[i].s = i == 0 ? open_login() : open_session();
         assert_int_equal(pthread_create(&g[i].thread, NULL, signer_main, &g[i]), 0);
     }
-    sleep_ms(200);
+    /* both sign a few times before the card goes */
+    for (long deadline = now_ms() + 10000; now_ms() < deadline;) {
+        if (__atomic_load_n(&g[0].done, __ATOMIC_RELAXED) >= 3 &&
+            __atomic_load_n(&g[1].done, __ATOMIC_RELAXED) >= 3)
+            break;
+        sleep_ms(10);
+    }
     ctl("remove %lu", fx.slot);
     for (int i = 0; i < 2; i++) {
         assert_int_equal(pthread_join(g[i].thread, NULL), 0);
         assert_int_equal(g[i].rv, CKR_DEVICE_REMOVED);
-        assert_true(g[i].done > 0);
+        assert_true(g[i].done >= 3);
     }
     ctl("insert %lu", fx.slot);
     s = open_login();
