@@ -23,6 +23,7 @@ int agent_init(agent_t *a)
     }
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&a->login_lock, NULL);
+    pthread_mutex_init(&a->prompter_lock, NULL);
     a->token_states = calloc(AGENT_MAX_TOKENS, sizeof(*a->token_states));
     if (!a->token_states)
         return -ENOMEM;
@@ -45,6 +46,9 @@ void agent_done(agent_t *a)
     free(a->token_pin_sources);
     free(a->key_policies);
     free(a->pinentry);
+    free(a->prompter_name);
+    free(a->prompter_path);
+    pthread_mutex_destroy(&a->prompter_lock);
     agent_conf_clear(&a->conf);
     free(a->socket_path);
     a->socket_path = NULL;

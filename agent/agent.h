@@ -151,6 +151,9 @@ typedef struct agent {
 
     /* PIN prompts and the PIN cache. */
     char *pinentry;              /* pinentry program, or NULL */
+    pthread_mutex_t prompter_lock;
+    char *prompter_name;         /* a desktop prompter on the session bus, or NULL */
+    char *prompter_path;
     unsigned cache_idle_s;       /* log out after this long unused (0: never) */
     unsigned cache_max_s;        /* log out this long after login (0: never) */
     bool always_auth_prompt;     /* always-authenticate keys: prompt every time */
@@ -250,7 +253,11 @@ typedef struct agent_prompt {
     bool context_specific;      /* the PIN for one signature */
 } agent_prompt_t;
 
-bool agent_can_prompt(const agent_t *a);
+bool agent_can_prompt(agent_t *a);
+/* A desktop UI registers (or drops) itself as the prompter: the agent calls
+ * org.p11agent.Prompter1.GetPin on it, before any pinentry. */
+int agent_prompter_register(agent_t *a, const char *name, const char *path);
+void agent_prompter_unregister(agent_t *a, const char *name);
 /* Runs the pinentry program (Assuan). -ECANCELED if the user cancelled,
  * -ENOENT if no prompter is configured. */
 int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);
