@@ -24,6 +24,8 @@ typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } 
 #define AGENT_DBG_PIN (1u << 2)
 
 void agent_log_init(const char *debug_spec);
+/* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
+void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
 void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));

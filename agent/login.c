@@ -28,18 +28,18 @@ bus_err_t agent_err_from_tok(int st)
         int tok;
         bus_err_t bus;
     } table[] = {
-        {TOK_OK, BUS_OK},
-        {TOK_ERR_NO_MEMORY, BUS_ERR_NO_MEMORY},
-        {TOK_ERR_ARGS, BUS_ERR_INVALID_ARGS},
-        {TOK_ERR_NO_KEY, BUS_ERR_NO_SUCH_KEY},
-        {TOK_ERR_NOT_LOGGED_IN, BUS_ERR_LOCKED},
-        {TOK_ERR_AUTH_REQUIRED, BUS_ERR_LOCKED},
-        {TOK_ERR_PIN_INCORRECT, BUS_ERR_PIN_INCORRECT},
-        {TOK_ERR_PIN_LOCKED, BUS_ERR_PIN_LOCKED},
-        {TOK_ERR_TOKEN_REMOVED, BUS_ERR_TOKEN_REMOVED},
-        {TOK_ERR_MECHANISM, BUS_ERR_UNSUPPORTED},
-        {TOK_ERR_DEVICE, BUS_ERR_DEVICE},
-        {TOK_ERR_BUSY, BUS_ERR_BUSY},
+            {TOK_OK, BUS_OK},
+            {TOK_ERR_NO_MEMORY, BUS_ERR_NO_MEMORY},
+            {TOK_ERR_ARGS, BUS_ERR_INVALID_ARGS},
+            {TOK_ERR_NO_KEY, BUS_ERR_NO_SUCH_KEY},
+            {TOK_ERR_NOT_LOGGED_IN, BUS_ERR_LOCKED},
+            {TOK_ERR_AUTH_REQUIRED, BUS_ERR_LOCKED},
+            {TOK_ERR_PIN_INCORRECT, BUS_ERR_PIN_INCORRECT},
+            {TOK_ERR_PIN_LOCKED, BUS_ERR_PIN_LOCKED},
+            {TOK_ERR_TOKEN_REMOVED, BUS_ERR_TOKEN_REMOVED},
+            {TOK_ERR_MECHANISM, BUS_ERR_UNSUPPORTED},
+            {TOK_ERR_DEVICE, BUS_ERR_DEVICE},
+            {TOK_ERR_BUSY, BUS_ERR_BUSY},
     };
 
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
@@ -54,21 +54,6 @@ int64_t agent_now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void set_msg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_msg(char **errmsg, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!errmsg)
-        return;
-    free(*errmsg);
-    va_start(ap, fmt);
-    if (vasprintf(errmsg, fmt, ap) < 0)
-        *errmsg = NULL;
-    va_end(ap);
 }
 
 /* --- token states --- */
@@ -243,13 +228,13 @@ static void fill_prompt(agent_prompt_t *p, const agent_login_req_t *req, const t
                         const char *error, bool context)
 {
     *p = (agent_prompt_t){
-        .token_label = v->label,
-        .key_label = req->key_label,
-        .key_uri = req->key_uri,
-        .client = req->client,
-        .error = error,
-        .token_flags = v->flags,
-        .context_specific = context,
+            .token_label = v->label,
+            .key_label = req->key_label,
+            .key_uri = req->key_uri,
+            .client = req->client,
+            .error = error,
+            .token_flags = v->flags,
+            .context_specific = context,
     };
 }
 
@@ -262,13 +247,14 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
     bool tried_cache = false, tried_file = false;
 
     if (!view_token(a, req->token_uri, &v)) {
-        set_msg(errmsg, "token %s is not present", req->token_uri);
+        agent_set_errmsg(errmsg, "token %s is not present", req->token_uri);
         return TOK_ERR_TOKEN_REMOVED;
     }
     if (v.logged_in)
         return TOK_OK;
     if (v.flags & CKF_USER_PIN_LOCKED) {
-        set_msg(errmsg, "the user PIN of token '%s' is locked; unblock it with the SO PIN", v.label);
+        agent_set_errmsg(errmsg, "the user PIN of token '%s' is locked; unblock it with the SO PIN",
+                         v.label);
         return TOK_ERR_PIN_LOCKED;
     }
     st = state_get_locked(a, req->token_uri);
@@ -309,9 +295,10 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             }
             if (st->pin_rejected && same_pin_id(&st->rejected, &id)) {
                 agent_secret_free(&pin);
-                set_msg(errmsg, "token '%s' rejected the PIN in %s; not retrying it until the "
-                                "file changes",
-                        v.label, v.src->path);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' rejected the PIN in %s; not retrying it until the "
+                                 "file changes",
+                                 v.label, v.src->path);
                 if (req->no_prompt || !agent_can_prompt(a))
                     return TOK_ERR_PIN_INCORRECT;
                 continue;
@@ -326,8 +313,10 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             prompts++;
             r = agent_prompt_pin(a, &pr, &pin, &why);
             if (r < 0) {
-                set_msg(errmsg, "token '%s' needs a PIN: %s", v.label,
-                        why ? why : r == -ECANCELED ? "the prompt was cancelled" : "no prompt");
+                agent_set_errmsg(errmsg, "token '%s' needs a PIN: %s", v.label,
+                                 why               ? why
+                                 : r == -ECANCELED ? "the prompt was cancelled"
+                                                   : "no prompt");
                 free(why);
                 return TOK_ERR_NOT_LOGGED_IN;
             }
@@ -336,16 +325,18 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             len = pin.len;
         } else {
             if (final_try)
-                set_msg(errmsg, "token '%s' is at its final PIN try; p11agentd will not risk a "
-                                "stored PIN: enter it with 'p11agentctl unlock'",
-                        v.label);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' is at its final PIN try; p11agentd will not risk a "
+                                 "stored PIN: enter it with 'p11agentctl unlock'",
+                                 v.label);
             else if (prompts)
-                set_msg(errmsg, "token '%s': the PIN was not accepted after %u attempts", v.label,
-                        prompts);
+                agent_set_errmsg(errmsg, "token '%s': the PIN was not accepted after %u attempts",
+                                 v.label, prompts);
             else if (errmsg && !*errmsg)
-                set_msg(errmsg, "token '%s' needs a PIN: run 'p11agentctl unlock', or configure "
-                                "a pin-source or pinentry",
-                        v.label);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' needs a PIN: run 'p11agentctl unlock', or configure "
+                                 "a pin-source or pinentry",
+                                 v.label);
             return prompts ? TOK_ERR_PIN_INCORRECT : TOK_ERR_NOT_LOGGED_IN;
         }
 
@@ -378,8 +369,8 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
         if (r != TOK_ERR_PIN_INCORRECT) {
             agent_err("login to token '%s' failed: %s%s", v.label, tok_strerror(r),
                       tries_note(flags));
-            set_msg(errmsg, "login to token '%s' failed: %s%s", v.label, tok_strerror(r),
-                    tries_note(flags));
+            agent_set_errmsg(errmsg, "login to token '%s' failed: %s%s", v.label, tok_strerror(r),
+                             tries_note(flags));
             return r;
         }
         switch (origin) {
@@ -389,8 +380,9 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             agent_err("token '%s': PIN incorrect (from %s); it will not be tried again until "
                       "the file changes%s",
                       v.label, v.src->path, tries_note(flags));
-            set_msg(errmsg, "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
-                    v.label, v.src->path);
+            agent_set_errmsg(errmsg,
+                             "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
+                             v.label, v.src->path);
             if (req->no_prompt || !agent_can_prompt(a))
                 return r;
             break;
@@ -405,12 +397,13 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             break;
         default:
             agent_warn("token '%s': PIN incorrect%s", v.label, tries_note(flags));
-            set_msg(errmsg, "token '%s' rejected the PIN (PIN incorrect%s)", v.label,
-                    tries_note(flags));
+            agent_set_errmsg(errmsg, "token '%s' rejected the PIN (PIN incorrect%s)", v.label,
+                             tries_note(flags));
             return r;
         }
         if (flags & CKF_USER_PIN_LOCKED) {
-            set_msg(errmsg, "token '%s': PIN incorrect, and the PIN is now locked", v.label);
+            agent_set_errmsg(errmsg, "token '%s': PIN incorrect, and the PIN is now locked",
+                             v.label);
             return TOK_ERR_PIN_LOCKED;
         }
     }
@@ -435,7 +428,7 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
 
     pthread_mutex_lock(&a->login_lock);
     if (!view_token(a, req->token_uri, &v)) {
-        set_msg(errmsg, "token %s is not present", req->token_uri);
+        agent_set_errmsg(errmsg, "token %s is not present", req->token_uri);
         r = -ENODEV;
         goto out;
     }
@@ -452,8 +445,8 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
         fill_prompt(&pr, req, &v, NULL, true);
         r = agent_prompt_pin(a, &pr, ret, &why);
         if (r < 0)
-            set_msg(errmsg, "key '%s' needs the PIN for each signature: %s",
-                    req->key_uri ? req->key_uri : "?", why ? why : "prompt failed");
+            agent_set_errmsg(errmsg, "key '%s' needs the PIN for each signature: %s",
+                             req->key_uri ? req->key_uri : "?", why ? why : "prompt failed");
         free(why);
         goto out;
     }
@@ -470,16 +463,19 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
             r = -EPERM;
         }
         if (r < 0)
-            set_msg(errmsg, "key '%s' needs the PIN for each signature: %s",
-                    req->key_uri ? req->key_uri : "?",
-                    r == -EPERM ? "the PIN file was rejected before" : why ? why : "unreadable");
+            agent_set_errmsg(errmsg, "key '%s' needs the PIN for each signature: %s",
+                             req->key_uri ? req->key_uri : "?",
+                             r == -EPERM ? "the PIN file was rejected before"
+                             : why       ? why
+                                         : "unreadable");
         free(why);
         goto out;
     }
     r = -ENOENT;
-    set_msg(errmsg, "key '%s' needs the PIN for each signature and none is available "
-                    "(configure pinentry, or unlock the token with 'p11agentctl unlock')",
-            req->key_uri ? req->key_uri : "?");
+    agent_set_errmsg(errmsg,
+                     "key '%s' needs the PIN for each signature and none is available "
+                     "(configure pinentry, or unlock the token with 'p11agentctl unlock')",
+                     req->key_uri ? req->key_uri : "?");
 out:
     pthread_mutex_unlock(&a->login_lock);
     return r;
@@ -509,8 +505,7 @@ void agent_login_all(agent_t *a)
         tok_token_t *t = tok_ctx_token(a->tok, i);
 
         if (tok_token_login_required(t) && !tok_token_logged_in(t) &&
-            agent_pin_source_for_locked(a, t)->kind != AGENT_PIN_NONE &&
-            !tok_token_has_pin_pad(t))
+            agent_pin_source_for_locked(a, t)->kind != AGENT_PIN_NONE && !tok_token_has_pin_pad(t))
             uris[n++] = strdup(tok_token_uri(t));
     }
     pthread_rwlock_unlock(&a->keys_lock);
@@ -551,7 +546,7 @@ int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errm
     pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_tokens(a->tok, uri && uri[0] ? uri : "pkcs11:", &toks, &n);
     if (r < 0) {
-        set_msg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
+        agent_set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
         goto out;
     }
     for (size_t i = 0; i < n; i++) {
