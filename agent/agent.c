@@ -68,7 +68,7 @@ void agent_rescan(agent_t *a)
         agent_warn("rescanning tokens failed: %s", tok_strerror(r));
     agent_policy_update_locked(a);
     pthread_rwlock_unlock(&a->keys_lock);
-    /* logins take login_lock, then keys_lock: not under the write lock */
+    /* logins take a token lock, then keys_lock: not under the write lock */
     agent_login_all(a);
     pthread_rwlock_rdlock(&a->keys_lock);
     agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));

@@ -85,7 +85,9 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
 
 typedef struct agent_token_state {
     char *token_uri;         /* immutable once published */
-    /* under login_lock: */
+    /* One login (and prompt) per token at a time; taken before keys_lock. */
+    pthread_mutex_t lock;
+    /* under lock: */
     bool pin_rejected;       /* the pin source's PIN was rejected ... */
     agent_pin_id_t rejected; /* ... while the file looked like this */
     agent_secret_t cached;   /* a PIN from a prompt or unlock, for re-login and always-auth */
@@ -145,8 +147,8 @@ typedef struct agent {
 
     /* Keys and tokens: readers sign and list; a rescan writes. */
     pthread_rwlock_t keys_lock;
-    /* One login at a time; guards token_states' mutable fields. Taken
-     * before keys_lock, never while holding it. */
+    /* Guards adding entries to token_states (each entry has its own lock
+     * for logins). Never held while waiting for anything else. */
     pthread_mutex_t login_lock;
     agent_token_state_t *token_states; /* AGENT_MAX_TOKENS entries */
     atomic_size_t n_token_states;

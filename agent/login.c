@@ -4,10 +4,12 @@
  * - a PIN the token rejected is never offered again (a file's while it is
  *   unchanged; a cached one is wiped);
  * - at CKF_USER_PIN_FINAL_TRY no stored PIN is tried, only one the user types;
- * - one login at a time (login_lock), whatever the number of clients waiting:
- *   those queued behind a successful login find the token logged in;
+ * - one login per token at a time (its state's lock), whatever the number of
+ *   clients waiting: those queued behind a successful login find the token
+ *   logged in; a prompt for one token does not hold up another;
  * - prompts run without keys_lock, so signing on other tokens goes on.
- * Lock order: login_lock, then keys_lock (read); never the other way.
+ * Lock order: a token state's lock, then keys_lock (read); never the other
+ * way.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -68,22 +70,29 @@ agent_token_state_t *agent_token_state_find(agent_t *a, const char *uri)
     return NULL;
 }
 
-/* Finds or adds the state of a token (login_lock held). */
-static agent_token_state_t *state_get_locked(agent_t *a, const char *uri)
+/* Finds or adds the state of a token. */
+static agent_token_state_t *state_get(agent_t *a, const char *uri)
 {
-    agent_token_state_t *st = agent_token_state_find(a, uri);
-    size_t n = atomic_load(&a->n_token_states);
+    agent_token_state_t *st;
+    size_t n;
 
-    if (st || n == AGENT_MAX_TOKENS)
-        return st;
-    st = &a->token_states[n];
-    st->token_uri = strdup(uri);
-    if (!st->token_uri)
-        return NULL;
-    atomic_init(&st->has_cached, false);
-    atomic_init(&st->login_at_ms, 0);
-    atomic_init(&st->last_use_ms, 0);
-    atomic_store(&a->n_token_states, n + 1); /* publish after it is complete */
+    pthread_mutex_lock(&a->login_lock);
+    st = agent_token_state_find(a, uri);
+    n = atomic_load(&a->n_token_states);
+    if (!st && n < AGENT_MAX_TOKENS) {
+        st = &a->token_states[n];
+        st->token_uri = strdup(uri);
+        if (st->token_uri) {
+            pthread_mutex_init(&st->lock, NULL);
+            atomic_init(&st->has_cached, false);
+            atomic_init(&st->login_at_ms, 0);
+            atomic_init(&st->last_use_ms, 0);
+            atomic_store(&a->n_token_states, n + 1); /* publish once complete */
+        } else {
+            st = NULL;
+        }
+    }
+    pthread_mutex_unlock(&a->login_lock);
     return st;
 }
 
@@ -100,6 +109,7 @@ void agent_token_states_free(agent_t *a)
     for (size_t i = 0; a->token_states && i < n; i++) {
         forget_cached_locked(&a->token_states[i]);
         free(a->token_states[i].token_uri);
+        pthread_mutex_destroy(&a->token_states[i].lock);
     }
     free(a->token_states);
     a->token_states = NULL;
@@ -238,9 +248,10 @@ static void fill_prompt(agent_prompt_t *p, const agent_login_req_t *req, const t
     };
 }
 
-static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
+/* Logs in to the token of st; st->lock held. */
+static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_req_t *req,
+                        char **errmsg)
 {
-    agent_token_state_t *st;
     token_view_t v = {0};
     const char *error = NULL;
     unsigned prompts = 0;
@@ -257,9 +268,6 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
                          v.label);
         return TOK_ERR_PIN_LOCKED;
     }
-    st = state_get_locked(a, req->token_uri);
-    if (!st)
-        return TOK_ERR_NO_MEMORY;
 
     for (;;) {
         agent_secret_t pin = {0};
@@ -413,9 +421,13 @@ int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg)
 {
     int r;
 
-    pthread_mutex_lock(&a->login_lock);
-    r = login_locked(a, req, errmsg);
-    pthread_mutex_unlock(&a->login_lock);
+    agent_token_state_t *st = state_get(a, req->token_uri);
+
+    if (!st)
+        return TOK_ERR_NO_MEMORY;
+    pthread_mutex_lock(&st->lock);
+    r = login_locked(a, st, req, errmsg);
+    pthread_mutex_unlock(&st->lock);
     return r;
 }
 
@@ -426,15 +438,13 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
     char *why = NULL;
     int r = 0;
 
-    pthread_mutex_lock(&a->login_lock);
+    st = state_get(a, req->token_uri);
+    if (!st)
+        return -ENOMEM;
+    pthread_mutex_lock(&st->lock);
     if (!view_token(a, req->token_uri, &v)) {
         agent_set_errmsg(errmsg, "token %s is not present", req->token_uri);
         r = -ENODEV;
-        goto out;
-    }
-    st = state_get_locked(a, req->token_uri);
-    if (!st) {
-        r = -ENOMEM;
         goto out;
     }
     if (v.pin_pad)
@@ -477,19 +487,19 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
                      "(configure pinentry, or unlock the token with 'p11agentctl unlock')",
                      req->key_uri ? req->key_uri : "?");
 out:
-    pthread_mutex_unlock(&a->login_lock);
+    pthread_mutex_unlock(&st->lock);
     return r;
 }
 
 void agent_auth_pin_rejected(agent_t *a, const char *token_uri)
 {
-    agent_token_state_t *st;
+    agent_token_state_t *st = agent_token_state_find(a, token_uri);
 
-    pthread_mutex_lock(&a->login_lock);
-    st = agent_token_state_find(a, token_uri);
-    if (st)
-        forget_cached_locked(st);
-    pthread_mutex_unlock(&a->login_lock);
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->lock);
+    forget_cached_locked(st);
+    pthread_mutex_unlock(&st->lock);
 }
 
 void agent_login_all(agent_t *a)
@@ -539,38 +549,50 @@ void agent_login_all(agent_t *a)
 int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errmsg)
 {
     tok_token_t **toks = NULL;
-    size_t n = 0;
+    char **uris = NULL;
+    size_t n = 0, done = 0;
     int r;
 
-    pthread_mutex_lock(&a->login_lock);
     pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_tokens(a->tok, uri && uri[0] ? uri : "pkcs11:", &toks, &n);
+    if (r == TOK_OK && (uris = calloc(n + 1, sizeof(*uris))))
+        for (size_t i = 0; i < n; i++)
+            uris[i] = strdup(tok_token_uri(toks[i]));
+    pthread_rwlock_unlock(&a->keys_lock);
+    free(toks);
     if (r < 0) {
         agent_set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
-        goto out;
+        return r;
     }
+    if (!uris)
+        return TOK_ERR_NO_MEMORY;
+    /* each token under its own lock (a prompt open for it finishes first) */
     for (size_t i = 0; i < n; i++) {
-        agent_token_state_t *st = agent_token_state_find(a, tok_token_uri(toks[i]));
+        agent_token_state_t *st = uris[i] ? state_get(a, uris[i]) : NULL;
+        tok_token_t *t;
 
-        if (st)
-            forget_cached_locked(st);
-        if (!forget_only) {
-            if (tok_token_logged_in(toks[i]))
-                tok_token_logout(toks[i]);
-            if (st)
-                atomic_store(&st->login_at_ms, 0);
-            agent_info("token '%s' locked (logged out, cached PIN wiped)",
-                       tok_token_label(toks[i]));
-        } else {
-            agent_info("token '%s': cached PIN forgotten", tok_token_label(toks[i]));
+        if (!st)
+            continue;
+        pthread_mutex_lock(&st->lock);
+        forget_cached_locked(st);
+        pthread_rwlock_rdlock(&a->keys_lock);
+        t = token_by_uri_locked(a, uris[i]);
+        if (t && !forget_only) {
+            if (tok_token_logged_in(t))
+                tok_token_logout(t);
+            atomic_store(&st->login_at_ms, 0);
+            agent_info("token '%s' locked (logged out, cached PIN wiped)", tok_token_label(t));
+        } else if (t) {
+            agent_info("token '%s': cached PIN forgotten", tok_token_label(t));
         }
+        done += t != NULL;
+        pthread_rwlock_unlock(&a->keys_lock);
+        pthread_mutex_unlock(&st->lock);
     }
-    r = (int)n;
-out:
-    pthread_rwlock_unlock(&a->keys_lock);
-    pthread_mutex_unlock(&a->login_lock);
-    free(toks);
-    return r;
+    for (size_t i = 0; i < n; i++)
+        free(uris[i]);
+    free(uris);
+    return (int)done;
 }
 
 void agent_cache_tick(agent_t *a)
@@ -600,13 +622,12 @@ void agent_cache_tick(agent_t *a)
 
 void agent_lock_tokens_gone(agent_t *a, const char *token_uri)
 {
-    agent_token_state_t *st;
+    agent_token_state_t *st = agent_token_state_find(a, token_uri);
 
-    pthread_mutex_lock(&a->login_lock);
-    st = agent_token_state_find(a, token_uri);
-    if (st) {
-        forget_cached_locked(st);
-        atomic_store(&st->login_at_ms, 0);
-    }
-    pthread_mutex_unlock(&a->login_lock);
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->lock);
+    forget_cached_locked(st);
+    atomic_store(&st->login_at_ms, 0);
+    pthread_mutex_unlock(&st->lock);
 }
