@@ -170,6 +170,8 @@ typedef struct agent {
     agent_client_t *clients;
     unsigned n_clients;
     agent_client_t bus_client; /* requests from the session bus */
+    int64_t refusal_log_ms;    /* rate limit of refusal lines (main thread) */
+    unsigned refusals_unlogged;
 
     atomic_uint_fast64_t signatures;
     atomic_uint_fast64_t sign_failures;
