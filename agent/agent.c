@@ -23,6 +23,7 @@ int agent_init(agent_t *a)
     }
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&a->login_lock, NULL);
+    pthread_mutex_init(&a->prompter_lock, NULL);
     a->token_states = calloc(AGENT_MAX_TOKENS, sizeof(*a->token_states));
     if (!a->token_states)
         return -ENOMEM;
@@ -45,6 +46,9 @@ void agent_done(agent_t *a)
     free(a->token_pin_sources);
     free(a->key_policies);
     free(a->pinentry);
+    free(a->prompter_name);
+    free(a->prompter_path);
+    pthread_mutex_destroy(&a->prompter_lock);
     agent_conf_clear(&a->conf);
     free(a->socket_path);
     a->socket_path = NULL;
@@ -64,7 +68,7 @@ void agent_rescan(agent_t *a)
         agent_warn("rescanning tokens failed: %s", tok_strerror(r));
     agent_policy_update_locked(a);
     pthread_rwlock_unlock(&a->keys_lock);
-    /* logins take login_lock, then keys_lock: not under the write lock */
+    /* logins take a token lock, then keys_lock: not under the write lock */
     agent_login_all(a);
     pthread_rwlock_rdlock(&a->keys_lock);
     agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));

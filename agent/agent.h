@@ -24,6 +24,8 @@ typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } 
 #define AGENT_DBG_PIN (1u << 2)
 
 void agent_log_init(const char *debug_spec);
+/* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
+void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
 void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
@@ -83,7 +85,9 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
 
 typedef struct agent_token_state {
     char *token_uri;         /* immutable once published */
-    /* under login_lock: */
+    /* One login (and prompt) per token at a time; taken before keys_lock. */
+    pthread_mutex_t lock;
+    /* under lock: */
     bool pin_rejected;       /* the pin source's PIN was rejected ... */
     agent_pin_id_t rejected; /* ... while the file looked like this */
     agent_secret_t cached;   /* a PIN from a prompt or unlock, for re-login and always-auth */
@@ -143,14 +147,17 @@ typedef struct agent {
 
     /* Keys and tokens: readers sign and list; a rescan writes. */
     pthread_rwlock_t keys_lock;
-    /* One login at a time; guards token_states' mutable fields. Taken
-     * before keys_lock, never while holding it. */
+    /* Guards adding entries to token_states (each entry has its own lock
+     * for logins). Never held while waiting for anything else. */
     pthread_mutex_t login_lock;
     agent_token_state_t *token_states; /* AGENT_MAX_TOKENS entries */
     atomic_size_t n_token_states;
 
     /* PIN prompts and the PIN cache. */
     char *pinentry;              /* pinentry program, or NULL */
+    pthread_mutex_t prompter_lock;
+    char *prompter_name;         /* a desktop prompter on the session bus, or NULL */
+    char *prompter_path;
     unsigned cache_idle_s;       /* log out after this long unused (0: never) */
     unsigned cache_max_s;        /* log out this long after login (0: never) */
     bool always_auth_prompt;     /* always-authenticate keys: prompt every time */
@@ -163,6 +170,8 @@ typedef struct agent {
     agent_client_t *clients;
     unsigned n_clients;
     agent_client_t bus_client; /* requests from the session bus */
+    int64_t refusal_log_ms;    /* rate limit of refusal lines (main thread) */
+    unsigned refusals_unlogged;
 
     atomic_uint_fast64_t signatures;
     atomic_uint_fast64_t sign_failures;
@@ -250,7 +259,11 @@ typedef struct agent_prompt {
     bool context_specific;      /* the PIN for one signature */
 } agent_prompt_t;
 
-bool agent_can_prompt(const agent_t *a);
+bool agent_can_prompt(agent_t *a);
+/* A desktop UI registers (or drops) itself as the prompter: the agent calls
+ * org.p11agent.Prompter1.GetPin on it, before any pinentry. */
+int agent_prompter_register(agent_t *a, const char *name, const char *path);
+void agent_prompter_unregister(agent_t *a, const char *name);
 /* Runs the pinentry program (Assuan). -ECANCELED if the user cancelled,
  * -ENOENT if no prompter is configured. */
 int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);

@@ -554,6 +554,37 @@ static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *c
     return reply;
 }
 
+static DBusMessage *agent_handle_register_prompter(agent_client_t *c, DBusConnection *conn,
+                                                  DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    const char *path = NULL, *sender = dbus_message_get_sender(msg);
+    unsigned long uid;
+
+    if (!c->via_session_bus || !sender)
+        return error_reply(msg, BUS_ERR_DENIED,
+                           "prompters register on the session bus, not on the agent's socket");
+    /* only the agent's own user may see PINs typed */
+    uid = dbus_bus_get_unix_user(conn, sender, NULL);
+    if (uid != (unsigned long)a->owner)
+        return error_reply(msg, BUS_ERR_DENIED, "%s (uid %lu) may not be this agent's prompter",
+                           sender, uid);
+    dbus_message_get_args(msg, NULL, DBUS_TYPE_OBJECT_PATH, &path, DBUS_TYPE_INVALID);
+    if (agent_prompter_register(a, sender, path) < 0)
+        return NULL;
+    return dbus_message_new_method_return(msg);
+}
+
+static DBusMessage *agent_handle_unregister_prompter(agent_client_t *c, DBusConnection *conn,
+                                                    DBusMessage *msg)
+{
+    const char *sender = dbus_message_get_sender(msg);
+
+    if (sender)
+        agent_prompter_unregister(c->agent, sender);
+    return dbus_message_new_method_return(msg);
+}
+
 typedef DBusMessage *(*agent_handler_t)(agent_client_t *c, DBusConnection *conn,
                                          DBusMessage *msg);
 
@@ -570,6 +601,8 @@ static const struct {
     {BUS_IFACE, "ListTokens", "", agent_handle_list_tokens},
     {BUS_IFACE, "Unlock", "say", agent_handle_unlock},
     {BUS_IFACE, "Lock", "sb", agent_handle_lock},
+    {BUS_IFACE, "RegisterPrompter", "o", agent_handle_register_prompter},
+    {BUS_IFACE, "UnregisterPrompter", "", agent_handle_unregister_prompter},
     {DBUS_INTERFACE_INTROSPECTABLE, "Introspect", "", agent_handle_introspect},
 };
 

@@ -4,10 +4,12 @@
  * - a PIN the token rejected is never offered again (a file's while it is
  *   unchanged; a cached one is wiped);
  * - at CKF_USER_PIN_FINAL_TRY no stored PIN is tried, only one the user types;
- * - one login at a time (login_lock), whatever the number of clients waiting:
- *   those queued behind a successful login find the token logged in;
+ * - one login per token at a time (its state's lock), whatever the number of
+ *   clients waiting: those queued behind a successful login find the token
+ *   logged in; a prompt for one token does not hold up another;
  * - prompts run without keys_lock, so signing on other tokens goes on.
- * Lock order: login_lock, then keys_lock (read); never the other way.
+ * Lock order: a token state's lock, then keys_lock (read); never the other
+ * way.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -28,18 +30,18 @@ bus_err_t agent_err_from_tok(int st)
         int tok;
         bus_err_t bus;
     } table[] = {
-        {TOK_OK, BUS_OK},
-        {TOK_ERR_NO_MEMORY, BUS_ERR_NO_MEMORY},
-        {TOK_ERR_ARGS, BUS_ERR_INVALID_ARGS},
-        {TOK_ERR_NO_KEY, BUS_ERR_NO_SUCH_KEY},
-        {TOK_ERR_NOT_LOGGED_IN, BUS_ERR_LOCKED},
-        {TOK_ERR_AUTH_REQUIRED, BUS_ERR_LOCKED},
-        {TOK_ERR_PIN_INCORRECT, BUS_ERR_PIN_INCORRECT},
-        {TOK_ERR_PIN_LOCKED, BUS_ERR_PIN_LOCKED},
-        {TOK_ERR_TOKEN_REMOVED, BUS_ERR_TOKEN_REMOVED},
-        {TOK_ERR_MECHANISM, BUS_ERR_UNSUPPORTED},
-        {TOK_ERR_DEVICE, BUS_ERR_DEVICE},
-        {TOK_ERR_BUSY, BUS_ERR_BUSY},
+            {TOK_OK, BUS_OK},
+            {TOK_ERR_NO_MEMORY, BUS_ERR_NO_MEMORY},
+            {TOK_ERR_ARGS, BUS_ERR_INVALID_ARGS},
+            {TOK_ERR_NO_KEY, BUS_ERR_NO_SUCH_KEY},
+            {TOK_ERR_NOT_LOGGED_IN, BUS_ERR_LOCKED},
+            {TOK_ERR_AUTH_REQUIRED, BUS_ERR_LOCKED},
+            {TOK_ERR_PIN_INCORRECT, BUS_ERR_PIN_INCORRECT},
+            {TOK_ERR_PIN_LOCKED, BUS_ERR_PIN_LOCKED},
+            {TOK_ERR_TOKEN_REMOVED, BUS_ERR_TOKEN_REMOVED},
+            {TOK_ERR_MECHANISM, BUS_ERR_UNSUPPORTED},
+            {TOK_ERR_DEVICE, BUS_ERR_DEVICE},
+            {TOK_ERR_BUSY, BUS_ERR_BUSY},
     };
 
     for (size_t i = 0; i < sizeof(table) / sizeof(table[0]); i++)
@@ -56,21 +58,6 @@ int64_t agent_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-static void set_msg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_msg(char **errmsg, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!errmsg)
-        return;
-    free(*errmsg);
-    va_start(ap, fmt);
-    if (vasprintf(errmsg, fmt, ap) < 0)
-        *errmsg = NULL;
-    va_end(ap);
-}
-
 /* --- token states --- */
 
 agent_token_state_t *agent_token_state_find(agent_t *a, const char *uri)
@@ -83,22 +70,29 @@ agent_token_state_t *agent_token_state_find(agent_t *a, const char *uri)
     return NULL;
 }
 
-/* Finds or adds the state of a token (login_lock held). */
-static agent_token_state_t *state_get_locked(agent_t *a, const char *uri)
+/* Finds or adds the state of a token. */
+static agent_token_state_t *state_get(agent_t *a, const char *uri)
 {
-    agent_token_state_t *st = agent_token_state_find(a, uri);
-    size_t n = atomic_load(&a->n_token_states);
+    agent_token_state_t *st;
+    size_t n;
 
-    if (st || n == AGENT_MAX_TOKENS)
-        return st;
-    st = &a->token_states[n];
-    st->token_uri = strdup(uri);
-    if (!st->token_uri)
-        return NULL;
-    atomic_init(&st->has_cached, false);
-    atomic_init(&st->login_at_ms, 0);
-    atomic_init(&st->last_use_ms, 0);
-    atomic_store(&a->n_token_states, n + 1); /* publish after it is complete */
+    pthread_mutex_lock(&a->login_lock);
+    st = agent_token_state_find(a, uri);
+    n = atomic_load(&a->n_token_states);
+    if (!st && n < AGENT_MAX_TOKENS) {
+        st = &a->token_states[n];
+        st->token_uri = strdup(uri);
+        if (st->token_uri) {
+            pthread_mutex_init(&st->lock, NULL);
+            atomic_init(&st->has_cached, false);
+            atomic_init(&st->login_at_ms, 0);
+            atomic_init(&st->last_use_ms, 0);
+            atomic_store(&a->n_token_states, n + 1); /* publish once complete */
+        } else {
+            st = NULL;
+        }
+    }
+    pthread_mutex_unlock(&a->login_lock);
     return st;
 }
 
@@ -115,6 +109,7 @@ void agent_token_states_free(agent_t *a)
     for (size_t i = 0; a->token_states && i < n; i++) {
         forget_cached_locked(&a->token_states[i]);
         free(a->token_states[i].token_uri);
+        pthread_mutex_destroy(&a->token_states[i].lock);
     }
     free(a->token_states);
     a->token_states = NULL;
@@ -243,37 +238,36 @@ static void fill_prompt(agent_prompt_t *p, const agent_login_req_t *req, const t
                         const char *error, bool context)
 {
     *p = (agent_prompt_t){
-        .token_label = v->label,
-        .key_label = req->key_label,
-        .key_uri = req->key_uri,
-        .client = req->client,
-        .error = error,
-        .token_flags = v->flags,
-        .context_specific = context,
+            .token_label = v->label,
+            .key_label = req->key_label,
+            .key_uri = req->key_uri,
+            .client = req->client,
+            .error = error,
+            .token_flags = v->flags,
+            .context_specific = context,
     };
 }
 
-static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
+/* Logs in to the token of st; st->lock held. */
+static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_req_t *req,
+                        char **errmsg)
 {
-    agent_token_state_t *st;
     token_view_t v = {0};
     const char *error = NULL;
     unsigned prompts = 0;
     bool tried_cache = false, tried_file = false;
 
     if (!view_token(a, req->token_uri, &v)) {
-        set_msg(errmsg, "token %s is not present", req->token_uri);
+        agent_set_errmsg(errmsg, "token %s is not present", req->token_uri);
         return TOK_ERR_TOKEN_REMOVED;
     }
     if (v.logged_in)
         return TOK_OK;
     if (v.flags & CKF_USER_PIN_LOCKED) {
-        set_msg(errmsg, "the user PIN of token '%s' is locked; unblock it with the SO PIN", v.label);
+        agent_set_errmsg(errmsg, "the user PIN of token '%s' is locked; unblock it with the SO PIN",
+                         v.label);
         return TOK_ERR_PIN_LOCKED;
     }
-    st = state_get_locked(a, req->token_uri);
-    if (!st)
-        return TOK_ERR_NO_MEMORY;
 
     for (;;) {
         agent_secret_t pin = {0};
@@ -309,9 +303,10 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             }
             if (st->pin_rejected && same_pin_id(&st->rejected, &id)) {
                 agent_secret_free(&pin);
-                set_msg(errmsg, "token '%s' rejected the PIN in %s; not retrying it until the "
-                                "file changes",
-                        v.label, v.src->path);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' rejected the PIN in %s; not retrying it until the "
+                                 "file changes",
+                                 v.label, v.src->path);
                 if (req->no_prompt || !agent_can_prompt(a))
                     return TOK_ERR_PIN_INCORRECT;
                 continue;
@@ -326,8 +321,10 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             prompts++;
             r = agent_prompt_pin(a, &pr, &pin, &why);
             if (r < 0) {
-                set_msg(errmsg, "token '%s' needs a PIN: %s", v.label,
-                        why ? why : r == -ECANCELED ? "the prompt was cancelled" : "no prompt");
+                agent_set_errmsg(errmsg, "token '%s' needs a PIN: %s", v.label,
+                                 why               ? why
+                                 : r == -ECANCELED ? "the prompt was cancelled"
+                                                   : "no prompt");
                 free(why);
                 return TOK_ERR_NOT_LOGGED_IN;
             }
@@ -336,16 +333,18 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             len = pin.len;
         } else {
             if (final_try)
-                set_msg(errmsg, "token '%s' is at its final PIN try; p11agentd will not risk a "
-                                "stored PIN: enter it with 'p11agentctl unlock'",
-                        v.label);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' is at its final PIN try; p11agentd will not risk a "
+                                 "stored PIN: enter it with 'p11agentctl unlock'",
+                                 v.label);
             else if (prompts)
-                set_msg(errmsg, "token '%s': the PIN was not accepted after %u attempts", v.label,
-                        prompts);
+                agent_set_errmsg(errmsg, "token '%s': the PIN was not accepted after %u attempts",
+                                 v.label, prompts);
             else if (errmsg && !*errmsg)
-                set_msg(errmsg, "token '%s' needs a PIN: run 'p11agentctl unlock', or configure "
-                                "a pin-source or pinentry",
-                        v.label);
+                agent_set_errmsg(errmsg,
+                                 "token '%s' needs a PIN: run 'p11agentctl unlock', or configure "
+                                 "a pin-source or pinentry",
+                                 v.label);
             return prompts ? TOK_ERR_PIN_INCORRECT : TOK_ERR_NOT_LOGGED_IN;
         }
 
@@ -378,8 +377,8 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
         if (r != TOK_ERR_PIN_INCORRECT) {
             agent_err("login to token '%s' failed: %s%s", v.label, tok_strerror(r),
                       tries_note(flags));
-            set_msg(errmsg, "login to token '%s' failed: %s%s", v.label, tok_strerror(r),
-                    tries_note(flags));
+            agent_set_errmsg(errmsg, "login to token '%s' failed: %s%s", v.label, tok_strerror(r),
+                             tries_note(flags));
             return r;
         }
         switch (origin) {
@@ -389,8 +388,9 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             agent_err("token '%s': PIN incorrect (from %s); it will not be tried again until "
                       "the file changes%s",
                       v.label, v.src->path, tries_note(flags));
-            set_msg(errmsg, "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
-                    v.label, v.src->path);
+            agent_set_errmsg(errmsg,
+                             "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
+                             v.label, v.src->path);
             if (req->no_prompt || !agent_can_prompt(a))
                 return r;
             break;
@@ -405,12 +405,13 @@ static int login_locked(agent_t *a, const agent_login_req_t *req, char **errmsg)
             break;
         default:
             agent_warn("token '%s': PIN incorrect%s", v.label, tries_note(flags));
-            set_msg(errmsg, "token '%s' rejected the PIN (PIN incorrect%s)", v.label,
-                    tries_note(flags));
+            agent_set_errmsg(errmsg, "token '%s' rejected the PIN (PIN incorrect%s)", v.label,
+                             tries_note(flags));
             return r;
         }
         if (flags & CKF_USER_PIN_LOCKED) {
-            set_msg(errmsg, "token '%s': PIN incorrect, and the PIN is now locked", v.label);
+            agent_set_errmsg(errmsg, "token '%s': PIN incorrect, and the PIN is now locked",
+                             v.label);
             return TOK_ERR_PIN_LOCKED;
         }
     }
@@ -420,9 +421,13 @@ int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg)
 {
     int r;
 
-    pthread_mutex_lock(&a->login_lock);
-    r = login_locked(a, req, errmsg);
-    pthread_mutex_unlock(&a->login_lock);
+    agent_token_state_t *st = state_get(a, req->token_uri);
+
+    if (!st)
+        return TOK_ERR_NO_MEMORY;
+    pthread_mutex_lock(&st->lock);
+    r = login_locked(a, st, req, errmsg);
+    pthread_mutex_unlock(&st->lock);
     return r;
 }
 
@@ -433,15 +438,13 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
     char *why = NULL;
     int r = 0;
 
-    pthread_mutex_lock(&a->login_lock);
+    st = state_get(a, req->token_uri);
+    if (!st)
+        return -ENOMEM;
+    pthread_mutex_lock(&st->lock);
     if (!view_token(a, req->token_uri, &v)) {
-        set_msg(errmsg, "token %s is not present", req->token_uri);
+        agent_set_errmsg(errmsg, "token %s is not present", req->token_uri);
         r = -ENODEV;
-        goto out;
-    }
-    st = state_get_locked(a, req->token_uri);
-    if (!st) {
-        r = -ENOMEM;
         goto out;
     }
     if (v.pin_pad)
@@ -452,8 +455,8 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
         fill_prompt(&pr, req, &v, NULL, true);
         r = agent_prompt_pin(a, &pr, ret, &why);
         if (r < 0)
-            set_msg(errmsg, "key '%s' needs the PIN for each signature: %s",
-                    req->key_uri ? req->key_uri : "?", why ? why : "prompt failed");
+            agent_set_errmsg(errmsg, "key '%s' needs the PIN for each signature: %s",
+                             req->key_uri ? req->key_uri : "?", why ? why : "prompt failed");
         free(why);
         goto out;
     }
@@ -470,30 +473,33 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
             r = -EPERM;
         }
         if (r < 0)
-            set_msg(errmsg, "key '%s' needs the PIN for each signature: %s",
-                    req->key_uri ? req->key_uri : "?",
-                    r == -EPERM ? "the PIN file was rejected before" : why ? why : "unreadable");
+            agent_set_errmsg(errmsg, "key '%s' needs the PIN for each signature: %s",
+                             req->key_uri ? req->key_uri : "?",
+                             r == -EPERM ? "the PIN file was rejected before"
+                             : why       ? why
+                                         : "unreadable");
         free(why);
         goto out;
     }
     r = -ENOENT;
-    set_msg(errmsg, "key '%s' needs the PIN for each signature and none is available "
-                    "(configure pinentry, or unlock the token with 'p11agentctl unlock')",
-            req->key_uri ? req->key_uri : "?");
+    agent_set_errmsg(errmsg,
+                     "key '%s' needs the PIN for each signature and none is available "
+                     "(configure pinentry, or unlock the token with 'p11agentctl unlock')",
+                     req->key_uri ? req->key_uri : "?");
 out:
-    pthread_mutex_unlock(&a->login_lock);
+    pthread_mutex_unlock(&st->lock);
     return r;
 }
 
 void agent_auth_pin_rejected(agent_t *a, const char *token_uri)
 {
-    agent_token_state_t *st;
+    agent_token_state_t *st = agent_token_state_find(a, token_uri);
 
-    pthread_mutex_lock(&a->login_lock);
-    st = agent_token_state_find(a, token_uri);
-    if (st)
-        forget_cached_locked(st);
-    pthread_mutex_unlock(&a->login_lock);
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->lock);
+    forget_cached_locked(st);
+    pthread_mutex_unlock(&st->lock);
 }
 
 void agent_login_all(agent_t *a)
@@ -509,8 +515,7 @@ void agent_login_all(agent_t *a)
         tok_token_t *t = tok_ctx_token(a->tok, i);
 
         if (tok_token_login_required(t) && !tok_token_logged_in(t) &&
-            agent_pin_source_for_locked(a, t)->kind != AGENT_PIN_NONE &&
-            !tok_token_has_pin_pad(t))
+            agent_pin_source_for_locked(a, t)->kind != AGENT_PIN_NONE && !tok_token_has_pin_pad(t))
             uris[n++] = strdup(tok_token_uri(t));
     }
     pthread_rwlock_unlock(&a->keys_lock);
@@ -544,38 +549,50 @@ void agent_login_all(agent_t *a)
 int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errmsg)
 {
     tok_token_t **toks = NULL;
-    size_t n = 0;
+    char **uris = NULL;
+    size_t n = 0, done = 0;
     int r;
 
-    pthread_mutex_lock(&a->login_lock);
     pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_tokens(a->tok, uri && uri[0] ? uri : "pkcs11:", &toks, &n);
-    if (r < 0) {
-        set_msg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        agent_token_state_t *st = agent_token_state_find(a, tok_token_uri(toks[i]));
-
-        if (st)
-            forget_cached_locked(st);
-        if (!forget_only) {
-            if (tok_token_logged_in(toks[i]))
-                tok_token_logout(toks[i]);
-            if (st)
-                atomic_store(&st->login_at_ms, 0);
-            agent_info("token '%s' locked (logged out, cached PIN wiped)",
-                       tok_token_label(toks[i]));
-        } else {
-            agent_info("token '%s': cached PIN forgotten", tok_token_label(toks[i]));
-        }
-    }
-    r = (int)n;
-out:
+    if (r == TOK_OK && (uris = calloc(n + 1, sizeof(*uris))))
+        for (size_t i = 0; i < n; i++)
+            uris[i] = strdup(tok_token_uri(toks[i]));
     pthread_rwlock_unlock(&a->keys_lock);
-    pthread_mutex_unlock(&a->login_lock);
     free(toks);
-    return r;
+    if (r < 0) {
+        agent_set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
+        return r;
+    }
+    if (!uris)
+        return TOK_ERR_NO_MEMORY;
+    /* each token under its own lock (a prompt open for it finishes first) */
+    for (size_t i = 0; i < n; i++) {
+        agent_token_state_t *st = uris[i] ? state_get(a, uris[i]) : NULL;
+        tok_token_t *t;
+
+        if (!st)
+            continue;
+        pthread_mutex_lock(&st->lock);
+        forget_cached_locked(st);
+        pthread_rwlock_rdlock(&a->keys_lock);
+        t = token_by_uri_locked(a, uris[i]);
+        if (t && !forget_only) {
+            if (tok_token_logged_in(t))
+                tok_token_logout(t);
+            atomic_store(&st->login_at_ms, 0);
+            agent_info("token '%s' locked (logged out, cached PIN wiped)", tok_token_label(t));
+        } else if (t) {
+            agent_info("token '%s': cached PIN forgotten", tok_token_label(t));
+        }
+        done += t != NULL;
+        pthread_rwlock_unlock(&a->keys_lock);
+        pthread_mutex_unlock(&st->lock);
+    }
+    for (size_t i = 0; i < n; i++)
+        free(uris[i]);
+    free(uris);
+    return (int)done;
 }
 
 void agent_cache_tick(agent_t *a)
@@ -605,13 +622,12 @@ void agent_cache_tick(agent_t *a)
 
 void agent_lock_tokens_gone(agent_t *a, const char *token_uri)
 {
-    agent_token_state_t *st;
+    agent_token_state_t *st = agent_token_state_find(a, token_uri);
 
-    pthread_mutex_lock(&a->login_lock);
-    st = agent_token_state_find(a, token_uri);
-    if (st) {
-        forget_cached_locked(st);
-        atomic_store(&st->login_at_ms, 0);
-    }
-    pthread_mutex_unlock(&a->login_lock);
+    if (!st)
+        return;
+    pthread_mutex_lock(&st->lock);
+    forget_cached_locked(st);
+    atomic_store(&st->login_at_ms, 0);
+    pthread_mutex_unlock(&st->lock);
 }

@@ -24,9 +24,142 @@
 #define PROMPT_TIMEOUT_MS 120000
 #define LINE_MAX_LEN 2048
 
-bool agent_can_prompt(const agent_t *a)
+static void describe(const agent_prompt_t *p, char *desc, size_t size);
+
+bool agent_can_prompt(agent_t *a)
 {
-    return a->pinentry != NULL;
+    bool have;
+
+    pthread_mutex_lock(&a->prompter_lock);
+    have = a->prompter_name != NULL;
+    pthread_mutex_unlock(&a->prompter_lock);
+    return have || a->pinentry != NULL;
+}
+
+int agent_prompter_register(agent_t *a, const char *name, const char *path)
+{
+    char *n = strdup(name), *p = strdup(path);
+
+    if (!n || !p) {
+        free(n);
+        free(p);
+        return -ENOMEM;
+    }
+    pthread_mutex_lock(&a->prompter_lock);
+    free(a->prompter_name);
+    free(a->prompter_path);
+    a->prompter_name = n;
+    a->prompter_path = p;
+    pthread_mutex_unlock(&a->prompter_lock);
+    agent_info("PIN prompter registered: %s %s", name, path);
+    return 0;
+}
+
+void agent_prompter_unregister(agent_t *a, const char *name)
+{
+    pthread_mutex_lock(&a->prompter_lock);
+    if (a->prompter_name && (!name || strcmp(a->prompter_name, name) == 0)) {
+        agent_info("PIN prompter %s gone", a->prompter_name);
+        free(a->prompter_name);
+        free(a->prompter_path);
+        a->prompter_name = a->prompter_path = NULL;
+    }
+    pthread_mutex_unlock(&a->prompter_lock);
+}
+
+static dbus_bool_t dict_add(DBusMessageIter *dict, const char *key, int type, const void *val)
+{
+    DBusMessageIter e, v;
+    char sig[2] = {(char)type, 0};
+
+    return dbus_message_iter_open_container(dict, DBUS_TYPE_DICT_ENTRY, NULL, &e) &&
+           dbus_message_iter_append_basic(&e, DBUS_TYPE_STRING, &key) &&
+           dbus_message_iter_open_container(&e, DBUS_TYPE_VARIANT, sig, &v) &&
+           dbus_message_iter_append_basic(&v, type, val) &&
+           dbus_message_iter_close_container(&e, &v) &&
+           dbus_message_iter_close_container(dict, &e);
+}
+
+/* Asks the registered desktop prompter. -ENOENT: none (or it went away). */
+static int prompt_bus(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg)
+{
+    DBusMessage *call = NULL, *reply = NULL;
+    DBusMessageIter it, dict;
+    DBusError err;
+    char *name = NULL, *path = NULL, desc[1024];
+    const char *token = p->token_label ? p->token_label : "",
+               *key = p->key_label ? p->key_label : "", *key_uri = p->key_uri ? p->key_uri : "",
+               *program = p->client && p->client->exe[0] ? p->client->exe : "",
+               *error = p->error ? p->error : "", *d = desc, *pin = NULL;
+    dbus_uint32_t pid = p->client && !p->client->via_session_bus ? (dbus_uint32_t)p->client->pid
+                                                                    : 0;
+    dbus_bool_t once = p->context_specific, low = (p->token_flags & CKF_USER_PIN_COUNT_LOW) != 0,
+                final = (p->token_flags & CKF_USER_PIN_FINAL_TRY) != 0;
+    int r = -ENOENT;
+
+    pthread_mutex_lock(&a->prompter_lock);
+    if (a->prompter_name) {
+        name = strdup(a->prompter_name);
+        path = strdup(a->prompter_path);
+    }
+    pthread_mutex_unlock(&a->prompter_lock);
+    if (!name || !path || !a->session_bus)
+        goto out;
+    describe(p, desc, sizeof(desc));
+    call = dbus_message_new_method_call(name, path, "org.p11agent.Prompter1", "GetPin");
+    if (!call)
+        goto oom;
+    dbus_message_iter_init_append(call, &it);
+    if (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict) ||
+        !dict_add(&dict, "token", DBUS_TYPE_STRING, &token) ||
+        !dict_add(&dict, "key", DBUS_TYPE_STRING, &key) ||
+        !dict_add(&dict, "key-uri", DBUS_TYPE_STRING, &key_uri) ||
+        !dict_add(&dict, "program", DBUS_TYPE_STRING, &program) ||
+        !dict_add(&dict, "pid", DBUS_TYPE_UINT32, &pid) ||
+        !dict_add(&dict, "description", DBUS_TYPE_STRING, &d) ||
+        !dict_add(&dict, "error", DBUS_TYPE_STRING, &error) ||
+        !dict_add(&dict, "context-specific", DBUS_TYPE_BOOLEAN, &once) ||
+        !dict_add(&dict, "tries-low", DBUS_TYPE_BOOLEAN, &low) ||
+        !dict_add(&dict, "final-try", DBUS_TYPE_BOOLEAN, &final) ||
+        !dbus_message_iter_close_container(&it, &dict))
+        goto oom;
+    dbus_error_init(&err);
+    reply = dbus_connection_send_with_reply_and_block(a->session_bus, call, PROMPT_TIMEOUT_MS,
+                                                      &err);
+    if (!reply) {
+        if (dbus_error_has_name(&err, "org.p11agent.Prompter1.Error.Cancelled")) {
+            r = -ECANCELED;
+        } else {
+            /* the prompter is gone or broken: drop it, let pinentry ask */
+            agent_warn("PIN prompter %s failed: %s", name, err.message);
+            agent_prompter_unregister(a, name);
+            r = -ENOENT;
+        }
+        dbus_error_free(&err);
+        goto out;
+    }
+    if (!dbus_message_get_args(reply, NULL, DBUS_TYPE_STRING, &pin, DBUS_TYPE_INVALID) || !pin[0]) {
+        r = -ECANCELED;
+        goto out;
+    }
+    r = agent_secret_new(ret, pin, strlen(pin));
+    /* libdbus's copy goes with the reply; wipe it first */
+    explicit_bzero((char *)pin, strlen(pin));
+    goto out;
+oom:
+    r = -ENOMEM;
+out:
+    if (r < 0 && r != -ENOENT && errmsg && !*errmsg &&
+        asprintf(errmsg, "%s", r == -ECANCELED ? "the PIN prompt was cancelled"
+                                               : "the PIN prompt failed") < 0)
+        *errmsg = NULL;
+    if (call)
+        dbus_message_unref(call);
+    if (reply)
+        dbus_message_unref(reply);
+    free(name);
+    free(path);
+    return r;
 }
 
 typedef struct assuan {
@@ -310,6 +443,11 @@ int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, c
     int r;
 
     if (!agent_can_prompt(a))
+        return -ENOENT;
+    r = prompt_bus(a, p, ret, errmsg);
+    if (r != -ENOENT)
+        return r;
+    if (!a->pinentry)
         return -ENOENT;
     r = open_pinentry(a, p, &as, errmsg);
     if (r < 0)
