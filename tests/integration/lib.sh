@@ -307,7 +307,11 @@ server_start() {
 		SRV_PORT=$(free_port)
 		# a server.out left by an earlier server in DIR already says ACCEPT
 		rm -f "$dir/server.out" "$dir/server.err"
-		with_timeout "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server \
+		# timeout(1) itself, not the with_timeout function: SRV_PID must
+		# be timeout's pid (it passes SIGTERM on to s_server); a
+		# function in the background is a subshell, and killing it
+		# left s_server running until its timeout.
+		timeout -k 2 "$IT_TIMEOUT" env OPENSSL_CONF=/dev/null openssl s_server \
 			-accept "127.0.0.1:$SRV_PORT" -naccept 1 -www \
 			-cert "$T/server.pem" -key "$T/server.key" -CAfile "$T/ca.pem" \
 			-Verify 1 -verify_return_error "$@" \

@@ -8,7 +8,8 @@ Reads BUILD_DIR/meson-logs/testlog.json and, for every TAP case of the
 form "<key> TLS 1.x <what>" or "<key> TLSv1.x <what>" (key one of the
 token's rsa2048, p256, p384, ed25519), makes a row "<test>: <what>" and a
 column per key and protocol. A cell is "pass" when the case passed in
-every build given, else the builds it failed in; "-" when no such case.
+every build given, "FAIL (builds)" when it failed in some, "pass (not
+run: builds)" when some builds did not run it; "-" when no such case.
 """
 import json
 import re
@@ -54,11 +55,15 @@ def main():
                 r = rows[row].get((k, p))
                 if r is None:
                     cells.append("-")
-                elif all(r.values()) and len(r) == len(builds):
-                    cells.append("pass")
-                else:
-                    bad = [n for n, _ in builds if not r.get(n, False)]
+                    continue
+                bad = [n for n, _ in builds if r.get(n) is False]
+                absent = [n for n, _ in builds if n not in r]
+                if bad:
                     cells.append("FAIL (" + ", ".join(bad) + ")")
+                elif absent:
+                    cells.append("pass (not run: " + ", ".join(absent) + ")")
+                else:
+                    cells.append("pass")
         print(f"| {row} | " + " | ".join(cells) + " |")
 
 
