@@ -47,7 +47,7 @@ pha() {
 	wait_for "$d/server.out" '^ACCEPT' || rc=1
 	if [ "$rc" -eq 0 ]; then
 		timeout -k 2 "$IT_TIMEOUT" "${PROG_ENV[@]}" openssl s_client -connect "127.0.0.1:$SRV_PORT" -servername localhost \
-			-CAfile "$T/ca.pem" -verify_return_error -tls1_3 $flag \
+			-CAfile "$T/ca.pem" -verify_return_error -tls1_3 ${flag:+"$flag"} \
 			-cert "$T/certs/$k.pem" -key "$keyarg" -brief \
 			<"$d/cin" >"$d/client.out" 2>"$d/client.err" &
 		CLI_PID=$!

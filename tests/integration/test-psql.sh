@@ -12,8 +12,9 @@
 prog_require psql
 PGBIN=$(find /usr/lib/postgresql -path '*/bin/postgres' 2>/dev/null | sort -V | tail -n 1)
 PGBIN=${PGBIN%/postgres}
-[ -n "$PGBIN" ] && [ -x "$PGBIN/initdb" ] ||
+if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
 	tap_bail "PostgreSQL server not installed (tests/packages.sh lists its package)"
+fi
 prog_setup
 [ -z "$IT_PRELOAD" ] || asan_unusable psql --version
 

@@ -24,9 +24,12 @@ srv() {
 	wait_listen "$port" "$BG_PID" || { cat "$T/s_server-$k-$proto.log" >&2; return 1; }
 	soft_get "$dir" "$port" "$proto" "$k" || { cat "$T/s_server-$k-$proto.log" >&2; return 1; }
 	stop_pid "$BG_PID" || true
-	grep -q '^Client certificate' "$dir/reply" &&
-		grep -q 'Verify return code: 0 (ok)' "$dir/reply" ||
-		{ echo "server page shows no verified client certificate:" >&2; cat "$dir/reply" >&2; return 1; }
+	if ! grep -q '^Client certificate' "$dir/reply" ||
+		! grep -q 'Verify return code: 0 (ok)' "$dir/reply"; then
+		echo "server page shows no verified client certificate:" >&2
+		cat "$dir/reply" >&2
+		return 1
+	fi
 	[ "$k" = localhost ] || sig_signed
 }
 
