@@ -220,6 +220,24 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             c->idle_exit_s = (unsigned)n;
             c->idle_exit_set = true;
         }
+    } else if (sec == SEC_AGENT && strcmp(key, "pinentry") == 0) {
+        *why = "pinentry must be an absolute path";
+        r = value[0] == '/' ? replace_str(&c->pinentry, value) : -EINVAL;
+    } else if (sec == SEC_AGENT &&
+               (strcmp(key, "cache-idle") == 0 || strcmp(key, "cache-max") == 0 ||
+                strcmp(key, "poll-interval") == 0)) {
+        *why = "expected a number of seconds";
+        r = parse_number(value, 86400 * 365, &n);
+        if (r == 0 && key[0] == 'p' && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            *(key[0] == 'p' ? &c->poll_interval_s
+                            : key[6] == 'i' ? &c->cache_idle_s : &c->cache_max_s) = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "always-auth") == 0) {
+        *why = "always-auth must be prompt or stored";
+        r = strcmp(value, "prompt") == 0 || strcmp(value, "stored") == 0 ? 0 : -EINVAL;
+        c->always_auth_prompt = strcmp(value, "prompt") == 0;
+        c->always_auth_set = true;
     } else if (sec == SEC_AGENT && strcmp(key, "audit") == 0) {
         *why = "audit must be all, refusals or none";
         r = 0;
@@ -426,6 +444,7 @@ void agent_conf_clear(agent_conf_t *c)
     free(c->path);
     strv_free(c->modules, c->n_modules);
     free(c->pin_source);
+    free(c->pinentry);
     id_list_clear(&c->allow);
     for (size_t i = 0; i < c->n_tokens; i++) {
         free(c->tokens[i].uri);

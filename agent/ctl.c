@@ -1,9 +1,16 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* p11agentctl: talks to p11agentd like any client (dbus/ only). */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 #include <openssl/x509.h>
@@ -11,10 +18,30 @@
 #include "bus.h"
 #include "config.h"
 
+static bool c_json_mode; /* print_flags: JSON or words */
+
 typedef struct ctl {
     DBusConnection *conn;
     const char *socket_path;
+    bool json;
 } ctl_t;
+
+/* A JSON string: quotes, backslashes and control characters escaped. */
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
 
 static void usage(FILE *f)
 {
@@ -22,12 +49,18 @@ static void usage(FILE *f)
                "Ask a running p11agentd about its tokens and keys.\n"
                "\n"
                "Commands:\n"
-               "  keys [URI]   list the keys (all, or those matching a pkcs11: URI)\n"
-               "  status       show the agent's version, tokens, keys, clients and counters\n"
+               "  keys [URI]          list the keys (all, or those matching a pkcs11: URI)\n"
+               "  tokens              list the tokens, their login state and when it expires\n"
+               "  status              the agent's version, tokens, keys, clients, counters\n"
+               "  unlock [TOKEN-URI]  log in to a token with a PIN typed here (no echo; without\n"
+               "                      a terminal, the first line of standard input)\n"
+               "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
+               "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
                "\n"
                "Options:\n"
                "  -s, --socket PATH  the agent's socket (default: $P11AGENT_SOCKET, else\n"
                "                     $XDG_RUNTIME_DIR/p11agent/agent.sock)\n"
+               "  -j, --json         print keys, tokens and status as JSON\n"
                "  -h, --help         show this help\n"
                "  -V, --version      show the version\n");
 }
@@ -68,7 +101,28 @@ static int cmd_keys(ctl_t *c, int argc, char **argv)
         free(err);
         return 1;
     }
-    for (size_t i = 0; i < n; i++) {
+    if (c->json) {
+        printf("[");
+        for (size_t i = 0; i < n; i++) {
+            const bus_key_info_t *k = &keys[i];
+
+            printf("%s{\"uri\":", i ? "," : "");
+            json_str(k->uri);
+            printf(",\"type\":");
+            json_str(bus_key_type_name(k->type));
+            printf(",\"bits\":%u,\"group\":", k->bits);
+            json_str(k->group);
+            printf(",\"label\":");
+            json_str(k->label);
+            printf(",\"token\":");
+            json_str(k->token);
+            printf(",\"logged_in\":%s,\"has_certificate\":%s,\"flags\":%u}",
+                   (k->flags & BUS_KEY_LOGGED_IN) ? "true" : "false",
+                   k->cert_len ? "true" : "false", k->flags);
+        }
+        printf("]\n");
+    }
+    for (size_t i = 0; !c->json && i < n; i++) {
         const bus_key_info_t *k = &keys[i];
 
         printf("%s\n", k->uri);
@@ -103,6 +157,18 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
         free(err);
         return 1;
     }
+    if (c->json) {
+        printf("{\"version\":");
+        json_str(s.version);
+        printf(",\"pid\":%u,\"socket\":", s.pid);
+        json_str(c->socket_path);
+        printf(",\"tokens\":%u,\"keys\":%u,\"clients\":%u,\"signatures\":%llu,"
+               "\"sign_failures\":%llu}\n",
+               s.tokens, s.keys, s.clients, (unsigned long long)s.signatures,
+               (unsigned long long)s.sign_failures);
+        bus_status_clear(&s);
+        return 0;
+    }
     printf("agent: p11agentd %s (pid %u)\n", s.version ? s.version : "?", s.pid);
     printf("socket: %s\n", c->socket_path);
     printf("tokens: %u\nkeys: %u\nclients: %u\n", s.tokens, s.keys, s.clients);
@@ -112,18 +178,199 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     return 0;
 }
 
+static void print_flags(uint32_t f)
+{
+    static const struct {
+        uint32_t bit;
+        const char *name;
+    } names[] = {
+        {BUS_TOKEN_LOGGED_IN, "logged-in"},       {BUS_TOKEN_PIN_CACHED, "pin-cached"},
+        {BUS_TOKEN_PIN_PAD, "pin-pad"},           {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
+        {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
+        {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
+    };
+    bool first = true;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!(f & names[i].bit))
+            continue;
+        if (c_json_mode)
+            printf("%s\"%s\"", first ? "" : ",", names[i].name);
+        else
+            printf("%s%s", first ? "" : " ", names[i].name);
+        first = false;
+    }
+}
+
+static int cmd_tokens(ctl_t *c, int argc, char **argv)
+{
+    bus_token_info_t *t = NULL;
+    size_t n = 0;
+    char *err = NULL;
+    int r = bus_client_list_tokens(c->conn, BUS_CALL_TIMEOUT_MS, &t, &n, &err);
+
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    c_json_mode = c->json;
+    if (c->json)
+        printf("[");
+    for (size_t i = 0; i < n; i++) {
+        if (c->json) {
+            printf("%s{\"uri\":", i ? "," : "");
+            json_str(t[i].uri);
+            printf(",\"label\":");
+            json_str(t[i].label);
+            printf(",\"keys\":%u,\"expires\":%lld,\"flags\":[", t[i].keys,
+                   (long long)t[i].expires);
+            print_flags(t[i].flags);
+            printf("]}");
+            continue;
+        }
+        printf("%s\n    label: %s\n    keys: %u\n    state: ", t[i].uri, t[i].label, t[i].keys);
+        print_flags(t[i].flags);
+        if (t[i].expires) {
+            long long left = (long long)t[i].expires - (long long)time(NULL);
+
+            printf("\n    login expires: in %lld s", left > 0 ? left : 0);
+        }
+        printf("\n");
+    }
+    if (c->json)
+        printf("]\n");
+    bus_token_info_free_array(t, n);
+    return 0;
+}
+
+/* Reads a PIN without echo from the terminal (or, with no terminal, the
+ * first line of standard input) into locked memory. */
+static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
+{
+    struct termios old, quiet;
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
+    bool tty = fd >= 0 && tcgetattr(fd, &old) == 0;
+    size_t len = 0;
+    char ch;
+
+    if (!tty) {
+        if (fd >= 0)
+            close(fd);
+        fd = STDIN_FILENO;
+    } else {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+        quiet.c_lflag |= ICANON;
+        if (write(fd, prompt, strlen(prompt)) < 0 || tcsetattr(fd, TCSAFLUSH, &quiet) < 0) {
+            close(fd);
+            return -EIO;
+        }
+    }
+    while (read(fd, &ch, 1) == 1 && ch != '\n' && ch != '\r')
+        if (len + 1 < size)
+            buf[len++] = ch;
+    buf[len] = '\0';
+    if (tty) {
+        tcsetattr(fd, TCSAFLUSH, &old);
+        if (write(fd, "\n", 1) < 0) {
+            /* the newline is cosmetic */
+        }
+        close(fd);
+    }
+    *ret_len = len;
+    return len ? 0 : -ENODATA;
+}
+
+static int cmd_unlock(ctl_t *c, int argc, char **argv)
+{
+    const char *uri = argc > 1 ? argv[1] : "";
+    char *pin, *err = NULL, prompt[512];
+    size_t len = 0, size = 4096;
+    int r;
+
+    if (argc > 2) {
+        fprintf(stderr, "p11agentctl: unlock takes at most one token URI\n");
+        return 2;
+    }
+    pin = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pin == MAP_FAILED)
+        return 1;
+    (void)mlock(pin, size);
+    snprintf(prompt, sizeof(prompt), "PIN for %s: ", uri[0] ? uri : "the token");
+    r = read_pin(prompt, pin, 257, &len);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: no PIN entered\n");
+        r = 1;
+        goto out;
+    }
+    r = bus_client_unlock(c->conn, uri, pin, len, BUS_CALL_TIMEOUT_MS, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        r = 1;
+    } else {
+        printf("unlocked\n");
+        r = 0;
+    }
+out:
+    explicit_bzero(pin, size);
+    munlock(pin, size);
+    munmap(pin, size);
+    free(err);
+    return r;
+}
+
+static int lock_common(ctl_t *c, int argc, char **argv, bool forget)
+{
+    const char *uri = "";
+    uint32_t count = 0;
+    char *err = NULL;
+    int r;
+
+    if (argc == 2 && strcmp(argv[1], "--all") != 0)
+        uri = argv[1];
+    else if (argc != 2) {
+        fprintf(stderr, "p11agentctl: %s takes a token URI or --all\n", argv[0]);
+        return 2;
+    }
+    r = bus_client_lock(c->conn, uri, forget, BUS_CALL_TIMEOUT_MS, &count, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    printf("%s %u token%s\n", forget ? "forgot the PINs of" : "locked", count,
+           count == 1 ? "" : "s");
+    return 0;
+}
+
+static int cmd_lock(ctl_t *c, int argc, char **argv)
+{
+    return lock_common(c, argc, argv, false);
+}
+
+static int cmd_forget(ctl_t *c, int argc, char **argv)
+{
+    return lock_common(c, argc, argv, true);
+}
+
 static const struct {
     const char *name;
     int (*fn)(ctl_t *c, int argc, char **argv);
 } commands[] = {
     {"keys", cmd_keys},
     {"status", cmd_status},
+    {"tokens", cmd_tokens},
+    {"unlock", cmd_unlock},
+    {"lock", cmd_lock},
+    {"forget", cmd_forget},
 };
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -134,10 +381,13 @@ int main(int argc, char **argv)
     int opt, r = 2;
 
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
-    while ((opt = getopt_long(argc, argv, "+s:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+s:jhV", opts, NULL)) != -1) {
         switch (opt) {
         case 's':
             socket_opt = optarg;
+            break;
+        case 'j':
+            c.json = true;
             break;
         case 'h':
             usage(stdout);

@@ -30,6 +30,23 @@ static int secret_alloc(agent_secret_t *s, size_t cap)
     return 0;
 }
 
+int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len)
+{
+    agent_secret_t s = {0};
+    int r;
+
+    if (len > PIN_MAX)
+        return -E2BIG;
+    r = secret_alloc(&s, 4096);
+    if (r < 0)
+        return r;
+    memcpy(s.buf, pin, len);
+    s.buf[len] = '\0';
+    s.len = len;
+    *ret = s;
+    return 0;
+}
+
 void agent_secret_free(agent_secret_t *s)
 {
     if (!s || !s->buf)

@@ -709,3 +709,50 @@ int tok_ctx_scan(tok_ctx_t *ctx)
     }
     return r;
 }
+
+int tok_ctx_tokens_changed(tok_ctx_t *ctx, bool *ret_changed)
+{
+    size_t present = 0;
+    bool changed = false;
+
+    if (ctx == NULL || ret_changed == NULL)
+        return TOK_ERR_ARGS;
+    for (size_t i = 0; i < ctx->n_mods && !changed; i++) {
+        tok_module_t *m = &ctx->mods[i];
+        CK_SLOT_ID *slots = NULL;
+        CK_ULONG ns = 0;
+        CK_RV rv;
+
+        rv = m->f->C_GetSlotList(CK_TRUE, NULL, &ns);
+        if (rv == CKR_OK && ns > 0) {
+            slots = calloc(ns, sizeof(*slots));
+            if (slots == NULL)
+                return TOK_ERR_NO_MEMORY;
+            rv = m->f->C_GetSlotList(CK_TRUE, slots, &ns);
+        }
+        if (rv != CKR_OK)
+            ns = 0;
+        for (CK_ULONG j = 0; j < ns && !changed; j++) {
+            CK_TOKEN_INFO ti;
+            bool known = false;
+
+            if (m->f->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
+                !(ti.flags & CKF_TOKEN_INITIALIZED))
+                continue;
+            present++;
+            for (size_t k = 0; k < ctx->n_tokens && !known; k++) {
+                tok_token_t *t = ctx->tokens[k];
+
+                pthread_mutex_lock(&t->lock);
+                known = t->mod == m && t->slot == slots[j] &&
+                        memcmp(t->info.label, ti.label, sizeof(ti.label)) == 0 &&
+                        memcmp(t->info.serialNumber, ti.serialNumber, sizeof(ti.serialNumber)) == 0;
+                pthread_mutex_unlock(&t->lock);
+            }
+            changed = !known;
+        }
+        free(slots);
+    }
+    *ret_changed = changed || present != ctx->n_tokens;
+    return TOK_OK;
+}

@@ -9,6 +9,7 @@ P11AGENT_PACKAGES=(
 	libcmocka-dev
 	softhsm2 opensc
 	python3 xxd curl coreutils
+	systemd util-linux passwd pinentry-tty tmux
 )
 
 # ensure_packages: install whatever in P11AGENT_PACKAGES is missing (as
