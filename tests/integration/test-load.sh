@@ -43,17 +43,18 @@ status_field() {
 # (clients: 1), and its fd and thread counts have stopped falling (the
 # thread of that p11agentctl ends just after it exits). Bounded: 15 s.
 wait_idle() {
-	local i n prev="" cur
+	local i n prev="" cur same
 	for ((i = 0; i < 150; i++)); do
 		n=$(status_field clients)
 		[ "$n" = 1 ] && break
 		sleep 0.1
 	done
 	[ "$n" = 1 ] || { echo "agent still has clients: ${n:-no answer}" >&2; return 1; }
-	for ((i = 0; i < 50; i++)); do
+	# three equal samples 100 ms apart
+	for ((i = 0, same = 0; i < 50 && same < 2; i++)); do
 		sleep 0.1
 		cur="$(agent_fds) $(agent_proc Threads)"
-		[ "$cur" = "$prev" ] && [ "${cur#* }" = 1 ] && return 0
+		if [ "$cur" = "$prev" ]; then same=$((same + 1)); else same=0; fi
 		prev=$cur
 	done
 	return 0
@@ -271,4 +272,58 @@ back_to_base >/dev/null 2>&1
 echo "# after the killed client: fds base=${base_fds:-?} now=${now_fds:-?}; threads base=${base_threads:-?} now=${now_threads:-?}"
 
 tap_case "agent exits with status 0 on SIGTERM" agent_stop
+
+# --- (d) a slow token does not slow another token of the same agent -----------
+# A second SoftHSM token, p11agent-slow, with a P-256 key. The agent loads
+# SoftHSM through p11fault.so, which makes every C_Sign on the slow token
+# sleep 200 ms. The fast token's signatures/s while 4 clients keep the slow
+# token busy must stay near its rate without them (>= 50%), far above the
+# 5/s a slow signature holding up the others would allow.
+SLOW_MS=200
+slow_setup() {
+	local pin so
+	pin=$(cat "$T/pin") so=$(cat "$T/so-pin")
+	softhsm2-util --init-token --free --label p11agent-slow --pin "$pin" --so-pin "$so" &&
+		pkcs11-tool --module "$P11AGENT_TEST_MODULE" --token-label p11agent-slow --login \
+			--pin "$pin" --keypairgen --key-type EC:prime256v1 --id 11 --label slow256 \
+			--usage-sign --sensitive
+}
+[ -f "${P11FAULT_SO:-}" ] || tap_bail "p11fault.so not built: ${P11FAULT_SO:-P11FAULT_SO unset}"
+slow_setup >"$T/slow-setup.log" 2>&1 || { tap_diag <"$T/slow-setup.log"; tap_bail "cannot make the slow token"; }
+echo "delay C_Sign $SLOW_MS token=p11agent-slow" >"$T/fault.control"
+# No P11FAULT_STATE: writing the state file after every call would be
+# most of the fast token's cost.
+export P11FAULT_MODULE=$P11AGENT_TEST_MODULE P11FAULT_CONTROL=$T/fault.control
+# shellcheck disable=SC2034 # read by agent_start
+MODULE=$P11FAULT_SO IT_AGENT_ARGS=()
+agent_start || tap_bail "p11agentd did not start with p11fault.so"
+SLOW_URI="pkcs11:token=p11agent-slow;object=slow256;type=private"
+
+# rate FILE: signatures/s on loadsign's summary line.
+rate() { lsf "$1" rate; }
+
+slow_token() {
+	local alone=$T/fast-alone.out busy=$T/fast-busy.out slow=$T/slow.out spid ra rb rs
+	loadsign "$alone" --key "$(uri p256)" --pubkey "$T/pub/p256.pem" --procs 1 --threads 2 \
+		--seconds "$SECS" || { cat "$alone"; return 1; }
+	loadsign "$slow" --key "$SLOW_URI" --procs 1 --threads 4 --seconds $((SECS + 3)) &
+	spid=$!
+	sleep 1
+	loadsign "$busy" --key "$(uri p256)" --pubkey "$T/pub/p256.pem" --procs 1 --threads 2 \
+		--seconds "$SECS" || { cat "$busy"; wait "$spid"; return 1; }
+	wait "$spid" || { cat "$slow"; return 1; }
+	ra=$(rate "$alone") rb=$(rate "$busy") rs=$(rate "$slow")
+	SLOW_SUMMARY="fast token alone ${ra}/s, while the slow token is busy ${rb}/s; slow token (${SLOW_MS} ms per C_Sign, 4 clients) ${rs}/s"
+	echo "$SLOW_SUMMARY"
+	check_run "$alone" 0 && check_run "$busy" 0 && check_run "$slow" 0 || return 1
+	# the delay was in effect: 4 clients at 200 ms make at most 20/s
+	[ "$rs" -le $((4 * 1000 / SLOW_MS + 2)) ] ||
+		{ echo "the slow token signed ${rs}/s: was the delay applied?" >&2; return 1; }
+	[ "$rb" -gt 5 ] && [ $((rb * 2)) -ge "$ra" ] ||
+		{ echo "the slow token slowed the fast one: ${ra}/s -> ${rb}/s" >&2; return 1; }
+}
+SLOW_SUMMARY="?"
+tap_case "a slow token (${SLOW_MS} ms per C_Sign, busy) leaves another token's rate >= 50%" slow_token
+echo "# slow token: $SLOW_SUMMARY"
+tap_case "agent (two tokens through p11fault.so) exits with status 0 on SIGTERM" agent_stop
 tap_done
