@@ -3,19 +3,23 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "bus.h"
+#include "keyref.h"
 #include "config.h"
 
 static bool c_json_mode; /* print_flags: JSON or words */
@@ -56,6 +60,14 @@ static void usage(FILE *f)
                "                      a terminal, the first line of standard input)\n"
                "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
                "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
+               "  ref URI -o FILE [--force]\n"
+               "                      write a key-reference file (mode 0600) naming the one\n"
+               "                      key that matches URI, for programs that only take a\n"
+               "                      key file; it holds the key's canonical URI, never a PIN\n"
+               "  cert URI -o FILE [--force]\n"
+               "                      write the token's certificate of that key (PEM)\n"
+               "  ref and cert never replace an existing FILE without --force;\n"
+               "  -o - writes to standard output.\n"
                "\n"
                "Options:\n"
                "  -s, --socket PATH  the agent's socket (default: $P11AGENT_SOCKET, else\n"
@@ -176,6 +188,236 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
            (unsigned long long)s.sign_failures);
     bus_status_clear(&s);
     return 0;
+}
+
+/* Writes the PEM blocks in `pem` to path: "-" is stdout; a new file is
+ * created with O_EXCL (mode `mode`), and with `force` an existing one is
+ * replaced atomically (a temporary file renamed over it). */
+static int write_file(const char *path, const char *pem, size_t len, mode_t mode, bool force)
+{
+    char *tmp = NULL;
+    int fd = -1, r = 1;
+    bool tmp_created = false;
+    size_t off = 0;
+    mode_t mask = umask(0);
+
+    umask(mask);
+    /* A reference gets exactly 0600; anything else follows the umask. */
+    if (mode != 0600)
+        mode &= ~mask;
+
+    if (strcmp(path, "-") == 0) {
+        if (fwrite(pem, 1, len, stdout) != len || fflush(stdout) != 0) {
+            fprintf(stderr, "p11agentctl: writing to standard output: %s\n", strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    if (force) {
+        if (asprintf(&tmp, "%s.XXXXXX", path) < 0) {
+            tmp = NULL;
+            fprintf(stderr, "p11agentctl: out of memory\n");
+            goto out;
+        }
+        fd = mkstemp(tmp);
+        tmp_created = fd >= 0;
+    } else {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    }
+    if (fd < 0) {
+        if (errno == EEXIST)
+            fprintf(stderr, "p11agentctl: %s exists; use --force to replace it\n", path);
+        else
+            fprintf(stderr, "p11agentctl: cannot create %s: %s\n", tmp ? tmp : path,
+                    strerror(errno));
+        goto out;
+    }
+    if (fchmod(fd, mode) < 0) {
+        fprintf(stderr, "p11agentctl: chmod %s: %s\n", tmp ? tmp : path, strerror(errno));
+        goto out;
+    }
+    while (off < len) {
+        ssize_t n = write(fd, pem + off, len - off);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
+            goto out;
+        }
+        off += (size_t)n;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0) {
+        fd = -1;
+        fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
+        goto out;
+    }
+    fd = -1;
+    if (tmp != NULL && rename(tmp, path) < 0) {
+        fprintf(stderr, "p11agentctl: cannot replace %s: %s\n", path, strerror(errno));
+        goto out;
+    }
+    r = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (r != 0 && tmp_created)
+        unlink(tmp);
+    free(tmp);
+    return r;
+}
+
+/* PEM-encodes der under label into a malloc'd string. */
+static char *pem_encode(const char *label, const uint8_t *der, size_t len, size_t *ret_len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *out = NULL;
+    long n;
+
+    if (b == NULL || len > LONG_MAX || !PEM_write_bio(b, label, "", der, (long)len))
+        goto out;
+    n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || (out = malloc((size_t)n + 1)) == NULL)
+        goto out;
+    memcpy(out, data, (size_t)n);
+    out[n] = '\0';
+    *ret_len = (size_t)n;
+out:
+    BIO_free(b);
+    return out;
+}
+
+/* Options of ref/cert: URI -o FILE [--force]. */
+typedef struct out_args {
+    const char *uri;
+    const char *out;
+    bool force;
+} out_args_t;
+
+static int parse_out_args(const char *cmd, int argc, char **argv, out_args_t *a)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+
+    optind = 0; /* glibc: full reinitialisation */
+    while ((opt = getopt_long(argc, argv, "o:f", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'o':
+            a->out = optarg;
+            break;
+        case 'f':
+            a->force = true;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1 || a->out == NULL) {
+        fprintf(stderr, "p11agentctl: usage: %s URI -o FILE [--force]\n", cmd);
+        return 2;
+    }
+    a->uri = argv[optind];
+    return 0;
+}
+
+/* The one key matching uri, or an error message and NULL. */
+static int find_one(ctl_t *c, const char *uri, bus_key_info_t **ret_keys, size_t *ret_n)
+{
+    bus_key_info_t *keys = NULL;
+    size_t n = 0;
+    char *err = NULL;
+    int r;
+
+    r = bus_client_find_keys(c->conn, uri, BUS_CALL_TIMEOUT_MS, &keys, &n, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s: %s\n", uri, err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    if (n != 1) {
+        if (n == 0)
+            fprintf(stderr, "p11agentctl: no key matches '%s'\n", uri);
+        else
+            fprintf(stderr, "p11agentctl: '%s' matches %zu keys; a reference names exactly "
+                            "one (see p11agentctl keys '%s')\n", uri, n, uri);
+        bus_key_info_free_array(keys, n);
+        return 1;
+    }
+    *ret_keys = keys;
+    *ret_n = n;
+    return 0;
+}
+
+static int cmd_ref(ctl_t *c, int argc, char **argv)
+{
+    out_args_t a = {0};
+    bus_key_info_t *keys = NULL;
+    size_t n = 0, der_len = 0, pem_len = 0;
+    uint8_t *der = NULL;
+    char *pem = NULL;
+    const char *why = NULL;
+    int r;
+
+    if ((r = parse_out_args("ref", argc, argv, &a)) != 0)
+        return r;
+    if (bus_keyref_check_uri(a.uri, &why) < 0) {
+        fprintf(stderr, "p11agentctl: %s: %s\n", a.uri, why);
+        return 1;
+    }
+    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
+        return r;
+    r = 1;
+    if (bus_keyref_encode(keys[0].uri, keys[0].type, &der, &der_len, &why) < 0) {
+        fprintf(stderr, "p11agentctl: cannot reference %s: %s\n", keys[0].uri,
+                why ? why : "out of memory");
+        goto out;
+    }
+    pem = pem_encode(BUS_KEYREF_PEM_LABEL, der, der_len, &pem_len);
+    if (pem == NULL) {
+        fprintf(stderr, "p11agentctl: out of memory\n");
+        goto out;
+    }
+    r = write_file(a.out, pem, pem_len, 0600, a.force);
+    if (r == 0 && strcmp(a.out, "-") != 0)
+        fprintf(stderr, "p11agentctl: wrote %s for %s\n", a.out, keys[0].uri);
+out:
+    free(pem);
+    free(der);
+    bus_key_info_free_array(keys, n);
+    return r;
+}
+
+static int cmd_cert(ctl_t *c, int argc, char **argv)
+{
+    out_args_t a = {0};
+    bus_key_info_t *keys = NULL;
+    size_t n = 0, pem_len = 0;
+    char *pem = NULL;
+    int r;
+
+    if ((r = parse_out_args("cert", argc, argv, &a)) != 0)
+        return r;
+    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
+        return r;
+    r = 1;
+    if (keys[0].cert == NULL || keys[0].cert_len == 0) {
+        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
+        goto out;
+    }
+    pem = pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len);
+    if (pem == NULL) {
+        fprintf(stderr, "p11agentctl: out of memory\n");
+        goto out;
+    }
+    r = write_file(a.out, pem, pem_len, 0644, a.force);
+out:
+    free(pem);
+    bus_key_info_free_array(keys, n);
+    return r;
 }
 
 static void print_flags(uint32_t f)
@@ -360,6 +602,8 @@ static const struct {
 } commands[] = {
     {"keys", cmd_keys},
     {"status", cmd_status},
+    {"ref", cmd_ref},
+    {"cert", cmd_cert},
     {"tokens", cmd_tokens},
     {"unlock", cmd_unlock},
     {"lock", cmd_lock},
