@@ -4,11 +4,12 @@
  *
  *   loadsign --key URI [--pubkey PEM] [--procs P] [--threads T] [--seconds S]
  *            [--api mixed|pkey|digest] [--max-failures N] [--provider PATH]
+ *            [--stop-file PATH]
  *
  * Loads the key through the p11agent provider (an OSSL_LIB_CTX of its own
  * with the default provider and p11agent.so; the agent socket comes from
  * $P11AGENT_SOCKET), then forks P processes that each run T threads signing
- * random digests for S seconds, with EVP_PKEY_sign (a digest) and/or
+ * random digests for S seconds (or until PATH exists), with EVP_PKEY_sign (a digest) and/or
  * EVP_DigestSign (a message). Every signature is verified with the public
  * key under the default provider alone (a second OSSL_LIB_CTX): --pubkey's
  * PEM file, else the key's public half as the provider exports it.
@@ -58,6 +59,7 @@ typedef struct opts {
     const char *key_uri;
     const char *pubkey_path;
     const char *provider_path;
+    const char *stop_file;
     unsigned procs, threads;
     double seconds;
     api_t api;
@@ -85,6 +87,7 @@ typedef struct shared {
     EVP_PKEY *pub;     /* the public key under the default provider (verify_ctx) */
     bool is_rsa, is_eddsa;
     struct timespec deadline;
+    atomic_bool stop;  /* the stop file appeared */
 } shared_t;
 
 typedef struct worker {
@@ -259,7 +262,7 @@ static void *worker_main(void *data)
     shared_t *sh = w->sh;
     char errbuf[ERR_LEN];
 
-    for (unsigned long i = w->id; !past(&sh->deadline); i++) {
+    for (unsigned long i = w->id; !atomic_load(&sh->stop) && !past(&sh->deadline); i++) {
         bool digest_api;
         int r;
 
@@ -287,15 +290,32 @@ static void *worker_main(void *data)
     return NULL;
 }
 
-/* One process: T threads until the deadline. */
+/* Sets sh->stop once the stop file exists (checked every 20 ms). */
+static void *stop_watch(void *data)
+{
+    shared_t *sh = data;
+
+    while (!atomic_load(&sh->stop) && !past(&sh->deadline) &&
+           access(sh->o->stop_file, F_OK) != 0)
+        usleep(20000);
+    atomic_store(&sh->stop, true);
+    return NULL;
+}
+
+/* One process: T threads until the deadline (or the stop file). */
 static void run_proc(shared_t *sh, proc_result_t *res)
 {
     worker_t w[MAX_THREADS];
     unsigned started = 0;
     double t0 = now_s();
+    pthread_t watcher;
+    bool watching = false;
 
     memset(res, 0, sizeof(*res));
     memset(w, 0, sizeof(w));
+    atomic_init(&sh->stop, false);
+    if (sh->o->stop_file)
+        watching = pthread_create(&watcher, NULL, stop_watch, sh) == 0;
     for (unsigned i = 0; i < sh->o->threads; i++) {
         w[i].sh = sh;
         w[i].id = i;
@@ -314,6 +334,10 @@ static void run_proc(shared_t *sh, proc_result_t *res)
         err_merge(&res->errs, &w[i].errs);
     }
     res->seconds = now_s() - t0;
+    if (watching) {
+        atomic_store(&sh->stop, true);
+        pthread_join(watcher, NULL);
+    }
 }
 
 static void print_errors(const char *prefix, const err_tab_t *t)
@@ -379,7 +403,7 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: loadsign --key URI [--pubkey PEM] [--procs P] [--threads T]\n"
                "                [--seconds S] [--api mixed|pkey|digest] [--max-failures N]\n"
-               "                [--provider PATH (default $P11AGENT_SO)]\n");
+               "                [--provider PATH (default $P11AGENT_SO)] [--stop-file PATH]\n");
 }
 
 static int parse_opts(int argc, char **argv, opts_t *o)
@@ -393,6 +417,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         {"api", required_argument, NULL, 'a'},
         {"max-failures", required_argument, NULL, 'm'},
         {"provider", required_argument, NULL, 'v'},
+        {"stop-file", required_argument, NULL, 'S'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -409,6 +434,7 @@ static int parse_opts(int argc, char **argv, opts_t *o)
         case 's': o->seconds = strtod(optarg, NULL); break;
         case 'm': o->max_failures = strtoul(optarg, NULL, 10); break;
         case 'v': o->provider_path = optarg; break;
+        case 'S': o->stop_file = optarg; break;
         case 'a':
             if (strcmp(optarg, "mixed") == 0)
                 o->api = API_MIXED;

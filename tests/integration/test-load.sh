@@ -145,27 +145,32 @@ echo "# rss before=${before_rss:-?} after=${after_rss:-?} kB; fds before=${befor
 
 # --- (b) agent SIGKILLed and restarted under load ---------------------------
 # Two restarts during one run. A restart may cost the calls in flight: at
-# most one per thread per restart.
+# most one per thread per restart. Each agent signs 200 times under the load
+# before it is killed, and the last one 200 times before the load stops.
 restarted() {
 	local out=$T/restart.out lpid i k n base rc=0 kills=2 bound after
 	base=$(agent_signatures) || return 1
+	rm -f "$T/restart.stop"
 	loadsign "$out" --key "$(uri p256)" --pubkey "$T/pub/p256.pem" --procs "$P" \
-		--threads "$TH" --seconds $((SECS + 4)) --max-failures $((P * TH * kills)) &
+		--threads "$TH" --seconds 60 --stop-file "$T/restart.stop" \
+		--max-failures $((P * TH * kills)) &
 	lpid=$!
-	for ((k = 0; k < kills; k++)); do
+	for ((k = 0; k <= kills; k++)); do
 		# wait until this agent has signed 200 times under the load
-		for ((i = 0; i < 200; i++)); do
+		for ((i = 0; i < 400; i++)); do
 			n=$(status_field signatures)
 			[ "${n:-0}" -ge $((base + 200)) ] && break
 			sleep 0.05
 		done
 		[ "${n:-0}" -ge $((base + 200)) ] ||
 			{ echo "agent $k signed only $((${n:-0} - base)) times" >&2; rc=1; }
-		echo "agent $k: $((n - base)) signatures under the load, then SIGKILL"
+		echo "agent $k: $((${n:-0} - base)) signatures under the load"
+		[ "$k" -lt "$kills" ] || break
 		agent_kill
 		agent_start || { echo "restart $k failed" >&2; rc=1; break; }
 		base=0
 	done
+	touch "$T/restart.stop"
 	wait "$lpid" || true
 	cat "$out"
 	after=$(agent_signatures) || return 1
@@ -173,8 +178,7 @@ restarted() {
 	RESTART_SUMMARY="failed=$(lsf "$out" failed) ok=$(lsf "$out" ok) last-agent-signatures=$after"
 	[ "$rc" -eq 0 ] || return 1
 	bound=$((P * TH * kills))
-	check_run "$out" "$bound" || return 1
-	[ "$after" -ge 200 ] || { echo "signing did not continue after the restart" >&2; return 1; }
+	check_run "$out" "$bound"
 }
 RESTART_SUMMARY="?"
 tap_case "agent SIGKILLed and restarted twice under $P x $TH load: clients recover, failures <= $((P * TH * 2))" \
@@ -302,25 +306,38 @@ SLOW_URI="pkcs11:token=p11agent-slow;object=slow256;type=private"
 # rate FILE: signatures/s on loadsign's summary line.
 rate() { lsf "$1" rate; }
 
-slow_token() {
-	local alone=$T/fast-alone.out busy=$T/fast-busy.out slow=$T/slow.out spid ra rb rs
+# slow_try N: fast token alone, then while 4 clients keep the slow token busy.
+slow_try() {
+	local alone=$T/fast-alone-$1.out busy=$T/fast-busy-$1.out slow=$T/slow-$1.out spid ra rb rs
 	loadsign "$alone" --key "$(uri p256)" --pubkey "$T/pub/p256.pem" --procs 1 --threads 2 \
-		--seconds "$SECS" || { cat "$alone"; return 1; }
+		--seconds "$SECS" || { cat "$alone"; return 2; }
 	loadsign "$slow" --key "$SLOW_URI" --procs 1 --threads 4 --seconds $((SECS + 3)) &
 	spid=$!
 	sleep 1
 	loadsign "$busy" --key "$(uri p256)" --pubkey "$T/pub/p256.pem" --procs 1 --threads 2 \
-		--seconds "$SECS" || { cat "$busy"; wait "$spid"; return 1; }
-	wait "$spid" || { cat "$slow"; return 1; }
+		--seconds "$SECS" || { cat "$busy"; wait "$spid"; return 2; }
+	wait "$spid" || { cat "$slow"; return 2; }
 	ra=$(rate "$alone") rb=$(rate "$busy") rs=$(rate "$slow")
 	SLOW_SUMMARY="fast token alone ${ra}/s, while the slow token is busy ${rb}/s; slow token (${SLOW_MS} ms per C_Sign, 4 clients) ${rs}/s"
-	echo "$SLOW_SUMMARY"
-	check_run "$alone" 0 && check_run "$busy" 0 && check_run "$slow" 0 || return 1
+	echo "try $1: $SLOW_SUMMARY"
+	check_run "$alone" 0 && check_run "$busy" 0 && check_run "$slow" 0 || return 2
 	# the delay was in effect: 4 clients at 200 ms make at most 20/s
 	[ "$rs" -le $((4 * 1000 / SLOW_MS + 2)) ] ||
-		{ echo "the slow token signed ${rs}/s: was the delay applied?" >&2; return 1; }
+		{ echo "the slow token signed ${rs}/s: was the delay applied?" >&2; return 2; }
 	[ "$rb" -gt 5 ] && [ $((rb * 2)) -ge "$ra" ] ||
 		{ echo "the slow token slowed the fast one: ${ra}/s -> ${rb}/s" >&2; return 1; }
+}
+
+# A slow token holding up the others would leave the fast one at <= 5/s on
+# every try; other load on the machine can spoil one try: up to 3.
+slow_token() {
+	local try rc
+	for try in 1 2 3; do
+		rc=0
+		slow_try "$try" || rc=$?
+		[ "$rc" -eq 1 ] || return "$rc"
+	done
+	return 1
 }
 SLOW_SUMMARY="?"
 tap_case "a slow token (${SLOW_MS} ms per C_Sign, busy) leaves another token's rate >= 50%" slow_token
