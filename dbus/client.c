@@ -127,8 +127,8 @@ static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMess
         return BUS_ERR_NOT_RUNNING;
     }
     if (!dbus_connection_get_is_connected(conn)) {
-        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, or refused "
-                           "this user)");
+        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, refused "
+                           "this user, or already serves its max-clients)");
         return BUS_ERR_DISCONNECTED;
     }
     dbus_error_init(&err);
@@ -141,8 +141,8 @@ static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMess
     if (!dbus_connection_get_is_connected(conn) && r != BUS_ERR_DENIED)
         r = BUS_ERR_DISCONNECTED;
     if (r == BUS_ERR_DISCONNECTED)
-        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, or refused this "
-                           "user): %s",
+        set_errmsg(errmsg, "agent disconnected (p11agentd stopped or restarted, refused this "
+                           "user, or already serves its max-clients): %s",
                    err.message ? err.message : "connection closed");
     else if (r == BUS_ERR_TIMEOUT)
         set_errmsg(errmsg, "agent did not answer within %d ms: %s", timeout_ms,

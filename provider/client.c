@@ -14,7 +14,14 @@
  * Agent restart: a call failing with Disconnected/NotRunning on a
  * connection that predates the call drops it, reconnects and retries
  * once. FindKeys is idempotent and so is Sign (a signature over the same
- * digest), so both retry.
+ * digest), so both retry. While the agent restarts (SIGKILL and a
+ * supervisor starting a new one: a few hundred ms with nothing listening
+ * on the socket) connecting is refused; so once a connection of this
+ * process has dropped, calls of every thread keep trying to connect for up
+ * to RECONNECT_WAIT_MS before they fail. Without that, every signature
+ * attempted in the gap fails (thousands under load, where one per thread
+ * in flight is what a restart should cost). A process that never had a
+ * connection, or whose agent stays away past the window, fails at once.
  *
  * The socket path is resolved once, when the provider starts: nginx
  * workers sign with a scrubbed environment.
@@ -27,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "provider.h"
@@ -37,18 +45,28 @@
  * signing thread is what lets signatures run in parallel). */
 #define POOL_MAX 8
 
+/* After a connection dropped: how long calls wait for the agent to accept
+ * connections again, and how often they try meanwhile. */
+#define RECONNECT_WAIT_MS 3000
+#define RECONNECT_POLL_MS 20
+
 typedef struct pool_slot {
     DBusConnection *conn;     /* NULL when not open */
     int fd;                   /* socket of conn, recorded at connect time */
     dev_t dev;
     ino_t ino;
     unsigned users;           /* threads using it now */
+    int64_t opened_ms;        /* when it was opened (monotonic) */
 } pool_slot_t;
 
 struct prov_client {
     pthread_mutex_t lock;
     char *socket_path;        /* immutable */
     pool_slot_t slots[POOL_MAX]; /* guarded by lock */
+    bool answered;            /* guarded by lock: the agent answered a call */
+    int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
+    int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
+                                 retried; 0: not restarting */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
@@ -97,6 +115,7 @@ static void client_abandon_inherited(prov_client_t *c)
         s->fd = -1;
         s->users = 0;
     }
+    c->lost_until_ms = 0;
 }
 
 static void client_check_fork(prov_client_t *c)
@@ -117,6 +136,14 @@ static void client_check_fork(prov_client_t *c)
             sched_yield();
         }
     }
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* Picks a slot for this call (lock held): an idle open connection, else a
@@ -154,6 +181,8 @@ static int client_acquire(prov_client_t *c, DBusConnection **ret_conn, bool *ret
 
     client_check_fork(c);
     pthread_mutex_lock(&c->lock);
+retry:
+    r = BUS_OK;
     s = pick_slot_locked(c);
     if (s->conn == NULL) {
         struct stat st;
@@ -166,11 +195,27 @@ static int client_acquire(prov_client_t *c, DBusConnection **ret_conn, bool *ret
             goto out;
         }
         r = bus_client_connect(c->socket_path, &conn, errmsg);
+        if (r == BUS_ERR_NOT_RUNNING && c->lost_until_ms != 0) {
+            if (now_ms() < c->lost_until_ms) {
+                /* The agent went away a moment ago: wait for it to be
+                 * back (another thread may reconnect meanwhile). */
+                if (errmsg != NULL) {
+                    free(*errmsg);
+                    *errmsg = NULL;
+                }
+                pthread_mutex_unlock(&c->lock);
+                usleep(RECONNECT_POLL_MS * 1000);
+                pthread_mutex_lock(&c->lock);
+                goto retry;
+            }
+            c->lost_until_ms = 0; /* gave up: fail at once from now on */
+        }
         if (r < 0)
             goto out;
         s->conn = conn;
         s->fd = -1;
         s->users = 0;
+        s->opened_ms = now_ms();
         if (dbus_connection_get_unix_fd(conn, &fd) && fd >= 0 && fstat(fd, &st) == 0) {
             s->fd = fd;
             s->dev = st.st_dev;
@@ -186,12 +231,28 @@ out:
     return r;
 }
 
-/* Ends a call on `used`. With drop, closes it if it still is in the pool
- * (another thread may have replaced it already): the agent went away. The
- * caller still owns its reference. */
-static void client_release(prov_client_t *c, DBusConnection *used, bool drop)
+static bool is_connection_error(int r)
 {
+    return r == BUS_ERR_DISCONNECTED || r == BUS_ERR_NOT_RUNNING;
+}
+
+/* Ends a call on `used` that returned r. A connection error drops the
+ * connection if it still is in the pool (another thread may have replaced
+ * it already). If the process had a working connection (this one, or an
+ * earlier one), the agent is then taken as restarting: connecting is
+ * retried for RECONNECT_WAIT_MS, until a connection opened since answers.
+ * The caller still owns its reference. Returns whether the agent counts as
+ * restarting now. */
+static bool client_release(prov_client_t *c, DBusConnection *used, int r, bool fresh)
+{
+    bool conn_err = is_connection_error(r), restarting;
+    int64_t now = now_ms();
+
     pthread_mutex_lock(&c->lock);
+    if (conn_err && c->lost_until_ms == 0 && (!fresh || c->answered)) {
+        c->lost_since_ms = now;
+        c->lost_until_ms = now + RECONNECT_WAIT_MS;
+    }
     for (size_t i = 0; i < POOL_MAX; i++) {
         pool_slot_t *s = &c->slots[i];
 
@@ -199,31 +260,32 @@ static void client_release(prov_client_t *c, DBusConnection *used, bool drop)
             continue;
         if (s->users > 0)
             s->users--;
-        if (drop) {
+        if (conn_err) {
             bus_client_close(s->conn);
             s->conn = NULL;
             s->fd = -1;
             s->users = 0;
+        } else if (c->lost_until_ms != 0 && s->opened_ms >= c->lost_since_ms) {
+            c->lost_until_ms = 0; /* the agent is back */
         }
         break;
     }
+    if (!conn_err)
+        c->answered = true;
+    restarting = c->lost_until_ms != 0 && now < c->lost_until_ms;
     pthread_mutex_unlock(&c->lock);
+    return restarting;
 }
 
 typedef int (*client_op_fn)(DBusConnection *conn, void *arg, char **errmsg);
-
-static bool is_connection_error(int r)
-{
-    return r == BUS_ERR_DISCONNECTED || r == BUS_ERR_NOT_RUNNING;
-}
 
 static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errmsg)
 {
     int r = BUS_ERR_NOT_RUNNING;
 
-    for (int attempt = 0; attempt < 2; attempt++) {
+    for (int attempt = 0;; attempt++) {
         DBusConnection *conn = NULL;
-        bool fresh = false;
+        bool fresh = false, restarting;
         char *msg = NULL;
 
         r = client_acquire(c, &conn, &fresh, &msg);
@@ -235,11 +297,15 @@ static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errm
             break;
         }
         r = op(conn, arg, &msg);
-        client_release(c, conn, is_connection_error(r));
+        restarting = client_release(c, conn, r, fresh);
         dbus_connection_unref(conn);
-        if (is_connection_error(r) && !fresh && attempt == 0) {
-            /* The agent restarted since we connected: try once more. */
+        if (is_connection_error(r) && ((!fresh && attempt == 0) || restarting)) {
+            /* The agent restarted since we connected: once more; and while
+             * it restarts (a connection opened now may still reach the
+             * dying one), until it answers or the window closes. */
             free(msg);
+            if (attempt > 0)
+                usleep(RECONNECT_POLL_MS * 1000);
             continue;
         }
         if (errmsg != NULL)

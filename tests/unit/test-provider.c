@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -340,19 +341,28 @@ static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void
 }
 
 /* Commands: 'r' drops every client connection, as an agent restart
- * would; 'q' stops the loop. Each is acknowledged. */
+ * would; 'd' does that and moves the socket away (nothing listens at the
+ * path: the agent is down), 'u' puts it back (a new agent listens);
+ * 'q' stops the loop. Each is acknowledged. */
 static void srv_on_ctl(void *userdata, int fd, short revents)
 {
     char c = 0;
 
     if (read(fd, &c, 1) != 1)
         return;
-    if (c == 'r') {
+    if (c == 'r' || c == 'd') {
         while (srv.n_conns > 0) {
             DBusConnection *conn = srv.conns[--srv.n_conns];
 
             agent_loop_detach_connection(srv.loop, conn);
         }
+    }
+    if (c == 'd' || c == 'u') {
+        char away[sizeof(srv.socket) + 8];
+
+        snprintf(away, sizeof(away), "%s.away", srv.socket);
+        if (c == 'd' ? rename(srv.socket, away) : rename(away, srv.socket))
+            abort();
     } else if (c == 'q') {
         agent_loop_quit(srv.loop);
     }
@@ -1262,6 +1272,68 @@ static void test_provider_reconnects_after_agent_restart(void **state)
     EVP_PKEY_free(key);
 }
 
+static double mono_s(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void *agent_back_later(void *arg)
+{
+    usleep(300 * 1000);
+    srv_command('u');
+    return NULL;
+}
+
+/* The agent is down for 300 ms (SIGKILL, then a supervisor starts a new
+ * one): a signature attempted meanwhile waits for it and succeeds. */
+static void test_provider_waits_for_restarting_agent(void **state)
+{
+    EVP_PKEY *key = NULL;
+    pthread_t th;
+    double t0, took;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[1]));
+    srv_command('d');
+    assert_int_equal(pthread_create(&th, NULL, agent_back_later, NULL), 0);
+    t0 = mono_s();
+    assert_true(sign_once(key, &fake_keys[1]));
+    took = mono_s() - t0;
+    assert_int_equal(pthread_join(th, NULL), 0);
+    assert_true(took >= 0.25);
+    assert_true(took < 2.5);
+    EVP_PKEY_free(key);
+}
+
+/* An agent that does not come back: the call that saw it go fails after
+ * the bounded wait, later calls fail at once; signing works again once an
+ * agent listens. */
+static void test_provider_gives_up_on_agent_that_stays_away(void **state)
+{
+    EVP_PKEY *key = NULL;
+    double t0, took;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[1]));
+    srv_command('d');
+    t0 = mono_s();
+    assert_false(sign_once(key, &fake_keys[1]));
+    took = mono_s() - t0;
+    assert_true(took >= 2.5);
+    assert_true(took < 10);
+    ERR_clear_error();
+    t0 = mono_s();
+    assert_false(sign_once(key, &fake_keys[1]));
+    assert_true(mono_s() - t0 < 0.5);
+    ERR_clear_error();
+    srv_command('u');
+    assert_true(sign_once(key, &fake_keys[1]));
+    EVP_PKEY_free(key);
+}
+
 static void test_provider_fork_child_gets_own_connection(void **state)
 {
     EVP_PKEY *key = NULL;
@@ -1596,6 +1668,8 @@ int main(void)
         cmocka_unit_test(test_provider_tls12_client_auth),
         cmocka_unit_test(test_provider_tls13_client_auth),
         cmocka_unit_test(test_provider_reconnects_after_agent_restart),
+        cmocka_unit_test(test_provider_waits_for_restarting_agent),
+        cmocka_unit_test(test_provider_gives_up_on_agent_that_stays_away),
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
