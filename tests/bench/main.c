@@ -529,6 +529,19 @@ static void section_memory(bench_t *b)
 
 /* --- main ----------------------------------------------------------------- */
 
+static double loadavg(void)
+{
+    FILE *f = fopen("/proc/loadavg", "r");
+    double l = -1;
+
+    if (f != NULL) {
+        if (fscanf(f, "%lf", &l) != 1)
+            l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 static int usage(void)
 {
     fprintf(stderr, "usage: p11bench run [--seconds S] [--runs N] [--soak N] [--json PATH] "
@@ -615,6 +628,7 @@ int main(int argc, char **argv)
     b->rss_start_file_kib = bench_status_kib(b->agent_pid, "RssFile");
     bus_status_clear(&st);
 
+    b->load_start = loadavg();
     section_sign(b);
     section_rtt(b);
     section_first(b);
@@ -622,6 +636,7 @@ int main(int argc, char **argv)
     section_tls(b);
     section_memory(b);
 
+    b->load_end = loadavg();
     report_targets(b);
     report_table(b);
     if (b->json_path != NULL && report_json(b, b->json_path) < 0) {

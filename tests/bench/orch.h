@@ -97,6 +97,7 @@ struct bench {
     int runs;
     long soak;
     bool failed;
+    double load_start, load_end; /* /proc/loadavg, 1 minute */
 
     sign_row_t sign[MAX_ROWS];
     int nsign;

@@ -205,6 +205,10 @@ void report_table(bench_t *b)
     printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement; medians of %d runs for "
            "fresh processes)\n",
            OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->runs);
+    printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
+           b->load_start > 1.5 || b->load_end > 1.5
+               ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
+               : "");
 
     printf("\n== 1. Signatures: throughput and latency (same SoftHSM token and keys)\n");
     printf("%-14s %-12s %-13s %10s %9s %9s %9s\n", "key", "clients", "method", "sig/s",
@@ -286,9 +290,15 @@ void report_table(bench_t *b)
         printf("soak: %ld P-256 signatures (2 threads, %.0f/s): %ld -> %ld KiB (%+ld KiB)\n",
                b->soak_done, b->soak_per_s, b->rss_before_soak_kib, b->rss_after_soak_kib,
                b->rss_after_soak_kib - b->rss_before_soak_kib);
-        printf("      RSS every second (KiB):");
-        for (int i = 0; i < b->nsoak_samples; i++)
-            printf("%s%ld", i % 12 ? " " : "\n       ", b->soak_samples[i]);
+        /* at most 12 of the per-second samples, evenly spread (all in the JSON) */
+        printf("      RSS during the soak (KiB, %d samples, 1 s apart):", b->nsoak_samples);
+        for (int i = 0, last = -1; i < 12 && b->nsoak_samples > 0; i++) {
+            int k = b->nsoak_samples == 1 ? 0 : i * (b->nsoak_samples - 1) / 11;
+
+            if (k != last)
+                printf(" %ld", b->soak_samples[k]);
+            last = k;
+        }
         printf("\n");
     } else {
         printf("soak: not run (--soak 0)\n");
@@ -363,6 +373,7 @@ int report_json(bench_t *b, const char *path)
     fputs(", \"module\": ", f);
     jstr(f, b->cfg.module);
     fputs("},\n", f);
+    fprintf(f, "  \"loadavg\": {\"start\": %.2f, \"end\": %.2f},\n", b->load_start, b->load_end);
     fprintf(f, "  \"config\": {\"seconds\": %g, \"runs\": %d, \"soak\": %ld, \"many_keys\": %s},\n",
             b->seconds, b->runs, b->soak, b->mem_socket ? "true" : "false");
     fputs("  \"sign\": [\n", f);
