@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 #pragma once
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,6 +11,7 @@
 #include <dbus/dbus.h>
 
 #include "bus.h"
+#include "conf.h"
 #include "loop.h"
 #include "tok.h"
 
@@ -48,10 +51,13 @@ typedef enum { AGENT_PIN_NONE, AGENT_PIN_FILE } agent_pin_kind_t;
 
 typedef struct agent_pin_source {
     agent_pin_kind_t kind;
-    char *path; /* AGENT_PIN_FILE */
+    char *path;   /* AGENT_PIN_FILE */
+    bool strict;  /* refuse a file others can read (system mode) */
 } agent_pin_source_t;
 
-/* "file:PATH" -> source. -EINVAL with a message on bad syntax. */
+/* "file:PATH", or "credential:NAME" (systemd LoadCredential=, read from
+ * $CREDENTIALS_DIRECTORY/NAME) -> source. -EINVAL with a message on bad
+ * syntax. */
 int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **errmsg);
 void agent_pin_source_clear(agent_pin_source_t *src);
 /* Reads the PIN (one line; a trailing newline is dropped). The identity of
@@ -75,6 +81,30 @@ typedef struct agent_token_state {
     agent_pin_id_t rejected; /* ... while the file looked like this */
 } agent_token_state_t;
 
+/* A client on the agent's socket: served by a thread of its own that reads
+ * a request, signs and replies (no hand-off between threads). */
+#define AGENT_MAX_GROUPS 64
+
+typedef struct agent_client {
+    struct agent_client *next;
+    struct agent *agent;
+    DBusConnection *conn;
+    int fd;
+    bool via_session_bus; /* no peer credentials: treated as the owner */
+    /* Peer credentials, read with SO_PEERCRED when the client connected. */
+    uid_t uid;
+    gid_t gid;
+    pid_t pid;
+    gid_t groups[AGENT_MAX_GROUPS]; /* supplementary groups (/proc/PID/status) */
+    size_t n_groups;
+    char exe[256];        /* /proc/PID/exe at connect time, or "" */
+} agent_client_t;
+
+/* Fills c's credentials from its socket. */
+int agent_client_read_creds(agent_client_t *c, int fd);
+
+#define AGENT_MAX_CLIENTS_DEFAULT 256
+
 typedef struct agent {
     tok_ctx_t *tok;
     agent_loop_t *loop;
@@ -82,30 +112,82 @@ typedef struct agent {
     DBusConnection *session_bus;
     char *socket_path;
     bool socket_owned; /* we created the socket and unlink it at exit */
+    bool socket_activated; /* the socket came from systemd (LISTEN_FDS) */
+    unsigned idle_exit_s;  /* socket-activated: exit after this long idle (0: never) */
+    int64_t idle_since_ms; /* when the last client left, or 0 while busy */
     agent_pin_source_t pin_source;
     uid_t owner;
-    unsigned clients;
-    uint64_t signatures;
-    uint64_t sign_failures;
+    bool system_mode;
+    unsigned max_clients;
+    agent_conf_t conf;
+    agent_audit_t audit;
+    /* Per token from the config: pin sources, parsed. */
+    agent_pin_source_t *token_pin_sources; /* parallel to conf.tokens */
+
+    /* For each key of tok (same index), the first [key] policy matching it,
+     * or NULL; recomputed by every rescan under keys_lock. */
+    const agent_key_policy_t **key_policies;
+    size_t n_key_policies;
+
+    /* Keys and tokens: readers sign and list; a rescan writes. */
+    pthread_rwlock_t keys_lock;
+    /* One login at a time; guards token_states. */
+    pthread_mutex_t login_lock;
     agent_token_state_t *token_states;
     size_t n_token_states;
+
+    /* Client threads. */
+    pthread_mutex_t clients_lock;
+    pthread_cond_t clients_gone;
+    agent_client_t *clients;
+    unsigned n_clients;
+    agent_client_t bus_client; /* requests from the session bus */
+
+    atomic_uint_fast64_t signatures;
+    atomic_uint_fast64_t sign_failures;
 } agent_t;
+
+int agent_init(agent_t *a);
+/* Takes settings from a->conf that the command line did not set. */
+int agent_apply_conf(agent_t *a, char **errmsg);
+void agent_done(agent_t *a);
+/* Rescans tokens under the write lock and logs in where a PIN source allows. */
+void agent_rescan(agent_t *a);
 
 /* agent/server.c */
 int agent_server_start(agent_t *a, char **errmsg);
-void agent_server_stop(agent_t *a);
+/* Stops listening, disconnects every client and waits (bounded) for their
+ * threads. Returns false if some thread did not finish in time. */
+bool agent_server_stop(agent_t *a);
 int agent_session_bus_start(agent_t *a);
 
 /* agent/handlers.c: the method table, used by server.c */
-DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *msg);
+DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg);
+
+/* agent/policy.c */
+/* May this peer connect at all? (per-user: the owner; system: root, the
+ * agent's user and the configured users and groups) */
+bool agent_peer_admitted(const agent_t *a, const agent_client_t *c);
+/* May this client use key number i? On refusal *why says which rule. */
+bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
+                              const char **why);
+/* Recomputes key_policies after a scan (keys_lock held for writing). */
+void agent_policy_update_locked(agent_t *a);
+/* The pin source configured for a token (its [token] section, else the
+ * default); never NULL. */
+const agent_pin_source_t *agent_pin_source_for_locked(agent_t *a, tok_token_t *t);
+
+/* agent/audit.c: one line per signature or refusal, key=value. */
+void agent_audit(const agent_t *a, const agent_client_t *c, const char *event, const char *key_uri,
+                 const char *alg, const char *hash, const char *result, long long duration_us);
 
 /* agent/login.c */
 /* Logs in to the key's token using the configured PIN source, honouring retry
  * safety. Returns TOK_OK or a tok status; *errmsg names the token and cause. */
 int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg);
 /* Logs in to every token that needs it and has a PIN source; rescans keys if
- * any login succeeded. */
-void agent_login_all(agent_t *a);
+ * any login succeeded. Caller holds keys_lock for writing. */
+void agent_login_all_locked(agent_t *a);
 agent_token_state_t *agent_token_state(agent_t *a, const tok_token_t *t);
 void agent_token_states_free(agent_t *a);
 

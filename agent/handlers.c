@@ -88,23 +88,31 @@ static DBusMessage *keys_reply(DBusMessage *msg, const tok_key_t *const *keys, s
     return reply;
 }
 
-static DBusMessage *agent_handle_list_keys(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_list_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
-    size_t n = tok_ctx_n_keys(a->tok);
-    const tok_key_t **keys = calloc(n ? n : 1, sizeof(*keys));
-    DBusMessage *reply;
+    agent_t *a = c->agent;
 
-    if (!keys)
-        return NULL;
-    for (size_t i = 0; i < n; i++)
-        keys[i] = tok_ctx_key(a->tok, i);
-    reply = keys_reply(msg, keys, n);
+    const tok_key_t **keys;
+    DBusMessage *reply = NULL;
+    size_t n;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    n = tok_ctx_n_keys(a->tok);
+    keys = calloc(n ? n : 1, sizeof(*keys));
+    if (keys) {
+        for (size_t i = 0; i < n; i++)
+            keys[i] = tok_ctx_key(a->tok, i);
+        reply = keys_reply(msg, keys, n);
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
     return reply;
 }
 
-static DBusMessage *agent_handle_find_keys(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_find_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
     const char *uri;
     const tok_key_t **keys = NULL;
     DBusMessage *reply;
@@ -113,33 +121,34 @@ static DBusMessage *agent_handle_find_keys(agent_t *a, DBusConnection *conn, DBu
 
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
         return error_reply(msg, BUS_ERR_INVALID_ARGS, "FindKeys takes one string: a pkcs11: URI");
+    pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
-        return error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
-    if (r < 0)
-        return error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
-                           tok_strerror(r));
-    reply = keys_reply(msg, keys, n);
+        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
+    else if (r < 0)
+        reply = error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
+                            tok_strerror(r));
+    else
+        reply = keys_reply(msg, keys, n);
+    pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
     return reply;
 }
 
 /* Finds the one key a Sign names: its canonical URI (the fast path: that is
- * what FindKeys returned), else any URI that matches exactly one key. */
-static const tok_key_t *lookup_key(agent_t *a, DBusMessage *msg, const char *uri,
-                                   DBusMessage **ret_err)
+ * what FindKeys returned), else any URI that matches exactly one key.
+ * Returns its index, or -1 with *ret_err set. */
+static ssize_t lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
+                                 DBusMessage **ret_err)
 {
     const tok_key_t **keys = NULL;
-    const tok_key_t *key = NULL;
+    ssize_t found = -1;
     size_t n = 0;
     int r;
 
-    for (size_t i = 0; i < tok_ctx_n_keys(a->tok); i++) {
-        const tok_key_t *k = tok_ctx_key(a->tok, i);
-
-        if (strcmp(k->uri, uri) == 0)
-            return k;
-    }
+    for (size_t i = 0; i < tok_ctx_n_keys(a->tok); i++)
+        if (strcmp(tok_ctx_key(a->tok, i)->uri, uri) == 0)
+            return (ssize_t)i;
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
         *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
@@ -156,9 +165,11 @@ static const tok_key_t *lookup_key(agent_t *a, DBusMessage *msg, const char *uri
                                "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri,
                                n);
     else
-        key = keys[0];
+        for (size_t i = 0; i < tok_ctx_n_keys(a->tok) && found < 0; i++)
+            if (tok_ctx_key(a->tok, i) == keys[0])
+                found = (ssize_t)i;
     free(keys);
-    return key;
+    return found;
 }
 
 static int64_t now_us(void)
@@ -169,43 +180,43 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+/* Signs with the key the request names; keys_lock is held for reading. */
+static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
+                                const bus_sign_params_t *bp, const uint8_t *data, size_t len)
 {
-    const char *uri;
-    const uint8_t *data;
-    size_t len, sig_len = 0;
-    bus_sign_params_t bp;
+    agent_t *a = c->agent;
+    const char *why_denied = NULL;
+    ssize_t idx;
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
     uint8_t *sig = NULL;
+    size_t sig_len = 0;
     char *why = NULL;
     int64_t t0 = now_us();
     int r, h, m;
 
-    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
-    if (r == BUS_ERR_UNSUPPORTED)
-        return error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
-                                   "ecdsa or eddsa)");
-    if (r < 0)
-        return error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
-                                   "parameters and data)");
-    key = lookup_key(a, msg, uri, &reply);
-    if (!key) {
-        a->sign_failures++;
+    idx = lookup_key_locked(a, msg, uri, &reply);
+    if (idx < 0) {
+        agent_audit(a, c, "sign", uri, bus_sig_alg_name(bp->alg), bp->hash, "no such key", 0);
         return reply;
     }
-    h = tok_hash_from_name(bp.hash);
-    m = tok_hash_from_name(bp.mgf1_hash);
-    if (h < 0 || m < 0) {
-        a->sign_failures++;
-        return error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
-                           h < 0 ? bp.hash : bp.mgf1_hash, key->uri);
+    key = tok_ctx_key(a->tok, (size_t)idx);
+    if (!agent_key_allowed_locked(a, (size_t)idx, c, &why_denied)) {
+        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "denied", 0);
+        return error_reply(msg, BUS_ERR_DENIED,
+                           "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
+                           c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
     }
-    tp.alg = (tok_sig_alg_t)bp.alg;
+    h = tok_hash_from_name(bp->hash);
+    m = tok_hash_from_name(bp->mgf1_hash);
+    if (h < 0 || m < 0)
+        return error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
+                           h < 0 ? bp->hash : bp->mgf1_hash, key->uri);
+    tp.alg = (tok_sig_alg_t)bp->alg;
     tp.hash = (tok_hash_t)h;
     tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
-    tp.salt_len = bp.salt_len;
+    tp.salt_len = bp->salt_len;
 
     r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
     if (r == TOK_ERR_NOT_LOGGED_IN) {
@@ -214,24 +225,18 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
         r = agent_login_token(a, key->token, &why);
         if (r == TOK_OK)
             r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
-        else if (r == TOK_ERR_NOT_LOGGED_IN)
-            r = TOK_ERR_NOT_LOGGED_IN; /* no PIN to be had: Locked */
     }
     if (r < 0) {
-        a->sign_failures++;
-        agent_warn("signing with '%s' (%s) failed: %s", key->uri, bus_sig_alg_name(bp.alg),
-                   why ? why : tok_strerror(r));
-        reply = error_reply(msg, agent_err_from_tok(r), "signing with key '%s' on token '%s' "
-                                                        "failed: %s",
-                            key->uri, tok_token_label(key->token), why ? why : tok_strerror(r));
+        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash,
+                    why ? why : tok_strerror(r), now_us() - t0);
+        reply = error_reply(msg, agent_err_from_tok(r),
+                            "signing with key '%s' on token '%s' failed: %s", key->uri,
+                            tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
         return reply;
     }
-    free(why);
-    a->signatures++;
-    agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
-                key->uri, bus_sig_alg_name(bp.alg), bp.hash[0] ? "/" : "", bp.hash, len, sig_len,
-                (long long)(now_us() - t0));
+    agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "ok",
+                now_us() - t0);
     reply = dbus_message_new_method_return(msg);
     if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
                                            (int)sig_len, DBUS_TYPE_INVALID)) {
@@ -242,18 +247,55 @@ static DBusMessage *agent_handle_sign(agent_t *a, DBusConnection *conn, DBusMess
     return reply;
 }
 
-static DBusMessage *agent_handle_status(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
+    agent_t *a = c->agent;
+
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    bus_sign_params_t bp;
+    DBusMessage *reply;
+    int r;
+
+    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
+    if (r == BUS_ERR_UNSUPPORTED)
+        reply = error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
+                                    "ecdsa or eddsa)");
+    else if (r < 0)
+        reply = error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
+                                    "parameters and data)");
+    else {
+        pthread_rwlock_rdlock(&a->keys_lock);
+        reply = sign_locked(c, msg, uri, &bp, data, len);
+        pthread_rwlock_unlock(&a->keys_lock);
+    }
+    if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
+        atomic_fetch_add(&a->signatures, 1);
+    else
+        atomic_fetch_add(&a->sign_failures, 1);
+    return reply;
+}
+
+static DBusMessage *agent_handle_status(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+
     bus_status_t s = {
         .version = (char *)P11AGENT_VERSION,
         .pid = (uint32_t)getpid(),
-        .tokens = (uint32_t)tok_ctx_n_tokens(a->tok),
-        .keys = (uint32_t)tok_ctx_n_keys(a->tok),
-        .clients = a->clients,
-        .signatures = a->signatures,
-        .sign_failures = a->sign_failures,
+        .signatures = atomic_load(&a->signatures),
+        .sign_failures = atomic_load(&a->sign_failures),
     };
     DBusMessage *reply = dbus_message_new_method_return(msg);
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    s.tokens = (uint32_t)tok_ctx_n_tokens(a->tok);
+    s.keys = (uint32_t)tok_ctx_n_keys(a->tok);
+    pthread_rwlock_unlock(&a->keys_lock);
+    pthread_mutex_lock(&a->clients_lock);
+    s.clients = a->n_clients;
+    pthread_mutex_unlock(&a->clients_lock);
 
     if (reply && bus_append_status(reply, &s) < 0) {
         dbus_message_unref(reply);
@@ -262,7 +304,8 @@ static DBusMessage *agent_handle_status(agent_t *a, DBusConnection *conn, DBusMe
     return reply;
 }
 
-static DBusMessage *agent_handle_introspect(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *conn,
+                                           DBusMessage *msg)
 {
     const char *xml = bus_introspect_xml;
     DBusMessage *reply = dbus_message_new_method_return(msg);
@@ -274,7 +317,8 @@ static DBusMessage *agent_handle_introspect(agent_t *a, DBusConnection *conn, DB
     return reply;
 }
 
-typedef DBusMessage *(*agent_handler_t)(agent_t *a, DBusConnection *conn, DBusMessage *msg);
+typedef DBusMessage *(*agent_handler_t)(agent_client_t *c, DBusConnection *conn,
+                                         DBusMessage *msg);
 
 static const struct {
     const char *iface;
@@ -289,7 +333,7 @@ static const struct {
     {DBUS_INTERFACE_INTROSPECTABLE, "Introspect", "", agent_handle_introspect},
 };
 
-DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *msg)
+DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
     const char *iface = dbus_message_get_interface(msg);
     const char *member = dbus_message_get_member(msg);
@@ -304,7 +348,7 @@ DBusHandlerResult agent_dispatch(agent_t *a, DBusConnection *conn, DBusMessage *
             reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "%s takes arguments '%s', not '%s'",
                                 member, methods[i].signature, dbus_message_get_signature(msg));
         else
-            reply = methods[i].fn(a, conn, msg);
+            reply = methods[i].fn(c, conn, msg);
         if (!reply)
             return DBUS_HANDLER_RESULT_NEED_MEMORY;
         if (!dbus_message_get_no_reply(msg))

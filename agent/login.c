@@ -86,9 +86,10 @@ static void set_msg(char **errmsg, const char *fmt, ...)
     va_end(ap);
 }
 
-int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
+static int login_token_locked(agent_t *a, tok_token_t *t, char **errmsg)
 {
     const char *label = tok_token_label(t);
+    const agent_pin_source_t *src = agent_pin_source_for_locked(a, t);
     agent_token_state_t *state = agent_token_state(a, t);
     agent_secret_t pin = {0};
     agent_pin_id_t id = {0};
@@ -109,8 +110,9 @@ int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
         r = tok_token_login(t, NULL, 0);
         goto done;
     }
-    if (a->pin_source.kind == AGENT_PIN_NONE) {
-        set_msg(errmsg, "token '%s' needs a PIN and no PIN source is configured (--pin-source)",
+    if (src->kind == AGENT_PIN_NONE) {
+        set_msg(errmsg, "token '%s' needs a PIN and no PIN source is configured (--pin-source or "
+                        "pin-source in agent.conf)",
                 label);
         return TOK_ERR_NOT_LOGGED_IN;
     }
@@ -120,7 +122,7 @@ int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
                 label);
         return TOK_ERR_NOT_LOGGED_IN;
     }
-    r = agent_pin_source_read(&a->pin_source, &pin, &id, &why);
+    r = agent_pin_source_read(src, &pin, &id, &why);
     if (r < 0) {
         set_msg(errmsg, "token '%s' needs a PIN: %s", label, why ? why : "PIN source unreadable");
         free(why);
@@ -130,11 +132,11 @@ int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
         agent_secret_free(&pin);
         set_msg(errmsg, "token '%s' rejected the PIN in %s; not retrying it until the file "
                         "changes",
-                label, a->pin_source.path);
+                label, src->path);
         return TOK_ERR_PIN_INCORRECT;
     }
     agent_debug(AGENT_DBG_PIN, "logging in to token '%s' with the PIN from %s", label,
-                a->pin_source.path);
+                src->path);
     r = tok_token_login(t, pin.buf, pin.len);
     agent_secret_free(&pin);
     if (r == TOK_ERR_PIN_INCORRECT) {
@@ -143,12 +145,12 @@ int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
         tok_token_refresh_info(t);
         agent_err("token '%s': PIN incorrect (from %s); it will not be tried again until the "
                   "file changes%s",
-                  label, a->pin_source.path,
+                  label, src->path,
                   (tok_token_flags(t) & CKF_USER_PIN_FINAL_TRY) ? "; the token is now at its "
                                                                    "final try"
                                                                  : "");
         set_msg(errmsg, "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
-                label, a->pin_source.path);
+                label, src->path);
         return r;
     }
     state->pin_rejected = false;
@@ -162,13 +164,23 @@ done:
     return r;
 }
 
-void agent_login_all(agent_t *a)
+int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg)
+{
+    int r;
+
+    /* One login at a time, whatever the number of clients waiting: those
+     * that queued behind a successful login find the token logged in. */
+    pthread_mutex_lock(&a->login_lock);
+    r = login_token_locked(a, t, errmsg);
+    pthread_mutex_unlock(&a->login_lock);
+    return r;
+}
+
+void agent_login_all_locked(agent_t *a)
 {
     bool rescan = false;
     int r;
 
-    if (a->pin_source.kind == AGENT_PIN_NONE)
-        return;
     for (size_t i = 0; i < tok_ctx_n_tokens(a->tok); i++) {
         tok_token_t *t = tok_ctx_token(a->tok, i);
         char *msg = NULL;

@@ -10,7 +10,12 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <stddef.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -34,7 +39,17 @@ static void usage(FILE *f)
             "                          $XDG_RUNTIME_DIR/p11agent/agent.sock)\n"
             "  -p, --pin-source SPEC   where token PINs come from: file:PATH (first line of\n"
             "                          the file; a PIN the token rejects is not retried\n"
-            "                          until the file changes)\n"
+            "                          until the file changes) or credential:NAME (systemd\n"
+            "                          LoadCredential=)\n"
+            "  -c, --config PATH       read this agent.conf (default:\n"
+            "                          $XDG_CONFIG_HOME/p11agent/agent.conf, or\n"
+            "                          /etc/p11agent/agent.conf with --system)\n"
+            "      --system            system mode: socket /run/p11agent/agent.sock, clients\n"
+            "                          admitted by allow-users/allow-groups in the config,\n"
+            "                          PIN files readable by other users refused\n"
+            "      --idle-exit SECONDS when started by socket activation, exit after this\n"
+            "                          long with no client and no token logged in\n"
+            "                          (default 600; 0: never)\n"
             "  -d, --debug CATS        debug logging: bus,sign,pin,pkcs11 or all (also\n"
             "                          P11AGENT_DEBUG)\n"
             "  -h, --help              show this help\n"
@@ -52,9 +67,7 @@ static void on_signal(void *userdata, int fd, short revents)
         return;
     if (si.ssi_signo == SIGHUP) {
         agent_info("SIGHUP: rescanning tokens");
-        if (tok_ctx_scan(a->tok) == TOK_OK)
-            agent_login_all(a);
-        agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+        agent_rescan(a);
         return;
     }
     agent_info("signal %u: stopping", si.ssi_signo);
@@ -108,34 +121,142 @@ static void signal_ready(int *fd, bool ok)
     }
 }
 
+/* Started by systemd socket activation with our socket? */
+static bool socket_activated(void)
+{
+    const char *pid = getenv("LISTEN_PID"), *fds = getenv("LISTEN_FDS");
+
+    return pid && fds && strtol(pid, NULL, 10) == (long)getpid() && strtol(fds, NULL, 10) >= 1;
+}
+
+/* sd_notify without libsystemd: one datagram to $NOTIFY_SOCKET. */
+static void notify_systemd(const char *state)
+{
+    const char *path = getenv("NOTIFY_SOCKET");
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    socklen_t len;
+    int fd;
+
+    if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(sa.sun_path))
+        return;
+    strcpy(sa.sun_path, path);
+    if (path[0] == '@')
+        sa.sun_path[0] = '\0'; /* abstract namespace */
+    len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path));
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sa, len) < 0)
+        agent_debug(AGENT_DBG_BUS, "sd_notify: %s", strerror(errno));
+    close(fd);
+}
+
+static bool any_token_logged_in(agent_t *a)
+{
+    bool any = false;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok) && !any; i++)
+        any = tok_token_logged_in(tok_ctx_token(a->tok, i));
+    pthread_rwlock_unlock(&a->keys_lock);
+    return any;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Socket-activated agents leave when nobody needs them: no client, no
+ * token logged in (a login is state worth keeping), for idle_exit_s. */
+static void on_idle_tick(void *userdata, int fd, short revents)
+{
+    agent_t *a = userdata;
+    uint64_t ticks;
+    unsigned clients;
+
+    if (read(fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+        return;
+    pthread_mutex_lock(&a->clients_lock);
+    clients = a->n_clients;
+    pthread_mutex_unlock(&a->clients_lock);
+    if (clients > 0 || any_token_logged_in(a)) {
+        a->idle_since_ms = 0;
+        return;
+    }
+    if (!a->idle_since_ms)
+        a->idle_since_ms = mono_ms();
+    else if (mono_ms() - a->idle_since_ms >= (int64_t)a->idle_exit_s * 1000) {
+        agent_info("idle for %u s with no token logged in: exiting (socket activation starts "
+                   "the agent again on demand)",
+                   a->idle_exit_s);
+        agent_loop_quit(a->loop);
+    }
+}
+
+static int start_idle_timer(agent_t *a)
+{
+    struct itimerspec its = {0};
+    long period_ms = a->idle_exit_s >= 8 ? 2000 : (long)a->idle_exit_s * 250 + 100;
+    int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+
+    if (fd < 0) {
+        agent_err("timerfd: %s", strerror(errno));
+        return -errno;
+    }
+    its.it_interval.tv_sec = period_ms / 1000;
+    its.it_interval.tv_nsec = (period_ms % 1000) * 1000000;
+    its.it_value = its.it_interval;
+    if (timerfd_settime(fd, 0, &its, NULL) < 0 ||
+        agent_loop_add_fd(a->loop, fd, POLLIN, on_idle_tick, a) < 0) {
+        agent_err("cannot start the idle timer");
+        close(fd);
+        return -EIO;
+    }
+    return fd;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"foreground", no_argument, NULL, 'f'}, {"module", required_argument, NULL, 'm'},
         {"socket", required_argument, NULL, 's'}, {"pin-source", required_argument, NULL, 'p'},
         {"debug", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'}, {"system", no_argument, NULL, 'S'},
+        {"idle-exit", required_argument, NULL, 'I'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *modules[MAX_MODULES];
     size_t n_modules = 0;
     const char *debug = getenv("P11AGENT_DEBUG");
     bool foreground = false;
-    agent_t a = {.owner = getuid()};
+    const char *config_path = NULL;
+    bool idle_exit_given = false;
+    char *default_config = NULL;
+    agent_t a;
     struct rlimit no_core = {0, 0};
     sigset_t mask;
     char *errmsg = NULL;
-    int c, r, sfd = -1, ready_fd = -1, ret = EXIT_FAILURE;
+    int c, r, sfd = -1, tfd = -1, ready_fd = -1, ret = EXIT_FAILURE;
 
     /* This process must never load the p11agent provider (it would call
      * itself): no openssl.cnf, and the provider stands down if loaded. */
+    if (agent_init(&a) < 0) {
+        fprintf(stderr, "p11agentd: out of memory\n");
+        return EXIT_FAILURE;
+    }
     setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    dbus_threads_init_default();
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     /* PINs live in this process: no core dumps, no ptrace by other processes. */
     setrlimit(RLIMIT_CORE, &no_core);
     prctl(PR_SET_DUMPABLE, 0);
     signal(SIGPIPE, SIG_IGN);
 
-    while ((c = getopt_long(argc, argv, "fm:s:p:d:hV", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "fm:s:p:d:c:hV", opts, NULL)) != -1) {
         switch (c) {
         case 'f':
             foreground = true;
@@ -162,6 +283,24 @@ int main(int argc, char **argv)
         case 'd':
             debug = optarg;
             break;
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'S':
+            a.system_mode = true;
+            break;
+        case 'I': {
+            char *end;
+            unsigned long v = strtoul(optarg, &end, 10);
+
+            if (!*optarg || *end || v > 86400ul * 365) {
+                fprintf(stderr, "p11agentd: --idle-exit takes a number of seconds\n");
+                return EXIT_FAILURE;
+            }
+            a.idle_exit_s = (unsigned)v;
+            idle_exit_given = true;
+            break;
+        }
         case 'h':
             usage(stdout);
             return EXIT_SUCCESS;
@@ -179,8 +318,42 @@ int main(int argc, char **argv)
         return EXIT_FAILURE;
     }
     agent_log_init(debug);
+
+    if (!config_path) {
+        const char *xdg = getenv("XDG_CONFIG_HOME"), *home = getenv("HOME");
+
+        if (a.system_mode)
+            default_config = strdup(P11AGENT_SYSCONFDIR "/p11agent/agent.conf");
+        else if (xdg && xdg[0] == '/' &&
+                 asprintf(&default_config, "%s/p11agent/agent.conf", xdg) < 0)
+            default_config = NULL;
+        else if ((!xdg || xdg[0] != '/') && home && home[0] == '/' &&
+                 asprintf(&default_config, "%s/.config/p11agent/agent.conf", home) < 0)
+            default_config = NULL;
+    }
+    r = agent_conf_load(config_path ? config_path : default_config ? default_config : "/nonexistent",
+                        config_path != NULL, &a.conf, &errmsg);
+    free(default_config);
+    if (r < 0) {
+        agent_err("%s", errmsg ? errmsg : "cannot read the configuration");
+        return EXIT_FAILURE;
+    }
+    if (n_modules == 0) {
+        for (size_t i = 0; i < a.conf.n_modules && n_modules < MAX_MODULES; i++)
+            modules[n_modules++] = a.conf.modules[i];
+    }
+    if (agent_apply_conf(&a, &errmsg) < 0) {
+        agent_err("%s", errmsg ? errmsg : "bad configuration");
+        return EXIT_FAILURE;
+    }
+    a.socket_activated = socket_activated();
+    if (!idle_exit_given && !a.conf.idle_exit_set)
+        a.idle_exit_s = 600;
+    if (!a.socket_activated)
+        a.idle_exit_s = 0; /* nobody would start us again */
     if (!a.socket_path)
-        a.socket_path = bus_default_socket_path();
+        a.socket_path = a.system_mode ? strdup("/run/p11agent/agent.sock")
+                                      : bus_default_socket_path();
     if (!a.socket_path) {
         agent_err("cannot determine the socket path");
         return EXIT_FAILURE;
@@ -210,12 +383,7 @@ int main(int argc, char **argv)
         agent_err("%s", errmsg ? errmsg : tok_strerror(r));
         goto out;
     }
-    r = tok_ctx_scan(a.tok);
-    if (r < 0) {
-        agent_err("scanning tokens failed: %s", tok_strerror(r));
-        goto out;
-    }
-    agent_login_all(&a);
+    agent_rescan(&a);
 
     if (agent_loop_new(&a.loop) < 0 || agent_loop_add_fd(a.loop, sfd, POLLIN, on_signal, &a) < 0) {
         agent_err("out of memory");
@@ -227,25 +395,37 @@ int main(int argc, char **argv)
         goto out;
     }
     agent_session_bus_start(&a);
-    agent_info("ready: %zu keys on %zu tokens; listening on %s", tok_ctx_n_keys(a.tok),
-               tok_ctx_n_tokens(a.tok), a.socket_path);
+    if (a.idle_exit_s) {
+        tfd = start_idle_timer(&a);
+        if (tfd < 0)
+            goto out;
+    }
+    agent_info("ready: %zu keys on %zu tokens; listening on %s%s", tok_ctx_n_keys(a.tok),
+               tok_ctx_n_tokens(a.tok),
+               a.socket_activated ? "the socket passed by systemd" : a.socket_path,
+               a.idle_exit_s ? " (exits when idle)" : "");
     signal_ready(&ready_fd, true);
+    notify_systemd("READY=1");
 
     r = agent_loop_run(a.loop);
+    notify_systemd("STOPPING=1");
     if (r < 0)
         agent_err("main loop: %s", strerror(-r));
     else
         ret = EXIT_SUCCESS;
 out:
     signal_ready(&ready_fd, false);
-    agent_server_stop(&a);
+    if (!agent_server_stop(&a)) {
+        /* a client thread is still inside the token: leave it all to exit() */
+        return ret;
+    }
     agent_loop_free(a.loop);
     tok_ctx_free(a.tok);
-    agent_token_states_free(&a);
-    agent_pin_source_clear(&a.pin_source);
-    free(a.socket_path);
+    agent_done(&a);
     free(errmsg);
     if (sfd >= 0)
         close(sfd);
+    if (tfd >= 0)
+        close(tfd);
     return ret;
 }

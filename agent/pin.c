@@ -45,7 +45,7 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
 {
     agent_pin_source_t src = {0};
 
-    if (strncmp(spec, "file:", 5) == 0 && spec[5]) {
+    if (strncmp(spec, "file:", 5) == 0 && spec[5] == '/') {
         src.kind = AGENT_PIN_FILE;
         src.path = strdup(spec + 5);
         if (!src.path)
@@ -53,7 +53,25 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
         *ret = src;
         return 0;
     }
-    if (errmsg && asprintf(errmsg, "unknown PIN source '%s' (expected file:PATH)", spec) < 0)
+    if (strncmp(spec, "credential:", 11) == 0 && spec[11] && !strchr(spec + 11, '/')) {
+        const char *dir = getenv("CREDENTIALS_DIRECTORY");
+
+        if (!dir || dir[0] != '/') {
+            if (errmsg && asprintf(errmsg, "PIN source '%s' needs $CREDENTIALS_DIRECTORY (run "
+                                           "under systemd with LoadCredential=%s:...)",
+                                   spec, spec + 11) < 0)
+                *errmsg = NULL;
+            return -EINVAL;
+        }
+        src.kind = AGENT_PIN_FILE;
+        if (asprintf(&src.path, "%s/%s", dir, spec + 11) < 0)
+            return -ENOMEM;
+        *ret = src;
+        return 0;
+    }
+    if (errmsg && asprintf(errmsg, "unknown PIN source '%s' (expected file:/ABSOLUTE/PATH or "
+                                   "credential:NAME)",
+                           spec) < 0)
         *errmsg = NULL;
     return -EINVAL;
 }
@@ -94,6 +112,12 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
     if (!S_ISREG(st.st_mode)) {
         r = -EINVAL;
         set_msg(errmsg, "PIN file %s is not a regular file%s", src->path, "");
+        goto out;
+    }
+    if ((st.st_mode & (S_IROTH | S_IWOTH)) && src->strict) {
+        r = -EPERM;
+        set_msg(errmsg, "PIN file %s is accessible to every user; refusing it (chmod o-rwx %s)",
+                src->path, src->path);
         goto out;
     }
     if (st.st_mode & S_IROTH)

@@ -11,6 +11,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "agent.h"
@@ -24,53 +25,119 @@ static const DBusObjectPathVTable agent_vtable = {
     .message_function = on_message,
 };
 
+/* libdbus asks this once the peer authenticated (EXTERNAL: its uid). The
+ * decision uses the credentials read from the socket when it connected. */
 static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data)
 {
-    agent_t *a = data;
-    unsigned long pid = 0;
+    agent_client_t *c = data;
+    agent_t *a = c->agent;
 
-    if (uid == (unsigned long)a->owner)
+    if (uid == (unsigned long)c->uid && agent_peer_admitted(a, c))
         return TRUE;
-    dbus_connection_get_unix_process_id(conn, &pid);
-    agent_warn("refused a client: uid %lu (pid %lu) is not the agent's owner (uid %lu)", uid, pid,
-               (unsigned long)a->owner);
+    agent_warn("refused a client: uid %lu (pid %ld, %s) is not allowed to use this agent%s",
+               uid, (long)c->pid, c->exe[0] ? c->exe : "?",
+               a->system_mode ? " (see allow-users/allow-groups in agent.conf)"
+                              : " (per-user mode admits only its owner)");
+    agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
     return FALSE;
 }
 
-static DBusHandlerResult on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
+/* The thread of one client: blocking reads, each request handled (and signed)
+ * right here, replies written from here. Ends when the client disconnects
+ * or agent_server_stop() shuts its socket down. */
+static void *client_thread(void *data)
 {
-    agent_t *a = data;
+    agent_client_t *c = data;
+    agent_t *a = c->agent;
 
-    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
-        agent_debug(AGENT_DBG_BUS, "client disconnected");
-        if (a->clients > 0)
-            a->clients--;
-        agent_loop_detach_connection(a->loop, conn);
-        return DBUS_HANDLER_RESULT_HANDLED;
+    while (dbus_connection_read_write_dispatch(c->conn, -1))
+        ;
+    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
+                (long)c->pid);
+    dbus_connection_close(c->conn);
+    dbus_connection_unref(c->conn);
+
+    pthread_mutex_lock(&a->clients_lock);
+    for (agent_client_t **pp = &a->clients; *pp; pp = &(*pp)->next) {
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
     }
-    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+    a->n_clients--;
+    pthread_cond_broadcast(&a->clients_gone);
+    pthread_mutex_unlock(&a->clients_lock);
+    free(c);
+    return NULL;
 }
 
 static void on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
     agent_t *a = data;
+    agent_client_t *c = NULL;
+    pthread_attr_t attr;
+    pthread_t th;
+    bool full;
+    int r;
 
-    dbus_connection_set_unix_user_function(conn, allow_uid, a, NULL);
-    dbus_connection_set_allow_anonymous(conn, FALSE);
-    dbus_connection_set_exit_on_disconnect(conn, FALSE);
-    if (!dbus_connection_add_filter(conn, on_filter, a, NULL) ||
-        !dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, a) ||
-        !agent_loop_attach_connection(a->loop, conn)) {
-        agent_err("out of memory accepting a client");
+    pthread_mutex_lock(&a->clients_lock);
+    full = a->n_clients >= a->max_clients;
+    pthread_mutex_unlock(&a->clients_lock);
+    if (full) {
+        agent_warn("refused a client: already serving %u clients (the limit)", a->max_clients);
         dbus_connection_close(conn);
         return;
     }
-    a->clients++;
-    agent_debug(AGENT_DBG_BUS, "client connected (%u now)", a->clients);
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        goto oom;
+    c->agent = a;
+    c->conn = dbus_connection_ref(conn);
+    if (!dbus_connection_get_socket(conn, &c->fd) || agent_client_read_creds(c, c->fd) < 0) {
+        agent_warn("refused a client: cannot read its credentials");
+        goto fail;
+    }
+    dbus_connection_set_unix_user_function(conn, allow_uid, c, NULL);
+    dbus_connection_set_allow_anonymous(conn, FALSE);
+    dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    if (!dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, c))
+        goto oom;
+
+    pthread_mutex_lock(&a->clients_lock);
+    c->next = a->clients;
+    a->clients = c;
+    a->n_clients++;
+    pthread_mutex_unlock(&a->clients_lock);
+
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 1u << 20);
+    r = pthread_create(&th, &attr, client_thread, c);
+    pthread_attr_destroy(&attr);
+    if (r != 0) {
+        agent_err("cannot start a thread for a client: %s", strerror(r));
+        pthread_mutex_lock(&a->clients_lock);
+        a->clients = c->next;
+        a->n_clients--;
+        pthread_mutex_unlock(&a->clients_lock);
+        goto fail;
+    }
+    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
+                (long)c->pid, c->exe);
+    return;
+oom:
+    agent_err("out of memory accepting a client");
+fail:
+    dbus_connection_close(conn);
+    if (c) {
+        dbus_connection_unref(c->conn);
+        free(c);
+    }
 }
 
-/* Creates the socket's directory (mode 0700) if it does not exist. */
-static int make_socket_dir(const char *path, char **errmsg)
+/* Creates the socket's directory if it does not exist: 0700 for a per-user
+ * agent, 0755 in system mode (other users connect; the agent checks them). */
+static int make_socket_dir(const char *path, mode_t mode, char **errmsg)
 {
     char *dir = strdup(path), *slash;
     int r = 0;
@@ -80,7 +147,7 @@ static int make_socket_dir(const char *path, char **errmsg)
     slash = strrchr(dir, '/');
     if (slash && slash != dir) {
         *slash = '\0';
-        if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        if (mkdir(dir, mode) < 0 && errno != EEXIST) {
             r = -errno;
             if (asprintf(errmsg, "cannot create socket directory %s: %s", dir, strerror(errno)) < 0)
                 *errmsg = NULL;
@@ -132,7 +199,20 @@ int agent_server_start(agent_t *a, char **errmsg)
     mode_t old_umask;
     int r;
 
-    r = make_socket_dir(a->socket_path, errmsg);
+    if (a->socket_activated) {
+        /* systemd (or systemd-socket-activate) passed the listening socket:
+         * libdbus takes it from LISTEN_FDS; the socket is systemd's. */
+        dbus_error_init(&err);
+        a->server = dbus_server_listen("systemd:", &err);
+        if (!a->server) {
+            if (asprintf(errmsg, "cannot use the socket passed by systemd: %s", err.message) < 0)
+                *errmsg = NULL;
+            dbus_error_free(&err);
+            return -EIO;
+        }
+        goto listening;
+    }
+    r = make_socket_dir(a->socket_path, a->system_mode ? 0755 : 0700, errmsg);
     if (r < 0)
         return r;
     r = check_stale_socket(a->socket_path, errmsg);
@@ -156,7 +236,8 @@ int agent_server_start(agent_t *a, char **errmsg)
         return -EIO;
     }
     a->socket_owned = true;
-    chmod(a->socket_path, 0600);
+    chmod(a->socket_path, a->system_mode ? 0666 : 0600);
+listening:
     if (!dbus_server_set_auth_mechanisms(a->server, mechs) ||
         !agent_loop_attach_server(a->loop, a->server))
         return -ENOMEM;
@@ -164,22 +245,42 @@ int agent_server_start(agent_t *a, char **errmsg)
     return 0;
 }
 
-void agent_server_stop(agent_t *a)
+bool agent_server_stop(agent_t *a)
 {
+    struct timespec deadline;
+    bool all_gone = true;
+
     if (a->server) {
         dbus_server_disconnect(a->server);
         dbus_server_unref(a->server);
         a->server = NULL;
     }
+    if (a->socket_owned) {
+        unlink(a->socket_path);
+        a->socket_owned = false;
+    }
+    /* Wake every client thread: its blocking read sees the shutdown. A
+     * thread inside a slow C_Sign finishes that first; wait a bounded time. */
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 10;
+    pthread_mutex_lock(&a->clients_lock);
+    for (agent_client_t *c = a->clients; c; c = c->next)
+        if (c->fd >= 0)
+            shutdown(c->fd, SHUT_RDWR);
+    while (a->n_clients > 0) {
+        if (pthread_cond_timedwait(&a->clients_gone, &a->clients_lock, &deadline) != 0) {
+            agent_warn("%u clients still busy at exit", a->n_clients);
+            all_gone = false;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&a->clients_lock);
     if (a->session_bus) {
         dbus_connection_close(a->session_bus);
         dbus_connection_unref(a->session_bus);
         a->session_bus = NULL;
     }
-    if (a->socket_owned) {
-        unlink(a->socket_path);
-        a->socket_owned = false;
-    }
+    return all_gone;
 }
 
 int agent_session_bus_start(agent_t *a)
@@ -207,7 +308,11 @@ int agent_session_bus_start(agent_t *a)
         dbus_connection_unref(bus);
         return 0;
     }
-    if (!dbus_connection_register_object_path(bus, BUS_PATH, &agent_vtable, a) ||
+    a->bus_client.agent = a;
+    a->bus_client.via_session_bus = true;
+    a->bus_client.uid = a->owner;
+    a->bus_client.fd = -1;
+    if (!dbus_connection_register_object_path(bus, BUS_PATH, &agent_vtable, &a->bus_client) ||
         !agent_loop_attach_connection(a->loop, bus)) {
         dbus_connection_close(bus);
         dbus_connection_unref(bus);

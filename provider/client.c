@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The provider's agent client: one private D-Bus connection per process,
- * opened on first use, shared by all threads (libdbus connections are
- * thread-safe; the mutex only guards opening, replacing and dropping it).
+ * The provider's agent client: a small pool of private D-Bus connections
+ * per process, opened on first use; a signing thread takes an idle one so
+ * that threads sign in parallel (libdbus connections are thread-safe, so
+ * past the pool's size threads share; the mutex only guards the pool).
  *
  * Fork: OpenSSL 3.0 gives providers no fork hook, so every call compares
  * getpid() with the owner of the state. A child never calls into the
@@ -30,13 +31,24 @@
 
 #include "provider.h"
 
+/* At most this many connections per process. A thread takes an idle one,
+ * or opens a new one while fewer are open; past that, threads share (the
+ * agent serves each connection on a thread of its own, so a connection per
+ * signing thread is what lets signatures run in parallel). */
+#define POOL_MAX 8
+
+typedef struct pool_slot {
+    DBusConnection *conn;     /* NULL when not open */
+    int fd;                   /* socket of conn, recorded at connect time */
+    dev_t dev;
+    ino_t ino;
+    unsigned users;           /* threads using it now */
+} pool_slot_t;
+
 struct prov_client {
     pthread_mutex_t lock;
     char *socket_path;        /* immutable */
-    DBusConnection *conn;     /* guarded by lock */
-    int conn_fd;              /* socket of conn, recorded at connect time */
-    dev_t conn_dev;
-    ino_t conn_ino;
+    pool_slot_t slots[POOL_MAX]; /* guarded by lock */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
@@ -57,7 +69,8 @@ prov_client_t *prov_client_new(char *socket_path)
     /* libdbus >= 1.7 does this itself; harmless and cheap to repeat. */
     (void)dbus_threads_init_default();
     c->socket_path = socket_path;
-    c->conn_fd = -1;
+    for (size_t i = 0; i < POOL_MAX; i++)
+        c->slots[i].fd = -1;
     atomic_store(&c->owner, (int)getpid());
     atomic_store(&c->claim, (int)getpid());
     return c;
@@ -68,18 +81,22 @@ const char *prov_client_socket(const prov_client_t *c)
     return c != NULL ? c->socket_path : NULL;
 }
 
-/* Child side of a fork: abandon the parent's connection without touching
- * the DBusConnection object. */
+/* Child side of a fork: abandon the parent's connections without touching
+ * the DBusConnection objects. */
 static void client_abandon_inherited(prov_client_t *c)
 {
-    struct stat st;
+    for (size_t i = 0; i < POOL_MAX; i++) {
+        pool_slot_t *s = &c->slots[i];
+        struct stat st;
 
-    if (c->conn != NULL && c->conn_fd >= 0 && fstat(c->conn_fd, &st) == 0
-        && S_ISSOCK(st.st_mode) && st.st_dev == c->conn_dev && st.st_ino == c->conn_ino)
-        close(c->conn_fd);
-    /* The object (and its memory) is leaked on purpose. */
-    c->conn = NULL;
-    c->conn_fd = -1;
+        if (s->conn != NULL && s->fd >= 0 && fstat(s->fd, &st) == 0 && S_ISSOCK(st.st_mode)
+            && st.st_dev == s->dev && st.st_ino == s->ino)
+            close(s->fd);
+        /* The object (and its memory) is leaked on purpose. */
+        s->conn = NULL;
+        s->fd = -1;
+        s->users = 0;
+    }
 }
 
 static void client_check_fork(prov_client_t *c)
@@ -102,18 +119,43 @@ static void client_check_fork(prov_client_t *c)
     }
 }
 
-/* Returns a reference to the process' connection, opening it if needed.
- * *ret_fresh tells whether it was opened by this call. */
+/* Picks a slot for this call (lock held): an idle open connection, else a
+ * slot to open, else the open one with the fewest users. */
+static pool_slot_t *pick_slot_locked(prov_client_t *c)
+{
+    pool_slot_t *idle = NULL, *empty = NULL, *least = NULL;
+
+    for (size_t i = 0; i < POOL_MAX; i++) {
+        pool_slot_t *s = &c->slots[i];
+
+        if (s->conn == NULL) {
+            if (!empty)
+                empty = s;
+        } else if (s->users == 0) {
+            idle = s;
+            break;
+        } else if (!least || s->users < least->users) {
+            least = s;
+        }
+    }
+    return idle ? idle : empty ? empty : least;
+}
+
+/* Returns a reference to a connection of the pool, opening one if needed.
+ * *ret_fresh tells whether it was opened by this call. Release with
+ * client_release(). */
 static int client_acquire(prov_client_t *c, DBusConnection **ret_conn, bool *ret_fresh,
                           char **errmsg)
 {
     DBusConnection *conn = NULL;
+    pool_slot_t *s;
     bool fresh = false;
     int r = BUS_OK;
 
     client_check_fork(c);
     pthread_mutex_lock(&c->lock);
-    if (c->conn == NULL) {
+    s = pick_slot_locked(c);
+    if (s->conn == NULL) {
         struct stat st;
         int fd = -1;
 
@@ -126,31 +168,44 @@ static int client_acquire(prov_client_t *c, DBusConnection **ret_conn, bool *ret
         r = bus_client_connect(c->socket_path, &conn, errmsg);
         if (r < 0)
             goto out;
-        c->conn = conn;
-        c->conn_fd = -1;
+        s->conn = conn;
+        s->fd = -1;
+        s->users = 0;
         if (dbus_connection_get_unix_fd(conn, &fd) && fd >= 0 && fstat(fd, &st) == 0) {
-            c->conn_fd = fd;
-            c->conn_dev = st.st_dev;
-            c->conn_ino = st.st_ino;
+            s->fd = fd;
+            s->dev = st.st_dev;
+            s->ino = st.st_ino;
         }
         fresh = true;
     }
-    *ret_conn = dbus_connection_ref(c->conn);
+    s->users++;
+    *ret_conn = dbus_connection_ref(s->conn);
     *ret_fresh = fresh;
 out:
     pthread_mutex_unlock(&c->lock);
     return r;
 }
 
-/* Drops the process' connection if it still is `used` (another thread may
- * have replaced it already). The caller still owns its reference. */
-static void client_drop(prov_client_t *c, DBusConnection *used)
+/* Ends a call on `used`. With drop, closes it if it still is in the pool
+ * (another thread may have replaced it already): the agent went away. The
+ * caller still owns its reference. */
+static void client_release(prov_client_t *c, DBusConnection *used, bool drop)
 {
     pthread_mutex_lock(&c->lock);
-    if (c->conn == used) {
-        bus_client_close(c->conn);
-        c->conn = NULL;
-        c->conn_fd = -1;
+    for (size_t i = 0; i < POOL_MAX; i++) {
+        pool_slot_t *s = &c->slots[i];
+
+        if (s->conn != used)
+            continue;
+        if (s->users > 0)
+            s->users--;
+        if (drop) {
+            bus_client_close(s->conn);
+            s->conn = NULL;
+            s->fd = -1;
+            s->users = 0;
+        }
+        break;
     }
     pthread_mutex_unlock(&c->lock);
 }
@@ -180,8 +235,7 @@ static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errm
             break;
         }
         r = op(conn, arg, &msg);
-        if (is_connection_error(r))
-            client_drop(c, conn);
+        client_release(c, conn, is_connection_error(r));
         dbus_connection_unref(conn);
         if (is_connection_error(r) && !fresh && attempt == 0) {
             /* The agent restarted since we connected: try once more. */
@@ -259,7 +313,8 @@ void prov_client_free(prov_client_t *c)
     if (c == NULL)
         return;
     if (atomic_load(&c->owner) == (int)getpid()) {
-        bus_client_close(c->conn);
+        for (size_t i = 0; i < POOL_MAX; i++)
+            bus_client_close(c->slots[i].conn);
         pthread_mutex_destroy(&c->lock);
     } else {
         client_abandon_inherited(c);

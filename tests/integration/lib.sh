@@ -16,6 +16,7 @@ IT_TIMEOUT=${P11AGENT_TEST_TIMEOUT:-30}
 # shellcheck disable=SC2034 # used by the test scripts
 IT_KEYS="rsa2048 p256 p384 ed25519"
 IT_BG_PIDS=()
+IT_AGENT_ARGS=() # more p11agentd options for agent_start
 AGENT_PID=""
 T=""
 
@@ -204,7 +205,7 @@ agent_start() {
 	envcmd+=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 		LSAN_OPTIONS="suppressions=$IT_LIB_DIR/../unit/lsan-softhsm.supp")
 	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
-		--pin-source "file:$pinfile" 2>>"$T/agent.log" </dev/null &
+		--pin-source "file:$pinfile" "${IT_AGENT_ARGS[@]}" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
 	for ((i = 0; i < limit; i++)); do
 		if [ "$stale" -eq 0 ]; then

@@ -190,6 +190,140 @@ static void test_agent_loop_runs_fd_callbacks_until_quit(void **state)
     close(p[1]);
 }
 
+static void test_agent_conf_parses_every_section(void **state)
+{
+    const char *text = "# comment\n"
+                       "[agent]\n"
+                       "module = /usr/lib/a.so /usr/lib/b.so\n"
+                       "pin-source = file:/etc/pin   # trailing comment\n"
+                       "max-clients = 12\n"
+                       "allow-users = root 4321\n"
+                       "allow-groups = 0, 777\n"
+                       "audit = refusals\n"
+                       "\n"
+                       "[token pkcs11:token=hsm1]\n"
+                       "pin-source = credential:hsm1\n"
+                       "[key pkcs11:object=web;type=private]\n"
+                       "allow-users = 1000\n"
+                       "allow-exe = /usr/sbin/nginx /usr/bin/openssl\n"
+                       "[key pkcs11:object=open]\n";
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse(text, "t.conf", &c, &err), 0);
+    assert_null(err);
+    assert_int_equal(c.n_modules, 2);
+    assert_string_equal(c.modules[1], "/usr/lib/b.so");
+    assert_string_equal(c.pin_source, "file:/etc/pin");
+    assert_int_equal(c.max_clients, 12);
+    assert_int_equal(c.audit, AGENT_AUDIT_REFUSALS);
+    assert_int_equal(c.allow.n_uids, 2);
+    assert_int_equal(c.allow.uids[0], 0);
+    assert_int_equal(c.allow.uids[1], 4321);
+    assert_int_equal(c.allow.n_gids, 2);
+    assert_int_equal(c.allow.gids[1], 777);
+    assert_int_equal(c.n_tokens, 1);
+    assert_string_equal(c.tokens[0].uri, "pkcs11:token=hsm1");
+    assert_string_equal(c.tokens[0].pin_source, "credential:hsm1");
+    assert_int_equal(c.n_keys, 2);
+    assert_string_equal(c.keys[0].uri, "pkcs11:object=web;type=private");
+    assert_true(c.keys[0].has_ids);
+    assert_int_equal(c.keys[0].n_exes, 2);
+    assert_string_equal(c.keys[0].exes[0], "/usr/sbin/nginx");
+    assert_false(c.keys[1].has_ids);
+    assert_int_equal(c.keys[1].n_exes, 0);
+
+    /* the id lists */
+    gid_t groups[] = {5, 777};
+    assert_true(agent_id_list_allows(&c.allow, 4321, 100, NULL, 0));
+    assert_true(agent_id_list_allows(&c.allow, 55, 100, groups, 2));
+    assert_false(agent_id_list_allows(&c.allow, 55, 100, groups, 1));
+    assert_false(agent_id_list_allows(&c.keys[1].allow, 1000, 1000, NULL, 0));
+    agent_conf_clear(&c);
+    assert_null(c.modules);
+}
+
+static void expect_conf_error(const char *text, const char *needle)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_true(agent_conf_parse(text, "bad.conf", &c, &err) < 0);
+    assert_non_null(err);
+    if (!strstr(err, needle))
+        fail_msg("error '%s' does not contain '%s'", err, needle);
+    assert_null(c.modules);
+    free(err);
+}
+
+static void test_agent_conf_errors_name_file_and_line(void **state)
+{
+    expect_conf_error("[agent]\nmax-clients = many\n", "bad.conf:2: max-clients");
+    expect_conf_error("[agent]\nmax-clients = 0\n", "bad.conf:2:");
+    expect_conf_error("module = /x.so\n", "bad.conf:1: setting outside a section");
+    expect_conf_error("[agent]\n\n\nfrobnicate = 1\n", "bad.conf:4: unknown setting here ('frobnicate')");
+    expect_conf_error("[agent]\nallow-users = no-such-user-p11agent\n", "no such user ('no-such-user-p11agent')");
+    expect_conf_error("[agent]\nallow-groups = no-such-group-p11agent\n", "no such group");
+    expect_conf_error("[key pkcs11:object=x]\nallow-exe = openssl\n", "absolute paths ('openssl')");
+    expect_conf_error("[key object=x]\n", "unknown section");
+    expect_conf_error("[agent\n", "section header");
+    expect_conf_error("[agent]\nthis line has no equals\n", "bad.conf:2: expected 'name = value'");
+    expect_conf_error("[agent]\naudit = sometimes\n", "audit must be");
+    expect_conf_error("[token pkcs11:token=a]\nallow-exe = /bin/sh\n", "unknown setting here");
+}
+
+static void test_agent_conf_missing_file(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_load("/nonexistent/agent.conf", false, &c, &err), 0);
+    assert_int_equal(c.n_keys, 0);
+    assert_int_equal(agent_conf_load("/nonexistent/agent.conf", true, &c, &err), -ENOENT);
+    assert_non_null(strstr(err, "/nonexistent/agent.conf"));
+    free(err);
+}
+
+static void test_agent_pin_source_credential_and_strict(void **state)
+{
+    agent_pin_source_t src = {0};
+    agent_secret_t s = {0};
+    char *err = NULL, *path;
+
+    unsetenv("CREDENTIALS_DIRECTORY");
+    assert_int_equal(agent_pin_source_parse("credential:pin", &src, &err), -EINVAL);
+    assert_non_null(strstr(err, "CREDENTIALS_DIRECTORY"));
+    free(err);
+    err = NULL;
+    setenv("CREDENTIALS_DIRECTORY", tmpdir, 1);
+    free(write_file("cred-pin", "4711\n", 5, 0400));
+    assert_int_equal(agent_pin_source_parse("credential:cred-pin", &src, &err), 0);
+    assert_int_equal(agent_pin_source_read(&src, &s, NULL, &err), 0);
+    assert_memory_equal(s.buf, "4711", 4);
+    agent_secret_free(&s);
+    agent_pin_source_clear(&src);
+    assert_int_equal(agent_pin_source_parse("credential:../x", &src, &err), -EINVAL);
+    free(err);
+    err = NULL;
+    assert_int_equal(agent_pin_source_parse("file:relative/pin", &src, &err), -EINVAL);
+    free(err);
+    err = NULL;
+
+    /* strict (system mode): a world-readable PIN file is refused */
+    path = write_file("world-pin", "1234", 4, 0644);
+    chmod(path, 0644);
+    src = (agent_pin_source_t){.kind = AGENT_PIN_FILE, .path = path, .strict = true};
+    assert_int_equal(agent_pin_source_read(&src, &s, NULL, &err), -EPERM);
+    assert_null(s.buf);
+    assert_non_null(strstr(err, "every user"));
+    free(err);
+    err = NULL;
+    src.strict = false;
+    assert_int_equal(agent_pin_source_read(&src, &s, NULL, &err), 0);
+    agent_secret_free(&s);
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -199,6 +333,10 @@ int main(void)
         cmocka_unit_test(test_agent_pin_id_changes_with_file),
         cmocka_unit_test(test_agent_err_from_tok_table),
         cmocka_unit_test(test_agent_loop_runs_fd_callbacks_until_quit),
+        cmocka_unit_test(test_agent_conf_parses_every_section),
+        cmocka_unit_test(test_agent_conf_errors_name_file_and_line),
+        cmocka_unit_test(test_agent_conf_missing_file),
+        cmocka_unit_test(test_agent_pin_source_credential_and_strict),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

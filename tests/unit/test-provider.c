@@ -1285,7 +1285,7 @@ static void *sign_many(void *p)
     return NULL;
 }
 
-static void test_provider_threads_share_key_and_connection(void **state)
+static void test_provider_threads_share_key_and_connection_pool(void **state)
 {
     EVP_PKEY *key = NULL;
     pthread_t t[4];
@@ -1305,6 +1305,14 @@ static void test_provider_threads_share_key_and_connection(void **state)
         assert_int_equal(args[i].ok, 50);
     }
     assert_int_equal(fake_signs(), before + 200);
+    /* Concurrent signers get connections of their own from the pool (at
+     * most 4 here, never more than the threads), and keep them: once the
+     * threads are done, signing reuses an idle one. */
+    assert_true(fake_connections() >= conns);
+    assert_true(fake_connections() <= conns + 3);
+    conns = fake_connections();
+    assert_true(sign_once(key, &fake_keys[1]));
+    assert_true(sign_once(key, &fake_keys[1]));
     assert_int_equal(fake_connections(), conns);
     EVP_PKEY_free(key);
 }
@@ -1334,7 +1342,7 @@ int main(void)
         cmocka_unit_test(test_provider_tls13_client_auth),
         cmocka_unit_test(test_provider_reconnects_after_agent_restart),
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
-        cmocka_unit_test(test_provider_threads_share_key_and_connection),
+        cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The agent object: its locks and the token rescan. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent.h"
+
+int agent_init(agent_t *a)
+{
+    pthread_rwlockattr_t attr;
+
+    memset(a, 0, sizeof(*a));
+    a->owner = getuid();
+    a->max_clients = AGENT_MAX_CLIENTS_DEFAULT;
+    /* Writers (rescans) are rare; don't let a stream of signatures starve one. */
+    pthread_rwlockattr_init(&attr);
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    if (pthread_rwlock_init(&a->keys_lock, &attr) != 0) {
+        pthread_rwlockattr_destroy(&attr);
+        return -ENOMEM;
+    }
+    pthread_rwlockattr_destroy(&attr);
+    pthread_mutex_init(&a->login_lock, NULL);
+    pthread_mutex_init(&a->clients_lock, NULL);
+    pthread_cond_init(&a->clients_gone, NULL);
+    atomic_init(&a->signatures, 0);
+    atomic_init(&a->sign_failures, 0);
+    return 0;
+}
+
+void agent_done(agent_t *a)
+{
+    agent_token_states_free(a);
+    agent_pin_source_clear(&a->pin_source);
+    for (size_t i = 0; a->token_pin_sources && i < a->conf.n_tokens; i++)
+        agent_pin_source_clear(&a->token_pin_sources[i]);
+    free(a->token_pin_sources);
+    free(a->key_policies);
+    agent_conf_clear(&a->conf);
+    free(a->socket_path);
+    a->socket_path = NULL;
+    pthread_cond_destroy(&a->clients_gone);
+    pthread_mutex_destroy(&a->clients_lock);
+    pthread_mutex_destroy(&a->login_lock);
+    pthread_rwlock_destroy(&a->keys_lock);
+}
+
+void agent_rescan(agent_t *a)
+{
+    int r;
+
+    pthread_rwlock_wrlock(&a->keys_lock);
+    r = tok_ctx_scan(a->tok);
+    if (r == TOK_OK)
+        agent_login_all_locked(a);
+    else
+        agent_warn("rescanning tokens failed: %s", tok_strerror(r));
+    agent_policy_update_locked(a);
+    agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+    pthread_rwlock_unlock(&a->keys_lock);
+}
+
+int agent_apply_conf(agent_t *a, char **errmsg)
+{
+    if (a->conf.max_clients)
+        a->max_clients = a->conf.max_clients;
+    a->audit = a->conf.audit;
+    if (a->conf.idle_exit_set && !a->idle_exit_s)
+        a->idle_exit_s = a->conf.idle_exit_s;
+    if (a->pin_source.kind == AGENT_PIN_NONE && a->conf.pin_source) {
+        int r = agent_pin_source_parse(a->conf.pin_source, &a->pin_source, errmsg);
+
+        if (r < 0)
+            return r;
+    }
+    a->pin_source.strict = a->system_mode;
+    if (a->conf.n_tokens) {
+        a->token_pin_sources = calloc(a->conf.n_tokens, sizeof(*a->token_pin_sources));
+        if (!a->token_pin_sources)
+            return -ENOMEM;
+    }
+    for (size_t i = 0; i < a->conf.n_tokens; i++) {
+        if (!a->conf.tokens[i].pin_source)
+            continue;
+        int r = agent_pin_source_parse(a->conf.tokens[i].pin_source, &a->token_pin_sources[i],
+                                       errmsg);
+        if (r < 0)
+            return r;
+        a->token_pin_sources[i].strict = a->system_mode;
+    }
+    return 0;
+}

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * agent.conf: $XDG_CONFIG_HOME/p11agent/agent.conf (per-user mode) or
+ * /etc/p11agent/agent.conf (--system). An INI file:
+ *
+ *   [agent]
+ *   module = /usr/lib/softhsm/libsofthsm2.so   # may repeat; default: p11-kit
+ *   pin-source = file:/etc/p11agent/pin        # default for every token
+ *   max-clients = 256
+ *   allow-users = nginx haproxy                # --system: who may connect
+ *   allow-groups = ssl-cert
+ *   audit = all | refusals | none              # default: all
+ *   idle-exit = 600                            # socket-activated: exit when idle
+ *
+ *   [token pkcs11:token=hsm1]                  # a token (URI of token attributes)
+ *   pin-source = credential:hsm1-pin
+ *
+ *   [key pkcs11:object=web;type=private]       # policy for matching keys
+ *   allow-users = www-data
+ *   allow-groups = www-data
+ *   allow-exe = /usr/sbin/nginx /usr/bin/openssl
+ *
+ * A key with no [key] section may be used by every admitted client; a key
+ * matched by a [key] section only by the clients that section allows (any
+ * allow-users/allow-groups match, AND allow-exe when given). When several
+ * sections match a key, the first one in the file applies.
+ */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+typedef enum { AGENT_AUDIT_ALL, AGENT_AUDIT_REFUSALS, AGENT_AUDIT_NONE } agent_audit_t;
+
+typedef struct agent_id_list {
+    uid_t *uids;
+    size_t n_uids;
+    gid_t *gids;
+    size_t n_gids;
+} agent_id_list_t;
+
+typedef struct agent_token_conf {
+    char *uri;
+    char *pin_source; /* spec, parsed by agent_pin_source_parse */
+} agent_token_conf_t;
+
+typedef struct agent_key_policy {
+    char *uri;
+    agent_id_list_t allow;
+    bool has_ids;      /* allow-users or allow-groups given */
+    char **exes;
+    size_t n_exes;
+} agent_key_policy_t;
+
+typedef struct agent_conf {
+    char *path;        /* the file read, or NULL */
+    char **modules;
+    size_t n_modules;
+    char *pin_source;
+    unsigned max_clients; /* 0: default */
+    unsigned idle_exit_s;
+    bool idle_exit_set;
+    agent_id_list_t allow;
+    agent_audit_t audit;
+    agent_token_conf_t *tokens;
+    size_t n_tokens;
+    agent_key_policy_t *keys;
+    size_t n_keys;
+} agent_conf_t;
+
+/* Reads a config file. A missing file is an empty config (0) unless
+ * `required`. Errors name the file and line. */
+int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **errmsg);
+/* Parses config text (for tests); `name` is used in messages. */
+int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char **errmsg);
+void agent_conf_clear(agent_conf_t *c);
+
+/* Resolves a user or group name (or a number) to its id. */
+int agent_conf_lookup_user(const char *name, uid_t *ret);
+int agent_conf_lookup_group(const char *name, gid_t *ret);
+
+/* Is a peer with this uid, gid and supplementary groups in the list? */
+bool agent_id_list_allows(const agent_id_list_t *l, uid_t uid, gid_t gid, const gid_t *groups,
+                          size_t n_groups);
