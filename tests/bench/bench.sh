@@ -1,5 +1,5 @@
 #!/bin/bash
-# bench.sh [--seconds S] [--runs N] [--soak N] [--many-keys] [--json PATH]
+# bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -20,6 +20,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 SECONDS_EACH=3
 RUNS=30
+ROUNDS=3
 SOAK=0
 MANY=0
 JSON=""
@@ -27,11 +28,12 @@ while [ $# -gt 0 ]; do
 	case $1 in
 	--seconds) SECONDS_EACH=$2; shift 2 ;;
 	--runs) RUNS=$2; shift 2 ;;
+	--rounds) ROUNDS=$2; shift 2 ;;
 	--soak) SOAK=$2; shift 2 ;;
 	--many-keys) MANY=1; shift ;;
 	--no-many-keys) MANY=0; shift ;;
 	--json) JSON=$2; shift 2 ;;
-	*) echo "usage: bench.sh [--seconds S] [--runs N] [--soak N] [--many-keys] [--json PATH]" >&2
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -166,7 +168,7 @@ export P11BENCH_DIR=$P11AGENT_TEST_DIR P11BENCH_TOKEN=$P11AGENT_TEST_TOKEN \
 	P11BENCH_P11KIT_CLIENT=$P11KIT_CLIENT P11BENCH_P11KIT_UNAVAILABLE=$P11KIT_WHY \
 	P11BENCH_CNF=$T/openssl.cnf P11BENCH_OPENSSL=$(command -v openssl) \
 	P11AGENT_SOCKET=$SOCK OPENSSL_CONF=/dev/null
-"$P11BENCH" run --seconds "$SECONDS_EACH" --runs "$RUNS" --soak "$SOAK" \
+"$P11BENCH" run --seconds "$SECONDS_EACH" --rounds "$ROUNDS" --runs "$RUNS" --soak "$SOAK" \
 	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}"
 rc=$?
 if [ "$rc" -ne 0 ]; then

@@ -4,7 +4,7 @@
  * which makes the tokens, starts the agents and the p11-kit server and
  * sets the P11BENCH_* environment this program reads.
  *
- *   p11bench run [--seconds S] [--runs N] [--soak N] [--json PATH]
+ *   p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] [--json PATH]
  *                [--mem-socket SOCK]
  *   p11bench worker sign|tls|rtt ARGS...   (started by `run`)
  *
@@ -80,20 +80,27 @@ static double pct_u32(const uint32_t *v, size_t n, double p)
     return v[i < n ? i : n - 1];
 }
 
-/* Runs nprocs workers with the same arguments; fills st. */
-static void run_workers(bench_t *b, char **wargv, int nprocs, bool agent, stat_row_t *st,
-                        proc_tick_fn tick, void *tick_arg)
+/* Results of the rounds of one measurement, added up. */
+typedef struct acc {
+    uint64_t ops;
+    uint64_t ns;
+    uint64_t agent_sigs;
+    lat_vec_t lat;
+    char *error;
+} acc_t;
+
+/* One round: nprocs workers with the same arguments, started together.
+ * Adds to acc; on failure sets acc->error. */
+static int run_round(bench_t *b, char **wargv, int nprocs, bool agent, acc_t *acc,
+                     proc_tick_fn tick, void *tick_arg)
 {
     proc_t procs[2];
     proc_result_t res[2] = { 0 };
     char *err = NULL;
-    int started = 0;
+    int started = 0, r = -1;
     int64_t before = -1, after;
-    uint64_t max_ns = 0;
-    size_t nlat = 0;
-    uint32_t *all = NULL;
+    uint64_t max_ns = 0, ops = 0, sigs;
 
-    memset(st, 0, sizeof(*st));
     /* Set up one worker after the other (p11-kit 0.24's server shows 0
      * slots to clients that connect at the same moment), start together. */
     for (; started < nprocs; started++)
@@ -114,89 +121,126 @@ static void run_workers(bench_t *b, char **wargv, int nprocs, bool agent, stat_r
             goto fail;
     started = 0;
     for (int i = 0; i < nprocs; i++) {
-        st->ops += res[i].ops;
+        ops += res[i].ops;
         if (res[i].elapsed_ns > max_ns)
             max_ns = res[i].elapsed_ns;
-        nlat += res[i].lat.n;
+        for (size_t j = 0; j < res[i].lat.n; j++)
+            if (lat_push(&acc->lat, res[i].lat.v[j]) < 0) {
+                err = strdup("out of memory");
+                goto fail;
+            }
     }
-    all = malloc((nlat ? nlat : 1) * sizeof(*all));
-    if (all == NULL) {
-        err = strdup("out of memory");
-        goto fail;
-    }
-    nlat = 0;
-    for (int i = 0; i < nprocs; i++) {
-        memcpy(all + nlat, res[i].lat.v, res[i].lat.n * sizeof(*all));
-        nlat += res[i].lat.n;
-    }
-    qsort(all, nlat, sizeof(*all), cmp_u32);
-    st->seconds = (double)max_ns / 1e9;
-    st->per_s = st->seconds > 0 ? (double)st->ops / st->seconds : 0;
-    st->p50_us = pct_u32(all, nlat, 50) / 1000.0;
-    st->p99_us = pct_u32(all, nlat, 99) / 1000.0;
     if (agent) {
         after = agent_signatures(b);
-        st->agent_sigs = before >= 0 && after >= before ? (uint64_t)(after - before) : 0;
-        if (before < 0 || after < 0 || st->agent_sigs < st->ops) {
+        sigs = before >= 0 && after >= before ? (uint64_t)(after - before) : 0;
+        if (before < 0 || after < 0 || sigs < ops) {
             err = bench_strdupf("the agent counted %llu signatures, the clients made %llu",
-                                (unsigned long long)st->agent_sigs,
-                                (unsigned long long)st->ops);
+                                (unsigned long long)sigs, (unsigned long long)ops);
             goto fail;
         }
+        acc->agent_sigs += sigs;
     }
-    st->ok = true;
+    acc->ops += ops;
+    acc->ns += max_ns;
+    r = 0;
     goto out;
 fail:
     for (int i = 0; i < started; i++)
         proc_kill(&procs[i]);
-    st->error = err ? err : strdup("failed");
-    b->failed = true;
+    free(acc->error);
+    acc->error = err ? err : strdup("failed");
 out:
-    free(all);
     for (int i = 0; i < nprocs; i++)
         free(res[i].lat.v);
+    return r;
+}
+
+/* Turns an accumulator into a row (and frees it). A failure fails the run. */
+static void acc_finish(bench_t *b, acc_t *acc, stat_row_t *st)
+{
+    memset(st, 0, sizeof(*st));
+    if (acc->error != NULL) {
+        st->error = acc->error;
+        b->failed = true;
+    } else {
+        qsort(acc->lat.v, acc->lat.n, sizeof(*acc->lat.v), cmp_u32);
+        st->ok = true;
+        st->ops = acc->ops;
+        st->agent_sigs = acc->agent_sigs;
+        st->seconds = (double)acc->ns / 1e9;
+        st->per_s = st->seconds > 0 ? (double)st->ops / st->seconds : 0;
+        st->p50_us = pct_u32(acc->lat.v, acc->lat.n, 50) / 1000.0;
+        st->p99_us = pct_u32(acc->lat.v, acc->lat.n, 99) / 1000.0;
+    }
+    free(acc->lat.v);
+    memset(acc, 0, sizeof(*acc));
+}
+
+static void run_workers(bench_t *b, char **wargv, int nprocs, bool agent, stat_row_t *st,
+                        proc_tick_fn tick, void *tick_arg)
+{
+    acc_t acc = { 0 };
+
+    run_round(b, wargv, nprocs, agent, &acc, tick, tick_arg);
+    acc_finish(b, &acc, st);
 }
 
 /* --- 1. signatures -------------------------------------------------------- */
 
+/* Each (key, clients) group runs its methods in turn, b->rounds times, so
+ * that load from elsewhere on the machine falls on all of them alike. */
 static void section_sign(bench_t *b)
 {
     static const bench_alg_t algs[] = { A_RSA_PKCS1, A_RSA_PSS, A_P256, A_ED25519 };
     char secs[32];
-    bool failed;
 
-    snprintf(secs, sizeof(secs), "%g", b->seconds);
+    snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     for (size_t ai = 0; ai < sizeof(algs) / sizeof(algs[0]); ai++) {
         for (int c = 0; c < 3; c++) {
-            for (int m = 0; m < M_COUNT && b->nsign < MAX_ROWS; m++) {
-                sign_row_t *row = &b->sign[b->nsign++];
-                char *wargv[] = { (char *)b->self, "worker", "sign", "--method",
-                                  (char *)bench_method_name(m), "--alg",
-                                  (char *)bench_alg_name(algs[ai]), "--threads",
-                                  c == 1 ? "2" : "1", "--seconds", secs, NULL };
+            sign_row_t *rows = &b->sign[b->nsign];
+            acc_t acc[M_COUNT] = { 0 };
 
-                row->alg = algs[ai];
-                row->method = m;
-                row->threads = c == 1 ? 2 : 1;
-                row->procs = c == 2 ? 2 : 1;
+            if (b->nsign + M_COUNT > MAX_ROWS)
+                return;
+            b->nsign += M_COUNT;
+            for (int m = 0; m < M_COUNT; m++) {
+                rows[m].alg = algs[ai];
+                rows[m].method = m;
+                rows[m].threads = c == 1 ? 2 : 1;
+                rows[m].procs = c == 2 ? 2 : 1;
                 if ((m == M_P11KIT_TOKEN || m == M_P11KIT_COPY) && b->p11kit_reason != NULL) {
-                    row->st.unavailable = true;
-                    row->st.error = bench_strdupf("unavailable: %s", b->p11kit_reason);
+                    rows[m].st.unavailable = true;
+                    rows[m].st.error = bench_strdupf("unavailable: %s", b->p11kit_reason);
+                }
+            }
+            fprintf(stderr, "p11bench: sign %s, %s\n", bench_alg_name(algs[ai]), clients_name[c]);
+            for (int r = 0; r < b->rounds; r++) {
+                for (int m = 0; m < M_COUNT; m++) {
+                    char *wargv[] = { (char *)b->self, "worker", "sign", "--method",
+                                      (char *)bench_method_name(m), "--alg",
+                                      (char *)bench_alg_name(algs[ai]), "--threads",
+                                      c == 1 ? "2" : "1", "--seconds", secs, NULL };
+
+                    if (rows[m].st.unavailable || acc[m].error != NULL)
+                        continue;
+                    run_round(b, wargv, rows[m].procs, m == M_AGENT, &acc[m], NULL, NULL);
+                }
+            }
+            for (int m = 0; m < M_COUNT; m++) {
+                if (rows[m].st.unavailable)
+                    continue;
+                if ((m == M_P11KIT_TOKEN || m == M_P11KIT_COPY) && acc[m].error != NULL
+                    && strstr(acc[m].error, "C_SignInit failed: CKR 0x70") != NULL) {
+                    /* not ours to fix: say so instead of failing */
+                    free(acc[m].error);
+                    acc[m].error = NULL;
+                    free(acc[m].lat.v);
+                    rows[m].st.error = strdup("unavailable: p11-kit 0.24 remoting rejects this "
+                                              "mechanism (C_SignInit: CKR_MECHANISM_INVALID)");
+                    rows[m].st.unavailable = true;
                     continue;
                 }
-                fprintf(stderr, "p11bench: sign %s %s %s\n", bench_alg_name(algs[ai]),
-                        bench_method_name(m), clients_name[c]);
-                failed = b->failed;
-                run_workers(b, wargv, row->procs, m == M_AGENT, &row->st, NULL, NULL);
-                if ((m == M_P11KIT_TOKEN || m == M_P11KIT_COPY) && row->st.error != NULL
-                    && strstr(row->st.error, "C_SignInit failed: CKR 0x70") != NULL) {
-                    /* not ours to fix: say so instead of failing */
-                    free(row->st.error);
-                    row->st.error = strdup("unavailable: p11-kit 0.24 remoting rejects this "
-                                           "mechanism (C_SignInit: CKR_MECHANISM_INVALID)");
-                    row->st.unavailable = true;
-                    b->failed = failed;
-                }
+                acc_finish(b, &acc[m], &rows[m].st);
             }
         }
     }
@@ -404,21 +448,30 @@ static void section_tls(bench_t *b)
     static const char *const sources[] = { "agent", "software" };
     char secs[32];
 
-    snprintf(secs, sizeof(secs), "%g", b->seconds);
+    snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     for (int p = 0; p < 2; p++)
-        for (int k = 0; k < 2; k++)
-            for (int s = 0; s < 2; s++) {
-                tls_row_t *row = &b->tls[b->ntls++];
-                char *wargv[] = { (char *)b->self, "worker", "tls", "--proto", (char *)protos[p],
-                                  "--key", (char *)keys[k], "--source",
-                                  s == 0 ? "agent" : "soft", "--seconds", secs, NULL };
+        for (int k = 0; k < 2; k++) {
+            tls_row_t *rows = &b->tls[b->ntls];
+            acc_t acc[2] = { 0 };
 
-                row->proto = protos[p];
-                row->key = keys[k];
-                row->source = sources[s];
-                fprintf(stderr, "p11bench: mTLS TLS %s %s %s\n", protos[p], keys[k], sources[s]);
-                run_workers(b, wargv, 1, s == 0, &row->st, NULL, NULL);
+            b->ntls += 2;
+            fprintf(stderr, "p11bench: mTLS TLS %s %s\n", protos[p], keys[k]);
+            for (int r = 0; r < b->rounds; r++)
+                for (int s = 0; s < 2; s++) {
+                    char *wargv[] = { (char *)b->self, "worker", "tls", "--proto",
+                                      (char *)protos[p], "--key", (char *)keys[k], "--source",
+                                      s == 0 ? "agent" : "soft", "--seconds", secs, NULL };
+
+                    if (acc[s].error == NULL)
+                        run_round(b, wargv, 1, s == 0, &acc[s], NULL, NULL);
+                }
+            for (int s = 0; s < 2; s++) {
+                rows[s].proto = protos[p];
+                rows[s].key = keys[k];
+                rows[s].source = sources[s];
+                acc_finish(b, &acc[s], &rows[s].st);
             }
+        }
 }
 
 /* --- 4. memory ------------------------------------------------------------ */
@@ -544,8 +597,8 @@ static double loadavg(void)
 
 static int usage(void)
 {
-    fprintf(stderr, "usage: p11bench run [--seconds S] [--runs N] [--soak N] [--json PATH] "
-                    "[--mem-socket SOCK]\n       p11bench worker sign|tls|rtt ARGS...\n");
+    fprintf(stderr, "usage: p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] "
+                    "[--json PATH] [--mem-socket SOCK]\n       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
 
@@ -580,12 +633,15 @@ int main(int argc, char **argv)
         return usage();
     b->seconds = 3;
     b->runs = 30;
+    b->rounds = 3;
     b->soak = 0;
     for (int i = 2; i < argc; i++) {
         if (i + 1 >= argc)
             return usage();
         if (strcmp(argv[i], "--seconds") == 0)
             b->seconds = atof(argv[++i]);
+        else if (strcmp(argv[i], "--rounds") == 0)
+            b->rounds = atoi(argv[++i]);
         else if (strcmp(argv[i], "--runs") == 0)
             b->runs = atoi(argv[++i]);
         else if (strcmp(argv[i], "--soak") == 0)
@@ -597,7 +653,7 @@ int main(int argc, char **argv)
         else
             return usage();
     }
-    if (b->seconds <= 0 || b->runs < 1)
+    if (b->seconds <= 0 || b->runs < 1 || b->rounds < 1)
         return usage();
     if (bench_cfg_load(&b->cfg, &err) < 0) {
         fprintf(stderr, "p11bench: %s\n", err);

@@ -93,7 +93,8 @@ struct bench {
     const char *p11kit_reason; /* why p11-kit remoting is unavailable, or NULL */
     const char *mem_socket;    /* agent with many keys, or NULL */
     const char *socket;
-    double seconds;
+    double seconds; /* per measurement, split into `rounds` interleaved rounds */
+    int rounds;
     int runs;
     long soak;
     bool failed;

@@ -202,9 +202,10 @@ static const char *verdict(int met)
 
 void report_table(bench_t *b)
 {
-    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement; medians of %d runs for "
-           "fresh processes)\n",
-           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->runs);
+    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement in %d interleaved rounds; "
+           "medians of %d runs for fresh processes)\n",
+           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->rounds,
+           b->runs);
     printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
            b->load_start > 1.5 || b->load_end > 1.5
                ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
@@ -374,8 +375,8 @@ int report_json(bench_t *b, const char *path)
     jstr(f, b->cfg.module);
     fputs("},\n", f);
     fprintf(f, "  \"loadavg\": {\"start\": %.2f, \"end\": %.2f},\n", b->load_start, b->load_end);
-    fprintf(f, "  \"config\": {\"seconds\": %g, \"runs\": %d, \"soak\": %ld, \"many_keys\": %s},\n",
-            b->seconds, b->runs, b->soak, b->mem_socket ? "true" : "false");
+    fprintf(f, "  \"config\": {\"seconds\": %g, \"rounds\": %d, \"runs\": %d, \"soak\": %ld, \"many_keys\": %s},\n",
+            b->seconds, b->rounds, b->runs, b->soak, b->mem_socket ? "true" : "false");
     fputs("  \"sign\": [\n", f);
     for (int i = 0; i < b->nsign; i++) {
         const sign_row_t *r = &b->sign[i];
