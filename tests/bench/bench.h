@@ -30,6 +30,8 @@ int bench_cfg_load(bench_cfg_t *cfg, char **err);
 
 typedef enum bench_method {
     M_AGENT = 0,    /* EVP_DigestSign on a p11agent provider key */
+    M_AGENT_BUS,    /* the same Sign call made with dbus/ directly, no provider
+                       (diagnostic: the provider's share of the cost) */
     M_DIRECT_TOKEN, /* in-process C_Sign on the token object */
     M_DIRECT_COPY,  /* in-process C_Sign on a C_CopyObject session copy */
     M_P11KIT_TOKEN, /* p11-kit-client.so -> p11-kit server, token object */

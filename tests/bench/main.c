@@ -223,7 +223,8 @@ static void section_sign(bench_t *b)
 
                     if (rows[m].st.unavailable || acc[m].error != NULL)
                         continue;
-                    run_round(b, wargv, rows[m].procs, m == M_AGENT, &acc[m], NULL, NULL);
+                    run_round(b, wargv, rows[m].procs, m == M_AGENT || m == M_AGENT_BUS,
+                              &acc[m], NULL, NULL);
                 }
             }
             for (int m = 0; m < M_COUNT; m++) {

@@ -13,6 +13,10 @@
  *   CKA_TOKEN false: SoftHSM then stops re-reading the key file).
  * - p11kit: the same code with p11-kit-client.so, which forwards every call
  *   to a `p11-kit server` ($P11_KIT_SERVER_ADDRESS).
+ * - agent-bus (p11bench only, P11BENCH_BUS): the agent's Sign method called
+ *   with dbus/ (bus_client_sign) on one private connection per thread, the
+ *   digest computed here: what the agent and the transport cost without the
+ *   provider and EVP around them.
  *
  * The digest is computed inside the timed call for every method.
  */
@@ -34,6 +38,9 @@
 #include <openssl/store.h>
 
 #include "bench.h"
+#ifdef P11BENCH_BUS
+#include "bus.h"
+#endif
 
 struct signer {
     bench_method_t method;
@@ -49,6 +56,8 @@ struct signer {
     CK_SESSION_HANDLE setup; /* logged in; owns the session copy */
     CK_OBJECT_HANDLE obj;    /* token object or its session copy */
     bool initialized;
+    /* agent-bus */
+    char *uri;
 };
 
 struct signer_thr {
@@ -56,6 +65,9 @@ struct signer_thr {
     EVP_MD_CTX *md;
     CK_SESSION_HANDLE session;
     bool own_session;
+#ifdef P11BENCH_BUS
+    DBusConnection *conn;
+#endif
 };
 
 static char *ossl_err(const char *what)
@@ -156,6 +168,79 @@ fail:
     *err = ossl_err("EVP_DigestSign failed");
     return -1;
 }
+
+/* --- agent-bus ---------------------------------------------------------- */
+
+#ifdef P11BENCH_BUS
+static int bus_open(const bench_cfg_t *cfg, signer_t *s, char **err)
+{
+    const char *sock = getenv("P11AGENT_SOCKET");
+    DBusConnection *conn = NULL;
+    bus_key_info_t *keys = NULL;
+    size_t n = 0;
+    char *uri = bench_strdupf("pkcs11:token=%s;object=%s;type=private", cfg->token,
+                              bench_alg_label(s->alg));
+    int r;
+
+    r = bus_client_connect(sock ? sock : "", &conn, err);
+    if (r == BUS_OK)
+        r = bus_client_find_keys(conn, uri, BUS_CALL_TIMEOUT_MS, &keys, &n, err);
+    if (r == BUS_OK && n == 1)
+        s->uri = strdup(keys[0].uri);
+    else if (r == BUS_OK)
+        *err = bench_strdupf("%s names %zu keys", uri, n);
+    bus_key_info_free_array(keys, n);
+    bus_client_close(conn);
+    free(uri);
+    return s->uri != NULL ? 0 : -1;
+}
+
+static int bus_sign(signer_thr_t *t, const uint8_t *msg, size_t len, uint8_t *sig,
+                    size_t *siglen, char **err)
+{
+    bus_sign_params_t p = { .alg = BUS_SIG_ECDSA, .hash = "sha256" };
+    uint8_t digest[32];
+    unsigned int dlen = 32;
+    uint8_t *out = NULL;
+    size_t outlen = 0;
+
+    switch (t->s->alg) {
+    case A_RSA_PKCS1:
+        p.alg = BUS_SIG_RSA_PKCS1;
+        break;
+    case A_RSA_PSS:
+        p.alg = BUS_SIG_RSA_PSS;
+        p.salt_len = 32;
+        break;
+    case A_ED25519:
+        p.alg = BUS_SIG_EDDSA;
+        p.hash[0] = '\0';
+        break;
+    default:
+        break;
+    }
+    if (p.alg != BUS_SIG_EDDSA) {
+        if (!EVP_Digest(msg, len, digest, &dlen, EVP_sha256(), NULL)) {
+            *err = strdup("SHA-256 failed");
+            return -1;
+        }
+        msg = digest;
+        len = dlen;
+    }
+    if (bus_client_sign(t->conn, t->s->uri, &p, msg, len, BUS_CALL_TIMEOUT_MS, &out, &outlen,
+                        err) < 0)
+        return -1;
+    if (outlen > 512) {
+        free(out);
+        *err = strdup("signature too long");
+        return -1;
+    }
+    memcpy(sig, out, outlen);
+    *siglen = outlen;
+    free(out);
+    return 0;
+}
+#endif
 
 /* --- PKCS#11 ------------------------------------------------------------ */
 
@@ -338,6 +423,13 @@ int signer_open(const bench_cfg_t *cfg, bench_method_t m, bench_alg_t a, signer_
     case M_AGENT:
         r = agent_open(cfg, s, err);
         break;
+    case M_AGENT_BUS:
+#ifdef P11BENCH_BUS
+        r = bus_open(cfg, s, err);
+#else
+        *err = strdup("agent-bus is not built into this program");
+#endif
+        break;
     case M_DIRECT_TOKEN:
     case M_DIRECT_COPY:
         r = p11_open(cfg, s, cfg->module, m == M_DIRECT_COPY, err);
@@ -377,6 +469,15 @@ int signer_thread(signer_t *s, signer_thr_t **ret, char **err)
             free(t);
             return -1;
         }
+#ifdef P11BENCH_BUS
+    } else if (s->method == M_AGENT_BUS) {
+        const char *sock = getenv("P11AGENT_SOCKET");
+
+        if (bus_client_connect(sock ? sock : "", &t->conn, err) < 0) {
+            free(t);
+            return -1;
+        }
+#endif
     } else {
         rv = s->f->C_OpenSession(s->slot, CKF_SERIAL_SESSION, NULL, NULL, &t->session);
         if (rv != CKR_OK) {
@@ -395,6 +496,10 @@ int signer_sign(signer_thr_t *t, const uint8_t *msg, size_t len, uint8_t *sig, s
 {
     if (t->s->method == M_AGENT)
         return evp_sign(t->md, t->s->libctx, t->s->key, t->s->alg, msg, len, sig, siglen, err);
+#ifdef P11BENCH_BUS
+    if (t->s->method == M_AGENT_BUS)
+        return bus_sign(t, msg, len, sig, siglen, err);
+#endif
     return p11_sign(t, msg, len, sig, siglen, err);
 }
 
@@ -428,7 +533,7 @@ int signer_verify(signer_t *s, const uint8_t *msg, size_t len, const uint8_t *si
     uint8_t *der = NULL;
     int ok = 0;
 
-    if (s->alg == A_P256 && s->method != M_AGENT) {
+    if (s->alg == A_P256 && s->method != M_AGENT && s->method != M_AGENT_BUS) {
         der = ecdsa_raw_to_der(sig, siglen, &siglen);
         if (der == NULL)
             goto out;
@@ -472,6 +577,9 @@ void signer_thread_free(signer_thr_t *t)
     if (t == NULL)
         return;
     EVP_MD_CTX_free(t->md);
+#ifdef P11BENCH_BUS
+    bus_client_close(t->conn);
+#endif
     if (t->own_session)
         t->s->f->C_CloseSession(t->session);
     free(t);
@@ -483,6 +591,7 @@ void signer_close(signer_t *s)
         return;
     EVP_PKEY_free(s->key);
     EVP_PKEY_free(s->pub);
+    free(s->uri);
     OSSL_LIB_CTX_free(s->libctx);
     if (s->initialized)
         s->f->C_Finalize(NULL);
