@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 /* What a worker needs to know; filled from P11BENCH_* variables. */
 typedef struct bench_cfg {
@@ -81,5 +82,10 @@ char *bench_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *bench_read_file(const char *path, size_t *ret_len);
 /* VmRSS of pid in KiB, -1 on error. */
 long bench_rss_kib(int pid);
+/* Marks the end of a phase (name: a string constant) at the current time;
+ * bench_phases_print writes "phase NAME NS" lines. */
+#define BENCH_MAX_PHASES 8
+void bench_phase(const char *name);
+void bench_phases_print(FILE *f);
 /* Any "Name: N kB" line of /proc/PID/status (RssAnon, RssFile, ...). */
 long bench_status_kib(int pid, const char *field);

@@ -2,8 +2,10 @@
 /*
  * p11bench-first METHOD ALG: a fresh process that makes one signature and
  * prints the CLOCK_MONOTONIC time (ns) at which it had it, then verifies
- * it (exit 1 if it does not verify). `p11bench-first none` only starts. The orchestrator subtracts the time
- * it spawned us: process start + key load + first signature, without exit.
+ * it (exit 1 if it does not verify), then "phase NAME NS" lines: when
+ * main() began and each setup step ended. The orchestrator subtracts the
+ * time it spawned us: process start + key load + first signature, without
+ * exit. `p11bench-first none` only starts.
  *
  * METHOD agent: own OSSL_LIB_CTX, load p11agent.so, OSSL_STORE the key by
  * URI, EVP_DigestSign. METHOD direct-token: dlopen the module, C_Initialize,
@@ -27,6 +29,7 @@ int main(int argc, char **argv)
     char *err = NULL;
     int m, a;
 
+    bench_phase("main");
     if (argc == 2 && strcmp(argv[1], "none") == 0) {
         /* process start only */
         printf("%llu\n", (unsigned long long)bench_now_ns());
@@ -43,9 +46,11 @@ int main(int argc, char **argv)
         || signer_sign(t, msg, sizeof(msg), sig, &siglen, &err) < 0)
         goto fail;
     done = bench_now_ns();
+    bench_phase("signed");
     if (signer_verify(s, msg, sizeof(msg), sig, siglen, &err) < 0)
         goto fail;
     printf("%llu\n", (unsigned long long)done);
+    bench_phases_print(stdout);
     fflush(stdout);
     signer_thread_free(t);
     signer_close(s);

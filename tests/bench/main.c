@@ -304,27 +304,41 @@ static void section_first(bench_t *b)
         { "direct-token", "rsa2048-pss", "module in-process: ... RSA-2048 PSS" },
     };
     enum { NV = sizeof(v) / sizeof(v[0]) };
-    double *ms[NV];
+    double *ms[NV], *ph[NV][BENCH_MAX_PHASES];
     int n[NV] = { 0 };
     char **envp = env_with_cnf("/dev/null");
 
     fprintf(stderr, "p11bench: fresh processes, first signature (%d runs each)\n", b->runs);
-    for (int i = 0; i < NV; i++)
+    for (int i = 0; i < NV; i++) {
         ms[i] = calloc((size_t)b->runs, sizeof(double));
+        for (int k = 0; k < BENCH_MAX_PHASES; k++)
+            ph[i][k] = calloc((size_t)b->runs, sizeof(double));
+    }
     for (int r = 0; r < b->runs; r++) {
         for (int i = 0; i < NV; i++) {
+            time_row_t *row = &b->times[b->ntimes + i];
             char *argv[] = { (char *)b->first_exe, (char *)v[i].method, (char *)v[i].alg, NULL };
-            char out[64], *err = NULL;
+            char out[1024], *err = NULL, *line;
             uint64_t t0, wall;
-            unsigned long long done;
+            unsigned long long done, t;
+            char name[16];
+            int k = 0;
 
             if (run_cmd(argv, envp, &t0, &wall, out, sizeof(out), &err) < 0
                 || sscanf(out, "%llu", &done) != 1 || done < t0) {
-                if (b->times[b->ntimes + i].error == NULL)
-                    b->times[b->ntimes + i].error = err ? err : strdup("no time printed");
+                if (row->error == NULL)
+                    row->error = err ? err : strdup("no time printed");
                 b->failed = true;
                 continue;
             }
+            for (line = strchr(out, '\n'); line != NULL && k < BENCH_MAX_PHASES;
+                 line = strchr(line + 1, '\n')) {
+                if (sscanf(line + 1, "phase %15s %llu", name, &t) != 2 || t < t0)
+                    continue;
+                snprintf(row->phase_name[k], sizeof(row->phase_name[k]), "%s", name);
+                ph[i][k++][n[i]] = (double)(t - t0) / 1e6;
+            }
+            row->nphases = k;
             ms[i][n[i]++] = (double)(done - t0) / 1e6;
         }
     }
@@ -334,7 +348,15 @@ static void section_first(bench_t *b)
         row->name = v[i].method;
         row->detail = v[i].name;
         time_finish(row, ms[i], n[i]);
+        for (int k = 0; k < row->nphases; k++) {
+            time_row_t tmp = { 0 };
+
+            time_finish(&tmp, ph[i][k], n[i]);
+            row->phase_ms[k] = tmp.median_ms;
+        }
         free(ms[i]);
+        for (int k = 0; k < BENCH_MAX_PHASES; k++)
+            free(ph[i][k]);
     }
     b->times[b->ntimes + 0].name = "first:none";
     b->times[b->ntimes + 1].name = "first:agent:p256";

@@ -68,6 +68,10 @@ typedef struct time_row {
     int runs;
     double median_ms, min_ms, p90_ms;
     char *error;
+    /* fresh-process phases: median time since spawn at the end of each */
+    int nphases;
+    char phase_name[BENCH_MAX_PHASES][16];
+    double phase_ms[BENCH_MAX_PHASES];
 } time_row_t;
 
 typedef struct target_row {

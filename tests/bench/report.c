@@ -252,6 +252,12 @@ void report_table(bench_t *b)
         else
             printf("%-20s %7.2f %7.2f %7.2f  %s\n", r->name, r->median_ms, r->min_ms, r->p90_ms,
                    r->detail);
+        if (r->error == NULL && r->nphases > 0) {
+            printf("%-20s   since spawn, median ms, at the end of:", "");
+            for (int k = 0; k < r->nphases; k++)
+                printf(" %s %.2f", r->phase_name[k], r->phase_ms[k]);
+            printf("\n");
+        }
     }
 
     printf("\n== 3. mTLS full handshakes (client authenticated, no resumption, one thread "
@@ -409,6 +415,16 @@ int report_json(bench_t *b, const char *path)
         jnum(f, r->min_ms);
         fputs(", \"p90_ms\": ", f);
         jnum(f, r->p90_ms);
+        if (r->nphases > 0) {
+            fputs(", \"phases_ms\": {", f);
+            for (int k = 0; k < r->nphases; k++) {
+                fprintf(f, "%s", k ? ", " : "");
+                jstr(f, r->phase_name[k]);
+                fputs(": ", f);
+                jnum(f, r->phase_ms[k]);
+            }
+            fputs("}", f);
+        }
         if (r->error != NULL) {
             fputs(", \"error\": ", f);
             jstr(f, r->error);

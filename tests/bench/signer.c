@@ -111,12 +111,17 @@ static int agent_open(const bench_cfg_t *cfg, signer_t *s, char **err)
     if (slash != NULL)
         *slash = '\0';
     s->libctx = OSSL_LIB_CTX_new();
-    if (s->libctx == NULL || OSSL_PROVIDER_load(s->libctx, "default") == NULL
-        || !OSSL_PROVIDER_set_default_search_path(s->libctx, slash ? dir : ".")
+    if (s->libctx == NULL || OSSL_PROVIDER_load(s->libctx, "default") == NULL) {
+        *err = ossl_err("cannot load the default provider");
+        goto out;
+    }
+    bench_phase("libctx");
+    if (!OSSL_PROVIDER_set_default_search_path(s->libctx, slash ? dir : ".")
         || OSSL_PROVIDER_load(s->libctx, "p11agent") == NULL) {
         *err = ossl_err("cannot load the p11agent provider");
         goto out;
     }
+    bench_phase("provider");
     uri = bench_strdupf("pkcs11:token=%s;object=%s;type=private", cfg->token,
                         bench_alg_label(s->alg));
     st = OSSL_STORE_open_ex(uri, s->libctx, NULL, NULL, NULL, NULL, NULL, NULL);
@@ -137,6 +142,7 @@ static int agent_open(const bench_cfg_t *cfg, signer_t *s, char **err)
         *err = ossl_err("no private key loaded from the agent");
         goto out;
     }
+    bench_phase("key");
     r = 0;
 out:
     OSSL_STORE_close(st);
@@ -284,6 +290,7 @@ static int p11_open(const bench_cfg_t *cfg, signer_t *s, const char *module, boo
         *err = bench_strdupf("dlopen %s: %s", module, dlerror());
         return -1;
     }
+    bench_phase("dlopen");
     getfl = (CK_C_GetFunctionList)dlsym(s->dl, "C_GetFunctionList");
     if (getfl == NULL || getfl(&s->f) != CKR_OK) {
         *err = bench_strdupf("%s: no C_GetFunctionList", module);
@@ -295,6 +302,7 @@ static int p11_open(const bench_cfg_t *cfg, signer_t *s, const char *module, boo
         return -1;
     }
     s->initialized = true;
+    bench_phase("C_Initialize");
     rv = s->f->C_GetSlotList(CK_TRUE, slots, &nslots);
     if (rv != CKR_OK) {
         *err = ck_err("C_GetSlotList", rv);
@@ -326,6 +334,7 @@ static int p11_open(const bench_cfg_t *cfg, signer_t *s, const char *module, boo
         *err = ck_err("C_Login", rv);
         return -1;
     }
+    bench_phase("login");
     rv = s->f->C_FindObjectsInit(s->setup, tmpl, 2);
     if (rv == CKR_OK) {
         rv = s->f->C_FindObjects(s->setup, &s->obj, 1, &found);
@@ -336,6 +345,7 @@ static int p11_open(const bench_cfg_t *cfg, signer_t *s, const char *module, boo
                             : bench_strdupf("private key %s not found", label);
         return -1;
     }
+    bench_phase("find");
     if (copy) {
         CK_OBJECT_HANDLE c;
 

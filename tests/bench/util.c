@@ -175,3 +175,26 @@ int bench_cfg_load(bench_cfg_t *cfg, char **err)
     free(pin);
     return 0;
 }
+
+/* Phase marks of one process (p11bench-first): a diagnostic, kept here so
+ * that signer.c can mark phases without knowing who prints them. */
+static struct {
+    const char *name;
+    uint64_t ns;
+} phases[BENCH_MAX_PHASES];
+static int nphases;
+
+void bench_phase(const char *name)
+{
+    if (nphases < BENCH_MAX_PHASES) {
+        phases[nphases].name = name;
+        phases[nphases].ns = bench_now_ns();
+        nphases++;
+    }
+}
+
+void bench_phases_print(FILE *f)
+{
+    for (int i = 0; i < nphases; i++)
+        fprintf(f, "phase %s %llu\n", phases[i].name, (unsigned long long)phases[i].ns);
+}
