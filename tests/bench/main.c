@@ -546,6 +546,7 @@ static int many_keys(bench_t *b, char **err)
         b->many_rss_kib = bench_rss_kib((int)st.pid);
         b->many_anon_kib = bench_status_kib((int)st.pid, "RssAnon");
         b->many_file_kib = bench_status_kib((int)st.pid, "RssFile");
+        b->many_pss_kib = bench_pss_kib((int)st.pid);
         if (b->many_rss_kib < 0) {
             *err = bench_strdupf("cannot read VmRSS of pid %u", st.pid);
             r = BUS_ERR_FAILED;
@@ -705,6 +706,7 @@ int main(int argc, char **argv)
     b->rss_start_kib = bench_rss_kib(b->agent_pid);
     b->rss_start_anon_kib = bench_status_kib(b->agent_pid, "RssAnon");
     b->rss_start_file_kib = bench_status_kib(b->agent_pid, "RssFile");
+    b->pss_start_kib = bench_pss_kib(b->agent_pid);
     bus_status_clear(&st);
 
     b->load_start = loadavg();
@@ -716,6 +718,8 @@ int main(int argc, char **argv)
     section_memory(b);
 
     b->load_end = loadavg();
+    b->rss_end_kib = bench_rss_kib(b->agent_pid);
+    b->pss_end_kib = bench_pss_kib(b->agent_pid);
     report_targets(b);
     report_table(b);
     if (b->json_path != NULL && report_json(b, b->json_path) < 0) {

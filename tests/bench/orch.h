@@ -121,9 +121,10 @@ struct bench {
     int nsoak_samples;
     char *soak_error;
 
-    long rss_start_anon_kib, rss_start_file_kib;
+    long rss_start_anon_kib, rss_start_file_kib, pss_start_kib;
+    long rss_end_kib, pss_end_kib; /* after everything */
     int many_keys, many_tokens;
-    long many_rss_kib, many_anon_kib, many_file_kib;
+    long many_rss_kib, many_anon_kib, many_file_kib, many_pss_kib;
     char *many_error;
 
     target_row_t targets[16];

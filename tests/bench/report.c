@@ -173,8 +173,10 @@ void report_targets(bench_t *b)
     if (b->many_keys > 0 && b->many_error == NULL) {
         t->ratio = (double)b->many_rss_kib / 10240.0;
         t->met = b->many_rss_kib < 10240 && b->many_keys >= 100;
-        t->measured = bench_strdupf("%.2f MiB with %d keys on %d tokens", b->many_rss_kib / 1024.0,
-                                    b->many_keys, b->many_tokens);
+        t->measured = bench_strdupf("%.2f MiB with %d keys on %d tokens (anonymous %.2f MiB, "
+                                    "PSS %.2f MiB)",
+                                    b->many_rss_kib / 1024.0, b->many_keys, b->many_tokens,
+                                    b->many_anon_kib / 1024.0, b->many_pss_kib / 1024.0);
     } else {
         t->measured = strdup(b->many_error ? b->many_error : "not measured (--many-keys)");
     }
@@ -281,16 +283,19 @@ void report_table(bench_t *b)
     }
 
     printf("\n== 4. Agent memory (VmRSS)\n");
-    printf("agent (4 keys, 1 token) at start: %ld KiB (anonymous %ld, file-backed %ld)\n",
-           b->rss_start_kib, b->rss_start_anon_kib, b->rss_start_file_kib);
+    printf("agent (4 keys, 1 token) at start: %ld KiB (anonymous %ld, file-backed %ld; PSS %ld)\n",
+           b->rss_start_kib, b->rss_start_anon_kib, b->rss_start_file_kib, b->pss_start_kib);
+    printf("same agent after every measurement above: %ld KiB (PSS %ld)\n", b->rss_end_kib,
+           b->pss_end_kib);
     if (b->mem_socket == NULL)
         printf("100 keys on 4 tokens: not measured (no --many-keys)\n");
     else if (b->many_error != NULL)
         printf("100 keys on 4 tokens: %s\n", b->many_error);
     else
-        printf("%d keys on %d tokens, each used once: %ld KiB (anonymous %ld, file-backed %ld)\n",
-               b->many_keys, b->many_tokens, b->many_rss_kib, b->many_anon_kib,
-               b->many_file_kib);
+        printf("%d keys on %d tokens, each used once: %ld KiB (anonymous %ld, file-backed %ld; "
+               "PSS %ld)\n",
+               b->many_keys, b->many_tokens, b->many_rss_kib, b->many_anon_kib, b->many_file_kib,
+               b->many_pss_kib);
     if (b->soak_error != NULL) {
         printf("soak: %s\n", b->soak_error);
     } else if (b->soak_done > 0) {
@@ -442,14 +447,16 @@ int report_json(bench_t *b, const char *path)
     }
     fprintf(f,
             "  ],\n  \"memory\": {\n    \"agent_rss_kib_start\": %ld, \"agent_rss_anon_kib_start\": "
-            "%ld, \"agent_rss_file_kib_start\": %ld,\n",
-            b->rss_start_kib, b->rss_start_anon_kib, b->rss_start_file_kib);
+            "%ld, \"agent_rss_file_kib_start\": %ld, \"agent_pss_kib_start\": %ld,\n"
+            "    \"agent_rss_kib_end\": %ld, \"agent_pss_kib_end\": %ld,\n",
+            b->rss_start_kib, b->rss_start_anon_kib, b->rss_start_file_kib, b->pss_start_kib,
+            b->rss_end_kib, b->pss_end_kib);
     if (b->mem_socket != NULL && b->many_error == NULL)
         fprintf(f,
                 "    \"many_keys\": {\"keys\": %d, \"tokens\": %d, \"rss_kib\": %ld, "
-                "\"rss_anon_kib\": %ld, \"rss_file_kib\": %ld},\n",
+                "\"rss_anon_kib\": %ld, \"rss_file_kib\": %ld, \"pss_kib\": %ld},\n",
                 b->many_keys, b->many_tokens, b->many_rss_kib, b->many_anon_kib,
-                b->many_file_kib);
+                b->many_file_kib, b->many_pss_kib);
     else
         fputs("    \"many_keys\": null,\n", f);
     if (b->soak_done > 0) {

@@ -133,6 +133,23 @@ long bench_status_kib(int pid, const char *field)
     return kib;
 }
 
+long bench_pss_kib(int pid)
+{
+    char path[64], line[256];
+    FILE *f;
+    long kib = -1;
+
+    snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "Pss: %ld kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib;
+}
+
 long bench_rss_kib(int pid)
 {
     return bench_status_kib(pid, "VmRSS");
