@@ -23,6 +23,13 @@ int agent_init(agent_t *a)
     }
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&a->login_lock, NULL);
+    pthread_mutex_init(&a->prompter_lock, NULL);
+    a->token_states = calloc(AGENT_MAX_TOKENS, sizeof(*a->token_states));
+    if (!a->token_states)
+        return -ENOMEM;
+    atomic_init(&a->n_token_states, 0);
+    a->always_auth_prompt = true;
+    a->poll_interval_s = 2;
     pthread_mutex_init(&a->clients_lock, NULL);
     pthread_cond_init(&a->clients_gone, NULL);
     atomic_init(&a->signatures, 0);
@@ -38,6 +45,10 @@ void agent_done(agent_t *a)
         agent_pin_source_clear(&a->token_pin_sources[i]);
     free(a->token_pin_sources);
     free(a->key_policies);
+    free(a->pinentry);
+    free(a->prompter_name);
+    free(a->prompter_path);
+    pthread_mutex_destroy(&a->prompter_lock);
     agent_conf_clear(&a->conf);
     free(a->socket_path);
     a->socket_path = NULL;
@@ -53,11 +64,13 @@ void agent_rescan(agent_t *a)
 
     pthread_rwlock_wrlock(&a->keys_lock);
     r = tok_ctx_scan(a->tok);
-    if (r == TOK_OK)
-        agent_login_all_locked(a);
-    else
+    if (r != TOK_OK)
         agent_warn("rescanning tokens failed: %s", tok_strerror(r));
     agent_policy_update_locked(a);
+    pthread_rwlock_unlock(&a->keys_lock);
+    /* logins take a token lock, then keys_lock: not under the write lock */
+    agent_login_all(a);
+    pthread_rwlock_rdlock(&a->keys_lock);
     agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
     pthread_rwlock_unlock(&a->keys_lock);
 }
@@ -69,6 +82,14 @@ int agent_apply_conf(agent_t *a, char **errmsg)
     a->audit = a->conf.audit;
     if (a->conf.idle_exit_set && !a->idle_exit_s)
         a->idle_exit_s = a->conf.idle_exit_s;
+    if (!a->pinentry && a->conf.pinentry && !(a->pinentry = strdup(a->conf.pinentry)))
+        return -ENOMEM;
+    a->cache_idle_s = a->conf.cache_idle_s;
+    a->cache_max_s = a->conf.cache_max_s;
+    if (a->conf.always_auth_set)
+        a->always_auth_prompt = a->conf.always_auth_prompt;
+    if (a->conf.poll_interval_s)
+        a->poll_interval_s = a->conf.poll_interval_s;
     if (a->pin_source.kind == AGENT_PIN_NONE && a->conf.pin_source) {
         int r = agent_pin_source_parse(a->conf.pin_source, &a->pin_source, errmsg);
 

@@ -24,6 +24,8 @@ typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } 
 #define AGENT_DBG_PIN (1u << 2)
 
 void agent_log_init(const char *debug_spec);
+/* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
+void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
 void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
@@ -46,6 +48,8 @@ typedef struct agent_secret {
 } agent_secret_t;
 
 void agent_secret_free(agent_secret_t *s);
+/* A locked copy of len bytes of pin. */
+int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len);
 
 typedef enum { AGENT_PIN_NONE, AGENT_PIN_FILE } agent_pin_kind_t;
 
@@ -74,11 +78,23 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
 
 /* --- the agent --- */
 
-/* Per-token login state the agent keeps across rescans, keyed by token URI. */
+/* Per-token login state the agent keeps across rescans, keyed by token URI.
+ * Entries live in a fixed array and are never moved or freed while the agent
+ * runs, so signing threads read the atomics without taking login_lock. */
+#define AGENT_MAX_TOKENS 128
+
 typedef struct agent_token_state {
-    char *token_uri;
-    bool pin_rejected;      /* the pin source's PIN was rejected ... */
+    char *token_uri;         /* immutable once published */
+    /* One login (and prompt) per token at a time; taken before keys_lock. */
+    pthread_mutex_t lock;
+    /* under lock: */
+    bool pin_rejected;       /* the pin source's PIN was rejected ... */
     agent_pin_id_t rejected; /* ... while the file looked like this */
+    agent_secret_t cached;   /* a PIN from a prompt or unlock, for re-login and always-auth */
+    /* readable without the lock: */
+    atomic_bool has_cached;
+    atomic_int_fast64_t login_at_ms; /* CLOCK_MONOTONIC of our login, 0: none */
+    atomic_int_fast64_t last_use_ms;
 } agent_token_state_t;
 
 /* A client on the agent's socket: served by a thread of its own that reads
@@ -131,10 +147,22 @@ typedef struct agent {
 
     /* Keys and tokens: readers sign and list; a rescan writes. */
     pthread_rwlock_t keys_lock;
-    /* One login at a time; guards token_states. */
+    /* Guards adding entries to token_states (each entry has its own lock
+     * for logins). Never held while waiting for anything else. */
     pthread_mutex_t login_lock;
-    agent_token_state_t *token_states;
-    size_t n_token_states;
+    agent_token_state_t *token_states; /* AGENT_MAX_TOKENS entries */
+    atomic_size_t n_token_states;
+
+    /* PIN prompts and the PIN cache. */
+    char *pinentry;              /* pinentry program, or NULL */
+    pthread_mutex_t prompter_lock;
+    char *prompter_name;         /* a desktop prompter on the session bus, or NULL */
+    char *prompter_path;
+    unsigned cache_idle_s;       /* log out after this long unused (0: never) */
+    unsigned cache_max_s;        /* log out this long after login (0: never) */
+    bool always_auth_prompt;     /* always-authenticate keys: prompt every time */
+    unsigned poll_interval_s;    /* hotplug: how often slots are checked */
+    int64_t last_poll_ms;
 
     /* Client threads. */
     pthread_mutex_t clients_lock;
@@ -142,6 +170,8 @@ typedef struct agent {
     agent_client_t *clients;
     unsigned n_clients;
     agent_client_t bus_client; /* requests from the session bus */
+    int64_t refusal_log_ms;    /* rate limit of refusal lines (main thread) */
+    unsigned refusals_unlogged;
 
     atomic_uint_fast64_t signatures;
     atomic_uint_fast64_t sign_failures;
@@ -153,6 +183,7 @@ int agent_apply_conf(agent_t *a, char **errmsg);
 void agent_done(agent_t *a);
 /* Rescans tokens under the write lock and logs in where a PIN source allows. */
 void agent_rescan(agent_t *a);
+int64_t agent_now_ms(void);
 
 /* agent/server.c */
 int agent_server_start(agent_t *a, char **errmsg);
@@ -182,14 +213,68 @@ void agent_audit(const agent_t *a, const agent_client_t *c, const char *event, c
                  const char *alg, const char *hash, const char *result, long long duration_us);
 
 /* agent/login.c */
-/* Logs in to the key's token using the configured PIN source, honouring retry
- * safety. Returns TOK_OK or a tok status; *errmsg names the token and cause. */
-int agent_login_token(agent_t *a, tok_token_t *t, char **errmsg);
-/* Logs in to every token that needs it and has a PIN source; rescans keys if
- * any login succeeded. Caller holds keys_lock for writing. */
-void agent_login_all_locked(agent_t *a);
-agent_token_state_t *agent_token_state(agent_t *a, const tok_token_t *t);
+typedef struct agent_login_req {
+    const char *token_uri;
+    const char *key_uri;          /* for the prompt; may be NULL */
+    const char *key_label;
+    const agent_client_t *client; /* who asked; may be NULL */
+    const char *pin;              /* given (Unlock); NULL: find one */
+    size_t pin_len;
+    bool no_prompt;               /* stored PINs only */
+} agent_login_req_t;
+
+/* Logs in to the token (no agent lock held by the caller): the cached PIN,
+ * the pin source, then a prompt; a PIN the token rejected is not replayed,
+ * a stored one never at the final try; one login at a time. */
+int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg);
+/* A PIN for a context-specific login (CKA_ALWAYS_AUTHENTICATE). On a PIN
+ * pad *ret stays empty (buf NULL) and the return is 0. */
+int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret, char **errmsg);
+/* The token rejected a PIN from agent_auth_pin: don't offer it again. */
+void agent_auth_pin_rejected(agent_t *a, const char *token_uri);
+/* Logs in to every token that needs it and has a PIN source (no lock held). */
+void agent_login_all(agent_t *a);
+/* Log out (unless forget_only) and wipe cached PINs of the tokens matching
+ * uri ("" : all). Returns how many tokens. */
+int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errmsg);
+/* A token went away: its cached PIN is wiped. */
+void agent_lock_tokens_gone(agent_t *a, const char *token_uri);
+/* Expires cached PINs and logins per cache-idle/cache-max; main loop tick. */
+void agent_cache_tick(agent_t *a);
+/* A signature was made on this token (for the idle timeout). */
+void agent_token_used(agent_t *a, const char *token_uri);
+agent_token_state_t *agent_token_state_find(agent_t *a, const char *token_uri);
 void agent_token_states_free(agent_t *a);
+/* When the token's login expires (unix seconds), or 0. */
+int64_t agent_token_expires(agent_t *a, const char *token_uri);
+
+/* agent/prompt.c: asking the user */
+typedef struct agent_prompt {
+    const char *token_label;
+    const char *key_label;
+    const char *key_uri;
+    const agent_client_t *client;
+    const char *error;          /* shown above the prompt on a retry */
+    unsigned long token_flags;  /* CKF_USER_PIN_COUNT_LOW / FINAL_TRY warnings */
+    bool context_specific;      /* the PIN for one signature */
+} agent_prompt_t;
+
+bool agent_can_prompt(agent_t *a);
+/* A desktop UI registers (or drops) itself as the prompter: the agent calls
+ * org.p11agent.Prompter1.GetPin on it, before any pinentry. */
+int agent_prompter_register(agent_t *a, const char *name, const char *path);
+void agent_prompter_unregister(agent_t *a, const char *name);
+/* Runs the pinentry program (Assuan). -ECANCELED if the user cancelled,
+ * -ENOENT if no prompter is configured. */
+int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);
+/* Tells the user to use the reader's PIN pad: a session-bus signal and a
+ * pinentry message that stays up until agent_prompt_notice_end(). */
+pid_t agent_prompt_notice_begin(agent_t *a, const agent_prompt_t *p);
+void agent_prompt_notice_end(pid_t pid);
+
+/* agent/hotplug.c: token insertion and removal */
+void agent_hotplug_tick(agent_t *a);
+void agent_emit_signal(agent_t *a, const char *name, const char *arg1, const char *arg2);
 
 /* Maps a token-layer status to a protocol error (one table). */
 bus_err_t agent_err_from_tok(int tok_status);

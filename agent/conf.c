@@ -10,24 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "conf.h"
+#include "agent.h"
 
 #define CONF_MAX_SIZE (1u << 20)
-
-static void set_msg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void set_msg(char **errmsg, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (!errmsg)
-        return;
-    free(*errmsg);
-    va_start(ap, fmt);
-    if (vasprintf(errmsg, fmt, ap) < 0)
-        *errmsg = NULL;
-    va_end(ap);
-}
 
 static char *trim(char *s)
 {
@@ -220,6 +205,25 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             c->idle_exit_s = (unsigned)n;
             c->idle_exit_set = true;
         }
+    } else if (sec == SEC_AGENT && strcmp(key, "pinentry") == 0) {
+        *why = "pinentry must be an absolute path";
+        r = value[0] == '/' ? replace_str(&c->pinentry, value) : -EINVAL;
+    } else if (sec == SEC_AGENT &&
+               (strcmp(key, "cache-idle") == 0 || strcmp(key, "cache-max") == 0 ||
+                strcmp(key, "poll-interval") == 0)) {
+        *why = "expected a number of seconds";
+        r = parse_number(value, 86400 * 365, &n);
+        if (r == 0 && key[0] == 'p' && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            *(key[0] == 'p'   ? &c->poll_interval_s
+              : key[6] == 'i' ? &c->cache_idle_s
+                              : &c->cache_max_s) = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "always-auth") == 0) {
+        *why = "always-auth must be prompt or stored";
+        r = strcmp(value, "prompt") == 0 || strcmp(value, "stored") == 0 ? 0 : -EINVAL;
+        c->always_auth_prompt = strcmp(value, "prompt") == 0;
+        c->always_auth_set = true;
     } else if (sec == SEC_AGENT && strcmp(key, "audit") == 0) {
         *why = "audit must be all, refusals or none";
         r = 0;
@@ -323,16 +327,18 @@ int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char
 
             if (!end || end[1] != '\0') {
                 r = -EINVAL;
-                set_msg(errmsg, "%s:%u: a section header is [agent], [token URI] or [key URI]",
-                        name, lineno);
+                agent_set_errmsg(errmsg,
+                                 "%s:%u: a section header is [agent], [token URI] or [key URI]",
+                                 name, lineno);
                 goto out;
             }
             *end = '\0';
             r = open_section(&c, trim(s + 1), &sec);
             if (r < 0) {
-                set_msg(errmsg, "%s:%u: unknown section [%s] (expected [agent], "
-                                "[token pkcs11:...] or [key pkcs11:...])",
-                        name, lineno, s + 1);
+                agent_set_errmsg(errmsg,
+                                 "%s:%u: unknown section [%s] (expected [agent], "
+                                 "[token pkcs11:...] or [key pkcs11:...])",
+                                 name, lineno, s + 1);
                 goto out;
             }
             continue;
@@ -340,7 +346,7 @@ int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char
         eq = strchr(s, '=');
         if (!eq) {
             r = -EINVAL;
-            set_msg(errmsg, "%s:%u: expected 'name = value'", name, lineno);
+            agent_set_errmsg(errmsg, "%s:%u: expected 'name = value'", name, lineno);
             goto out;
         }
         *eq = '\0';
@@ -348,8 +354,8 @@ int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char
         if (r == -ENOMEM)
             goto out;
         if (r < 0) {
-            set_msg(errmsg, "%s:%u: %s%s%s%s", name, lineno, why, bad ? " ('" : "",
-                    bad ? bad : "", bad ? "')" : "");
+            agent_set_errmsg(errmsg, "%s:%u: %s%s%s%s", name, lineno, why, bad ? " ('" : "",
+                             bad ? bad : "", bad ? "')" : "");
             goto out;
         }
     }
@@ -361,7 +367,7 @@ int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char
     memset(&c, 0, sizeof(c));
 out:
     if (r == -ENOMEM)
-        set_msg(errmsg, "%s: out of memory", name);
+        agent_set_errmsg(errmsg, "%s: out of memory", name);
     agent_conf_clear(&c);
     free(copy);
     return r;
@@ -380,7 +386,7 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
             return 0;
         }
         r = -errno;
-        set_msg(errmsg, "cannot read %s: %s", path, strerror(errno));
+        agent_set_errmsg(errmsg, "cannot read %s: %s", path, strerror(errno));
         return r;
     }
     text = malloc(CONF_MAX_SIZE + 1);
@@ -392,13 +398,13 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
     fclose(f);
     if (len > CONF_MAX_SIZE) {
         free(text);
-        set_msg(errmsg, "%s is larger than 1 MiB", path);
+        agent_set_errmsg(errmsg, "%s is larger than 1 MiB", path);
         return -EFBIG;
     }
     text[len] = '\0';
     if (strlen(text) != len) {
         free(text);
-        set_msg(errmsg, "%s contains a NUL byte", path);
+        agent_set_errmsg(errmsg, "%s contains a NUL byte", path);
         return -EINVAL;
     }
     r = agent_conf_parse(text, path, ret, errmsg);
@@ -426,6 +432,7 @@ void agent_conf_clear(agent_conf_t *c)
     free(c->path);
     strv_free(c->modules, c->n_modules);
     free(c->pin_source);
+    free(c->pinentry);
     id_list_clear(&c->allow);
     for (size_t i = 0; i < c->n_tokens; i++) {
         free(c->tokens[i].uri);

@@ -11,6 +11,11 @@
  *   allow-groups = ssl-cert
  *   audit = all | refusals | none              # default: all
  *   idle-exit = 600                            # socket-activated: exit when idle
+ *   pinentry = /usr/bin/pinentry               # the PIN prompt (Assuan)
+ *   cache-idle = 900                           # log out after 15 min unused (0: never)
+ *   cache-max = 28800                          # log out 8 h after login (0: never)
+ *   always-auth = prompt | stored              # CKA_ALWAYS_AUTHENTICATE keys
+ *   poll-interval = 2                          # seconds between slot checks
  *
  *   [token pkcs11:token=hsm1]                  # a token (URI of token attributes)
  *   pin-source = credential:hsm1-pin
@@ -61,6 +66,12 @@ typedef struct agent_conf {
     unsigned max_clients; /* 0: default */
     unsigned idle_exit_s;
     bool idle_exit_set;
+    char *pinentry;
+    unsigned cache_idle_s;
+    unsigned cache_max_s;
+    bool always_auth_prompt;
+    bool always_auth_set;
+    unsigned poll_interval_s;
     agent_id_list_t allow;
     agent_audit_t audit;
     agent_token_conf_t *tokens;

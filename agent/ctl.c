@@ -1,20 +1,51 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* p11agentctl: talks to p11agentd like any client (dbus/ only). */
+#include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "bus.h"
+#include "keyref.h"
 #include "config.h"
+
+static bool c_json_mode; /* print_flags: JSON or words */
 
 typedef struct ctl {
     DBusConnection *conn;
     const char *socket_path;
+    bool json;
 } ctl_t;
+
+/* A JSON string: quotes, backslashes and control characters escaped. */
+static void json_str(const char *s)
+{
+    putchar('"');
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
 
 static void usage(FILE *f)
 {
@@ -22,12 +53,26 @@ static void usage(FILE *f)
                "Ask a running p11agentd about its tokens and keys.\n"
                "\n"
                "Commands:\n"
-               "  keys [URI]   list the keys (all, or those matching a pkcs11: URI)\n"
-               "  status       show the agent's version, tokens, keys, clients and counters\n"
+               "  keys [URI]          list the keys (all, or those matching a pkcs11: URI)\n"
+               "  tokens              list the tokens, their login state and when it expires\n"
+               "  status              the agent's version, tokens, keys, clients, counters\n"
+               "  unlock [TOKEN-URI]  log in to a token with a PIN typed here (no echo; without\n"
+               "                      a terminal, the first line of standard input)\n"
+               "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
+               "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
+               "  ref URI -o FILE [--force]\n"
+               "                      write a key-reference file (mode 0600) naming the one\n"
+               "                      key that matches URI, for programs that only take a\n"
+               "                      key file; it holds the key's canonical URI, never a PIN\n"
+               "  cert URI -o FILE [--force]\n"
+               "                      write the token's certificate of that key (PEM)\n"
+               "  ref and cert never replace an existing FILE without --force;\n"
+               "  -o - writes to standard output.\n"
                "\n"
                "Options:\n"
                "  -s, --socket PATH  the agent's socket (default: $P11AGENT_SOCKET, else\n"
                "                     $XDG_RUNTIME_DIR/p11agent/agent.sock)\n"
+               "  -j, --json         print keys, tokens and status as JSON\n"
                "  -h, --help         show this help\n"
                "  -V, --version      show the version\n");
 }
@@ -68,7 +113,28 @@ static int cmd_keys(ctl_t *c, int argc, char **argv)
         free(err);
         return 1;
     }
-    for (size_t i = 0; i < n; i++) {
+    if (c->json) {
+        printf("[");
+        for (size_t i = 0; i < n; i++) {
+            const bus_key_info_t *k = &keys[i];
+
+            printf("%s{\"uri\":", i ? "," : "");
+            json_str(k->uri);
+            printf(",\"type\":");
+            json_str(bus_key_type_name(k->type));
+            printf(",\"bits\":%u,\"group\":", k->bits);
+            json_str(k->group);
+            printf(",\"label\":");
+            json_str(k->label);
+            printf(",\"token\":");
+            json_str(k->token);
+            printf(",\"logged_in\":%s,\"has_certificate\":%s,\"flags\":%u}",
+                   (k->flags & BUS_KEY_LOGGED_IN) ? "true" : "false",
+                   k->cert_len ? "true" : "false", k->flags);
+        }
+        printf("]\n");
+    }
+    for (size_t i = 0; !c->json && i < n; i++) {
         const bus_key_info_t *k = &keys[i];
 
         printf("%s\n", k->uri);
@@ -103,6 +169,18 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
         free(err);
         return 1;
     }
+    if (c->json) {
+        printf("{\"version\":");
+        json_str(s.version);
+        printf(",\"pid\":%u,\"socket\":", s.pid);
+        json_str(c->socket_path);
+        printf(",\"tokens\":%u,\"keys\":%u,\"clients\":%u,\"signatures\":%llu,"
+               "\"sign_failures\":%llu}\n",
+               s.tokens, s.keys, s.clients, (unsigned long long)s.signatures,
+               (unsigned long long)s.sign_failures);
+        bus_status_clear(&s);
+        return 0;
+    }
     printf("agent: p11agentd %s (pid %u)\n", s.version ? s.version : "?", s.pid);
     printf("socket: %s\n", c->socket_path);
     printf("tokens: %u\nkeys: %u\nclients: %u\n", s.tokens, s.keys, s.clients);
@@ -112,18 +190,431 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     return 0;
 }
 
+/* Writes the PEM blocks in `pem` to path: "-" is stdout; a new file is
+ * created with O_EXCL (mode `mode`), and with `force` an existing one is
+ * replaced atomically (a temporary file renamed over it). */
+static int write_file(const char *path, const char *pem, size_t len, mode_t mode, bool force)
+{
+    char *tmp = NULL;
+    int fd = -1, r = 1;
+    bool tmp_created = false;
+    size_t off = 0;
+    mode_t mask = umask(0);
+
+    umask(mask);
+    /* A reference gets exactly 0600; anything else follows the umask. */
+    if (mode != 0600)
+        mode &= ~mask;
+
+    if (strcmp(path, "-") == 0) {
+        if (fwrite(pem, 1, len, stdout) != len || fflush(stdout) != 0) {
+            fprintf(stderr, "p11agentctl: writing to standard output: %s\n", strerror(errno));
+            return 1;
+        }
+        return 0;
+    }
+    if (force) {
+        if (asprintf(&tmp, "%s.XXXXXX", path) < 0) {
+            tmp = NULL;
+            fprintf(stderr, "p11agentctl: out of memory\n");
+            goto out;
+        }
+        fd = mkstemp(tmp);
+        tmp_created = fd >= 0;
+    } else {
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
+    }
+    if (fd < 0) {
+        if (errno == EEXIST)
+            fprintf(stderr, "p11agentctl: %s exists; use --force to replace it\n", path);
+        else
+            fprintf(stderr, "p11agentctl: cannot create %s: %s\n", tmp ? tmp : path,
+                    strerror(errno));
+        goto out;
+    }
+    if (fchmod(fd, mode) < 0) {
+        fprintf(stderr, "p11agentctl: chmod %s: %s\n", tmp ? tmp : path, strerror(errno));
+        goto out;
+    }
+    while (off < len) {
+        ssize_t n = write(fd, pem + off, len - off);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
+            goto out;
+        }
+        off += (size_t)n;
+    }
+    if (fsync(fd) < 0 || close(fd) < 0) {
+        fd = -1;
+        fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
+        goto out;
+    }
+    fd = -1;
+    if (tmp != NULL && rename(tmp, path) < 0) {
+        fprintf(stderr, "p11agentctl: cannot replace %s: %s\n", path, strerror(errno));
+        goto out;
+    }
+    r = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (r != 0 && tmp_created)
+        unlink(tmp);
+    free(tmp);
+    return r;
+}
+
+/* PEM-encodes der under label into a malloc'd string. */
+static char *pem_encode(const char *label, const uint8_t *der, size_t len, size_t *ret_len)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *out = NULL;
+    long n;
+
+    if (b == NULL || len > LONG_MAX || !PEM_write_bio(b, label, "", der, (long)len))
+        goto out;
+    n = BIO_get_mem_data(b, &data);
+    if (n <= 0 || (out = malloc((size_t)n + 1)) == NULL)
+        goto out;
+    memcpy(out, data, (size_t)n);
+    out[n] = '\0';
+    *ret_len = (size_t)n;
+out:
+    BIO_free(b);
+    return out;
+}
+
+/* Options of ref/cert: URI -o FILE [--force]. */
+typedef struct out_args {
+    const char *uri;
+    const char *out;
+    bool force;
+} out_args_t;
+
+static int parse_out_args(const char *cmd, int argc, char **argv, out_args_t *a)
+{
+    static const struct option opts[] = {
+        {"output", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
+    };
+    int opt;
+
+    optind = 0; /* glibc: full reinitialisation */
+    while ((opt = getopt_long(argc, argv, "o:f", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'o':
+            a->out = optarg;
+            break;
+        case 'f':
+            a->force = true;
+            break;
+        default:
+            return 2;
+        }
+    }
+    if (optind != argc - 1 || a->out == NULL) {
+        fprintf(stderr, "p11agentctl: usage: %s URI -o FILE [--force]\n", cmd);
+        return 2;
+    }
+    a->uri = argv[optind];
+    return 0;
+}
+
+/* The one key matching uri, or an error message and NULL. */
+static int find_one(ctl_t *c, const char *uri, bus_key_info_t **ret_keys, size_t *ret_n)
+{
+    bus_key_info_t *keys = NULL;
+    size_t n = 0;
+    char *err = NULL;
+    int r;
+
+    r = bus_client_find_keys(c->conn, uri, BUS_CALL_TIMEOUT_MS, &keys, &n, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s: %s\n", uri, err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    if (n != 1) {
+        if (n == 0)
+            fprintf(stderr, "p11agentctl: no key matches '%s'\n", uri);
+        else
+            fprintf(stderr, "p11agentctl: '%s' matches %zu keys; a reference names exactly "
+                            "one (see p11agentctl keys '%s')\n", uri, n, uri);
+        bus_key_info_free_array(keys, n);
+        return 1;
+    }
+    *ret_keys = keys;
+    *ret_n = n;
+    return 0;
+}
+
+static int cmd_ref(ctl_t *c, int argc, char **argv)
+{
+    out_args_t a = {0};
+    bus_key_info_t *keys = NULL;
+    size_t n = 0, der_len = 0, pem_len = 0;
+    uint8_t *der = NULL;
+    char *pem = NULL;
+    const char *why = NULL;
+    int r;
+
+    if ((r = parse_out_args("ref", argc, argv, &a)) != 0)
+        return r;
+    if (bus_keyref_check_uri(a.uri, &why) < 0) {
+        fprintf(stderr, "p11agentctl: %s: %s\n", a.uri, why);
+        return 1;
+    }
+    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
+        return r;
+    r = 1;
+    if (bus_keyref_encode(keys[0].uri, keys[0].type, &der, &der_len, &why) < 0) {
+        fprintf(stderr, "p11agentctl: cannot reference %s: %s\n", keys[0].uri,
+                why ? why : "out of memory");
+        goto out;
+    }
+    pem = pem_encode(BUS_KEYREF_PEM_LABEL, der, der_len, &pem_len);
+    if (pem == NULL) {
+        fprintf(stderr, "p11agentctl: out of memory\n");
+        goto out;
+    }
+    r = write_file(a.out, pem, pem_len, 0600, a.force);
+    if (r == 0 && strcmp(a.out, "-") != 0)
+        fprintf(stderr, "p11agentctl: wrote %s for %s\n", a.out, keys[0].uri);
+out:
+    free(pem);
+    free(der);
+    bus_key_info_free_array(keys, n);
+    return r;
+}
+
+static int cmd_cert(ctl_t *c, int argc, char **argv)
+{
+    out_args_t a = {0};
+    bus_key_info_t *keys = NULL;
+    size_t n = 0, pem_len = 0;
+    char *pem = NULL;
+    int r;
+
+    if ((r = parse_out_args("cert", argc, argv, &a)) != 0)
+        return r;
+    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
+        return r;
+    r = 1;
+    if (keys[0].cert == NULL || keys[0].cert_len == 0) {
+        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
+        goto out;
+    }
+    pem = pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len);
+    if (pem == NULL) {
+        fprintf(stderr, "p11agentctl: out of memory\n");
+        goto out;
+    }
+    r = write_file(a.out, pem, pem_len, 0644, a.force);
+out:
+    free(pem);
+    bus_key_info_free_array(keys, n);
+    return r;
+}
+
+static void print_flags(uint32_t f)
+{
+    static const struct {
+        uint32_t bit;
+        const char *name;
+    } names[] = {
+        {BUS_TOKEN_LOGGED_IN, "logged-in"},       {BUS_TOKEN_PIN_CACHED, "pin-cached"},
+        {BUS_TOKEN_PIN_PAD, "pin-pad"},           {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
+        {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
+        {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
+    };
+    bool first = true;
+
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (!(f & names[i].bit))
+            continue;
+        if (c_json_mode)
+            printf("%s\"%s\"", first ? "" : ",", names[i].name);
+        else
+            printf("%s%s", first ? "" : " ", names[i].name);
+        first = false;
+    }
+}
+
+static int cmd_tokens(ctl_t *c, int argc, char **argv)
+{
+    bus_token_info_t *t = NULL;
+    size_t n = 0;
+    char *err = NULL;
+    int r = bus_client_list_tokens(c->conn, BUS_CALL_TIMEOUT_MS, &t, &n, &err);
+
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    c_json_mode = c->json;
+    if (c->json)
+        printf("[");
+    for (size_t i = 0; i < n; i++) {
+        if (c->json) {
+            printf("%s{\"uri\":", i ? "," : "");
+            json_str(t[i].uri);
+            printf(",\"label\":");
+            json_str(t[i].label);
+            printf(",\"keys\":%u,\"expires\":%lld,\"flags\":[", t[i].keys,
+                   (long long)t[i].expires);
+            print_flags(t[i].flags);
+            printf("]}");
+            continue;
+        }
+        printf("%s\n    label: %s\n    keys: %u\n    state: ", t[i].uri, t[i].label, t[i].keys);
+        print_flags(t[i].flags);
+        if (t[i].expires) {
+            long long left = (long long)t[i].expires - (long long)time(NULL);
+
+            printf("\n    login expires: in %lld s", left > 0 ? left : 0);
+        }
+        printf("\n");
+    }
+    if (c->json)
+        printf("]\n");
+    bus_token_info_free_array(t, n);
+    return 0;
+}
+
+/* Reads a PIN without echo from the terminal (or, with no terminal, the
+ * first line of standard input) into locked memory. */
+static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
+{
+    struct termios old, quiet;
+    int fd = open("/dev/tty", O_RDWR | O_CLOEXEC | O_NOCTTY);
+    bool tty = fd >= 0 && tcgetattr(fd, &old) == 0;
+    size_t len = 0;
+    char ch;
+
+    if (!tty) {
+        if (fd >= 0)
+            close(fd);
+        fd = STDIN_FILENO;
+    } else {
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+        quiet.c_lflag |= ICANON;
+        if (write(fd, prompt, strlen(prompt)) < 0 || tcsetattr(fd, TCSAFLUSH, &quiet) < 0) {
+            close(fd);
+            return -EIO;
+        }
+    }
+    while (read(fd, &ch, 1) == 1 && ch != '\n' && ch != '\r')
+        if (len + 1 < size)
+            buf[len++] = ch;
+    buf[len] = '\0';
+    if (tty) {
+        tcsetattr(fd, TCSAFLUSH, &old);
+        if (write(fd, "\n", 1) < 0) {
+            /* the newline is cosmetic */
+        }
+        close(fd);
+    }
+    *ret_len = len;
+    return len ? 0 : -ENODATA;
+}
+
+static int cmd_unlock(ctl_t *c, int argc, char **argv)
+{
+    const char *uri = argc > 1 ? argv[1] : "";
+    char *pin, *err = NULL, prompt[512];
+    size_t len = 0, size = 4096;
+    int r;
+
+    if (argc > 2) {
+        fprintf(stderr, "p11agentctl: unlock takes at most one token URI\n");
+        return 2;
+    }
+    pin = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (pin == MAP_FAILED)
+        return 1;
+    (void)mlock(pin, size);
+    snprintf(prompt, sizeof(prompt), "PIN for %s: ", uri[0] ? uri : "the token");
+    r = read_pin(prompt, pin, 257, &len);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: no PIN entered\n");
+        r = 1;
+        goto out;
+    }
+    r = bus_client_unlock(c->conn, uri, pin, len, BUS_CALL_TIMEOUT_MS, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        r = 1;
+    } else {
+        printf("unlocked\n");
+        r = 0;
+    }
+out:
+    explicit_bzero(pin, size);
+    munlock(pin, size);
+    munmap(pin, size);
+    free(err);
+    return r;
+}
+
+static int lock_common(ctl_t *c, int argc, char **argv, bool forget)
+{
+    const char *uri = "";
+    uint32_t count = 0;
+    char *err = NULL;
+    int r;
+
+    if (argc == 2 && strcmp(argv[1], "--all") != 0)
+        uri = argv[1];
+    else if (argc != 2) {
+        fprintf(stderr, "p11agentctl: %s takes a token URI or --all\n", argv[0]);
+        return 2;
+    }
+    r = bus_client_lock(c->conn, uri, forget, BUS_CALL_TIMEOUT_MS, &count, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    printf("%s %u token%s\n", forget ? "forgot the PINs of" : "locked", count,
+           count == 1 ? "" : "s");
+    return 0;
+}
+
+static int cmd_lock(ctl_t *c, int argc, char **argv)
+{
+    return lock_common(c, argc, argv, false);
+}
+
+static int cmd_forget(ctl_t *c, int argc, char **argv)
+{
+    return lock_common(c, argc, argv, true);
+}
+
 static const struct {
     const char *name;
     int (*fn)(ctl_t *c, int argc, char **argv);
 } commands[] = {
     {"keys", cmd_keys},
     {"status", cmd_status},
+    {"ref", cmd_ref},
+    {"cert", cmd_cert},
+    {"tokens", cmd_tokens},
+    {"unlock", cmd_unlock},
+    {"lock", cmd_lock},
+    {"forget", cmd_forget},
 };
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         {"socket", required_argument, NULL, 's'},
+        {"json", no_argument, NULL, 'j'},
         {"help", no_argument, NULL, 'h'},
         {"version", no_argument, NULL, 'V'},
         {NULL, 0, NULL, 0},
@@ -134,10 +625,13 @@ int main(int argc, char **argv)
     int opt, r = 2;
 
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
-    while ((opt = getopt_long(argc, argv, "+s:hV", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "+s:jhV", opts, NULL)) != -1) {
         switch (opt) {
         case 's':
             socket_opt = optarg;
+            break;
+        case 'j':
+            c.json = true;
             break;
         case 'h':
             usage(stdout);

@@ -7,6 +7,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <p11-kit/pkcs11.h>
+
 #include "agent.h"
 #include "config.h"
 #include "introspect.h"
@@ -180,13 +182,43 @@ static int64_t now_us(void)
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
-/* Signs with the key the request names; keys_lock is held for reading. */
+/* What a signature waits for before it can be made. */
+typedef enum { NEED_NOTHING, NEED_LOGIN, NEED_AUTH } need_t;
+
+typedef struct sign_need {
+    need_t what;
+    char *token_uri;
+    char *key_uri;
+    char *key_label;
+} sign_need_t;
+
+static void sign_need_clear(sign_need_t *n)
+{
+    free(n->token_uri);
+    free(n->key_uri);
+    free(n->key_label);
+    memset(n, 0, sizeof(*n));
+}
+
+static bool set_need(sign_need_t *n, need_t what, const tok_key_t *key)
+{
+    sign_need_clear(n);
+    n->what = what;
+    n->token_uri = strdup(tok_token_uri(key->token));
+    n->key_uri = strdup(key->uri);
+    n->key_label = strdup(key->label ? key->label : "");
+    return n->token_uri && n->key_uri && n->key_label;
+}
+
+/* Signs with the key the request names; keys_lock is held for reading.
+ * Returns the reply, or NULL with *need set when a login or a PIN for this
+ * signature must come first (obtained without the lock, then retried). */
 static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
-                                const bus_sign_params_t *bp, const uint8_t *data, size_t len)
+                                const bus_sign_params_t *bp, const uint8_t *data, size_t len,
+                                const tok_auth_t *auth, bool may_need, sign_need_t *need)
 {
     agent_t *a = c->agent;
     const char *why_denied = NULL;
-    ssize_t idx;
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
@@ -194,6 +226,7 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
     size_t sig_len = 0;
     char *why = NULL;
     int64_t t0 = now_us();
+    ssize_t idx;
     int r, h, m;
 
     idx = lookup_key_locked(a, msg, uri, &reply);
@@ -218,14 +251,17 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
     tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
     tp.salt_len = bp->salt_len;
 
-    r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
-    if (r == TOK_ERR_NOT_LOGGED_IN) {
+    if (key->always_auth && !auth && may_need && tok_token_logged_in(key->token))
+        return set_need(need, NEED_AUTH, key) ? NULL : error_reply(msg, BUS_ERR_NO_MEMORY, "oom");
+    r = tok_sign_auth(key, &tp, data, len, key->always_auth ? auth : NULL, &sig, &sig_len, &why);
+    if ((r == TOK_ERR_NOT_LOGGED_IN || r == TOK_ERR_AUTH_REQUIRED) && may_need) {
         free(why);
-        why = NULL;
-        r = agent_login_token(a, key->token, &why);
-        if (r == TOK_OK)
-            r = tok_sign(key, &tp, data, len, &sig, &sig_len, &why);
+        return set_need(need, r == TOK_ERR_NOT_LOGGED_IN ? NEED_LOGIN : NEED_AUTH, key)
+                       ? NULL
+                       : error_reply(msg, BUS_ERR_NO_MEMORY, "out of memory");
     }
+    if (r == TOK_ERR_PIN_INCORRECT && auth)
+        agent_auth_pin_rejected(a, tok_token_uri(key->token));
     if (r < 0) {
         agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash,
                     why ? why : tok_strerror(r), now_us() - t0);
@@ -235,6 +271,7 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
         free(why);
         return reply;
     }
+    agent_token_used(a, tok_token_uri(key->token));
     agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "ok",
                 now_us() - t0);
     reply = dbus_message_new_method_return(msg);
@@ -250,12 +287,14 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
 static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
 {
     agent_t *a = c->agent;
-
     const char *uri;
     const uint8_t *data;
     size_t len;
     bus_sign_params_t bp;
-    DBusMessage *reply;
+    DBusMessage *reply = NULL;
+    agent_secret_t pin = {0};
+    tok_auth_t auth, *authp = NULL;
+    sign_need_t need = {0};
     int r;
 
     r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
@@ -265,15 +304,213 @@ static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, D
     else if (r < 0)
         reply = error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
                                     "parameters and data)");
-    else {
+    /* At most: a login, then the PIN for this signature, then the signature. */
+    for (int round = 0; !reply && round < 3; round++) {
+        agent_login_req_t req;
+        char *why = NULL;
+
         pthread_rwlock_rdlock(&a->keys_lock);
-        reply = sign_locked(c, msg, uri, &bp, data, len);
+        reply = sign_locked(c, msg, uri, &bp, data, len, authp, round < 2, &need);
         pthread_rwlock_unlock(&a->keys_lock);
+        if (reply)
+            break;
+        /* no agent lock held from here: prompts may take a while */
+        req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
+                                  .key_label = need.key_label, .client = c};
+        if (need.what == NEED_LOGIN)
+            r = agent_login(a, &req, &why);
+        else {
+            agent_secret_free(&pin);
+            r = agent_auth_pin(a, &req, &pin, &why) < 0 ? TOK_ERR_NOT_LOGGED_IN : TOK_OK;
+            auth = (tok_auth_t){.pin = pin.buf, .pin_len = pin.len};
+            authp = &auth;
+        }
+        if (r < 0) {
+            agent_audit(a, c, "sign", need.key_uri, bus_sig_alg_name(bp.alg), bp.hash,
+                        why ? why : tok_strerror(r), 0);
+            reply = error_reply(msg, agent_err_from_tok(r),
+                                "signing with key '%s' failed: %s", need.key_uri,
+                                why ? why : tok_strerror(r));
+        }
+        free(why);
     }
+    agent_secret_free(&pin);
+    sign_need_clear(&need);
     if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
         atomic_fetch_add(&a->signatures, 1);
     else
         atomic_fetch_add(&a->sign_failures, 1);
+    return reply;
+}
+
+static DBusMessage *agent_handle_list_tokens(agent_client_t *c, DBusConnection *conn,
+                                             DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    bus_token_info_t *infos;
+    DBusMessage *reply = NULL;
+    size_t n;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    n = tok_ctx_n_tokens(a->tok);
+    infos = calloc(n ? n : 1, sizeof(*infos));
+    for (size_t i = 0; infos && i < n; i++) {
+        tok_token_t *t = tok_ctx_token(a->tok, i);
+        agent_token_state_t *st = agent_token_state_find(a, tok_token_uri(t));
+        unsigned long f = tok_token_flags(t);
+        uint32_t flags = 0, keys = 0;
+
+        for (size_t k = 0; k < tok_ctx_n_keys(a->tok); k++)
+            keys += tok_ctx_key(a->tok, k)->token == t;
+        flags |= tok_token_logged_in(t) ? BUS_TOKEN_LOGGED_IN : 0;
+        flags |= tok_token_has_pin_pad(t) ? BUS_TOKEN_PIN_PAD : 0;
+        flags |= tok_token_login_required(t) ? BUS_TOKEN_LOGIN_REQUIRED : 0;
+        flags |= (f & CKF_USER_PIN_COUNT_LOW) ? BUS_TOKEN_PIN_COUNT_LOW : 0;
+        flags |= (f & CKF_USER_PIN_FINAL_TRY) ? BUS_TOKEN_PIN_FINAL_TRY : 0;
+        flags |= (f & CKF_USER_PIN_LOCKED) ? BUS_TOKEN_PIN_LOCKED : 0;
+        flags |= st && atomic_load(&st->has_cached) ? BUS_TOKEN_PIN_CACHED : 0;
+        infos[i] = (bus_token_info_t){
+            .uri = (char *)tok_token_uri(t),
+            .label = (char *)tok_token_label(t),
+            .model = "",
+            .flags = flags,
+            .expires = tok_token_logged_in(t) ? agent_token_expires(a, tok_token_uri(t)) : 0,
+            .keys = keys,
+        };
+    }
+    if (infos) {
+        reply = dbus_message_new_method_return(msg);
+        if (reply && bus_append_tokens(reply, infos, n) < 0) {
+            dbus_message_unref(reply);
+            reply = NULL;
+        }
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
+    free(infos); /* borrowed contents */
+    return reply;
+}
+
+/* The token a URI names: exactly one, or with "" the only one that needs a
+ * login. The URI is copied out (the token may go away once unlocked). */
+static DBusMessage *pick_token(agent_t *a, DBusMessage *msg, const char *uri, char **ret_uri)
+{
+    tok_token_t **toks = NULL;
+    DBusMessage *err = NULL;
+    size_t n = 0;
+    int r;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    r = tok_find_tokens(a->tok, uri[0] ? uri : "pkcs11:", &toks, &n);
+    if (r < 0) {
+        err = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
+    } else if (!uri[0]) {
+        size_t need = 0, which = 0;
+
+        for (size_t i = 0; i < n; i++)
+            if (tok_token_login_required(toks[i]) && !tok_token_logged_in(toks[i])) {
+                need++;
+                which = i;
+            }
+        if (need == 1)
+            *ret_uri = strdup(tok_token_uri(toks[which]));
+        else if (need)
+            err = error_reply(msg, BUS_ERR_INVALID_ARGS,
+                              "%zu tokens need a PIN: name one (p11agentctl tokens)", need);
+        else
+            err = error_reply(msg, BUS_ERR_INVALID_ARGS, "no token needs a PIN");
+    } else if (n != 1) {
+        err = error_reply(msg, n ? BUS_ERR_INVALID_ARGS : BUS_ERR_NO_SUCH_KEY,
+                          "'%s' matches %zu tokens; name exactly one (p11agentctl tokens)", uri,
+                          n);
+    } else {
+        *ret_uri = strdup(tok_token_uri(toks[0]));
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
+    free(toks);
+    return err;
+}
+
+static DBusMessage *agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    DBusMessageIter it, sub;
+    const char *uri, *pin = NULL;
+    char *token_uri = NULL, *why = NULL;
+    DBusMessage *reply;
+    int n = 0, r;
+
+    dbus_message_iter_init(msg, &it);
+    dbus_message_iter_get_basic(&it, &uri);
+    dbus_message_iter_next(&it);
+    dbus_message_iter_recurse(&it, &sub);
+    dbus_message_iter_get_fixed_array(&sub, &pin, &n);
+    if (n <= 0 || n > 256)
+        return error_reply(msg, BUS_ERR_INVALID_ARGS, "a PIN is 1 to 256 bytes");
+    reply = pick_token(a, msg, uri, &token_uri);
+    if (reply)
+        return reply;
+    if (!token_uri)
+        return NULL;
+    pthread_rwlock_rdlock(&a->keys_lock);
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok) && !reply; i++) {
+        tok_token_t *t = tok_ctx_token(a->tok, i);
+
+        /* the PIN would not even be checked: say so rather than "unlocked" */
+        if (strcmp(tok_token_uri(t), token_uri) == 0 && tok_token_logged_in(t))
+            reply = error_reply(msg, BUS_ERR_INVALID_ARGS,
+                                "token '%s' is already unlocked (lock it first to re-enter "
+                                "the PIN)",
+                                tok_token_label(t));
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
+    if (reply) {
+        free(token_uri);
+        return reply;
+    }
+    {
+        agent_login_req_t req = {.token_uri = token_uri, .client = c, .pin = pin,
+                                 .pin_len = (size_t)n};
+
+        r = agent_login(a, &req, &why);
+    }
+    agent_audit(a, c, "unlock", token_uri, NULL, NULL, r == TOK_OK ? "ok" : tok_strerror(r), 0);
+    if (r == TOK_OK) {
+        reply = dbus_message_new_method_return(msg);
+        agent_rescan(a); /* private keys without public objects appear now */
+    } else {
+        reply = error_reply(msg, agent_err_from_tok(r), "%s", why ? why : tok_strerror(r));
+    }
+    free(why);
+    free(token_uri);
+    return reply;
+}
+
+static DBusMessage *agent_handle_lock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    const char *uri;
+    dbus_bool_t forget;
+    dbus_uint32_t count;
+    DBusMessage *reply;
+    char *why = NULL;
+    int r;
+
+    if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_BOOLEAN, &forget,
+                               DBUS_TYPE_INVALID))
+        return error_reply(msg, BUS_ERR_INVALID_ARGS, "Lock takes a token URI and a boolean");
+    r = agent_lock_tokens(a, uri, forget, &why);
+    if (r < 0) {
+        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "%s", why ? why : "bad URI");
+        free(why);
+        return reply;
+    }
+    agent_audit(a, c, forget ? "forget" : "lock", uri, NULL, NULL, "ok", 0);
+    count = (dbus_uint32_t)r;
+    reply = dbus_message_new_method_return(msg);
+    if (reply && !dbus_message_append_args(reply, DBUS_TYPE_UINT32, &count, DBUS_TYPE_INVALID)) {
+        dbus_message_unref(reply);
+        reply = NULL;
+    }
     return reply;
 }
 
@@ -317,6 +554,37 @@ static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *c
     return reply;
 }
 
+static DBusMessage *agent_handle_register_prompter(agent_client_t *c, DBusConnection *conn,
+                                                  DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    const char *path = NULL, *sender = dbus_message_get_sender(msg);
+    unsigned long uid;
+
+    if (!c->via_session_bus || !sender)
+        return error_reply(msg, BUS_ERR_DENIED,
+                           "prompters register on the session bus, not on the agent's socket");
+    /* only the agent's own user may see PINs typed */
+    uid = dbus_bus_get_unix_user(conn, sender, NULL);
+    if (uid != (unsigned long)a->owner)
+        return error_reply(msg, BUS_ERR_DENIED, "%s (uid %lu) may not be this agent's prompter",
+                           sender, uid);
+    dbus_message_get_args(msg, NULL, DBUS_TYPE_OBJECT_PATH, &path, DBUS_TYPE_INVALID);
+    if (agent_prompter_register(a, sender, path) < 0)
+        return NULL;
+    return dbus_message_new_method_return(msg);
+}
+
+static DBusMessage *agent_handle_unregister_prompter(agent_client_t *c, DBusConnection *conn,
+                                                    DBusMessage *msg)
+{
+    const char *sender = dbus_message_get_sender(msg);
+
+    if (sender)
+        agent_prompter_unregister(c->agent, sender);
+    return dbus_message_new_method_return(msg);
+}
+
 typedef DBusMessage *(*agent_handler_t)(agent_client_t *c, DBusConnection *conn,
                                          DBusMessage *msg);
 
@@ -330,6 +598,11 @@ static const struct {
     {BUS_IFACE, "FindKeys", "s", agent_handle_find_keys},
     {BUS_IFACE, "Sign", "ssa{sv}ay", agent_handle_sign},
     {BUS_IFACE, "Status", "", agent_handle_status},
+    {BUS_IFACE, "ListTokens", "", agent_handle_list_tokens},
+    {BUS_IFACE, "Unlock", "say", agent_handle_unlock},
+    {BUS_IFACE, "Lock", "sb", agent_handle_lock},
+    {BUS_IFACE, "RegisterPrompter", "o", agent_handle_register_prompter},
+    {BUS_IFACE, "UnregisterPrompter", "", agent_handle_unregister_prompter},
     {DBUS_INTERFACE_INTROSPECTABLE, "Introspect", "", agent_handle_introspect},
 };
 

@@ -4,6 +4,7 @@
  * data being signed. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "agent.h"
@@ -51,4 +52,17 @@ void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
         fprintf(stderr, "%sp11agentd: %s%s: %s\n", prefix[level], word[level], func, line);
     else
         fprintf(stderr, "%sp11agentd: %s%s\n", prefix[level], word[level], line);
+}
+
+void agent_set_errmsg(char **errmsg, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!errmsg)
+        return;
+    free(*errmsg);
+    va_start(ap, fmt);
+    if (vasprintf(errmsg, fmt, ap) < 0)
+        *errmsg = NULL;
+    va_end(ap);
 }

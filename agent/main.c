@@ -44,6 +44,8 @@ static void usage(FILE *f)
             "  -c, --config PATH       read this agent.conf (default:\n"
             "                          $XDG_CONFIG_HOME/p11agent/agent.conf, or\n"
             "                          /etc/p11agent/agent.conf with --system)\n"
+            "      --pinentry PATH     the PIN prompt program (pinentry, Assuan protocol);\n"
+            "                          also pinentry= in agent.conf\n"
             "      --system            system mode: socket /run/p11agent/agent.sock, clients\n"
             "                          admitted by allow-users/allow-groups in the config,\n"
             "                          PIN files readable by other users refused\n"
@@ -162,24 +164,12 @@ static bool any_token_logged_in(agent_t *a)
     return any;
 }
 
-static int64_t mono_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /* Socket-activated agents leave when nobody needs them: no client, no
  * token logged in (a login is state worth keeping), for idle_exit_s. */
-static void on_idle_tick(void *userdata, int fd, short revents)
+static void check_idle(agent_t *a)
 {
-    agent_t *a = userdata;
-    uint64_t ticks;
     unsigned clients;
 
-    if (read(fd, &ticks, sizeof(ticks)) != sizeof(ticks))
-        return;
     pthread_mutex_lock(&a->clients_lock);
     clients = a->n_clients;
     pthread_mutex_unlock(&a->clients_lock);
@@ -188,8 +178,8 @@ static void on_idle_tick(void *userdata, int fd, short revents)
         return;
     }
     if (!a->idle_since_ms)
-        a->idle_since_ms = mono_ms();
-    else if (mono_ms() - a->idle_since_ms >= (int64_t)a->idle_exit_s * 1000) {
+        a->idle_since_ms = agent_now_ms();
+    else if (agent_now_ms() - a->idle_since_ms >= (int64_t)a->idle_exit_s * 1000) {
         agent_info("idle for %u s with no token logged in: exiting (socket activation starts "
                    "the agent again on demand)",
                    a->idle_exit_s);
@@ -197,10 +187,24 @@ static void on_idle_tick(void *userdata, int fd, short revents)
     }
 }
 
-static int start_idle_timer(agent_t *a)
+/* The main loop's clock: idle exit, PIN cache expiry, slot polling. */
+static void on_tick(void *userdata, int fd, short revents)
+{
+    agent_t *a = userdata;
+    uint64_t ticks;
+
+    if (read(fd, &ticks, sizeof(ticks)) != sizeof(ticks))
+        return;
+    if (a->idle_exit_s)
+        check_idle(a);
+    agent_cache_tick(a);
+    agent_hotplug_tick(a);
+}
+
+static int start_tick_timer(agent_t *a)
 {
     struct itimerspec its = {0};
-    long period_ms = a->idle_exit_s >= 8 ? 2000 : (long)a->idle_exit_s * 250 + 100;
+    long period_ms = a->idle_exit_s && a->idle_exit_s < 4 ? (long)a->idle_exit_s * 250 : 1000;
     int fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
 
     if (fd < 0) {
@@ -211,8 +215,8 @@ static int start_idle_timer(agent_t *a)
     its.it_interval.tv_nsec = (period_ms % 1000) * 1000000;
     its.it_value = its.it_interval;
     if (timerfd_settime(fd, 0, &its, NULL) < 0 ||
-        agent_loop_add_fd(a->loop, fd, POLLIN, on_idle_tick, a) < 0) {
-        agent_err("cannot start the idle timer");
+        agent_loop_add_fd(a->loop, fd, POLLIN, on_tick, a) < 0) {
+        agent_err("cannot start the main loop's timer");
         close(fd);
         return -EIO;
     }
@@ -227,6 +231,7 @@ int main(int argc, char **argv)
         {"debug", required_argument, NULL, 'd'},  {"help", no_argument, NULL, 'h'},
         {"config", required_argument, NULL, 'c'}, {"system", no_argument, NULL, 'S'},
         {"idle-exit", required_argument, NULL, 'I'},
+        {"pinentry", required_argument, NULL, 'P'},
         {"version", no_argument, NULL, 'V'},      {NULL, 0, NULL, 0},
     };
     const char *modules[MAX_MODULES];
@@ -288,6 +293,10 @@ int main(int argc, char **argv)
             break;
         case 'S':
             a.system_mode = true;
+            break;
+        case 'P':
+            free(a.pinentry);
+            a.pinentry = strdup(optarg);
             break;
         case 'I': {
             char *end;
@@ -395,11 +404,10 @@ int main(int argc, char **argv)
         goto out;
     }
     agent_session_bus_start(&a);
-    if (a.idle_exit_s) {
-        tfd = start_idle_timer(&a);
-        if (tfd < 0)
-            goto out;
-    }
+    a.last_poll_ms = agent_now_ms();
+    tfd = start_tick_timer(&a);
+    if (tfd < 0)
+        goto out;
     agent_info("ready: %zu keys on %zu tokens; listening on %s%s", tok_ctx_n_keys(a.tok),
                tok_ctx_n_tokens(a.tok),
                a.socket_activated ? "the socket passed by systemd" : a.socket_path,

@@ -30,6 +30,23 @@ static int secret_alloc(agent_secret_t *s, size_t cap)
     return 0;
 }
 
+int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len)
+{
+    agent_secret_t s = {0};
+    int r;
+
+    if (len > PIN_MAX)
+        return -E2BIG;
+    r = secret_alloc(&s, 4096);
+    if (r < 0)
+        return r;
+    memcpy(s.buf, pin, len);
+    s.buf[len] = '\0';
+    s.len = len;
+    *ret = s;
+    return 0;
+}
+
 void agent_secret_free(agent_secret_t *s)
 {
     if (!s || !s->buf)
@@ -57,8 +74,9 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
         const char *dir = getenv("CREDENTIALS_DIRECTORY");
 
         if (!dir || dir[0] != '/') {
-            if (errmsg && asprintf(errmsg, "PIN source '%s' needs $CREDENTIALS_DIRECTORY (run "
-                                           "under systemd with LoadCredential=%s:...)",
+            if (errmsg && asprintf(errmsg,
+                                   "PIN source '%s' needs $CREDENTIALS_DIRECTORY (run "
+                                   "under systemd with LoadCredential=%s:...)",
                                    spec, spec + 11) < 0)
                 *errmsg = NULL;
             return -EINVAL;
@@ -69,8 +87,9 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
         *ret = src;
         return 0;
     }
-    if (errmsg && asprintf(errmsg, "unknown PIN source '%s' (expected file:/ABSOLUTE/PATH or "
-                                   "credential:NAME)",
+    if (errmsg && asprintf(errmsg,
+                           "unknown PIN source '%s' (expected file:/ABSOLUTE/PATH or "
+                           "credential:NAME)",
                            spec) < 0)
         *errmsg = NULL;
     return -EINVAL;
@@ -84,12 +103,6 @@ void agent_pin_source_clear(agent_pin_source_t *src)
     memset(src, 0, sizeof(*src));
 }
 
-static void set_msg(char **errmsg, const char *fmt, const char *a, const char *b)
-{
-    if (errmsg && asprintf(errmsg, fmt, a, b) < 0)
-        *errmsg = NULL;
-}
-
 int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
                           agent_pin_id_t *ret_id, char **errmsg)
 {
@@ -100,31 +113,32 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
     int fd = -1, r;
 
     if (src->kind != AGENT_PIN_FILE) {
-        set_msg(errmsg, "no PIN source configured%s%s", "", "");
+        agent_set_errmsg(errmsg, "no PIN source configured");
         return -ENOENT;
     }
     fd = open(src->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0 || fstat(fd, &st) < 0) {
         r = -errno;
-        set_msg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
+        agent_set_errmsg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
         goto out;
     }
     if (!S_ISREG(st.st_mode)) {
         r = -EINVAL;
-        set_msg(errmsg, "PIN file %s is not a regular file%s", src->path, "");
+        agent_set_errmsg(errmsg, "PIN file %s is not a regular file", src->path);
         goto out;
     }
     if ((st.st_mode & (S_IROTH | S_IWOTH)) && src->strict) {
         r = -EPERM;
-        set_msg(errmsg, "PIN file %s is accessible to every user; refusing it (chmod o-rwx %s)",
-                src->path, src->path);
+        agent_set_errmsg(errmsg,
+                         "PIN file %s is accessible to every user; refusing it (chmod o-rwx %s)",
+                         src->path, src->path);
         goto out;
     }
     if (st.st_mode & S_IROTH)
         agent_warn("PIN file %s is readable by everyone; make it mode 0600", src->path);
     r = secret_alloc(&s, 4096);
     if (r < 0) {
-        set_msg(errmsg, "cannot allocate memory for the PIN from %s%s", src->path, "");
+        agent_set_errmsg(errmsg, "cannot allocate memory for the PIN from %s", src->path);
         goto out;
     }
     while (len < PIN_MAX + 1 && (n = read(fd, s.buf + len, PIN_MAX + 1 - len)) != 0) {
@@ -132,7 +146,7 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
             if (errno == EINTR)
                 continue;
             r = -errno;
-            set_msg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
+            agent_set_errmsg(errmsg, "cannot read PIN file %s: %s", src->path, strerror(-r));
             goto out;
         }
         len += (size_t)n;
@@ -145,13 +159,14 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
         }
     if (len > PIN_MAX) {
         r = -E2BIG;
-        set_msg(errmsg, "PIN file %s holds more than a PIN (over 256 bytes on its first line)%s",
-                src->path, "");
+        agent_set_errmsg(errmsg,
+                         "PIN file %s holds more than a PIN (over 256 bytes on its first line)",
+                         src->path);
         goto out;
     }
     if (len == 0) {
         r = -ENODATA;
-        set_msg(errmsg, "PIN file %s is empty%s", src->path, "");
+        agent_set_errmsg(errmsg, "PIN file %s is empty", src->path);
         goto out;
     }
     explicit_bzero(s.buf + len, s.cap - len);

@@ -42,6 +42,24 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
     return FALSE;
 }
 
+/* Logs a refused connection, at most one line a second during a flood
+ * (with the count of the ones not logged). Main loop thread only. */
+static void refuse_quietly(agent_t *a, const agent_client_t *c, const char *why)
+{
+    int64_t now = agent_now_ms();
+
+    if (now - a->refusal_log_ms < 1000) {
+        a->refusals_unlogged++;
+        return;
+    }
+    agent_warn("refused a client: uid %ld (pid %ld, %s) %s%s", (long)c->uid, (long)c->pid,
+               c->exe[0] ? c->exe : "?", why,
+               a->refusals_unlogged ? " (and more refusals in the last second, not logged)" : "");
+    agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
+    a->refusal_log_ms = now;
+    a->refusals_unlogged = 0;
+}
+
 /* The thread of one client: blocking reads, each request handled (and signed)
  * right here, replies written from here. Ends when the client disconnects
  * or agent_server_stop() shuts its socket down. */
@@ -80,14 +98,6 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
     bool full;
     int r;
 
-    pthread_mutex_lock(&a->clients_lock);
-    full = a->n_clients >= a->max_clients;
-    pthread_mutex_unlock(&a->clients_lock);
-    if (full) {
-        agent_warn("refused a client: already serving %u clients (the limit)", a->max_clients);
-        dbus_connection_close(conn);
-        return;
-    }
     c = calloc(1, sizeof(*c));
     if (!c)
         goto oom;
@@ -95,6 +105,22 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
     c->conn = dbus_connection_ref(conn);
     if (!dbus_connection_get_socket(conn, &c->fd) || agent_client_read_creds(c, c->fd) < 0) {
         agent_warn("refused a client: cannot read its credentials");
+        goto fail;
+    }
+    /* Peers that may not connect at all are turned away before they take
+     * a client slot (and a thread); libdbus checks again after auth. */
+    if (!agent_peer_admitted(a, c)) {
+        refuse_quietly(a, c, a->system_mode ? "is not allowed to use this agent (see "
+                                              "allow-users/allow-groups in agent.conf)"
+                                            : "is not allowed to use this agent (per-user mode "
+                                              "admits only its owner)");
+        goto fail;
+    }
+    pthread_mutex_lock(&a->clients_lock);
+    full = a->n_clients >= a->max_clients;
+    pthread_mutex_unlock(&a->clients_lock);
+    if (full) {
+        refuse_quietly(a, c, "would exceed max-clients: the agent is serving its limit");
         goto fail;
     }
     dbus_connection_set_unix_user_function(conn, allow_uid, c, NULL);

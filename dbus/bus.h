@@ -10,6 +10,9 @@
  *   FindKeys(s uri)                    -> a(ssusssayayu) keys
  *   Sign(s key_uri, s algorithm, a{sv} params, ay data) -> ay signature
  *   Status()                           -> a{sv}
+ *   ListTokens()                       -> a(sssuxu) tokens
+ *   Unlock(s token_uri, ay pin)        -> ()   log in (p11agentctl unlock)
+ *   Lock(s token_uri, b forget_only)   -> u    log out / forget cached PINs
  *
  * A key record is (uri, type, bits, group, label, token, spki, cert, flags).
  * Errors are org.p11agent.Error.<Name>, with a message a person can act on.
@@ -125,6 +128,9 @@ typedef struct bus_sign_params {
 
 /* --- marshalling (used by both sides; no I/O) --- */
 
+/* Appends an `ay`. FALSE means out of memory. */
+dbus_bool_t bus_append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n);
+
 /* Appends an array of key records to msg. BUS_OK or BUS_ERR_NO_MEMORY. */
 int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n);
 /* Parses a reply holding an array of key records. On success *ret_keys is
@@ -181,3 +187,39 @@ void bus_status_clear(bus_status_t *s);
 int bus_append_status(DBusMessage *msg, const bus_status_t *s);
 int bus_parse_status(DBusMessage *msg, bus_status_t *ret);
 int bus_client_status(DBusConnection *conn, int timeout_ms, bus_status_t *ret, char **errmsg);
+
+/* --- tokens --- */
+
+#define BUS_TOKEN_RECORD_SIG "(sssuxu)"
+
+#define BUS_TOKEN_LOGGED_IN (1u << 0)
+#define BUS_TOKEN_PIN_PAD (1u << 1)        /* CKF_PROTECTED_AUTHENTICATION_PATH */
+#define BUS_TOKEN_LOGIN_REQUIRED (1u << 2)
+#define BUS_TOKEN_PIN_COUNT_LOW (1u << 3)
+#define BUS_TOKEN_PIN_FINAL_TRY (1u << 4)
+#define BUS_TOKEN_PIN_LOCKED (1u << 5)
+#define BUS_TOKEN_PIN_CACHED (1u << 6)     /* the agent holds its PIN */
+
+typedef struct bus_token_info {
+    char *uri;          /* pkcs11:model=..;manufacturer=..;serial=..;token=.. */
+    char *label;
+    char *model;
+    uint32_t flags;     /* BUS_TOKEN_* */
+    int64_t expires;    /* when the login/cached PIN expires (unix seconds), 0: never/none */
+    uint32_t keys;      /* number of keys on it */
+} bus_token_info_t;
+
+void bus_token_info_free_array(bus_token_info_t *t, size_t n);
+int bus_append_tokens(DBusMessage *msg, const bus_token_info_t *t, size_t n);
+int bus_parse_tokens(DBusMessage *msg, bus_token_info_t **ret, size_t *ret_n);
+
+int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_t **ret,
+                           size_t *ret_n, char **errmsg);
+/* Sends a PIN for a token ("" : the only token that needs one). The caller
+ * wipes its copy; libdbus's copy of the message is freed with it. */
+int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
+                      int timeout_ms, char **errmsg);
+/* Logs out (forget_only false) or only forgets cached PINs, for the tokens
+ * matching token_uri ("" or "pkcs11:": all). *ret_count: tokens affected. */
+int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
+                    uint32_t *ret_count, char **errmsg);

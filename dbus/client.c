@@ -270,3 +270,74 @@ out:
         dbus_message_unref(reply);
     return r;
 }
+
+int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_t **ret,
+                           size_t *ret_n, char **errmsg)
+{
+    DBusMessage *msg = new_call("ListTokens"), *reply = NULL;
+    int r;
+
+    if (!msg) {
+        set_errmsg(errmsg, "out of memory");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r == BUS_OK && (r = bus_parse_tokens(reply, ret, ret_n)) < 0)
+        set_errmsg(errmsg, "malformed token list from the agent");
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
+                      int timeout_ms, char **errmsg)
+{
+    DBusMessage *msg = new_call("Unlock"), *reply = NULL;
+    DBusMessageIter it;
+    int r;
+
+    if (msg)
+        dbus_message_iter_init_append(msg, &it);
+    if (!msg || len > 4096 || !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &token_uri) ||
+        !bus_append_bytes(&it, (const uint8_t *)pin, len)) {
+        if (msg)
+            dbus_message_unref(msg);
+        set_errmsg(errmsg, "cannot build the request");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
+                    uint32_t *ret_count, char **errmsg)
+{
+    DBusMessage *msg = new_call("Lock"), *reply = NULL;
+    dbus_bool_t forget = forget_only;
+    dbus_uint32_t count = 0;
+    int r;
+
+    if (!msg || !dbus_message_append_args(msg, DBUS_TYPE_STRING, &token_uri, DBUS_TYPE_BOOLEAN,
+                                          &forget, DBUS_TYPE_INVALID)) {
+        if (msg)
+            dbus_message_unref(msg);
+        set_errmsg(errmsg, "out of memory");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r == BUS_OK && !dbus_message_get_args(reply, NULL, DBUS_TYPE_UINT32, &count,
+                                              DBUS_TYPE_INVALID)) {
+        r = BUS_ERR_PROTOCOL;
+        set_errmsg(errmsg, "malformed reply from the agent");
+    }
+    if (r == BUS_OK && ret_count)
+        *ret_count = count;
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}

@@ -73,7 +73,7 @@ static const char *nz(const char *s)
     return s ? s : "";
 }
 
-static dbus_bool_t append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n)
+dbus_bool_t bus_append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n)
 {
     DBusMessageIter arr;
     static const uint8_t empty[1];
@@ -111,7 +111,7 @@ int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n)
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &group) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &label) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &token) ||
-            !append_bytes(&st, k->spki, k->spki_len) || !append_bytes(&st, k->cert, k->cert_len) ||
+            !bus_append_bytes(&st, k->spki, k->spki_len) || !bus_append_bytes(&st, k->cert, k->cert_len) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &flags)) {
             dbus_message_iter_abandon_container(&arr, &st);
             goto oom;
@@ -308,7 +308,7 @@ DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, cons
         dbus_message_iter_abandon_container(&it, &dict);
         goto oom;
     }
-    if (!dbus_message_iter_close_container(&it, &dict) || !append_bytes(&it, data, len))
+    if (!dbus_message_iter_close_container(&it, &dict) || !bus_append_bytes(&it, data, len))
         goto oom;
     return msg;
 oom:
@@ -466,4 +466,100 @@ int bus_parse_status(DBusMessage *msg, bus_status_t *ret)
     }
     *ret = s;
     return BUS_OK;
+}
+
+void bus_token_info_free_array(bus_token_info_t *t, size_t n)
+{
+    if (!t)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        free(t[i].uri);
+        free(t[i].label);
+        free(t[i].model);
+    }
+    free(t);
+}
+
+int bus_append_tokens(DBusMessage *msg, const bus_token_info_t *t, size_t n)
+{
+    DBusMessageIter it, arr;
+
+    dbus_message_iter_init_append(msg, &it);
+    if (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, BUS_TOKEN_RECORD_SIG, &arr))
+        return BUS_ERR_NO_MEMORY;
+    for (size_t i = 0; i < n; i++) {
+        DBusMessageIter st;
+        const char *uri = nz(t[i].uri), *label = nz(t[i].label), *model = nz(t[i].model);
+        dbus_uint32_t flags = t[i].flags, keys = t[i].keys;
+        dbus_int64_t expires = t[i].expires;
+
+        if (!dbus_message_iter_open_container(&arr, DBUS_TYPE_STRUCT, NULL, &st))
+            goto oom;
+        if (!dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &uri) ||
+            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &label) ||
+            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &model) ||
+            !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &flags) ||
+            !dbus_message_iter_append_basic(&st, DBUS_TYPE_INT64, &expires) ||
+            !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &keys)) {
+            dbus_message_iter_abandon_container(&arr, &st);
+            goto oom;
+        }
+        if (!dbus_message_iter_close_container(&arr, &st))
+            goto oom;
+    }
+    return dbus_message_iter_close_container(&it, &arr) ? BUS_OK : BUS_ERR_NO_MEMORY;
+oom:
+    dbus_message_iter_abandon_container(&it, &arr);
+    return BUS_ERR_NO_MEMORY;
+}
+
+int bus_parse_tokens(DBusMessage *msg, bus_token_info_t **ret, size_t *ret_n)
+{
+    DBusMessageIter it, arr;
+    bus_token_info_t *t = NULL;
+    size_t n = 0;
+    int r = BUS_ERR_PROTOCOL;
+
+    if (strcmp(dbus_message_get_signature(msg), "a" BUS_TOKEN_RECORD_SIG) != 0 ||
+        !dbus_message_iter_init(msg, &it))
+        return BUS_ERR_PROTOCOL;
+    dbus_message_iter_recurse(&it, &arr);
+    while (dbus_message_iter_get_arg_type(&arr) == DBUS_TYPE_STRUCT) {
+        DBusMessageIter st;
+        bus_token_info_t *nt;
+        dbus_int64_t expires;
+        dbus_uint32_t u;
+
+        if (n >= MAX_KEYS) {
+            r = BUS_ERR_PROTOCOL;
+            goto err;
+        }
+        nt = realloc(t, (n + 1) * sizeof(*t));
+        if (!nt) {
+            r = BUS_ERR_NO_MEMORY;
+            goto err;
+        }
+        t = nt;
+        memset(&t[n], 0, sizeof(t[n]));
+        n++;
+        dbus_message_iter_recurse(&arr, &st);
+        if ((r = get_string_dup(&st, &t[n - 1].uri)) < 0 ||
+            (r = get_string_dup(&st, &t[n - 1].label)) < 0 ||
+            (r = get_string_dup(&st, &t[n - 1].model)) < 0 ||
+            (r = get_basic(&st, DBUS_TYPE_UINT32, &u)) < 0)
+            goto err;
+        t[n - 1].flags = u;
+        if ((r = get_basic(&st, DBUS_TYPE_INT64, &expires)) < 0 ||
+            (r = get_basic(&st, DBUS_TYPE_UINT32, &u)) < 0)
+            goto err;
+        t[n - 1].expires = expires;
+        t[n - 1].keys = u;
+        dbus_message_iter_next(&arr);
+    }
+    *ret = t;
+    *ret_n = n;
+    return BUS_OK;
+err:
+    bus_token_info_free_array(t, n);
+    return r;
 }

@@ -251,7 +251,8 @@ static CK_OBJECT_HANDLE refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
 /* Runs C_SignInit + C_Sign into *buf (cap bytes; grown on the heap if the
  * token wants more: *buf then differs from stack). */
 static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJECT_HANDLE h,
-                     uint8_t **buf, size_t *cap, uint8_t *stack, CK_ULONG *ret_len)
+                     const tok_auth_t *auth, uint8_t **buf, size_t *cap, uint8_t *stack,
+                     CK_ULONG *ret_len)
 {
     CK_ULONG n = *cap;
     uint8_t *nb;
@@ -260,6 +261,13 @@ static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJE
     rv = t->f->C_SignInit(s, &op->mech, h);
     if (rv != CKR_OK)
         return rv;
+    if (auth != NULL) {
+        /* CKA_ALWAYS_AUTHENTICATE: a context-specific login for this one
+         * operation, right after C_SignInit (PKCS#11 3.0, 5.6). */
+        rv = t->f->C_Login(s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)auth->pin, auth->pin_len);
+        if (rv != CKR_OK) /* the operation may stay active: the caller drops s */
+            return rv == CKR_USER_NOT_LOGGED_IN ? CKR_PIN_INCORRECT : rv;
+    }
     rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, *buf, &n);
     if (rv == CKR_BUFFER_TOO_SMALL && n > *cap && n <= 64 * 1024) {
         nb = *buf == stack ? malloc(n) : realloc(*buf, n);
@@ -276,6 +284,13 @@ static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJE
 
 int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data, size_t len,
              uint8_t **ret_sig, size_t *ret_sig_len, char **errmsg)
+{
+    return tok_sign_auth(key, p, data, len, NULL, ret_sig, ret_sig_len, errmsg);
+}
+
+int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data,
+                  size_t len, const tok_auth_t *auth, uint8_t **ret_sig, size_t *ret_sig_len,
+                  char **errmsg)
 {
     tok_key_int_t *ki = (tok_key_int_t *)key;
     tok_token_t *t;
@@ -330,7 +345,8 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     if (h == CK_INVALID_HANDLE)
         rv = CKR_KEY_HANDLE_INVALID;
     while (h != CK_INVALID_HANDLE) {
-        rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, &buf, &cap, stack, &sig_len);
+        rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, auth, &buf, &cap, stack,
+                     &sig_len);
         if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
             break;
         if (copy != CK_INVALID_HANDLE) {
@@ -350,7 +366,10 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
         r = tok_status_from_rv(rv);
-        if (rv == CKR_USER_NOT_LOGGED_IN) {
+        if (rv == CKR_USER_NOT_LOGGED_IN && key->always_auth && auth == NULL) {
+            /* the key wants its context-specific login, the session's is fine */
+            r = TOK_ERR_AUTH_REQUIRED;
+        } else if (rv == CKR_USER_NOT_LOGGED_IN) {
             lost_login(t);
         } else if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT) {
             lost_login(t);
@@ -366,7 +385,8 @@ int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *da
                 r = TOK_ERR_NO_KEY;
             }
         }
-        if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY) {
+        if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY ||
+            (auth != NULL && r == TOK_ERR_PIN_INCORRECT)) {
             tok_session_drop(t, s);
             have_session = false;
         }

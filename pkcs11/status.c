@@ -25,6 +25,7 @@ const char *tok_strerror(int status)
     case TOK_ERR_DEVICE: return "device error";
     case TOK_ERR_MODULE: return "PKCS#11 module error";
     case TOK_ERR_BUSY: return "token busy";
+    case TOK_ERR_AUTH_REQUIRED: return "the key needs the PIN for every signature";
     default: return "unknown error";
     }
 }

@@ -33,6 +33,7 @@ typedef enum tok_status {
     TOK_ERR_DEVICE = -10,        /* CKR_DEVICE_ERROR, DEVICE_MEMORY, FUNCTION_FAILED, ... */
     TOK_ERR_MODULE = -11,        /* a module failed to load or initialise */
     TOK_ERR_BUSY = -12,          /* no session available within the wait */
+    TOK_ERR_AUTH_REQUIRED = -13, /* CKA_ALWAYS_AUTHENTICATE key signed without tok_auth_t */
 } tok_status_t;
 
 /* "PIN incorrect", "token removed", ... (static strings). */
@@ -170,6 +171,26 @@ int tok_token_logout(tok_token_t *t);
  */
 int tok_sign(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data, size_t len,
              uint8_t **ret_sig, size_t *ret_sig_len, char **errmsg);
+
+/* The PIN of a context-specific login (CKU_CONTEXT_SPECIFIC) for keys with
+ * CKA_ALWAYS_AUTHENTICATE; pin NULL on a PIN pad. Not copied or kept. */
+typedef struct tok_auth {
+    const char *pin;
+    size_t pin_len;
+} tok_auth_t;
+
+/* tok_sign with a context-specific login between C_SignInit and C_Sign when
+ * auth is not NULL. A wrong PIN gives TOK_ERR_PIN_INCORRECT. */
+int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_t *data,
+                  size_t len, const tok_auth_t *auth, uint8_t **ret_sig, size_t *ret_sig_len,
+                  char **errmsg);
+
+/*
+ * Did the set of present tokens change since the last tok_ctx_scan()? Cheap
+ * (C_GetSlotList + C_GetTokenInfo per slot); safe while other threads sign.
+ * Must not run concurrently with tok_ctx_scan().
+ */
+int tok_ctx_tokens_changed(tok_ctx_t *ctx, bool *ret_changed);
 
 /* Helpers exposed for unit tests. */
 /* r||s (2*n bytes) -> DER ECDSA-Sig-Value. malloc'd. */

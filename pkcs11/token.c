@@ -621,6 +621,30 @@ static bool same_token(const tok_token_t *t, const tok_module_t *mod, CK_SLOT_ID
            memcmp(t->info.serialNumber, info->serialNumber, sizeof(info->serialNumber)) == 0;
 }
 
+/* The slots of a module that hold a token; *ret is malloc'd (NULL when none). */
+static CK_RV present_slots(tok_module_t *m, CK_SLOT_ID **ret, CK_ULONG *ret_n)
+{
+    CK_SLOT_ID *slots = NULL;
+    CK_ULONG ns = 0;
+    CK_RV rv;
+
+    rv = m->f->C_GetSlotList(CK_TRUE, NULL, &ns);
+    if (rv == CKR_OK && ns > 0) {
+        slots = calloc(ns, sizeof(*slots));
+        if (slots == NULL)
+            return CKR_HOST_MEMORY;
+        rv = m->f->C_GetSlotList(CK_TRUE, slots, &ns);
+    }
+    if (rv != CKR_OK) {
+        free(slots);
+        slots = NULL;
+        ns = 0;
+    }
+    *ret = slots;
+    *ret_n = ns;
+    return rv;
+}
+
 /* Adds the present, initialised tokens of one module to *list. */
 static int scan_module(tok_ctx_t *ctx, tok_module_t *m, tok_token_t ***list, size_t *n)
 {
@@ -629,13 +653,9 @@ static int scan_module(tok_ctx_t *ctx, tok_module_t *m, tok_token_t ***list, siz
     CK_RV rv;
     int r = TOK_OK;
 
-    rv = m->f->C_GetSlotList(CK_TRUE, NULL, &ns);
-    if (rv == CKR_OK && ns > 0) {
-        slots = calloc(ns, sizeof(*slots));
-        if (slots == NULL)
-            return TOK_ERR_NO_MEMORY;
-        rv = m->f->C_GetSlotList(CK_TRUE, slots, &ns);
-    }
+    rv = present_slots(m, &slots, &ns);
+    if (rv == CKR_HOST_MEMORY)
+        return TOK_ERR_NO_MEMORY;
     if (rv != CKR_OK) {
         tok_debug(ctx, "C_GetSlotList on %s: %s", m->path ? m->path : "?", p11_kit_strerror(rv));
         goto out;
@@ -708,4 +728,43 @@ int tok_ctx_scan(tok_ctx_t *ctx)
                       tok_strerror(kr));
     }
     return r;
+}
+
+int tok_ctx_tokens_changed(tok_ctx_t *ctx, bool *ret_changed)
+{
+    size_t present = 0;
+    bool changed = false;
+
+    if (ctx == NULL || ret_changed == NULL)
+        return TOK_ERR_ARGS;
+    for (size_t i = 0; i < ctx->n_mods && !changed; i++) {
+        tok_module_t *m = &ctx->mods[i];
+        CK_SLOT_ID *slots = NULL;
+        CK_ULONG ns = 0;
+
+        if (present_slots(m, &slots, &ns) == CKR_HOST_MEMORY)
+            return TOK_ERR_NO_MEMORY;
+        for (CK_ULONG j = 0; j < ns && !changed; j++) {
+            CK_TOKEN_INFO ti;
+            bool known = false;
+
+            if (m->f->C_GetTokenInfo(slots[j], &ti) != CKR_OK ||
+                !(ti.flags & CKF_TOKEN_INITIALIZED))
+                continue;
+            present++;
+            for (size_t k = 0; k < ctx->n_tokens && !known; k++) {
+                tok_token_t *t = ctx->tokens[k];
+
+                pthread_mutex_lock(&t->lock);
+                known = t->mod == m && t->slot == slots[j] &&
+                        memcmp(t->info.label, ti.label, sizeof(ti.label)) == 0 &&
+                        memcmp(t->info.serialNumber, ti.serialNumber, sizeof(ti.serialNumber)) == 0;
+                pthread_mutex_unlock(&t->lock);
+            }
+            changed = !known;
+        }
+        free(slots);
+    }
+    *ret_changed = changed || present != ctx->n_tokens;
+    return TOK_OK;
 }

@@ -22,6 +22,7 @@
 #include <openssl/opensslv.h>
 #include <openssl/provider.h>
 
+#include "keyref.h"
 #include "provider.h"
 
 #define ALG(names, funcs) { names, PROV_PROPS, funcs, NULL }
@@ -45,6 +46,23 @@ static const OSSL_ALGORITHM prov_signature[] = {
 
 static const OSSL_ALGORITHM prov_store[] = {
     ALG("pkcs11", prov_store_functions),
+    { NULL, NULL, NULL, NULL },
+};
+
+/* Key-reference files (decoder.c): PEM -> DER for our labels, then DER ->
+ * key by reference, one decoder per key type and structure. The names are
+ * the keymgmt names: OSSL_DECODER_CTX_new_for_pkey picks decoders by them. */
+#define DEC(names, props, funcs) { names, PROV_PROPS "," props, funcs, NULL }
+#define DEC_KEY(names, funcs)                                                     \
+    DEC(names, "input=der,structure=" BUS_KEYREF_STRUCTURE, funcs),               \
+    DEC(names, "input=der,structure=" BUS_KEYREF_PK11PROV_STRUCTURE, funcs)
+
+static const OSSL_ALGORITHM prov_decoder[] = {
+    DEC("DER", "input=pem", prov_pem_decoder_functions),
+    DEC_KEY("RSA:rsaEncryption:1.2.840.113549.1.1.1", prov_rsa_decoder_functions),
+    DEC_KEY("EC:id-ecPublicKey:1.2.840.10045.2.1", prov_ec_decoder_functions),
+    DEC_KEY("ED25519:1.3.101.112", prov_ed25519_decoder_functions),
+    DEC_KEY("ED448:1.3.101.113", prov_ed448_decoder_functions),
     { NULL, NULL, NULL, NULL },
 };
 
@@ -120,6 +138,12 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
             break;
         case OSSL_FUNC_CORE_VSET_ERROR:
             ctx->core_vset_error = OSSL_FUNC_core_vset_error(in);
+            break;
+        case OSSL_FUNC_BIO_READ_EX:
+            ctx->core_bio_read_ex = OSSL_FUNC_BIO_read_ex(in);
+            break;
+        case OSSL_FUNC_BIO_GETS:
+            ctx->core_bio_gets = OSSL_FUNC_BIO_gets(in);
             break;
         default:
             break;
@@ -208,6 +232,8 @@ static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_i
         return prov_signature;
     case OSSL_OP_STORE:
         return prov_store;
+    case OSSL_OP_DECODER:
+        return prov_decoder;
     default:
         return NULL;
     }

@@ -44,6 +44,9 @@ typedef struct prov_ctx {
     OSSL_FUNC_core_new_error_fn *core_new_error;
     OSSL_FUNC_core_set_error_debug_fn *core_set_error_debug;
     OSSL_FUNC_core_vset_error_fn *core_vset_error;
+    /* The core's BIO functions, for decoders reading an OSSL_CORE_BIO. */
+    OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex;
+    OSSL_FUNC_BIO_gets_fn *core_bio_gets;
     /* Our own library context with the default provider: digests, SPKI
      * decoding and public-key work never pick our own algorithms. */
     OSSL_LIB_CTX *libctx;
@@ -188,6 +191,24 @@ size_t prov_algorithm_id(prov_sig_scheme_t scheme, const EVP_MD *md, const EVP_M
 /* --- store (store.c) --- */
 
 extern const OSSL_DISPATCH prov_store_functions[];
+
+/* FindKeys for uri through the provider's client. On failure, and when
+ * nothing matches, raises an error naming the URI (and `what`, e.g. "key
+ * reference file", if not NULL) and returns 0. */
+int prov_find_keys(prov_ctx_t *ctx, const char *uri, const char *what,
+                   bus_key_info_t **ret_keys, size_t *ret_n);
+/* Hands a key from an agent record to an OSSL_CALLBACK as an
+ * OSSL_OBJECT_PKEY by reference (the object keymgmt load() takes). */
+int prov_pass_key(prov_ctx_t *ctx, const bus_key_info_t *info, OSSL_CALLBACK *cb,
+                  void *cbarg);
+
+/* --- decoders (decoder.c) --- */
+
+extern const OSSL_DISPATCH prov_pem_decoder_functions[];
+extern const OSSL_DISPATCH prov_rsa_decoder_functions[];
+extern const OSSL_DISPATCH prov_ec_decoder_functions[];
+extern const OSSL_DISPATCH prov_ed25519_decoder_functions[];
+extern const OSSL_DISPATCH prov_ed448_decoder_functions[];
 
 /* Exported for the module only. */
 OSSL_provider_init_fn OSSL_provider_init;

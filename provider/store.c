@@ -39,12 +39,44 @@ static void store_free(store_ctx_t *st)
     free(st);
 }
 
+int prov_find_keys(prov_ctx_t *ctx, const char *uri, const char *what,
+                   bus_key_info_t **ret_keys, size_t *ret_n)
+{
+    bus_key_info_t *keys = NULL;
+    size_t n = 0;
+    char *msg = NULL;
+    const char *open_p = what != NULL ? " (" : "", *close_p = what != NULL ? ")" : "";
+    int r;
+
+    if (what == NULL)
+        what = "";
+    r = prov_client_find_keys(ctx->client, uri, &keys, &n, &msg);
+    if (r != BUS_OK) {
+        if (r == BUS_ERR_NO_SUCH_KEY)
+            prov_raise(ctx, PROV_R_NO_SUCH_KEY, "p11agent: no key matches %s%s%s%s%s%s", uri,
+                       open_p, what, close_p, msg != NULL ? ": " : "", msg != NULL ? msg : "");
+        else
+            prov_raise_bus(ctx, r, "looking up", uri, msg);
+        free(msg);
+        return 0;
+    }
+    free(msg);
+    if (n == 0) {
+        prov_raise(ctx, PROV_R_NO_SUCH_KEY,
+                   "p11agent: no key matches %s%s%s%s (agent socket %s; is the token present?)",
+                   uri, open_p, what, close_p, prov_client_socket(ctx->client));
+        bus_key_info_free_array(keys, n);
+        return 0;
+    }
+    *ret_keys = keys;
+    *ret_n = n;
+    return 1;
+}
+
 static void *store_open(void *provctx, const char *uri)
 {
     prov_ctx_t *ctx = provctx;
     store_ctx_t *st = NULL;
-    char *msg = NULL;
-    int r;
 
     if (uri == NULL || strncasecmp(uri, "pkcs11:", 7) != 0)
         return NULL;
@@ -54,32 +86,17 @@ static void *store_open(void *provctx, const char *uri)
         goto err;
     }
     st->ctx = ctx;
-    r = prov_client_find_keys(ctx->client, uri, &st->keys, &st->n, &msg);
-    if (r != BUS_OK) {
-        if (r == BUS_ERR_NO_SUCH_KEY)
-            prov_raise(ctx, PROV_R_NO_SUCH_KEY, "p11agent: no key matches %s%s%s", uri,
-                       msg != NULL ? ": " : "", msg != NULL ? msg : "");
-        else
-            prov_raise_bus(ctx, r, "looking up", uri, msg);
+    if (!prov_find_keys(ctx, uri, NULL, &st->keys, &st->n))
         goto err;
-    }
-    if (st->n == 0) {
-        prov_raise(ctx, PROV_R_NO_SUCH_KEY, "p11agent: no key matches %s (agent socket %s)",
-                   uri, prov_client_socket(ctx->client));
-        goto err;
-    }
-    free(msg);
     return st;
 err:
-    free(msg);
     store_free(st);
     return NULL;
 }
 
-static int store_load_key(store_ctx_t *st, const bus_key_info_t *info, OSSL_CALLBACK *cb,
-                          void *cbarg)
+int prov_pass_key(prov_ctx_t *ctx, const bus_key_info_t *info, OSSL_CALLBACK *cb, void *cbarg)
 {
-    prov_key_t *key = prov_key_from_info(st->ctx, info);
+    prov_key_t *key = prov_key_from_info(ctx, info);
     OSSL_PARAM params[5];
     int type = OSSL_OBJECT_PKEY;
     int ok;
@@ -156,7 +173,7 @@ static int store_load(void *loaderctx, OSSL_CALLBACK *object_cb, void *object_cb
                 continue;
             if (st->expect == OSSL_STORE_INFO_PUBKEY)
                 return store_load_pubkey(info, object_cb, object_cbarg);
-            return store_load_key(st, info, object_cb, object_cbarg);
+            return prov_pass_key(st->ctx, info, object_cb, object_cbarg);
         }
     }
     return 0;

@@ -9,6 +9,9 @@ P11AGENT_PACKAGES=(
 	libcmocka-dev
 	softhsm2 opensc
 	python3 xxd curl coreutils
+	systemd util-linux passwd pinentry-tty tmux
+	# real programs using token keys (tests/integration/test-<program>.sh)
+	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
 )
 
 # ensure_packages: install whatever in P11AGENT_PACKAGES is missing (as

@@ -313,6 +313,41 @@ static void test_bus_connect_missing_socket_names_it(void **state)
     free(err);
 }
 
+static void test_bus_tokens_round_trip(void **state)
+{
+    bus_token_info_t in[2] = {
+        {.uri = "pkcs11:token=a", .label = "a", .model = "m", .flags = BUS_TOKEN_LOGGED_IN |
+                                                                     BUS_TOKEN_PIN_CACHED,
+         .expires = 1800000000, .keys = 3},
+        {.uri = "pkcs11:token=b", .label = "", .model = "", .flags = BUS_TOKEN_PIN_FINAL_TRY,
+         .expires = 0, .keys = 0},
+    };
+    DBusMessage *msg = new_reply(), *back, *bad = new_reply();
+    bus_token_info_t *out = NULL;
+    size_t n = 0;
+
+    assert_int_equal(bus_append_tokens(msg, in, 2), BUS_OK);
+    back = wire(msg);
+    assert_int_equal(bus_parse_tokens(back, &out, &n), BUS_OK);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(out[i].uri, in[i].uri);
+        assert_string_equal(out[i].label, in[i].label);
+        assert_int_equal(out[i].flags, in[i].flags);
+        assert_true(out[i].expires == in[i].expires);
+        assert_int_equal(out[i].keys, in[i].keys);
+    }
+    bus_token_info_free_array(out, n);
+    /* a key list is not a token list */
+    assert_int_equal(bus_append_keys(bad, NULL, 0), BUS_OK);
+    out = NULL;
+    assert_int_equal(bus_parse_tokens(bad, &out, &n), BUS_ERR_PROTOCOL);
+    assert_null(out);
+    dbus_message_unref(bad);
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -323,6 +358,7 @@ int main(void)
         cmocka_unit_test(test_bus_sign_call_round_trip),
         cmocka_unit_test(test_bus_sign_call_rejects_bad_input),
         cmocka_unit_test(test_bus_status_round_trip),
+        cmocka_unit_test(test_bus_tokens_round_trip),
         cmocka_unit_test(test_bus_socket_path_precedence),
         cmocka_unit_test(test_bus_connect_missing_socket_names_it),
     };

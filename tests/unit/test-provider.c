@@ -30,12 +30,14 @@
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/rsa.h>
 #include <openssl/ssl.h>
 #include <openssl/store.h>
 #include <openssl/x509.h>
 
+#include "keyref.h"
 #include "loop.h"
 #include "provider.h"
 
@@ -82,6 +84,7 @@ static fake_key_t fake_keys[] = {
 static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int signs;
+    int finds;            /* FindKeys calls */
     int connections;      /* accepted so far */
     bus_sign_params_t last;
     size_t last_len;
@@ -93,6 +96,16 @@ static int fake_signs(void)
 
     pthread_mutex_lock(&fake_lock);
     n = fake.signs;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
+}
+
+static int fake_finds(void)
+{
+    int n;
+
+    pthread_mutex_lock(&fake_lock);
+    n = fake.finds;
     pthread_mutex_unlock(&fake_lock);
     return n;
 }
@@ -147,6 +160,9 @@ static DBusMessage *fake_find_keys(DBusMessage *msg)
     bus_key_info_t info;
     DBusMessage *reply;
 
+    pthread_mutex_lock(&fake_lock);
+    fake.finds++;
+    pthread_mutex_unlock(&fake_lock);
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
         return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
     for (size_t i = 0; i < N_FAKE; i++) {
@@ -1317,6 +1333,245 @@ static void test_provider_threads_share_key_and_connection_pool(void **state)
     EVP_PKEY_free(key);
 }
 
+/* ------------------------------------------------------------------ */
+/* Key-reference files (decoder.c)                                     */
+/* ------------------------------------------------------------------ */
+
+/* A PEM key-reference file in memory: our format, or pkcs11-provider's. */
+static char *ref_pem(const char *uri, bus_key_type_t type, bool pk11prov)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    uint8_t *der = NULL, tmp[512];
+    size_t len = 0;
+    char *data = NULL, *out;
+    long n;
+
+    assert_non_null(b);
+    if (!pk11prov) {
+        assert_int_equal(bus_keyref_encode(uri, type, &der, &len, NULL), BUS_OK);
+    } else {
+        size_t ul = strlen(uri);
+
+        assert_true(ul < 100);
+        tmp[0] = 0x30;
+        tmp[1] = (uint8_t)(3 + 2 + ul);
+        memcpy(tmp + 2, "\x1a\x01" "d" "\x0c", 4);
+        tmp[6] = (uint8_t)ul;
+        memcpy(tmp + 7, uri, ul);
+        len = 7 + ul;
+        der = malloc(len);
+        memcpy(der, tmp, len);
+    }
+    assert_true(PEM_write_bio(b, pk11prov ? BUS_KEYREF_PK11PROV_PEM_LABEL : BUS_KEYREF_PEM_LABEL,
+                              "", der, (long)len) > 0);
+    n = BIO_get_mem_data(b, &data);
+    out = calloc(1, (size_t)n + 1);
+    memcpy(out, data, (size_t)n);
+    BIO_free(b);
+    free(der);
+    return out;
+}
+
+/* PEM_read_bio_PrivateKey_ex on text, in the test's library context. */
+static EVP_PKEY *read_key(const char *text)
+{
+    BIO *b = BIO_new_mem_buf(text, -1);
+    EVP_PKEY *key;
+
+    assert_non_null(b);
+    key = PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, plibctx, NULL);
+    BIO_free(b);
+    return key;
+}
+
+static void test_provider_decoder_reads_ref_files(void **state)
+{
+    for (size_t i = 0; i < N_FAKE; i++) {
+        for (int fmt = 0; fmt < 2; fmt++) {
+            char *pem = ref_pem(fake_keys[i].uri, fake_keys[i].type, fmt == 1);
+            int finds = fake_finds();
+            EVP_PKEY *key = read_key(pem);
+
+            if (key == NULL)
+                ERR_print_errors_fp(stderr);
+            assert_non_null(key);
+            /* one agent lookup per load, in both formats */
+            assert_int_equal(fake_finds(), finds + 1);
+            assert_string_equal(OSSL_PROVIDER_get0_name(EVP_PKEY_get0_provider(key)),
+                                "p11agent");
+            assert_int_equal(EVP_PKEY_eq(key, fake_keys[i].soft), 1);
+            if (fake_keys[i].type == BUS_KEY_RSA || fake_keys[i].type == BUS_KEY_EC)
+                assert_true(sign_once(key, &fake_keys[i]));
+            EVP_PKEY_free(key);
+            free(pem);
+        }
+    }
+}
+
+/* OSSL_STORE's file: loader (openssl pkey -in FILE) decodes twice; the
+ * agent is still asked once. */
+static void test_provider_decoder_file_store_one_lookup(void **state)
+{
+    char path[] = "/tmp/p11agent-unit-ref.XXXXXX";
+    char *pem = ref_pem(URI_RSA, BUS_KEY_RSA, false);
+    int fd = mkstemp(path), finds;
+    OSSL_STORE_CTX *st;
+    EVP_PKEY *key = NULL;
+
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, pem, strlen(pem)), (ssize_t)strlen(pem));
+    close(fd);
+    finds = fake_finds();
+    st = OSSL_STORE_open_ex(path, plibctx, NULL, NULL, NULL, NULL, NULL, NULL);
+    assert_non_null(st);
+    while (key == NULL && !OSSL_STORE_eof(st)) {
+        OSSL_STORE_INFO *info = OSSL_STORE_load(st);
+
+        if (info != NULL && OSSL_STORE_INFO_get_type(info) == OSSL_STORE_INFO_PKEY)
+            key = OSSL_STORE_INFO_get1_PKEY(info);
+        OSSL_STORE_INFO_free(info);
+    }
+    OSSL_STORE_close(st);
+    unlink(path);
+    assert_non_null(key);
+    assert_int_equal(fake_finds(), finds + 1);
+    assert_true(sign_once(key, &fake_keys[0]));
+    EVP_PKEY_free(key);
+    free(pem);
+}
+
+/* haproxy's crt file: the certificate first, then the reference. */
+static void test_provider_decoder_cert_then_ref(void **state)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *ref = ref_pem(URI_P256, BUS_KEY_EC, false);
+    EVP_PKEY *key;
+
+    assert_int_equal(PEM_write_bio_X509(b, fake_keys[1].cert), 1);
+    assert_true(BIO_puts(b, ref) > 0);
+    key = PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, plibctx, NULL);
+    assert_non_null(key);
+    assert_int_equal(EVP_PKEY_eq(key, fake_keys[1].soft), 1);
+    assert_true(sign_once(key, &fake_keys[1]));
+    EVP_PKEY_free(key);
+    BIO_free(b);
+    free(ref);
+}
+
+static void test_provider_decoder_bad_files_fail_cleanly(void **state)
+{
+    char *good = ref_pem(URI_P256, BUS_KEY_EC, false);
+    char *nokey = ref_pem("pkcs11:token=t;object=nothing;type=private", BUS_KEY_EC, false);
+    char *wrongtype = ref_pem(URI_P256, BUS_KEY_RSA, false);
+    char buf[2048];
+    static const struct {
+        const char *text;
+        const char *error;
+    } bad[] = {
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\nMIGO\n", "truncated" },
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\n!!!!\n-----END P11AGENT KEY REFERENCE-----\n",
+          "invalid base64" },
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\n\n-----END P11AGENT KEY REFERENCE-----\n",
+          "invalid base64" },
+        /* 30 84 ff ff ff ff */
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\nMIT/////\n-----END P11AGENT KEY REFERENCE-----\n",
+          "length too large" },
+        /* 30 03 02 01 02: version 2 */
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\nMAMCAQI=\n-----END P11AGENT KEY REFERENCE-----\n",
+          "version" },
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\nProc-Type: 4,ENCRYPTED\n\nMAMCAQI=\n"
+          "-----END P11AGENT KEY REFERENCE-----\n", "headers" },
+        { "-----BEGIN P11AGENT KEY REFERENCE-----\nMAMCAQI=\n-----END PKCS#11 PROVIDER URI-----\n",
+          "does not match" },
+    };
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ERR_clear_error();
+        assert_null(read_key(bad[i].text));
+        if (!errors_contain(bad[i].error))
+            fail_msg("case %zu: no error containing '%s'", i, bad[i].error);
+    }
+    ERR_clear_error();
+    assert_null(read_key(nokey));
+    assert_true(errors_contain("no key matches pkcs11:token=t;object=nothing;type=private"));
+    ERR_clear_error();
+    assert_null(read_key(wrongtype));
+    assert_true(errors_contain("the agent has a EC key"));
+
+    /* every truncation of a good file: an error, never a crash */
+    for (size_t cut = 0; cut < strlen(good); cut++) {
+        EVP_PKEY *key;
+
+        memcpy(buf, good, cut);
+        buf[cut] = '\0';
+        key = read_key(buf);
+        /* cutting only the final newline still leaves a whole file */
+        if (key != NULL)
+            assert_true(cut >= strlen(good) - 1);
+        EVP_PKEY_free(key);
+        ERR_clear_error();
+    }
+    free(good);
+    free(nokey);
+    free(wrongtype);
+}
+
+static void test_provider_decoder_refuses_pin_in_uri(void **state)
+{
+    /* written by hand: bus_keyref_encode refuses such a URI */
+    static const char uri[] = "pkcs11:object=p256?pin-value=1234";
+    uint8_t der[128];
+    size_t n = 0, ul = sizeof(uri) - 1;
+    BIO *b = BIO_new(BIO_s_mem());
+    EVP_PKEY *key;
+
+    der[n++] = 0x30;
+    der[n++] = (uint8_t)(3 + 2 + ul + 4);
+    memcpy(der + n, "\x02\x01\x01\x0c", 4);
+    n += 4;
+    der[n++] = (uint8_t)ul;
+    memcpy(der + n, uri, ul);
+    n += ul;
+    memcpy(der + n, "\x0c\x02" "EC", 4);
+    n += 4;
+    assert_true(PEM_write_bio(b, BUS_KEYREF_PEM_LABEL, "", der, (long)n) > 0);
+    ERR_clear_error();
+    key = PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, plibctx, NULL);
+    assert_null(key);
+    assert_true(errors_contain("PIN attribute"));
+    BIO_free(b);
+}
+
+/* Loading the provider and decoding files without references never
+ * talks to the agent. */
+static void test_provider_decoder_no_agent_call_without_ref(void **state)
+{
+    OSSL_LIB_CTX *lctx = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *d, *o;
+    BIO *b = BIO_new(BIO_s_mem());
+    EVP_PKEY *key;
+    int conns = fake_connections();
+
+    assert_non_null(lctx);
+    assert_true(OSSL_PROVIDER_add_builtin(lctx, "p11agent", OSSL_provider_init));
+    d = OSSL_PROVIDER_load(lctx, "default");
+    o = OSSL_PROVIDER_load(lctx, "p11agent");
+    assert_non_null(d);
+    assert_non_null(o);
+    assert_int_equal(PEM_write_bio_X509(b, fake_keys[0].cert), 1);
+    assert_int_equal(PEM_write_bio_PrivateKey(b, fake_keys[0].soft, NULL, NULL, 0, NULL, NULL),
+                     1);
+    key = PEM_read_bio_PrivateKey_ex(b, NULL, NULL, NULL, lctx, NULL);
+    assert_non_null(key);
+    assert_int_equal(EVP_PKEY_eq(key, fake_keys[0].soft), 1);
+    assert_int_equal(fake_connections(), conns);
+    EVP_PKEY_free(key);
+    BIO_free(b);
+    OSSL_PROVIDER_unload(o);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(lctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1343,6 +1598,12 @@ int main(void)
         cmocka_unit_test(test_provider_reconnects_after_agent_restart),
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
+        cmocka_unit_test(test_provider_decoder_reads_ref_files),
+        cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
+        cmocka_unit_test(test_provider_decoder_cert_then_ref),
+        cmocka_unit_test(test_provider_decoder_bad_files_fail_cleanly),
+        cmocka_unit_test(test_provider_decoder_refuses_pin_in_uri),
+        cmocka_unit_test(test_provider_decoder_no_agent_call_without_ref),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
