@@ -4,7 +4,7 @@
 P11AGENT_PACKAGES=(
 	meson ninja-build pkg-config gcc libc6-dev
 	libssl-dev openssl
-	libp11-kit-dev p11-kit
+	libp11-kit-dev p11-kit p11-kit-modules
 	libdbus-1-dev dbus
 	libcmocka-dev
 	softhsm2 opensc
