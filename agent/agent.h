@@ -114,6 +114,15 @@ typedef struct agent_client {
     gid_t groups[AGENT_MAX_GROUPS]; /* supplementary groups (/proc/PID/status) */
     size_t n_groups;
     char exe[256];        /* /proc/PID/exe at connect time, or "" */
+    /* The audit record of a signature, written once the reply is on its way
+     * (only this client's thread touches it). */
+    struct {
+        bool set;
+        const char *alg;  /* static */
+        char hash[16];
+        char key[512];
+        long long duration_us;
+    } pending_audit;
 } agent_client_t;
 
 /* Fills c's credentials from its socket. */

@@ -272,8 +272,12 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
         return reply;
     }
     agent_token_used(a, tok_token_uri(key->token));
-    agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "ok",
-                now_us() - t0);
+    /* the record is written after the reply is sent (agent_dispatch) */
+    c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
+    c->pending_audit.alg = bus_sig_alg_name(bp->alg);
+    snprintf(c->pending_audit.hash, sizeof(c->pending_audit.hash), "%s", bp->hash);
+    snprintf(c->pending_audit.key, sizeof(c->pending_audit.key), "%s", key->uri);
+    c->pending_audit.duration_us = now_us() - t0;
     reply = dbus_message_new_method_return(msg);
     if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
                                            (int)sig_len, DBUS_TYPE_INVALID)) {
@@ -627,6 +631,11 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
         if (!dbus_message_get_no_reply(msg))
             dbus_connection_send(conn, reply, NULL);
         dbus_message_unref(reply);
+        if (c->pending_audit.set) {
+            c->pending_audit.set = false;
+            agent_audit(c->agent, c, "sign", c->pending_audit.key, c->pending_audit.alg,
+                        c->pending_audit.hash, "ok", c->pending_audit.duration_us);
+        }
         return DBUS_HANDLER_RESULT_HANDLED;
     }
     return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;

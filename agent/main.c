@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <malloc.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -253,6 +254,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "p11agentd: out of memory\n");
         return EXIT_FAILURE;
     }
+    /* A thread per client would otherwise give each its own malloc arena. */
+    mallopt(M_ARENA_MAX, 2);
     setenv("P11AGENT_AGENT_PROCESS", "1", 1);
     dbus_threads_init_default();
     OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);

@@ -303,12 +303,11 @@ static int km_export(void *keydata, int selection, OSSL_CALLBACK *param_cb, void
 
     if (key == NULL)
         return 0;
-    if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) {
-        prov_raise(key->ctx, PROV_R_PRIVATE_REFUSED,
-                   "p11agent: the private key of %s stays in the agent",
-                   key->uri != NULL ? key->uri : "(imported)");
+    /* The private key stays in the agent. No error is raised: libssl asks
+     * for it on every handshake (and copes), and an error left on the
+     * queue would cost each handshake and could confuse the application. */
+    if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
         return 0;
-    }
     if (key->pub == NULL)
         return 0;
     if (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY)

@@ -156,6 +156,9 @@ static int sig_set_md(sig_ctx_t *s, EVP_MD **slot, const char *name)
         *slot = NULL;
         return 1;
     }
+    /* The same digest again (every TLS handshake inits twice): keep it. */
+    if (*slot != NULL && EVP_MD_is_a(*slot, name))
+        return 1;
     md = EVP_MD_fetch(s->ctx->libctx, name, NULL);
     if (md == NULL || prov_md_wire_name(md) == NULL) {
         prov_raise(s->ctx, PROV_R_UNSUPPORTED, "p11agent: digest %s is not supported", name);
@@ -455,8 +458,8 @@ static int sig_digest_sign_init(void *vctx, const char *mdname, void *provkey,
         mdname = s->md != NULL ? EVP_MD_get0_name(s->md) : "SHA256";
     if (!sig_set_md(s, &s->md, mdname))
         return 0;
-    EVP_MD_CTX_free(s->mdctx);
-    s->mdctx = EVP_MD_CTX_new();
+    if (s->mdctx == NULL)
+        s->mdctx = EVP_MD_CTX_new();
     if (s->mdctx == NULL || !EVP_DigestInit_ex2(s->mdctx, s->md, NULL)) {
         prov_raise(s->ctx, PROV_R_NO_MEMORY, "p11agent: cannot start digest");
         return 0;
