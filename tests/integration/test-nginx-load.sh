@@ -17,62 +17,8 @@ else
 	N=${P11AGENT_NGINX_HANDSHAKES:-1000}
 fi
 
-# nginx_start CERT KEY: master + NGINX_WORKERS workers on a free port
-# (NGINX_PORT), in the foreground. Sets NGINX_PID.
-nginx_start() {
-	local cert=$1 key=$2 d=$T/nginx try
-	mkdir -p "$d"
-	for ((try = 0; try < 3; try++)); do
-		NGINX_PORT=$(free_port)
-		cat >"$d/nginx.conf" <<EOC
-daemon off;
-master_process on;
-worker_processes $NGINX_WORKERS;
-user $(id -un) $(id -gn);
-pid $d/nginx.pid;
-error_log $d/error.log info;
-events { worker_connections 256; }
-http {
-	access_log off;
-	client_body_temp_path $d/body;
-	proxy_temp_path $d/proxy;
-	fastcgi_temp_path $d/fastcgi;
-	uwsgi_temp_path $d/uwsgi;
-	scgi_temp_path $d/scgi;
-	server {
-		listen 127.0.0.1:$NGINX_PORT ssl reuseport;
-		ssl_certificate $cert;
-		ssl_certificate_key $key;
-		ssl_client_certificate $T/ca.pem;
-		ssl_verify_client on;
-		ssl_protocols TLSv1.2 TLSv1.3;
-		ssl_session_cache off;
-		ssl_session_tickets off;
-		location / {
-			default_type text/plain;
-			return 200 "nginx verify=\$ssl_client_verify proto=\$ssl_protocol worker=\$pid\n";
-		}
-	}
-}
-EOC
-		: >"$d/error.log"
-		bg nginx "${PROG_ENV[@]}" nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log"
-		NGINX_PID=$BG_PID
-		wait_listen "$NGINX_PORT" "$NGINX_PID" && return 0
-		grep -q 'in use' "$d/error.log" "$T/nginx.log" || break
-	done
-	echo "nginx did not start:" >&2
-	cat "$T/nginx.log" "$d/error.log" >&2
-	return 1
-}
-
-# nginx_stop: no worker may have crashed (a signal or alert in the log).
-nginx_stop() {
-	stop_pid "$NGINX_PID" || true
-	if grep -E 'exited on signal|\[(alert|emerg|crit)\]' "$T/nginx/error.log" >&2; then
-		return 1
-	fi
-}
+NGINX_CONNECTIONS=256
+NGINX_ACCESS_LOG=off
 
 # tls_load PROTO N: N handshakes from 4 threads; output in $T/tlsload-PROTO.out
 tls_load() {
