@@ -141,6 +141,17 @@ int bus_parse_keys(DBusMessage *msg, bus_key_info_t **ret_keys, size_t *ret_n);
 /* Builds/parses a Sign method call. */
 DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, const uint8_t *data,
                                size_t len);
+/* The same call in two steps, so that a client signing often with the same
+ * key and parameters builds the message once: the template holds key,
+ * algorithm and parameters; a call is a copy of it plus the data (copying
+ * costs a fraction of marshalling the dictionary and the URI again). The
+ * template is only read: several threads may copy it under a lock. */
+DBusMessage *bus_new_sign_template(const char *uri, const bus_sign_params_t *p);
+DBusMessage *bus_sign_call_from_template(DBusMessage *tmpl, const uint8_t *data, size_t len);
+/* Sends a Sign call built by the functions above (not consumed). */
+int bus_client_sign_call(DBusConnection *conn, DBusMessage *call, int timeout_ms,
+                         uint8_t **ret_sig, size_t *ret_sig_len, char **errmsg);
+
 /* On success *ret_uri and *ret_data point into msg (valid while msg lives). */
 int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_t *ret_params,
                         const uint8_t **ret_data, size_t *ret_len);

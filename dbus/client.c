@@ -200,22 +200,15 @@ int bus_client_find_keys(DBusConnection *conn, const char *uri, int timeout_ms,
     return keys_call(conn, uri, timeout_ms, ret_keys, ret_n, errmsg);
 }
 
-int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params_t *p,
-                    const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
-                    size_t *ret_sig_len, char **errmsg)
+int bus_client_sign_call(DBusConnection *conn, DBusMessage *msg, int timeout_ms,
+                         uint8_t **ret_sig, size_t *ret_sig_len, char **errmsg)
 {
-    DBusMessage *msg, *reply = NULL;
+    DBusMessage *reply = NULL;
     DBusMessageIter it, sub;
     const uint8_t *sig;
     uint8_t *copy;
     int n = 0, r;
 
-    msg = bus_new_sign_call(uri, p, data, len);
-    if (!msg) {
-        set_errmsg(errmsg, "cannot build a signature request (algorithm %d, %zu bytes)", p->alg,
-                   len);
-        return BUS_ERR_INVALID_ARGS;
-    }
     r = call(conn, msg, timeout_ms, &reply, errmsg);
     if (r < 0)
         goto out;
@@ -242,9 +235,25 @@ int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params
     *ret_sig_len = (size_t)n;
     r = BUS_OK;
 out:
-    dbus_message_unref(msg);
     if (reply)
         dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params_t *p,
+                    const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
+                    size_t *ret_sig_len, char **errmsg)
+{
+    DBusMessage *msg = bus_new_sign_call(uri, p, data, len);
+    int r;
+
+    if (!msg) {
+        set_errmsg(errmsg, "cannot build a signature request (algorithm %d, %zu bytes)", p->alg,
+                   len);
+        return BUS_ERR_INVALID_ARGS;
+    }
+    r = bus_client_sign_call(conn, msg, timeout_ms, ret_sig, ret_sig_len, errmsg);
+    dbus_message_unref(msg);
     return r;
 }
 

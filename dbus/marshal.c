@@ -281,8 +281,7 @@ static dbus_bool_t append_dict_entry(DBusMessageIter *dict, const char *key, int
     return dbus_message_iter_close_container(dict, &entry);
 }
 
-DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, const uint8_t *data,
-                               size_t len)
+DBusMessage *bus_new_sign_template(const char *uri, const bus_sign_params_t *p)
 {
     DBusMessage *msg;
     DBusMessageIter it, dict;
@@ -290,7 +289,7 @@ DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, cons
     const char *hash = p->hash, *mgf1 = p->mgf1_hash;
     dbus_int32_t salt = p->salt_len;
 
-    if (!alg || !uri || len > MAX_BLOB)
+    if (!alg || !uri)
         return NULL;
     msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Sign");
     if (!msg)
@@ -308,12 +307,49 @@ DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, cons
         dbus_message_iter_abandon_container(&it, &dict);
         goto oom;
     }
-    if (!dbus_message_iter_close_container(&it, &dict) || !bus_append_bytes(&it, data, len))
+    if (!dbus_message_iter_close_container(&it, &dict))
         goto oom;
     return msg;
 oom:
     dbus_message_unref(msg);
     return NULL;
+}
+
+DBusMessage *bus_sign_call_from_template(DBusMessage *tmpl, const uint8_t *data, size_t len)
+{
+    DBusMessage *msg;
+    DBusMessageIter it;
+
+    if (len > MAX_BLOB)
+        return NULL;
+    msg = dbus_message_copy(tmpl);
+    if (!msg)
+        return NULL;
+    dbus_message_iter_init_append(msg, &it);
+    if (!bus_append_bytes(&it, data, len)) {
+        dbus_message_unref(msg);
+        return NULL;
+    }
+    return msg;
+}
+
+DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, const uint8_t *data,
+                               size_t len)
+{
+    DBusMessage *msg;
+    DBusMessageIter it;
+
+    if (len > MAX_BLOB)
+        return NULL;
+    msg = bus_new_sign_template(uri, p);
+    if (!msg)
+        return NULL;
+    dbus_message_iter_init_append(msg, &it);
+    if (!bus_append_bytes(&it, data, len)) {
+        dbus_message_unref(msg);
+        return NULL;
+    }
+    return msg;
 }
 
 static int copy_name(char *dst, size_t size, const char *src)

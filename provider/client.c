@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -59,7 +60,20 @@ typedef struct pool_slot {
     int64_t opened_ms;        /* when it was opened (monotonic) */
 } pool_slot_t;
 
+/* Sign-call templates (dbus/: bus_new_sign_template): per key URI and
+ * parameters, the message is marshalled once and copied per signature. */
+#define TMPL_MAX 16
+
+typedef struct sign_tmpl {
+    char *uri;
+    bus_sign_params_t p;
+    DBusMessage *msg;
+} sign_tmpl_t;
+
 struct prov_client {
+    pthread_mutex_t tmpl_lock;
+    sign_tmpl_t tmpl[TMPL_MAX]; /* guarded by tmpl_lock */
+    unsigned tmpl_next;         /* the slot to replace next */
     pthread_mutex_t lock;
     char *socket_path;        /* immutable */
     pool_slot_t slots[POOL_MAX]; /* guarded by lock */
@@ -84,6 +98,7 @@ prov_client_t *prov_client_new(char *socket_path)
         free(c);
         return NULL;
     }
+    pthread_mutex_init(&c->tmpl_lock, NULL);
     /* libdbus >= 1.7 does this itself; harmless and cheap to repeat. */
     (void)dbus_threads_init_default();
     c->socket_path = socket_path;
@@ -130,6 +145,7 @@ static void client_check_fork(prov_client_t *c)
              * inherited mutex may be held by a thread that did not survive
              * the fork: start with a fresh one. */
             pthread_mutex_init(&c->lock, NULL);
+            pthread_mutex_init(&c->tmpl_lock, NULL);
             client_abandon_inherited(c);
             atomic_store(&c->owner, me);
         } else {
@@ -343,7 +359,49 @@ int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **re
     return r;
 }
 
+static bool same_params(const bus_sign_params_t *a, const bus_sign_params_t *b)
+{
+    return a->alg == b->alg && a->salt_len == b->salt_len && strcmp(a->hash, b->hash) == 0 &&
+           strcmp(a->mgf1_hash, b->mgf1_hash) == 0;
+}
+
+/* A Sign call for uri/p with data: a copy of the cached template, made on
+ * first use. NULL on bad arguments or out of memory. */
+static DBusMessage *sign_call(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
+                              const uint8_t *data, size_t len)
+{
+    DBusMessage *msg = NULL;
+    sign_tmpl_t *t = NULL;
+
+    pthread_mutex_lock(&c->tmpl_lock);
+    for (size_t i = 0; i < TMPL_MAX && !t; i++)
+        if (c->tmpl[i].msg && strcmp(c->tmpl[i].uri, uri) == 0 && same_params(&c->tmpl[i].p, p))
+            t = &c->tmpl[i];
+    if (!t) {
+        DBusMessage *m = bus_new_sign_template(uri, p);
+        char *u = strdup(uri);
+
+        if (m && u) {
+            t = &c->tmpl[c->tmpl_next];
+            c->tmpl_next = (c->tmpl_next + 1) % TMPL_MAX;
+            if (t->msg)
+                dbus_message_unref(t->msg);
+            free(t->uri);
+            *t = (sign_tmpl_t){.uri = u, .p = *p, .msg = m};
+        } else {
+            if (m)
+                dbus_message_unref(m);
+            free(u);
+        }
+    }
+    if (t)
+        msg = bus_sign_call_from_template(t->msg, data, len);
+    pthread_mutex_unlock(&c->tmpl_lock);
+    return msg;
+}
+
 typedef struct sign_args {
+    prov_client_t *client;
     const char *uri;
     const bus_sign_params_t *p;
     const uint8_t *data;
@@ -355,16 +413,24 @@ typedef struct sign_args {
 static int op_sign(DBusConnection *conn, void *arg, char **errmsg)
 {
     sign_args_t *a = arg;
+    DBusMessage *msg = sign_call(a->client, a->uri, a->p, a->data, a->len);
+    int r;
 
-    return bus_client_sign(conn, a->uri, a->p, a->data, a->len, BUS_CALL_TIMEOUT_MS, &a->sig,
-                           &a->sig_len, errmsg);
+    if (!msg) {
+        if (errmsg && asprintf(errmsg, "cannot build a signature request (%zu bytes)", a->len) < 0)
+            *errmsg = NULL;
+        return BUS_ERR_INVALID_ARGS;
+    }
+    r = bus_client_sign_call(conn, msg, BUS_CALL_TIMEOUT_MS, &a->sig, &a->sig_len, errmsg);
+    dbus_message_unref(msg);
+    return r;
 }
 
 int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
                      const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
                      char **errmsg)
 {
-    sign_args_t a = { .uri = uri, .p = p, .data = data, .len = len };
+    sign_args_t a = { .client = c, .uri = uri, .p = p, .data = data, .len = len };
     int r = client_call(c, op_sign, &a, errmsg);
 
     if (r == BUS_OK) {
@@ -382,8 +448,14 @@ void prov_client_free(prov_client_t *c)
         for (size_t i = 0; i < POOL_MAX; i++)
             bus_client_close(c->slots[i].conn);
         pthread_mutex_destroy(&c->lock);
+        pthread_mutex_destroy(&c->tmpl_lock);
     } else {
         client_abandon_inherited(c);
+    }
+    for (size_t i = 0; i < TMPL_MAX; i++) {
+        if (c->tmpl[i].msg)
+            dbus_message_unref(c->tmpl[i].msg);
+        free(c->tmpl[i].uri);
     }
     free(c->socket_path);
     free(c);

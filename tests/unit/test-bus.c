@@ -216,6 +216,43 @@ static DBusMessage *raw_sign_call(const char *alg, const char *hkey, int htype, 
     return msg;
 }
 
+static void test_bus_sign_template_copies_equal_direct_call(void **state)
+{
+    bus_sign_params_t p = {.alg = BUS_SIG_RSA_PSS, .hash = "sha384", .salt_len = 48};
+    uint8_t a[48], b[48];
+    DBusMessage *tmpl, *m1, *m2, *direct;
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    bus_sign_params_t q;
+
+    memset(a, 0xa5, sizeof(a));
+    memset(b, 0x3c, sizeof(b));
+    tmpl = bus_new_sign_template("pkcs11:object=t", &p);
+    assert_non_null(tmpl);
+    m1 = bus_sign_call_from_template(tmpl, a, sizeof(a));
+    m2 = bus_sign_call_from_template(tmpl, b, sizeof(b));
+    direct = bus_new_sign_call("pkcs11:object=t", &p, a, sizeof(a));
+    assert_non_null(m1);
+    assert_non_null(m2);
+    assert_non_null(direct);
+    /* each copy carries its own data; the template is left as it was */
+    assert_string_equal(dbus_message_get_signature(tmpl), "ssa{sv}");
+    assert_string_equal(dbus_message_get_signature(m1), dbus_message_get_signature(direct));
+    assert_int_equal(bus_parse_sign_call(m1, &uri, &q, &data, &len), BUS_OK);
+    assert_string_equal(uri, "pkcs11:object=t");
+    assert_int_equal(q.alg, BUS_SIG_RSA_PSS);
+    assert_string_equal(q.hash, "sha384");
+    assert_int_equal(q.salt_len, 48);
+    assert_memory_equal(data, a, sizeof(a));
+    assert_int_equal(bus_parse_sign_call(m2, &uri, &q, &data, &len), BUS_OK);
+    assert_memory_equal(data, b, sizeof(b));
+    dbus_message_unref(m1);
+    dbus_message_unref(m2);
+    dbus_message_unref(direct);
+    dbus_message_unref(tmpl);
+}
+
 static void test_bus_sign_call_rejects_bad_input(void **state)
 {
     const char *uri;
@@ -356,6 +393,7 @@ int main(void)
         cmocka_unit_test(test_bus_keys_round_trip),
         cmocka_unit_test(test_bus_keys_empty_and_malformed),
         cmocka_unit_test(test_bus_sign_call_round_trip),
+        cmocka_unit_test(test_bus_sign_template_copies_equal_direct_call),
         cmocka_unit_test(test_bus_sign_call_rejects_bad_input),
         cmocka_unit_test(test_bus_status_round_trip),
         cmocka_unit_test(test_bus_tokens_round_trip),
