@@ -352,6 +352,21 @@ DBusMessage *bus_new_sign_call(const char *uri, const bus_sign_params_t *p, cons
     return msg;
 }
 
+/* Steps through an a{sv}: the next entry's key and value; false at the end. */
+static bool dict_next(DBusMessageIter *dict, const char **ret_key, DBusMessageIter *ret_var)
+{
+    DBusMessageIter entry;
+
+    if (dbus_message_iter_get_arg_type(dict) != DBUS_TYPE_DICT_ENTRY)
+        return false;
+    dbus_message_iter_recurse(dict, &entry);
+    dbus_message_iter_get_basic(&entry, ret_key);
+    dbus_message_iter_next(&entry);
+    dbus_message_iter_recurse(&entry, ret_var);
+    dbus_message_iter_next(dict);
+    return true;
+}
+
 static int copy_name(char *dst, size_t size, const char *src)
 {
     size_t n = strlen(src);
@@ -365,7 +380,8 @@ static int copy_name(char *dst, size_t size, const char *src)
 int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_t *ret_params,
                         const uint8_t **ret_data, size_t *ret_len)
 {
-    DBusMessageIter it, dict;
+    DBusMessageIter it, dict, var;
+    const char *key;
     bus_sign_params_t p = {0};
     const char *uri, *alg;
     const uint8_t *data;
@@ -382,16 +398,9 @@ int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_
         return BUS_ERR_UNSUPPORTED;
     p.salt_len = -1;
     dbus_message_iter_recurse(&it, &dict);
-    while (dbus_message_iter_get_arg_type(&dict) == DBUS_TYPE_DICT_ENTRY) {
-        DBusMessageIter entry, var;
-        const char *key;
-        int vtype;
+    while (dict_next(&dict, &key, &var)) {
+        int vtype = dbus_message_iter_get_arg_type(&var);
 
-        dbus_message_iter_recurse(&dict, &entry);
-        dbus_message_iter_get_basic(&entry, &key);
-        dbus_message_iter_next(&entry);
-        dbus_message_iter_recurse(&entry, &var);
-        vtype = dbus_message_iter_get_arg_type(&var);
         if (strcmp(key, "hash") == 0 || strcmp(key, "mgf1-hash") == 0) {
             const char *v;
 
@@ -406,7 +415,6 @@ int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_
             dbus_message_iter_get_basic(&var, &p.salt_len);
         }
         /* Unknown parameters are ignored: newer clients may send more. */
-        dbus_message_iter_next(&dict);
     }
     dbus_message_iter_next(&it);
     if (get_bytes(&it, &data, &len) < 0)
@@ -453,22 +461,16 @@ int bus_append_status(DBusMessage *msg, const bus_status_t *s)
 
 int bus_parse_status(DBusMessage *msg, bus_status_t *ret)
 {
-    DBusMessageIter it, dict;
+    DBusMessageIter it, dict, var;
+    const char *key;
     bus_status_t s = {0};
 
     if (strcmp(dbus_message_get_signature(msg), "a{sv}") != 0 || !dbus_message_iter_init(msg, &it))
         return BUS_ERR_PROTOCOL;
     dbus_message_iter_recurse(&it, &dict);
-    while (dbus_message_iter_get_arg_type(&dict) == DBUS_TYPE_DICT_ENTRY) {
-        DBusMessageIter entry, var;
-        const char *key;
-        int vtype;
+    while (dict_next(&dict, &key, &var)) {
+        int vtype = dbus_message_iter_get_arg_type(&var);
 
-        dbus_message_iter_recurse(&dict, &entry);
-        dbus_message_iter_get_basic(&entry, &key);
-        dbus_message_iter_next(&entry);
-        dbus_message_iter_recurse(&entry, &var);
-        vtype = dbus_message_iter_get_arg_type(&var);
         if (strcmp(key, "version") == 0 && vtype == DBUS_TYPE_STRING) {
             const char *v;
 
@@ -498,7 +500,6 @@ int bus_parse_status(DBusMessage *msg, bus_status_t *ret)
             else if (strcmp(key, "sign-failures") == 0)
                 s.sign_failures = v;
         }
-        dbus_message_iter_next(&dict);
     }
     *ret = s;
     return BUS_OK;
