@@ -272,6 +272,9 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
         return reply;
     }
     agent_token_used(a, tok_token_uri(key->token));
+    agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
+                key->uri, bus_sig_alg_name(bp->alg), bp->hash[0] ? "/" : "", bp->hash, len,
+                sig_len, (long long)(now_us() - t0));
     /* the record is written after the reply is sent (agent_dispatch) */
     c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
     c->pending_audit.alg = bus_sig_alg_name(bp->alg);

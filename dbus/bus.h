@@ -103,8 +103,6 @@ typedef struct bus_key_info {
 
 void bus_key_info_clear(bus_key_info_t *k);
 void bus_key_info_free_array(bus_key_info_t *keys, size_t n);
-/* Deep copy; returns BUS_OK or BUS_ERR_NO_MEMORY. */
-int bus_key_info_copy(const bus_key_info_t *src, bus_key_info_t *ret);
 
 /* Signature algorithms, as sent on the wire. */
 typedef enum bus_sig_alg {

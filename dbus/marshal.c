@@ -43,31 +43,6 @@ void bus_key_info_free_array(bus_key_info_t *keys, size_t n)
     free(keys);
 }
 
-int bus_key_info_copy(const bus_key_info_t *src, bus_key_info_t *ret)
-{
-    bus_key_info_t k = {
-        .type = src->type,
-        .bits = src->bits,
-        .flags = src->flags,
-        .spki_len = src->spki_len,
-        .cert_len = src->cert_len,
-    };
-
-    k.uri = strdup(src->uri ? src->uri : "");
-    k.group = strdup(src->group ? src->group : "");
-    k.label = strdup(src->label ? src->label : "");
-    k.token = strdup(src->token ? src->token : "");
-    k.spki = memdup(src->spki, src->spki_len);
-    k.cert = memdup(src->cert, src->cert_len);
-    if (!k.uri || !k.group || !k.label || !k.token || (src->spki_len && !k.spki) ||
-        (src->cert_len && !k.cert)) {
-        bus_key_info_clear(&k);
-        return BUS_ERR_NO_MEMORY;
-    }
-    *ret = k;
-    return BUS_OK;
-}
-
 static const char *nz(const char *s)
 {
     return s ? s : "";

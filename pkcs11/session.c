@@ -139,10 +139,7 @@ int tok_token_login(tok_token_t *t, const char *pin, size_t pin_len)
         if (r == TOK_OK)
             r = TOK_ERR_GENERAL;
     }
-    if (tok_rv_is_removal(rv))
-        tok_session_drop(t, s);
-    else
-        tok_session_put(t, s);
+    tok_session_return(t, s, rv);
 out:
     pthread_mutex_unlock(&t->login_lock);
     return r;
@@ -169,10 +166,7 @@ int tok_token_logout(tok_token_t *t)
         pthread_mutex_unlock(&t->lock);
     }
     r = rv == CKR_USER_NOT_LOGGED_IN ? TOK_OK : tok_status_from_rv(rv);
-    if (tok_rv_is_removal(rv))
-        tok_session_drop(t, s);
-    else
-        tok_session_put(t, s);
+    tok_session_return(t, s, rv);
 out:
     pthread_mutex_unlock(&t->login_lock);
     return r;
@@ -238,4 +232,12 @@ const char *tok_token_label(const tok_token_t *t)
 const char *tok_token_uri(const tok_token_t *t)
 {
     return t != NULL ? t->uri : NULL;
+}
+
+void tok_session_return(tok_token_t *t, CK_SESSION_HANDLE s, CK_RV rv)
+{
+    if (tok_rv_is_removal(rv))
+        tok_session_drop(t, s);
+    else
+        tok_session_put(t, s);
 }

@@ -109,6 +109,8 @@ void tok_pool_destroy(tok_token_t *t);
 int tok_session_get(tok_token_t *t, CK_SESSION_HANDLE *ret);
 void tok_session_put(tok_token_t *t, CK_SESSION_HANDLE s);
 void tok_session_drop(tok_token_t *t, CK_SESSION_HANDLE s);
+/* Puts s back in the pool, or drops it if rv says the token went away. */
+void tok_session_return(tok_token_t *t, CK_SESSION_HANDLE s, CK_RV rv);
 
 /* token.c */
 tok_token_t *tok_token_new(tok_ctx_t *ctx, tok_module_t *mod, CK_SLOT_ID slot,
