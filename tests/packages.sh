@@ -12,6 +12,8 @@ P11AGENT_PACKAGES=(
 	systemd util-linux passwd pinentry-tty tmux
 	# real programs using token keys (tests/integration/test-<program>.sh)
 	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
+	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
+	debhelper dpkg-dev lintian rpm
 )
 
 # ensure_packages: install whatever in P11AGENT_PACKAGES is missing (as

@@ -74,5 +74,22 @@ suite build -Dwerror=true
 TEST_ARGS=(--timeout-multiplier 3)
 P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
+# Packages (root only: it installs the .deb with apt and purges it again):
+# prefix install, Debian package + lintian, the demo against the installed
+# files, the RPM spec. Each TAP case counts once.
+echo "=== packaging"
+if [ "$(id -u)" -eq 0 ]; then
+	bash tests/test-packaging.sh >build/packaging.tap 2>&1
+	cat build/packaging.tap
+	ok=$(grep -c '^ok ' build/packaging.tap)
+	bad=$(grep -c '^not ok \|^Bail out' build/packaging.tap)
+	[ "$ok" -gt 0 ] || bad=$((bad + 1))
+	PASSED=$((PASSED + ok))
+	FAILED=$((FAILED + bad))
+else
+	echo "packaging: not run (needs root to install the package); counted as a failure"
+	FAILED=$((FAILED + 1))
+fi
+
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]
