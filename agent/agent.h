@@ -113,7 +113,9 @@ typedef struct agent_client {
     pid_t pid;
     gid_t groups[AGENT_MAX_GROUPS]; /* supplementary groups (/proc/PID/status) */
     size_t n_groups;
-    char exe[256];        /* /proc/PID/exe at connect time, or "" */
+    char exe[1024];       /* /proc/PID/exe at connect time, or "" */
+    int exe_err;          /* 0, or the errno that left exe "" (EACCES, ENAMETOOLONG, ...) */
+    unsigned long long start_time; /* field 22 of /proc/PID/stat at connect time */
     /* The audit record of a signature, written once the reply is on its way
      * (only this client's thread touches it). */
     struct {
@@ -125,8 +127,23 @@ typedef struct agent_client {
     } pending_audit;
 } agent_client_t;
 
-/* Fills c's credentials from its socket. */
+/* Fills c's credentials from its socket: uid, gid, pid, groups, and the
+ * executable and start time of the process. 0, or -errno when SO_PEERCRED
+ * fails (an unreadable executable only sets exe_err). */
 int agent_client_read_creds(agent_client_t *c, int fd);
+/* The executable (readlink /proc/PID/exe) and start time (field 22 of
+ * /proc/PID/stat) of a process, both read through one /proc/PID fd.
+ * Returns 0; -ESRCH (gone), -EACCES/-EPERM (not ours to read: needs
+ * CAP_SYS_PTRACE), -ENAMETOOLONG (the path does not fit in exe_size), or
+ * another -errno. */
+int agent_proc_identity(pid_t pid, char *exe, size_t exe_size, unsigned long long *ret_start);
+/* Re-reads the client's executable now (into exe) and checks it is still
+ * what connected: 0, or a negative errno with a sentence in why naming the
+ * cause and the fix: -EACCES/-EPERM (unreadable: CAP_SYS_PTRACE), -ESRCH
+ * (exited, pid reused), -ENAMETOOLONG (truncated), -ENOENT (deleted),
+ * -ESTALE (a different executable than at connect). */
+int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, char *why,
+                           size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
 
@@ -208,10 +225,14 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
 /* May this peer connect at all? (per-user: the owner; system: root, the
  * agent's user and the configured users and groups) */
 bool agent_peer_admitted(const agent_t *a, const agent_client_t *c);
-/* May this client use key number i? On refusal *why says which rule. */
+/* May this client use key number i? On refusal why holds a sentence naming
+ * the rule (and the fix). allow-exe is checked against the client's
+ * executable now, not only at connect. Fails closed: with [key] sections
+ * configured and no policy table (out of memory), every key is refused. */
 bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
-                              const char **why);
-/* Recomputes key_policies after a scan (keys_lock held for writing). */
+                              char *why, size_t why_size);
+/* Recomputes key_policies after a scan (keys_lock held for writing). On
+ * out of memory the table stays NULL, which refuses every key. */
 void agent_policy_update_locked(agent_t *a);
 /* The pin source configured for a token (its [token] section, else the
  * default); never NULL. */

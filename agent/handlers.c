@@ -218,7 +218,7 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
                                 const tok_auth_t *auth, bool may_need, sign_need_t *need)
 {
     agent_t *a = c->agent;
-    const char *why_denied = NULL;
+    char why_denied[768];
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
@@ -235,8 +235,10 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
         return reply;
     }
     key = tok_ctx_key(a->tok, (size_t)idx);
-    if (!agent_key_allowed_locked(a, (size_t)idx, c, &why_denied)) {
+    if (!agent_key_allowed_locked(a, (size_t)idx, c, why_denied, sizeof(why_denied))) {
         agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "denied", 0);
+        agent_warn("denied key '%s' to uid %ld pid %ld: %s", key->uri, (long)c->uid,
+                   (long)c->pid, why_denied);
         return error_reply(msg, BUS_ERR_DENIED,
                            "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
                            c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);

@@ -10,7 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -324,6 +326,117 @@ static void test_agent_pin_source_credential_and_strict(void **state)
     free(path);
 }
 
+/* --- access policy: fail closed, allow-exe checked per request --- */
+
+static agent_client_t self_client(void)
+{
+    agent_client_t c = {.uid = getuid(), .gid = getgid(), .pid = getpid()};
+
+    assert_int_equal(agent_proc_identity(c.pid, c.exe, sizeof(c.exe), &c.start_time), 0);
+    return c;
+}
+
+static void test_agent_policy_fails_closed_without_table(void **state)
+{
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k"};
+    agent_t a = {0};
+    agent_client_t c = self_client();
+    char why[512] = "";
+
+    /* no [key] section: every key is open */
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    /* [key] sections configured but the table is missing (out of memory
+     * in agent_policy_update_locked): every key is refused, saying why */
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "out of memory"));
+    /* a key beyond the table (scanned after it was made) is refused too */
+    {
+        const agent_key_policy_t *table[1] = {NULL};
+
+        a.key_policies = table;
+        a.n_key_policies = 1;
+        assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+        why[0] = '\0';
+        assert_false(agent_key_allowed_locked(&a, 1, &c, why, sizeof(why)));
+        assert_non_null(strstr(why, "out of memory"));
+    }
+}
+
+static void test_agent_policy_exe_checked_per_request(void **state)
+{
+    agent_client_t c = self_client();
+    char *exes[1] = {c.exe};
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k", .exes = exes, .n_exes = 1};
+    const agent_key_policy_t *table[1] = {&pol};
+    agent_t a = {.key_policies = table, .n_key_policies = 1};
+    char why[768] = "", small[8];
+    unsigned long long start;
+
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+
+    /* the same pid, another process (pid reuse): refused */
+    c.start_time++;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "pid was reused"));
+    c.start_time--;
+
+    /* connected as another program, which then exec'd the allowed one */
+    snprintf(c.exe, sizeof(c.exe), "/usr/bin/not-the-allowed-one");
+    exes[0] = "/usr/bin/not-the-allowed-one";
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "changed since it connected"));
+    assert_non_null(strstr(why, "not-the-allowed-one"));
+    c = self_client();
+    exes[0] = c.exe;
+
+    /* a path that does not fit is reported as cut, never used */
+    assert_int_equal(agent_proc_identity(getpid(), small, sizeof(small), &start), -ENAMETOOLONG);
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+
+    /* a process that is gone */
+    c.pid = 0x3ffffff0;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "has exited"));
+}
+
+static void test_agent_policy_deleted_exe_refused(void **state)
+{
+    char *copy = NULL, cmd[512], why[768] = "", exe[1024];
+    agent_client_t c = {.uid = getuid(), .gid = getgid()};
+    pid_t pid;
+    int st;
+
+    assert_true(asprintf(&copy, "%s/sleep-copy", tmpdir) > 0);
+    snprintf(cmd, sizeof(cmd), "cp \"$(command -v sleep)\" '%s'", copy);
+    assert_int_equal(system(cmd), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl(copy, "sleep-copy", "30", (char *)NULL);
+        _exit(127);
+    }
+    c.pid = pid;
+    /* wait for the exec */
+    for (int i = 0; i < 200; i++) {
+        if (agent_proc_identity(pid, c.exe, sizeof(c.exe), &c.start_time) == 0 &&
+            strcmp(c.exe, copy) == 0)
+            break;
+        usleep(10000);
+    }
+    assert_string_equal(c.exe, copy);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), 0);
+    assert_int_equal(unlink(copy), 0);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), -ENOENT);
+    assert_non_null(strstr(why, "deleted"));
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    free(copy);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -337,6 +450,9 @@ int main(void)
         cmocka_unit_test(test_agent_conf_errors_name_file_and_line),
         cmocka_unit_test(test_agent_conf_missing_file),
         cmocka_unit_test(test_agent_pin_source_credential_and_strict),
+        cmocka_unit_test(test_agent_policy_fails_closed_without_table),
+        cmocka_unit_test(test_agent_policy_exe_checked_per_request),
+        cmocka_unit_test(test_agent_policy_deleted_exe_refused),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
