@@ -91,6 +91,8 @@ typedef struct agent_token_state {
     bool pin_rejected;       /* the pin source's PIN was rejected ... */
     agent_pin_id_t rejected; /* ... while the file looked like this */
     agent_secret_t cached;   /* a PIN from a prompt or unlock, for re-login and always-auth */
+    unsigned unlock_failures;       /* wrong Unlock PINs in a row */
+    int64_t unlock_not_before_ms;   /* no Unlock PIN is tried before (CLOCK_MONOTONIC) */
     /* readable without the lock: */
     atomic_bool has_cached;
     atomic_int_fast64_t login_at_ms; /* CLOCK_MONOTONIC of our login, 0: none */
@@ -225,6 +227,10 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
 /* May this peer connect at all? (per-user: the owner; system: root, the
  * agent's user and the configured users and groups) */
 bool agent_peer_admitted(const agent_t *a, const agent_client_t *c);
+/* May this client Lock or Unlock tokens? Per-user mode: the owner (the only
+ * one admitted). System mode: the agent's user, root, and allow-unlock-users
+ * / allow-unlock-groups; every other admitted client only signs. */
+bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c);
 /* May this client use key number i? On refusal why holds a sentence naming
  * the rule (and the fix). allow-exe is checked against the client's
  * executable now, not only at connect. Fails closed: with [key] sections
@@ -250,12 +256,21 @@ typedef struct agent_login_req {
     const agent_client_t *client; /* who asked; may be NULL */
     const char *pin;              /* given (Unlock); NULL: find one */
     size_t pin_len;
+    bool final_try_ok;            /* the person accepts trying pin at the final try */
     bool no_prompt;               /* stored PINs only */
 } agent_login_req_t;
 
 /* Logs in to the token (no agent lock held by the caller): the cached PIN,
  * the pin source, then a prompt; a PIN the token rejected is not replayed,
- * a stored one never at the final try; one login at a time. */
+ * a stored one never at the final try; one login at a time. A given PIN
+ * (Unlock) is not tried at the final try unless req->final_try_ok, and after
+ * each wrong one the next waits 1 s, 2 s, 4 s ... (up to 512 s): a delay of
+ * up to 2 s is waited out, a longer one is refused (TOK_ERR_BUSY).
+ * Returns TOK_OK or a TOK_ERR_* code, with *errmsg set on failure:
+ * TOK_ERR_NOT_LOGGED_IN (no PIN tried: none available, prompt cancelled, or
+ * final try without final_try_ok), TOK_ERR_BUSY (a wrong Unlock PIN was
+ * given less than the delay ago), TOK_ERR_PIN_INCORRECT, TOK_ERR_PIN_LOCKED,
+ * TOK_ERR_TOKEN_REMOVED, TOK_ERR_NO_MEMORY, or what C_Login gave. */
 int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg);
 /* A PIN for a context-specific login (CKA_ALWAYS_AUTHENTICATE). On a PIN
  * pad *ret stays empty (buf NULL) and the return is 0. */
@@ -265,7 +280,9 @@ void agent_auth_pin_rejected(agent_t *a, const char *token_uri);
 /* Logs in to every token that needs it and has a PIN source (no lock held). */
 void agent_login_all(agent_t *a);
 /* Log out (unless forget_only) and wipe cached PINs of the tokens matching
- * uri ("" : all). Returns how many tokens. */
+ * uri ("" : all). Returns how many tokens (>= 0), or TOK_ERR_ARGS (uri does
+ * not parse) or TOK_ERR_NO_MEMORY (some or all tokens not locked), with
+ * *errmsg set. */
 int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errmsg);
 /* A token went away: its cached PIN is wiped. */
 void agent_lock_tokens_gone(agent_t *a, const char *token_uri);

@@ -197,6 +197,13 @@ bool agent_peer_admitted(const agent_t *a, const agent_client_t *c)
            agent_id_list_allows(&a->conf.allow, c->uid, c->gid, c->groups, c->n_groups);
 }
 
+bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c)
+{
+    if (c->via_session_bus || c->uid == a->owner || c->uid == 0)
+        return true;
+    return agent_id_list_allows(&a->conf.allow_unlock, c->uid, c->gid, c->groups, c->n_groups);
+}
+
 bool agent_key_allowed_locked(const agent_t *a, size_t i, const agent_client_t *c, char *why,
                               size_t why_size)
 {
@@ -217,7 +224,8 @@ bool agent_key_allowed_locked(const agent_t *a, size_t i, const agent_client_t *
         return true;
     if (p->has_ids && (c->via_session_bus ||
                        !agent_id_list_allows(&p->allow, c->uid, c->gid, c->groups, c->n_groups))) {
-        snprintf(why, why_size, "its user and groups are not in the key's allow-users/allow-groups");
+        snprintf(why, why_size,
+                 "its user and groups are not in the key's allow-users/allow-groups");
         return false;
     }
     if (p->n_exes == 0)
