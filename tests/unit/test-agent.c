@@ -18,6 +18,7 @@
 #include <cmocka.h>
 
 #include "agent.h"
+#include "pinmax.h"
 
 static char tmpdir[] = "/tmp/p11agent-test-agent-XXXXXX";
 
@@ -85,6 +86,15 @@ static void read_pin_expect(const char *content, size_t len, const char *expect)
     assert_null(s.buf);
     assert_int_equal(s.len, 0);
     free(path);
+}
+
+static void read_pin_expect_len(const char *content, size_t len)
+{
+    char *expect = strndup(content, len);
+
+    assert_non_null(expect);
+    read_pin_expect(content, len, expect);
+    free(expect);
 }
 
 static void test_agent_pin_file_reads_first_line(void **state)
@@ -326,6 +336,59 @@ static void test_agent_pin_source_credential_and_strict(void **state)
     free(path);
 }
 
+/* --- one PIN_MAX on every path --- */
+
+static void test_agent_pin_max_file(void **state)
+{
+    char pin[PIN_MAX + 2];
+
+    memset(pin, '5', sizeof(pin));
+    read_pin_expect_len(pin, PIN_MAX);
+    expect_pin_error(pin, PIN_MAX + 1, -E2BIG, "over " PIN_MAX_STR " bytes");
+}
+
+/* A pinentry that answers GETPIN with n digits. */
+static char *pinentry_answering(size_t n)
+{
+    char *script = NULL, *path;
+    int len;
+
+    len = asprintf(&script,
+                   "#!/bin/sh\necho 'OK hello'\nwhile read -r l; do case $l in\n"
+                   "GETPIN) printf 'D %%0%zud\\nOK\\n' 0;;\nBYE) echo OK; exit 0;;\n"
+                   "*) echo OK;; esac; done\n",
+                   n);
+    assert_true(len > 0);
+    path = write_file("pinentry.sh", script, (size_t)len, 0700);
+    chmod(path, 0700);
+    free(script);
+    return path;
+}
+
+static void test_agent_pin_max_prompt(void **state)
+{
+    agent_prompt_t p = {.token_label = "t", .key_label = "k"};
+    agent_secret_t pin = {0};
+    agent_t a = {0};
+    char *err = NULL;
+
+    pthread_mutex_init(&a.prompter_lock, NULL);
+    a.pinentry = pinentry_answering(PIN_MAX);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), 0);
+    assert_int_equal(pin.len, PIN_MAX);
+    agent_secret_free(&pin);
+    free(a.pinentry);
+
+    a.pinentry = pinentry_answering(PIN_MAX + 1);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), -E2BIG);
+    assert_null(pin.buf);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "longer than " PIN_MAX_STR " bytes"));
+    free(err);
+    free(a.pinentry);
+    pthread_mutex_destroy(&a.prompter_lock);
+}
+
 /* --- access policy: fail closed, allow-exe checked per request --- */
 
 static agent_client_t self_client(void)
@@ -450,6 +513,8 @@ int main(void)
         cmocka_unit_test(test_agent_conf_errors_name_file_and_line),
         cmocka_unit_test(test_agent_conf_missing_file),
         cmocka_unit_test(test_agent_pin_source_credential_and_strict),
+        cmocka_unit_test(test_agent_pin_max_file),
+        cmocka_unit_test(test_agent_pin_max_prompt),
         cmocka_unit_test(test_agent_policy_fails_closed_without_table),
         cmocka_unit_test(test_agent_policy_exe_checked_per_request),
         cmocka_unit_test(test_agent_policy_deleted_exe_refused),
