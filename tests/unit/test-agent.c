@@ -500,6 +500,28 @@ static void test_agent_policy_deleted_exe_refused(void **state)
     free(copy);
 }
 
+static void test_agent_policy_lock_unlock_owner_root_and_setting(void **state)
+{
+    agent_t a = {.owner = 4000, .system_mode = true};
+    agent_client_t c = {.uid = 4001, .gid = 4001};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nallow-users = 4001 4002\n"
+                                      "allow-unlock-users = 4002\nallow-unlock-groups = 777\n",
+                                      "t.conf", &a.conf, &err),
+                     0);
+    assert_false(agent_may_lock_unlock(&a, &c)); /* admitted, but only to sign */
+    c.uid = 4002;
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4003, .gid = 777};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 0, .gid = 0};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4000, .gid = 4000};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    agent_conf_clear(&a.conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -518,6 +540,7 @@ int main(void)
         cmocka_unit_test(test_agent_policy_fails_closed_without_table),
         cmocka_unit_test(test_agent_policy_exe_checked_per_request),
         cmocka_unit_test(test_agent_policy_deleted_exe_refused),
+        cmocka_unit_test(test_agent_policy_lock_unlock_owner_root_and_setting),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
