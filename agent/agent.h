@@ -48,7 +48,8 @@ typedef struct agent_secret {
 } agent_secret_t;
 
 void agent_secret_free(agent_secret_t *s);
-/* A locked copy of len bytes of pin. */
+/* A locked copy of len bytes of pin: 0, -E2BIG (len > PIN_MAX) or the
+ * -errno of mmap. */
 int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len);
 
 typedef enum { AGENT_PIN_NONE, AGENT_PIN_FILE } agent_pin_kind_t;
@@ -66,7 +67,10 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
 void agent_pin_source_clear(agent_pin_source_t *src);
 /* Reads the PIN (one line; a trailing newline is dropped). The identity of
  * what was read (device, inode, size, mtime) goes to ret_id so that a PIN the
- * token rejected is never replayed while the file is unchanged. */
+ * token rejected is never replayed while the file is unchanged. Returns 0,
+ * or with *errmsg naming the file: -ENOENT (no source), -E2BIG (first line
+ * over PIN_MAX bytes), -ENODATA (empty), -EINVAL (not a regular file),
+ * -EPERM (strict and others can read it), another -errno (open/read). */
 typedef struct agent_pin_id {
     dev_t dev;
     ino_t ino;
@@ -311,8 +315,10 @@ bool agent_can_prompt(agent_t *a);
  * org.p11agent.Prompter1.GetPin on it, before any pinentry. */
 int agent_prompter_register(agent_t *a, const char *name, const char *path);
 void agent_prompter_unregister(agent_t *a, const char *name);
-/* Runs the pinentry program (Assuan). -ECANCELED if the user cancelled,
- * -ENOENT if no prompter is configured. */
+/* Asks the registered prompter, else runs the pinentry program (Assuan).
+ * 0, or -ECANCELED (the user cancelled), -ENOENT (no prompter configured),
+ * -E2BIG (the PIN typed is over PIN_MAX bytes), -ETIMEDOUT, another -errno;
+ * *errmsg says which. */
 int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);
 /* Tells the user to use the reader's PIN pad: a session-bus signal and a
  * pinentry message that stays up until agent_prompt_notice_end(). */
