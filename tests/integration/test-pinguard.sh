@@ -105,7 +105,7 @@ tap_case "a PIN of PIN_MAX+1 bytes is refused by p11agentctl and by the agent's 
 	case_pin_max_unlock
 
 case_rate_limited() {
-	local before after i t0 t1
+	local before after i t t0 t1 bound
 	fault do reset-counters || return 1
 	before=$(logins)
 	t0=$(date +%s)
@@ -117,12 +117,18 @@ case_rate_limited() {
 	done
 	t1=$(date +%s)
 	after=$(logins)
-	echo "C_Login calls for 20 wrong Unlock PINs: $((after - before)) in $((t1 - t0)) s"
-	[ $((after - before)) -ge 1 ] && [ $((after - before)) -le 4 ] || return 1
+	# delays of 1, 2, 4 ... s allow 1 + log2(elapsed + 1) tries (+1 for
+	# rounding); slow (sanitizer) builds take longer for the 20 calls
+	bound=2
+	for ((t = t1 - t0 + 1; t > 1; t /= 2)); do
+		bound=$((bound + 1))
+	done
+	echo "C_Login calls for 20 wrong Unlock PINs: $((after - before)) in $((t1 - t0)) s (at most $bound)"
+	[ $((after - before)) -ge 1 ] && [ $((after - before)) -le "$bound" ] || return 1
 	grep -q "wrong PINs in a row through Unlock; the next Unlock is possible in [0-9]* s" \
 		"$T/rl.err" || { tail -n 5 "$T/rl.err" >&2; return 1; }
 }
-tap_case "20 wrong Unlock PINs reach the token at most 4 times (1 s, 2 s, 4 s ... apart)" \
+tap_case "20 wrong Unlock PINs reach the token only a few times (1 s, 2 s, 4 s ... apart)" \
 	case_rate_limited
 tap_case "rate limit: agent alive, exits 0, no sanitizer report" case_agent_clean
 
