@@ -244,6 +244,13 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             c->keys[c->n_keys - 1].has_ids = true;
         *why = users ? "no such user" : "no such group";
         r = for_each_word(value, users ? add_user : add_group, &w);
+    } else if (sec == SEC_AGENT && (strcmp(key, "allow-unlock-users") == 0 ||
+                                    strcmp(key, "allow-unlock-groups") == 0)) {
+        bool users = strcmp(key, "allow-unlock-users") == 0;
+
+        w.ids = &c->allow_unlock;
+        *why = users ? "no such user" : "no such group";
+        r = for_each_word(value, users ? add_user : add_group, &w);
     } else if (sec == SEC_KEY && strcmp(key, "allow-exe") == 0) {
         w.strs = &c->keys[c->n_keys - 1].exes;
         w.n_strs = &c->keys[c->n_keys - 1].n_exes;
@@ -434,6 +441,7 @@ void agent_conf_clear(agent_conf_t *c)
     free(c->pin_source);
     free(c->pinentry);
     id_list_clear(&c->allow);
+    id_list_clear(&c->allow_unlock);
     for (size_t i = 0; i < c->n_tokens; i++) {
         free(c->tokens[i].uri);
         free(c->tokens[i].pin_source);

@@ -9,6 +9,8 @@
  *   max-clients = 256
  *   allow-users = nginx haproxy                # --system: who may connect
  *   allow-groups = ssl-cert
+ *   allow-unlock-users = alice                 # --system: who may Lock/Unlock besides
+ *   allow-unlock-groups = hsm-admins           #   the agent's user and root
  *   audit = all | refusals | none              # default: all
  *   idle-exit = 600                            # socket-activated: exit when idle
  *   pinentry = /usr/bin/pinentry               # the PIN prompt (Assuan)
@@ -73,6 +75,7 @@ typedef struct agent_conf {
     bool always_auth_set;
     unsigned poll_interval_s;
     agent_id_list_t allow;
+    agent_id_list_t allow_unlock; /* Lock/Unlock besides the owner and root */
     agent_audit_t audit;
     agent_token_conf_t *tokens;
     size_t n_tokens;

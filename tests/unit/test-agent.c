@@ -10,12 +10,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "agent.h"
+#include "pinmax.h"
 
 static char tmpdir[] = "/tmp/p11agent-test-agent-XXXXXX";
 
@@ -83,6 +86,15 @@ static void read_pin_expect(const char *content, size_t len, const char *expect)
     assert_null(s.buf);
     assert_int_equal(s.len, 0);
     free(path);
+}
+
+static void read_pin_expect_len(const char *content, size_t len)
+{
+    char *expect = strndup(content, len);
+
+    assert_non_null(expect);
+    read_pin_expect(content, len, expect);
+    free(expect);
 }
 
 static void test_agent_pin_file_reads_first_line(void **state)
@@ -324,6 +336,192 @@ static void test_agent_pin_source_credential_and_strict(void **state)
     free(path);
 }
 
+/* --- one PIN_MAX on every path --- */
+
+static void test_agent_pin_max_file(void **state)
+{
+    char pin[PIN_MAX + 2];
+
+    memset(pin, '5', sizeof(pin));
+    read_pin_expect_len(pin, PIN_MAX);
+    expect_pin_error(pin, PIN_MAX + 1, -E2BIG, "over " PIN_MAX_STR " bytes");
+}
+
+/* A pinentry that answers GETPIN with n digits. */
+static char *pinentry_answering(size_t n)
+{
+    char *script = NULL, *path;
+    int len;
+
+    len = asprintf(&script,
+                   "#!/bin/sh\necho 'OK hello'\nwhile read -r l; do case $l in\n"
+                   "GETPIN) printf 'D %%0%zud\\nOK\\n' 0;;\nBYE) echo OK; exit 0;;\n"
+                   "*) echo OK;; esac; done\n",
+                   n);
+    assert_true(len > 0);
+    path = write_file("pinentry.sh", script, (size_t)len, 0700);
+    chmod(path, 0700);
+    free(script);
+    return path;
+}
+
+static void test_agent_pin_max_prompt(void **state)
+{
+    agent_prompt_t p = {.token_label = "t", .key_label = "k"};
+    agent_secret_t pin = {0};
+    agent_t a = {0};
+    char *err = NULL;
+
+    pthread_mutex_init(&a.prompter_lock, NULL);
+    a.pinentry = pinentry_answering(PIN_MAX);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), 0);
+    assert_int_equal(pin.len, PIN_MAX);
+    agent_secret_free(&pin);
+    free(a.pinentry);
+
+    a.pinentry = pinentry_answering(PIN_MAX + 1);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), -E2BIG);
+    assert_null(pin.buf);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "longer than " PIN_MAX_STR " bytes"));
+    free(err);
+    free(a.pinentry);
+    pthread_mutex_destroy(&a.prompter_lock);
+}
+
+/* --- access policy: fail closed, allow-exe checked per request --- */
+
+static agent_client_t self_client(void)
+{
+    agent_client_t c = {.uid = getuid(), .gid = getgid(), .pid = getpid()};
+
+    assert_int_equal(agent_proc_identity(c.pid, c.exe, sizeof(c.exe), &c.start_time), 0);
+    return c;
+}
+
+static void test_agent_policy_fails_closed_without_table(void **state)
+{
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k"};
+    agent_t a = {0};
+    agent_client_t c = self_client();
+    char why[512] = "";
+
+    /* no [key] section: every key is open */
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    /* [key] sections configured but the table is missing (out of memory
+     * in agent_policy_update_locked): every key is refused, saying why */
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "out of memory"));
+    /* a key beyond the table (scanned after it was made) is refused too */
+    {
+        const agent_key_policy_t *table[1] = {NULL};
+
+        a.key_policies = table;
+        a.n_key_policies = 1;
+        assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+        why[0] = '\0';
+        assert_false(agent_key_allowed_locked(&a, 1, &c, why, sizeof(why)));
+        assert_non_null(strstr(why, "out of memory"));
+    }
+}
+
+static void test_agent_policy_exe_checked_per_request(void **state)
+{
+    agent_client_t c = self_client();
+    char *exes[1] = {c.exe};
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k", .exes = exes, .n_exes = 1};
+    const agent_key_policy_t *table[1] = {&pol};
+    agent_t a = {.key_policies = table, .n_key_policies = 1};
+    char why[768] = "", small[8];
+    unsigned long long start;
+
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+
+    /* the same pid, another process (pid reuse): refused */
+    c.start_time++;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "pid was reused"));
+    c.start_time--;
+
+    /* connected as another program, which then exec'd the allowed one */
+    snprintf(c.exe, sizeof(c.exe), "/usr/bin/not-the-allowed-one");
+    exes[0] = "/usr/bin/not-the-allowed-one";
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "changed since it connected"));
+    assert_non_null(strstr(why, "not-the-allowed-one"));
+    c = self_client();
+    exes[0] = c.exe;
+
+    /* a path that does not fit is reported as cut, never used */
+    assert_int_equal(agent_proc_identity(getpid(), small, sizeof(small), &start), -ENAMETOOLONG);
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+
+    /* a process that is gone */
+    c.pid = 0x3ffffff0;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "has exited"));
+}
+
+static void test_agent_policy_deleted_exe_refused(void **state)
+{
+    char *copy = NULL, cmd[512], why[768] = "", exe[1024];
+    agent_client_t c = {.uid = getuid(), .gid = getgid()};
+    pid_t pid;
+    int st;
+
+    assert_true(asprintf(&copy, "%s/sleep-copy", tmpdir) > 0);
+    snprintf(cmd, sizeof(cmd), "cp \"$(command -v sleep)\" '%s'", copy);
+    assert_int_equal(system(cmd), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl(copy, "sleep-copy", "30", (char *)NULL);
+        _exit(127);
+    }
+    c.pid = pid;
+    /* wait for the exec */
+    for (int i = 0; i < 200; i++) {
+        if (agent_proc_identity(pid, c.exe, sizeof(c.exe), &c.start_time) == 0 &&
+            strcmp(c.exe, copy) == 0)
+            break;
+        usleep(10000);
+    }
+    assert_string_equal(c.exe, copy);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), 0);
+    assert_int_equal(unlink(copy), 0);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), -ENOENT);
+    assert_non_null(strstr(why, "deleted"));
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    free(copy);
+}
+
+static void test_agent_policy_lock_unlock_owner_root_and_setting(void **state)
+{
+    agent_t a = {.owner = 4000, .system_mode = true};
+    agent_client_t c = {.uid = 4001, .gid = 4001};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nallow-users = 4001 4002\n"
+                                      "allow-unlock-users = 4002\nallow-unlock-groups = 777\n",
+                                      "t.conf", &a.conf, &err),
+                     0);
+    assert_false(agent_may_lock_unlock(&a, &c)); /* admitted, but only to sign */
+    c.uid = 4002;
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4003, .gid = 777};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 0, .gid = 0};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4000, .gid = 4000};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    agent_conf_clear(&a.conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -337,6 +535,12 @@ int main(void)
         cmocka_unit_test(test_agent_conf_errors_name_file_and_line),
         cmocka_unit_test(test_agent_conf_missing_file),
         cmocka_unit_test(test_agent_pin_source_credential_and_strict),
+        cmocka_unit_test(test_agent_pin_max_file),
+        cmocka_unit_test(test_agent_pin_max_prompt),
+        cmocka_unit_test(test_agent_policy_fails_closed_without_table),
+        cmocka_unit_test(test_agent_policy_exe_checked_per_request),
+        cmocka_unit_test(test_agent_policy_deleted_exe_refused),
+        cmocka_unit_test(test_agent_policy_lock_unlock_owner_root_and_setting),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
