@@ -83,9 +83,14 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 /* A string for a message: valid UTF-8 without NUL (a malloc'd copy). */
 static char *raw_string(size_t max)
 {
-    size_t n;
-    const uint8_t *p = fakep11_take(fakep11_u8() % (max + 1), &n);
-    char *s = strndup((const char *)p, n), *safe;
+    size_t n, want = fakep11_u8();
+    const uint8_t *p;
+    char *s, *safe;
+
+    if (max > 255) /* long strings: a 2-byte length */
+        want |= (size_t)fakep11_u8() << 8;
+    p = fakep11_take(want % (max + 1), &n);
+    s = strndup((const char *)p, n);
 
     if (s == NULL || text_utf8_valid(s, strlen(s)))
         return s;
@@ -117,7 +122,8 @@ static char *uri_arg(agent_t *a)
         free(tail);
         return out;
     default:
-        return raw_string(255);
+        /* up to 2 KiB: error messages quoting it exceed their buffers */
+        return raw_string(2048);
     }
 }
 

@@ -6,8 +6,8 @@ Run from anywhere: python3 tests/fuzz/mkseeds.py. Keys come from OpenSSL
 holds for the same keys (CKA_MODULUS, CKA_EC_PARAMS, DER OCTET STRING
 CKA_EC_POINT, CKA_VALUE of a certificate, ...). The fake module's input
 layout is described in fakep11.c; the D-Bus messages are marshalled here
-(little endian, version 1) as libdbus would. Deterministic: the keys are
-derived from fixed numbers so that re-running writes the same files.
+(little endian, version 1) as libdbus would. The keys are new on every
+run, so re-running rewrites the key-bearing seeds with other bytes.
 """
 import base64
 import datetime
@@ -330,6 +330,11 @@ def dbus_seeds(ms):
     write("dispatch", "structured-unlock", ms["ec-login"] + b"\x04" + exe
           + b"\x01\x05\x00\x02\x04" + b"1234" + b"\x00" + b"\x00" + b"\x01\x02\x00\x00\x01\x00"
           + b"\x02" + b"\x0c\x00\x00" + b"\x00" * 8 + sign_answer(0, 64))
+    # issue 9 #1: FindKeys with "x" + "é" * 600; the agent's error message
+    # quoting it was cut inside a character (libdbus aborts)
+    long_uri = ("x" + "\u00e9" * 600).encode()
+    write("dispatch", "regression-long-utf8-uri", ms["ec-login"] + b"\x00" + exe
+          + b"\x01\x01\x00\x04" + struct.pack("<H", len(long_uri)) + long_uri)
     write("dispatch", "structured-lock-status", ms["two-tokens"] + b"\x02" + exe
           + b"\x01\x06\x00\x01\x01" + b"\x01\x03\x00" + b"\x01\x04\x00" + b"\x01\x00\x00")
 
