@@ -7,6 +7,8 @@ P11AGENT_PACKAGES=(
 	libp11-kit-dev p11-kit p11-kit-modules
 	libdbus-1-dev dbus
 	libcmocka-dev
+	# tests/fuzz/ (build-fuzz): clang and its libFuzzer/sanitizer runtimes
+	clang libclang-rt-14-dev python3-cryptography
 	softhsm2 opensc
 	python3 xxd curl coreutils
 	systemd util-linux passwd pinentry-tty tmux
