@@ -88,7 +88,8 @@ int agent_client_room_locked(const agent_t *a, const agent_client_t *c, agent_cl
         if (d->slot == AGENT_SLOT_CLIENT && d->uid == c->uid)
             same_uid++;
     if (same_uid >= per_user) {
-        *limit = "max-clients-per-user";
+        /* without a lower max-clients-per-user, max-clients is the limit */
+        *limit = per_user < a->max_clients ? "max-clients-per-user" : "max-clients";
         *victim = longest_idle(a, true, c->uid);
         return *victim ? 0 : -EBUSY;
     }
