@@ -214,6 +214,9 @@ case_per_user() {
 		{ echo "uid 0 holds $(field "$T/percall.ready" open) connections, max-clients-per-user is 4" >&2; rc=1; }
 	grep -q "closed a connection: uid 0 .*max-clients-per-user (4) reached" "$T/agent.log" ||
 		{ echo "no log line naming max-clients-per-user" >&2; rc=1; }
+	# the first one closed: the signer, idle the longest
+	grep -q "closed a connection: uid 0 (pid [0-9]*, [^)]*holdsign) idle for" "$T/agent.log" ||
+		{ echo "holdsign's idle connection was not the one closed" >&2; rc=1; }
 	with_timeout "$IT_TIMEOUT" runuser -u "$U2" -- env OPENSSL_CONF="$CNF" \
 		${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} openssl pkeyutl -sign -inkey "$(uri p256)" \
 		-in "$P/msg.sha256" -out "$O/u2.sig" ||
