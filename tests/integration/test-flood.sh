@@ -239,4 +239,32 @@ tap_case "system mode: uid 0 over max-clients-per-user = 4 loses its idle connec
 exec {HOLD[1]}>&-
 wait "$HOLD_PID" 2>/dev/null || true
 tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
+
+# --- (d) client-idle-timeout ----------------------------------------------------
+printf '[agent]\nclient-idle-timeout = 1\n' >"$T/d.conf"
+IT_AGENT_ARGS=(--config "$T/d.conf")
+SOCK=$T/agent.sock
+write_cnf "$CNF"
+agent_start || tap_bail "p11agentd did not start with client-idle-timeout"
+coproc HOLD { exec env OPENSSL_CONF="$CNF" ${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} \
+	timeout 120 "$P11AGENT_HOLDSIGN" "$(uri p256)" 2>"$T/holdsign2.err"; }
+IT_BG_PIDS+=("$HOLD_PID")
+read -r -t 30 HOLD_LOADED <&"${HOLD[0]}"
+[ "$HOLD_LOADED" = loaded ] || tap_bail "holdsign did not load the key: $(cat "$T/holdsign2.err")"
+
+case_idle_timeout() {
+	local busy idle
+	hold_sign || return 1
+	busy=$(agent_fds)
+	sleep 2.5
+	idle=$(agent_fds)
+	echo "agent fds after a signature $busy, 2.5 s later $idle"
+	[ "$idle" -lt "$busy" ] || { echo "the idle connection was not closed" >&2; return 1; }
+	hold_sign
+}
+tap_case "client-idle-timeout = 1: an idle client is closed and signs again transparently" \
+	case_idle_timeout
+exec {HOLD[1]}>&-
+wait "$HOLD_PID" 2>/dev/null || true
+tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
 tap_done
