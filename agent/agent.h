@@ -107,11 +107,30 @@ typedef struct agent_token_state {
  * a request, signs and replies (no hand-off between threads). */
 #define AGENT_MAX_GROUPS 64
 
+/* A socket connection's state. PENDING until it has authenticated and its
+ * first method call arrived: it costs no client slot, only one of the
+ * AGENT_MAX_PENDING, and is closed after auth-timeout. Then IDLE and BUSY
+ * (in a request: never closed by the agent) alternate; CLOSING once the agent
+ * chose to close it (its thread ends it). */
+typedef enum {
+    AGENT_CONN_PENDING,
+    AGENT_CONN_IDLE,
+    AGENT_CONN_BUSY,
+    AGENT_CONN_CLOSING,
+} agent_conn_state_t;
+
+/* Which count of agent_t a connection is in (under clients_lock). */
+typedef enum { AGENT_SLOT_NONE, AGENT_SLOT_PENDING, AGENT_SLOT_CLIENT } agent_slot_t;
+
 typedef struct agent_client {
     struct agent_client *next;
     struct agent *agent;
     DBusConnection *conn;
     int fd;
+    atomic_int state;                   /* agent_conn_state_t */
+    agent_slot_t slot;                  /* under clients_lock */
+    int64_t since_ms;                   /* accepted (monotonic ms) */
+    atomic_int_fast64_t last_active_ms; /* its last request ended, or since_ms */
     bool via_session_bus; /* no peer credentials: treated as the owner */
     /* Peer credentials, read with SO_PEERCRED when the client connected. */
     uid_t uid;
@@ -152,6 +171,17 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* max-clients-per-user when not set (at most max-clients). */
+#define AGENT_MAX_CLIENTS_PER_USER_DEFAULT 128
+/* Connections not yet authenticated or without a first call: at most this
+ * many at once (past it the oldest of the uid holding most is closed). */
+#define AGENT_MAX_PENDING 64
+#define AGENT_AUTH_TIMEOUT_DEFAULT_S 5
+/* The largest message a client may send (the largest legal Sign carries
+ * 1 MiB of data) and how much one connection may have read but not yet
+ * handled: libdbus refuses a longer message from its header. */
+#define AGENT_MAX_MESSAGE_SIZE (4l << 20)
+#define AGENT_MAX_RECEIVED_SIZE (8l << 20)
 
 typedef struct agent {
     tok_ctx_t *tok;
@@ -167,6 +197,9 @@ typedef struct agent {
     uid_t owner;
     bool system_mode;
     unsigned max_clients;
+    unsigned max_clients_per_user;
+    unsigned auth_timeout_s;   /* a pending connection is closed after this */
+    unsigned client_idle_s;    /* an idle client is closed after this (0: never) */
     agent_conf_t conf;
     agent_audit_t audit;
     /* Per token from the config: pin sources, parsed. */
@@ -196,13 +229,16 @@ typedef struct agent {
     unsigned poll_interval_s;    /* hotplug: how often slots are checked */
     int64_t last_poll_ms;
 
-    /* Client threads. */
+    /* Client threads: every socket connection is on `clients`, each with a
+     * thread of its own; n_clients counts those in a client slot, n_pending
+     * the others (see agent_conn_state_t). */
     pthread_mutex_t clients_lock;
     pthread_cond_t clients_gone;
     agent_client_t *clients;
     unsigned n_clients;
+    unsigned n_pending;
     agent_client_t bus_client; /* requests from the session bus */
-    int64_t refusal_log_ms;    /* rate limit of refusal lines (main thread) */
+    int64_t refusal_log_ms;    /* rate limit of refusal lines (clients_lock) */
     unsigned refusals_unlogged;
 
     atomic_uint_fast64_t signatures;
@@ -223,6 +259,22 @@ int agent_server_start(agent_t *a, char **errmsg);
  * threads. Returns false if some thread did not finish in time. */
 bool agent_server_stop(agent_t *a);
 int agent_session_bus_start(agent_t *a);
+
+/* agent/limits.c: which connection makes room for another (clients_lock held).
+ * The pending connection to close before one more is accepted: the oldest
+ * of the uid holding most pending connections; NULL while fewer than
+ * AGENT_MAX_PENDING are pending. */
+agent_client_t *agent_pending_victim_locked(const agent_t *a);
+/* Room for the pending connection c to become a client: 0 with *victim NULL
+ * (room), 0 with *victim set (close that one first: the longest idle of c's
+ * uid at max-clients-per-user, else the longest idle of all at max-clients),
+ * or -EBUSY when the limit named in *limit is reached and every connection
+ * under it is in a request. Never chooses a busy or pending connection. */
+int agent_client_room_locked(const agent_t *a, const agent_client_t *c, agent_client_t **victim,
+                             const char **limit);
+/* max-clients-per-user in effect (the setting, or the default, at most
+ * max-clients). */
+unsigned agent_max_clients_per_user(const agent_t *a);
 
 /* agent/handlers.c: the method table, used by server.c */
 DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg);

@@ -198,6 +198,25 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             r = -EINVAL;
         if (r == 0)
             c->max_clients = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "max-clients-per-user") == 0) {
+        *why = "max-clients-per-user must be a number from 1 to 65536";
+        r = parse_number(value, 65536, &n);
+        if (r == 0 && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            c->max_clients_per_user = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "auth-timeout") == 0) {
+        *why = "auth-timeout must be a number of seconds from 1 to 3600";
+        r = parse_number(value, 3600, &n);
+        if (r == 0 && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            c->auth_timeout_s = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "client-idle-timeout") == 0) {
+        *why = "client-idle-timeout must be a number of seconds (0: never)";
+        r = parse_number(value, 86400 * 365, &n);
+        if (r == 0)
+            c->client_idle_s = (unsigned)n;
     } else if (sec == SEC_AGENT && strcmp(key, "idle-exit") == 0) {
         *why = "idle-exit must be a number of seconds (0: never)";
         r = parse_number(value, 86400 * 365, &n);

@@ -572,7 +572,11 @@ static int cmd_unlock(ctl_t *c, int argc, char **argv)
         r = 1;
         goto out;
     }
-    r = bus_client_unlock(c->conn, uri, pin, len, flags, BUS_CALL_TIMEOUT_MS, &err);
+    /* Connected only now: the agent closes a connection that sends no
+     * request within its auth-timeout, and typing a PIN takes longer. */
+    r = bus_client_connect(c->socket_path, &c->conn, &err);
+    if (r == 0)
+        r = bus_client_unlock(c->conn, uri, pin, len, flags, BUS_CALL_TIMEOUT_MS, &err);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
         r = 1;
@@ -684,7 +688,8 @@ int main(int argc, char **argv)
             return 1;
         }
         c.socket_path = path;
-        r = bus_client_connect(path, &c.conn, &err);
+        /* unlock connects once it has the PIN */
+        r = commands[i].fn == cmd_unlock ? 0 : bus_client_connect(path, &c.conn, &err);
         if (r < 0) {
             fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
             r = 1;

@@ -296,6 +296,162 @@ static void test_agent_conf_missing_file(void **state)
     free(err);
 }
 
+/* A clients list for the limit choices: n connections, each with a uid,
+ * a slot and a state; since/last-active times given by the index. */
+typedef struct fake_conn {
+    uid_t uid;
+    agent_slot_t slot;
+    agent_conn_state_t state;
+    int64_t ms;
+} fake_conn_t;
+
+static void fake_clients(agent_t *a, agent_client_t *cs, const fake_conn_t *f, size_t n)
+{
+    a->clients = NULL;
+    a->n_clients = a->n_pending = 0;
+    for (size_t i = n; i-- > 0;) {
+        memset(&cs[i], 0, sizeof(cs[i]));
+        cs[i].uid = f[i].uid;
+        cs[i].slot = f[i].slot;
+        cs[i].since_ms = f[i].ms;
+        atomic_init(&cs[i].state, f[i].state);
+        atomic_init(&cs[i].last_active_ms, f[i].ms);
+        cs[i].next = a->clients;
+        a->clients = &cs[i];
+        if (f[i].slot == AGENT_SLOT_PENDING)
+            a->n_pending++;
+        else if (f[i].slot == AGENT_SLOT_CLIENT)
+            a->n_clients++;
+    }
+}
+
+static void test_agent_limits_pending_victim(void **state)
+{
+    agent_client_t cs[AGENT_MAX_PENDING + 2];
+    fake_conn_t f[AGENT_MAX_PENDING + 2];
+    agent_t a = {0};
+
+    /* uid 7 holds most of the pending connections; uid 8's is the oldest
+     * of all, and a client (not pending) is older still */
+    for (size_t i = 0; i < AGENT_MAX_PENDING; i++)
+        f[i] = (fake_conn_t){7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 100 + (int64_t)i};
+    f[5].uid = 8;
+    f[5].ms = 10;
+    f[3].ms = 50; /* uid 7's oldest */
+    f[AGENT_MAX_PENDING] = (fake_conn_t){7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 1};
+    f[AGENT_MAX_PENDING + 1] = (fake_conn_t){7, AGENT_SLOT_NONE, AGENT_CONN_CLOSING, 2};
+    fake_clients(&a, cs, f, AGENT_MAX_PENDING + 2);
+    assert_int_equal(a.n_pending, AGENT_MAX_PENDING);
+    assert_ptr_equal(agent_pending_victim_locked(&a), &cs[3]);
+
+    /* one fewer pending: no victim */
+    fake_clients(&a, cs, f + 1, AGENT_MAX_PENDING + 1);
+    assert_null(agent_pending_victim_locked(&a));
+}
+
+static void test_agent_limits_room_per_user(void **state)
+{
+    agent_client_t cs[8], newcomer = {.uid = 7};
+    agent_client_t *victim = (agent_client_t *)1;
+    const char *limit = NULL;
+    agent_t a = {.max_clients = 8, .max_clients_per_user = 3};
+    const fake_conn_t f[] = {
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_BUSY, 1},  /* busy: never closed */
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 30},
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 20}, /* uid 7's longest idle */
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 5},  /* idle longer, other uid */
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 2},
+    };
+
+    fake_clients(&a, cs, f, 5);
+    assert_int_equal(agent_max_clients_per_user(&a), 3);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[2]);
+    assert_string_equal(limit, "max-clients-per-user");
+
+    /* another uid has room: nothing closed */
+    newcomer.uid = 9;
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_null(victim);
+
+    /* every connection of uid 7 busy: refused, naming the setting */
+    newcomer.uid = 7;
+    atomic_store(&cs[1].state, AGENT_CONN_BUSY);
+    atomic_store(&cs[2].state, AGENT_CONN_BUSY);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), -EBUSY);
+    assert_null(victim);
+    assert_string_equal(limit, "max-clients-per-user");
+
+    /* the default: 128, at most max-clients (then named max-clients) */
+    a.max_clients_per_user = 0;
+    assert_int_equal(agent_max_clients_per_user(&a), 8);
+    a.max_clients = 1000;
+    assert_int_equal(agent_max_clients_per_user(&a), AGENT_MAX_CLIENTS_PER_USER_DEFAULT);
+    a.max_clients = 3;
+    atomic_store(&cs[1].state, AGENT_CONN_IDLE);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[1]);
+    assert_string_equal(limit, "max-clients");
+}
+
+static void test_agent_limits_room_max_clients(void **state)
+{
+    agent_client_t cs[8], newcomer = {.uid = 11};
+    agent_client_t *victim = NULL;
+    const char *limit = NULL;
+    agent_t a = {.max_clients = 4, .max_clients_per_user = 4};
+    const fake_conn_t f[] = {
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 40},
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_BUSY, 1},
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 30}, /* the longest idle */
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_CLOSING, 2},
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 3},
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 4},
+    };
+
+    /* three clients (pending ones take no slot): room */
+    fake_clients(&a, cs, f, 6);
+    cs[3].slot = AGENT_SLOT_NONE; /* closing: out of the count */
+    a.n_clients--;
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_null(victim);
+
+    /* four: the longest-idle client of any uid makes room */
+    fake_clients(&a, cs, f, 6);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[2]);
+    assert_string_equal(limit, "max-clients");
+
+    /* all busy (or closing): refused */
+    atomic_store(&cs[0].state, AGENT_CONN_BUSY);
+    atomic_store(&cs[2].state, AGENT_CONN_BUSY);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), -EBUSY);
+    assert_null(victim);
+}
+
+static void test_agent_conf_connection_limits(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nmax-clients-per-user = 16\nauth-timeout = 2\n"
+                                      "client-idle-timeout = 600\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.max_clients_per_user, 16);
+    assert_int_equal(c.auth_timeout_s, 2);
+    assert_int_equal(c.client_idle_s, 600);
+    agent_conf_clear(&c);
+
+    expect_conf_error("[agent]\nmax-clients-per-user = 0\n", "bad.conf:2: max-clients-per-user must be");
+    expect_conf_error("[agent]\nmax-clients-per-user = lots\n", "max-clients-per-user must be");
+    expect_conf_error("[agent]\nauth-timeout = 0\n", "bad.conf:2: auth-timeout must be");
+    expect_conf_error("[agent]\nauth-timeout = 3601\n", "auth-timeout must be");
+    expect_conf_error("[agent]\nauth-timeout = -1\n", "auth-timeout must be");
+    expect_conf_error("[agent]\nclient-idle-timeout = 1h\n", "client-idle-timeout must be");
+    expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "unknown setting here");
+}
+
 static void test_agent_pin_source_credential_and_strict(void **state)
 {
     agent_pin_source_t src = {0};
@@ -541,6 +697,10 @@ int main(void)
         cmocka_unit_test(test_agent_policy_exe_checked_per_request),
         cmocka_unit_test(test_agent_policy_deleted_exe_refused),
         cmocka_unit_test(test_agent_policy_lock_unlock_owner_root_and_setting),
+        cmocka_unit_test(test_agent_limits_pending_victim),
+        cmocka_unit_test(test_agent_limits_room_per_user),
+        cmocka_unit_test(test_agent_limits_room_max_clients),
+        cmocka_unit_test(test_agent_conf_connection_limits),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
