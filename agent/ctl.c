@@ -15,10 +15,12 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include "bus.h"
+#include "ctl.h"
 #include "pinmax.h"
 #include "keyref.h"
 #include "config.h"
@@ -30,23 +32,6 @@ typedef struct ctl {
     const char *socket_path;
     bool json;
 } ctl_t;
-
-/* A JSON string: quotes, backslashes and control characters escaped. */
-static void json_str(const char *s)
-{
-    putchar('"');
-    for (; s && *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
-    }
-    putchar('"');
-}
 
 static void usage(FILE *f)
 {
@@ -70,6 +55,9 @@ static void usage(FILE *f)
                "                      key file; it holds the key's canonical URI, never a PIN\n"
                "  cert URI -o FILE [--force]\n"
                "                      write the token's certificate of that key (PEM)\n"
+               "  pubkey URI [-o FILE] [--force]\n"
+               "                      write the key's public key (PEM), to standard output\n"
+               "                      unless -o is given\n"
                "  ref and cert never replace an existing FILE without --force;\n"
                "  -o - writes to standard output.\n"
                "\n"
@@ -83,25 +71,21 @@ static void usage(FILE *f)
 
 static void print_subject(const uint8_t *der, size_t len)
 {
-    const unsigned char *p = der;
-    X509 *x = d2i_X509(NULL, &p, (long)len);
-    char *s;
+    char *subject = NULL, expiry[32];
 
-    if (!x) {
+    if (!cert_summary(der, len, &subject, expiry)) {
         printf("    certificate: (unparsable, %zu bytes)\n", len);
         return;
     }
-    s = X509_NAME_oneline(X509_get_subject_name(x), NULL, 0);
-    printf("    certificate: %s\n", s ? s : "?");
-    OPENSSL_free(s);
-    X509_free(x);
+    printf("    certificate: %s\n    expires: %s\n", subject ? subject : "?", expiry);
+    OPENSSL_free(subject);
 }
 
 static int cmd_keys(ctl_t *c, int argc, char **argv)
 {
     bus_key_info_t *keys = NULL;
     size_t n = 0;
-    char *err = NULL;
+    char *err = NULL, *subject = NULL, fp[64], expiry[32];
     int r;
 
     if (argc > 2) {
@@ -132,9 +116,22 @@ static int cmd_keys(ctl_t *c, int argc, char **argv)
             json_str(k->label);
             printf(",\"token\":");
             json_str(k->token);
-            printf(",\"logged_in\":%s,\"has_certificate\":%s,\"flags\":%u}",
+            spki_fingerprint(k->spki, k->spki_len, fp);
+            printf(",\"fingerprint\":");
+            json_str(fp);
+            printf(",\"logged_in\":%s,\"has_certificate\":%s,\"flags\":%u",
                    (k->flags & BUS_KEY_LOGGED_IN) ? "true" : "false",
                    k->cert_len ? "true" : "false", k->flags);
+            if (k->cert_len && cert_summary(k->cert, k->cert_len, &subject, expiry)) {
+                printf(",\"certificate\":{\"subject\":");
+                json_str(subject);
+                printf(",\"not_after\":");
+                json_str(expiry);
+                printf("}");
+                OPENSSL_free(subject);
+                subject = NULL;
+            }
+            printf("}");
         }
         printf("]\n");
     }
@@ -142,8 +139,10 @@ static int cmd_keys(ctl_t *c, int argc, char **argv)
         const bus_key_info_t *k = &keys[i];
 
         printf("%s\n", k->uri);
+        spki_fingerprint(k->spki, k->spki_len, fp);
         printf("    type: %s %u%s%s\n", bus_key_type_name(k->type), k->bits,
                k->group[0] ? " " : "", k->group);
+        printf("    fingerprint: %s\n", fp);
         printf("    label: %s\n    token: %s%s\n", k->label, k->token,
                (k->flags & BUS_KEY_LOGGED_IN) ? " (logged in)" : "");
         printf("    mechanisms:%s%s%s%s\n", (k->flags & BUS_KEY_CAN_RSA_PKCS1) ? " RSA-PKCS" : "",
@@ -153,12 +152,22 @@ static int cmd_keys(ctl_t *c, int argc, char **argv)
         if (k->cert_len)
             print_subject(k->cert, k->cert_len);
     }
-    if (n == 0 && argc == 2) {
-        fprintf(stderr, "p11agentctl: no key matches '%s'\n", argv[1]);
-        r = 1;
-    }
     bus_key_info_free_array(keys, n);
-    return r < 0 ? 1 : 0;
+    if (n == 0 && argc == 2) {
+        fprintf(stderr, "p11agentctl: no key matches '%s' (p11agentctl keys lists them all)\n",
+                argv[1]);
+        return 1;
+    }
+    return 0;
+}
+
+/* Commands without arguments say so instead of ignoring them. */
+static bool no_args(int argc, char **argv)
+{
+    if (argc <= 1)
+        return true;
+    fprintf(stderr, "p11agentctl: %s takes no arguments (got '%s')\n", argv[0], argv[1]);
+    return false;
 }
 
 static int cmd_status(ctl_t *c, int argc, char **argv)
@@ -167,6 +176,8 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     char *err = NULL;
     int r;
 
+    if (!no_args(argc, argv))
+        return 2;
     r = bus_client_status(c->conn, BUS_CALL_TIMEOUT_MS, &s, &err);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
@@ -194,103 +205,6 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     return 0;
 }
 
-/* Writes the PEM blocks in `pem` to path: "-" is stdout; a new file is
- * created with O_EXCL (mode `mode`), and with `force` an existing one is
- * replaced atomically (a temporary file renamed over it). */
-static int write_file(const char *path, const char *pem, size_t len, mode_t mode, bool force)
-{
-    char *tmp = NULL;
-    int fd = -1, r = 1;
-    bool tmp_created = false;
-    size_t off = 0;
-    mode_t mask = umask(0);
-
-    umask(mask);
-    /* A reference gets exactly 0600; anything else follows the umask. */
-    if (mode != 0600)
-        mode &= ~mask;
-
-    if (strcmp(path, "-") == 0) {
-        if (fwrite(pem, 1, len, stdout) != len || fflush(stdout) != 0) {
-            fprintf(stderr, "p11agentctl: writing to standard output: %s\n", strerror(errno));
-            return 1;
-        }
-        return 0;
-    }
-    if (force) {
-        if (asprintf(&tmp, "%s.XXXXXX", path) < 0) {
-            tmp = NULL;
-            fprintf(stderr, "p11agentctl: out of memory\n");
-            goto out;
-        }
-        fd = mkstemp(tmp);
-        tmp_created = fd >= 0;
-    } else {
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    }
-    if (fd < 0) {
-        if (errno == EEXIST)
-            fprintf(stderr, "p11agentctl: %s exists; use --force to replace it\n", path);
-        else
-            fprintf(stderr, "p11agentctl: cannot create %s: %s\n", tmp ? tmp : path,
-                    strerror(errno));
-        goto out;
-    }
-    if (fchmod(fd, mode) < 0) {
-        fprintf(stderr, "p11agentctl: chmod %s: %s\n", tmp ? tmp : path, strerror(errno));
-        goto out;
-    }
-    while (off < len) {
-        ssize_t n = write(fd, pem + off, len - off);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
-            goto out;
-        }
-        off += (size_t)n;
-    }
-    if (fsync(fd) < 0 || close(fd) < 0) {
-        fd = -1;
-        fprintf(stderr, "p11agentctl: writing %s: %s\n", tmp ? tmp : path, strerror(errno));
-        goto out;
-    }
-    fd = -1;
-    if (tmp != NULL && rename(tmp, path) < 0) {
-        fprintf(stderr, "p11agentctl: cannot replace %s: %s\n", path, strerror(errno));
-        goto out;
-    }
-    r = 0;
-out:
-    if (fd >= 0)
-        close(fd);
-    if (r != 0 && tmp_created)
-        unlink(tmp);
-    free(tmp);
-    return r;
-}
-
-/* PEM-encodes der under label into a malloc'd string. */
-static char *pem_encode(const char *label, const uint8_t *der, size_t len, size_t *ret_len)
-{
-    BIO *b = BIO_new(BIO_s_mem());
-    char *data = NULL, *out = NULL;
-    long n;
-
-    if (b == NULL || len > LONG_MAX || !PEM_write_bio(b, label, "", der, (long)len))
-        goto out;
-    n = BIO_get_mem_data(b, &data);
-    if (n <= 0 || (out = malloc((size_t)n + 1)) == NULL)
-        goto out;
-    memcpy(out, data, (size_t)n);
-    out[n] = '\0';
-    *ret_len = (size_t)n;
-out:
-    BIO_free(b);
-    return out;
-}
-
 /* Options of ref/cert: URI -o FILE [--force]. */
 typedef struct out_args {
     const char *uri;
@@ -298,7 +212,8 @@ typedef struct out_args {
     bool force;
 } out_args_t;
 
-static int parse_out_args(const char *cmd, int argc, char **argv, out_args_t *a)
+static int parse_out_args(const char *cmd, int argc, char **argv, out_args_t *a,
+                          const char *default_out)
 {
     static const struct option opts[] = {
         {"output", required_argument, NULL, 'o'},
@@ -320,8 +235,11 @@ static int parse_out_args(const char *cmd, int argc, char **argv, out_args_t *a)
             return 2;
         }
     }
+    if (a->out == NULL)
+        a->out = default_out;
     if (optind != argc - 1 || a->out == NULL) {
-        fprintf(stderr, "p11agentctl: usage: %s URI -o FILE [--force]\n", cmd);
+        fprintf(stderr, "p11agentctl: usage: %s URI %s [--force]\n", cmd,
+                default_out ? "[-o FILE]" : "-o FILE");
         return 2;
     }
     a->uri = argv[optind];
@@ -338,7 +256,10 @@ static int find_one(ctl_t *c, const char *uri, bus_key_info_t **ret_keys, size_t
 
     r = bus_client_find_keys(c->conn, uri, BUS_CALL_TIMEOUT_MS, &keys, &n, &err);
     if (r < 0) {
-        fprintf(stderr, "p11agentctl: %s: %s\n", uri, err ? err : bus_err_str(r));
+        if (err)
+            fprintf(stderr, "p11agentctl: %s\n", err);
+        else
+            fprintf(stderr, "p11agentctl: %s: %s\n", uri, bus_err_str(r));
         free(err);
         return 1;
     }
@@ -366,7 +287,7 @@ static int cmd_ref(ctl_t *c, int argc, char **argv)
     const char *why = NULL;
     int r;
 
-    if ((r = parse_out_args("ref", argc, argv, &a)) != 0)
+    if ((r = parse_out_args("ref", argc, argv, &a, NULL)) != 0)
         return r;
     if (bus_keyref_check_uri(a.uri, &why) < 0) {
         fprintf(stderr, "p11agentctl: %s: %s\n", a.uri, why);
@@ -395,6 +316,33 @@ out:
     return r;
 }
 
+/* pubkey URI [-o FILE]: the key's SubjectPublicKeyInfo as a PEM PUBLIC KEY
+ * (what `openssl pkey -pubout` prints), to stdout by default. */
+static int cmd_pubkey(ctl_t *c, int argc, char **argv)
+{
+    out_args_t a = {0};
+    bus_key_info_t *keys = NULL;
+    size_t n = 0, pem_len = 0;
+    char *pem = NULL;
+    int r;
+
+    if ((r = parse_out_args("pubkey", argc, argv, &a, "-")) != 0)
+        return r;
+    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
+        return r;
+    r = 1;
+    pem = pem_encode("PUBLIC KEY", keys[0].spki, keys[0].spki_len, &pem_len);
+    if (pem == NULL) {
+        fprintf(stderr, "p11agentctl: out of memory\n");
+        goto out;
+    }
+    r = write_file(a.out, pem, pem_len, 0644, a.force);
+out:
+    free(pem);
+    bus_key_info_free_array(keys, n);
+    return r;
+}
+
 static int cmd_cert(ctl_t *c, int argc, char **argv)
 {
     out_args_t a = {0};
@@ -403,7 +351,7 @@ static int cmd_cert(ctl_t *c, int argc, char **argv)
     char *pem = NULL;
     int r;
 
-    if ((r = parse_out_args("cert", argc, argv, &a)) != 0)
+    if ((r = parse_out_args("cert", argc, argv, &a, NULL)) != 0)
         return r;
     if ((r = find_one(c, a.uri, &keys, &n)) != 0)
         return r;
@@ -453,7 +401,11 @@ static int cmd_tokens(ctl_t *c, int argc, char **argv)
     bus_token_info_t *t = NULL;
     size_t n = 0;
     char *err = NULL;
-    int r = bus_client_list_tokens(c->conn, BUS_CALL_TIMEOUT_MS, &t, &n, &err);
+    int r;
+
+    if (!no_args(argc, argv))
+        return 2;
+    r = bus_client_list_tokens(c->conn, BUS_CALL_TIMEOUT_MS, &t, &n, &err);
 
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
@@ -634,6 +586,7 @@ static const struct {
     {"status", cmd_status},
     {"ref", cmd_ref},
     {"cert", cmd_cert},
+    {"pubkey", cmd_pubkey},
     {"tokens", cmd_tokens},
     {"unlock", cmd_unlock},
     {"lock", cmd_lock},
@@ -677,6 +630,17 @@ int main(int argc, char **argv)
     if (optind >= argc) {
         usage(stderr);
         return 2;
+    }
+    /* "keys --json" as well as "--json keys": take the flag out of the
+     * command's arguments */
+    for (int i = optind + 1, o = optind + 1; i <= argc; i++) {
+        if (i < argc && (strcmp(argv[i], "-j") == 0 || strcmp(argv[i], "--json") == 0)) {
+            c.json = true;
+            continue;
+        }
+        argv[o++] = argv[i]; /* argv[argc] is NULL */
+        if (i == argc)
+            argc = o - 1;
     }
     for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(commands[i].name, argv[optind]) != 0)
