@@ -310,7 +310,10 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
         r = tok_status_from_rv(rv);
-        if (rv == CKR_USER_NOT_LOGGED_IN && key->always_auth && auth == NULL) {
+        if (rv == CKR_BUFFER_TOO_SMALL) {
+            /* the buffer holds all the key can make: the module is wrong */
+            r = TOK_ERR_DEVICE;
+        } else if (rv == CKR_USER_NOT_LOGGED_IN && key->always_auth && auth == NULL) {
             /* the key wants its context-specific login, the session's is fine */
             r = TOK_ERR_AUTH_REQUIRED;
         } else if (rv == CKR_USER_NOT_LOGGED_IN) {
