@@ -136,8 +136,21 @@ int tok_pub_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_
     EVP_PKEY *pk = NULL;
     int r = TOK_ERR_GENERAL;
 
-    if (n == NULL || e == NULL || n_len == 0 || e_len == 0 || n_len > TOK_MAX_MODULUS ||
-        e_len > TOK_MAX_EXPONENT)
+    if (n == NULL || e == NULL)
+        return TOK_ERR_ARGS;
+    while (n_len > 0 && n[0] == 0) {
+        n++;
+        n_len--;
+    }
+    while (e_len > 0 && e[0] == 0) {
+        e++;
+        e_len--;
+    }
+    /* A modulus is odd and of a sane size, an exponent odd and above 1:
+     * anything else is a module's garbage, not a key. */
+    if (n_len < TOK_MIN_MODULUS || n_len > TOK_MAX_MODULUS || !(n[n_len - 1] & 1) ||
+        e_len == 0 || e_len > TOK_MAX_EXPONENT || !(e[e_len - 1] & 1) ||
+        (e_len == 1 && e[0] == 1))
         return TOK_ERR_ARGS;
     bn = BN_bin2bn(n, (int)n_len, NULL);
     be = BN_bin2bn(e, (int)e_len, NULL);

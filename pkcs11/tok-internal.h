@@ -36,6 +36,7 @@
 /* Bounds on what a module may return (bytes). A longer value is garbage:
  * its object is skipped with a warning, nothing that size is allocated. */
 #define TOK_MAX_MODULUS 2048        /* RSA up to 16384 bits */
+#define TOK_MIN_MODULUS 64          /* ... and from 512 bits */
 #define TOK_MAX_EXPONENT 512
 #define TOK_MAX_EC_PARAMS 512       /* an OID or a curve name, not explicit parameters */
 #define TOK_MAX_EC_POINT 512        /* P-521 uncompressed is 133, wrapped 136 */
