@@ -1310,14 +1310,19 @@ static void test_fault_lie_attributes(void **state)
     expect_skipped(ctx, "lie huge CKA_ID p256", "p256", "CKA_ID", "bytes long", false);
     expect_skipped(ctx, "lie huge CKA_VALUE p256-cert", "p256", "CKA_VALUE", "bytes long", true);
     /* a second answer longer than the buffer of the first */
-    expect_skipped(ctx, "lie grow CKA_MODULUS rsa2048", "rsa2048", "CKA_MODULUS", "returned into", false);
+    expect_skipped(ctx, "lie grow CKA_MODULUS rsa2048", "rsa2048",
+                   "CKA_MODULUS", "returned into", false);
     expect_skipped(ctx, "lie grow CKA_EC_POINT", "p256", "CKA_EC_POINT", "returned into", false);
     expect_skipped(ctx, "lie grow CKA_VALUE", "p256", "CKA_VALUE", "returned into", true);
     /* garbage bytes */
-    expect_skipped(ctx, "lie garbage CKA_EC_POINT p256", "p256", "CKA_EC_POINT", "do not make a public key", false);
-    expect_skipped(ctx, "lie garbage CKA_EC_PARAMS", "p256", "CKA_EC_PARAMS", "do not make a public key", false);
-    expect_skipped(ctx, "lie garbage CKA_MODULUS", "rsa2048", "CKA_MODULUS", "do not make a public key", false);
-    expect_skipped(ctx, "lie garbage CKA_VALUE p256-cert", "p256", "CKA_VALUE", "not an X.509", true);
+    expect_skipped(ctx, "lie garbage CKA_EC_POINT p256", "p256",
+                   "CKA_EC_POINT", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_EC_PARAMS", "p256",
+                   "CKA_EC_PARAMS", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_MODULUS", "rsa2048",
+                   "CKA_MODULUS", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_VALUE p256-cert", "p256",
+                   "CKA_VALUE", "not an X.509", true);
 
     /* after the lies, the keys sign and verify */
     assert_non_null((k = tok_key(ctx, "p256")));
