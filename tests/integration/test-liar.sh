@@ -98,10 +98,15 @@ tap_case "without lies p256 and rsa2048 sign and verify" case_honest
 # --- a signature length larger than the buffer -----------------------------
 case_sig_len() {
 	local k
+	local n
 	for k in p256 rsa2048; do
 		fault do "lie sig-len 100000" || return 1
+		n=$(grep -ac "returned a 100000-byte .*object=$k;.*the module is faulty" "$T/agent.log")
 		sign_fails "$k" "device|faulty|100000" || return 1
 		agent_alive || return 1
+		# the agent refused the length itself (the audit line says why)
+		[ "$(grep -ac "returned a 100000-byte .*object=$k;.*the module is faulty" "$T/agent.log")" \
+			-gt "$n" ] || { echo "no 'module is faulty' audit line for $k" >&2; return 1; }
 		fault do "lie sig-len off" || return 1
 		sign_verify "$k" || return 1
 	done
