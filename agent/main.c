@@ -61,6 +61,12 @@ static void usage(FILE *f)
             "Signals: SIGTERM/SIGINT stop the agent, SIGHUP rescans the tokens.\n");
 }
 
+/* The token layer's word on a module's bad answers (hostile text escaped). */
+static void tok_warning(void *data, const char *msg)
+{
+    agent_warn("%s", msg);
+}
+
 static void on_signal(void *userdata, int fd, short revents)
 {
     agent_t *a = userdata;
@@ -395,6 +401,7 @@ int main(int argc, char **argv)
         agent_err("%s", errmsg ? errmsg : tok_strerror(r));
         goto out;
     }
+    tok_ctx_set_warn(a.tok, tok_warning, NULL);
     agent_rescan(&a);
 
     if (agent_loop_new(&a.loop) < 0 || agent_loop_add_fd(a.loop, sfd, POLLIN, on_signal, &a) < 0) {

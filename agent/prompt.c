@@ -21,6 +21,7 @@
 
 #include "agent.h"
 #include "pinmax.h"
+#include "buf.h"
 
 #define PROMPT_TIMEOUT_MS 120000
 #define LINE_MAX_LEN 2048
@@ -298,11 +299,14 @@ static int read_line(assuan_t *as, char **ret_line)
 }
 
 /* Sends a command and waits for OK or ERR. D lines go to ret (unescaped) if
- * given. */
+ * given. A D line with a bad escape ("%zz", "%4") or a NUL ("%00") makes the
+ * whole answer -EPROTO, one that does not fit the PIN -E2BIG: never a PIN
+ * with a NUL inside or silently cut. The lines up to OK/ERR are still read,
+ * so the conversation stays in step. */
 static int transact(assuan_t *as, const char *cmd, agent_secret_t *ret)
 {
     char *line;
-    int r;
+    int r, bad = 0;
 
     if (cmd && (r = send_line(as, cmd)) < 0)
         return r;
@@ -311,7 +315,7 @@ static int transact(assuan_t *as, const char *cmd, agent_secret_t *ret)
         if (r < 0)
             break;
         if (strncmp(line, "OK", 2) == 0 && (line[2] == '\0' || line[2] == ' ')) {
-            r = 0;
+            r = bad;
             break;
         }
         if (strncmp(line, "ERR", 3) == 0) {
@@ -320,17 +324,19 @@ static int transact(assuan_t *as, const char *cmd, agent_secret_t *ret)
             break;
         }
         if (strncmp(line, "D ", 2) == 0 && ret) {
-            const char *p = line + 2;
+            size_t limit = ret->cap - 1 < PIN_MAX ? ret->cap - 1 : PIN_MAX, n = 0;
+            int st;
 
-            while (*p && ret->len < ret->cap - 1 && ret->len <= PIN_MAX) {
-                if (p[0] == '%' && p[1] && p[2]) {
-                    char hex[3] = {p[1], p[2], 0};
-
-                    ret->buf[ret->len++] = (char)strtol(hex, NULL, 16);
-                    p += 3;
-                } else {
-                    ret->buf[ret->len++] = *p++;
-                }
+            if (bad == 0) {
+                st = buf_percent_decode(line + 2, strlen(line + 2), (uint8_t *)ret->buf + ret->len,
+                                        limit - ret->len, &n);
+                if (st != BUF_OK)
+                    bad = st == BUF_ERR_TOO_LARGE ? -E2BIG : -EPROTO;
+                ret->len += n;
+            }
+            if (bad != 0) {
+                explicit_bzero(ret->buf, ret->cap);
+                ret->len = 0;
             }
             ret->buf[ret->len] = '\0';
         } else if (strncmp(line, "INQUIRE", 7) == 0) {
@@ -469,11 +475,13 @@ int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, c
     if (r < 0) {
         agent_secret_free(&pin);
         if (errmsg && !*errmsg &&
-            asprintf(errmsg, "%s", r == -ECANCELED    ? "the PIN prompt was cancelled"
-                                   : r == -ETIMEDOUT ? "the PIN prompt timed out"
-                                   : r == -E2BIG     ? "the PIN entered is longer than "
-                                                       PIN_MAX_STR " bytes (p11agent's limit)"
-                                                     : "the PIN prompt failed") < 0)
+            asprintf(errmsg, "%s",
+                     r == -ECANCELED   ? "the PIN prompt was cancelled"
+                     : r == -ETIMEDOUT ? "the PIN prompt timed out"
+                     : r == -EPROTO    ? "the PIN prompt sent a malformed PIN (bad %-escape or NUL)"
+                     : r == -E2BIG     ? "the PIN entered is longer than " PIN_MAX_STR
+                                         " bytes (p11agent's limit)"
+                                       : "the PIN prompt failed") < 0)
             *errmsg = NULL;
         goto out;
     }

@@ -5,12 +5,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include "buf.h"
 #include "keyref.h"
 
-#define TAG_INTEGER 0x02
-#define TAG_UTF8STRING 0x0c
-#define TAG_VISIBLESTRING 0x1a
-#define TAG_SEQUENCE 0x30
+#define TAG_INTEGER BUF_DER_INTEGER
+#define TAG_UTF8STRING BUF_DER_UTF8STRING
+#define TAG_VISIBLESTRING BUF_DER_VISIBLESTRING
+#define TAG_SEQUENCE BUF_DER_SEQUENCE
 
 /* --- URI check --- */
 
@@ -97,87 +98,40 @@ bad:
     return BUS_ERR_INVALID_ARGS;
 }
 
-/* --- DER reading --- */
+/* --- DER reading (common/buf.h) --- */
 
-typedef struct der {
+/* A malloc'd copy of a string element's contents in *ret. NUL bytes are
+ * refused. BUS_OK, BUS_ERR_INVALID_ARGS (*why set) or BUS_ERR_NO_MEMORY. */
+static int der_strdup(const buf_reader_t *el, char **ret, const char **why)
+{
     const uint8_t *p;
-    size_t len;
-} der_t;
-
-/* Reads one element with tag `tag` from d into *ret (its contents). */
-static int der_next(der_t *d, uint8_t tag, der_t *ret, const char **why)
-{
-    size_t n, hdr;
-
-    if (d->len < 2) {
-        *why = d->len == 0 ? "DER ends early (an element is missing)" : "DER truncated";
-        return -1;
-    }
-    if (d->p[0] != tag) {
-        *why = "unexpected DER tag";
-        return -1;
-    }
-    if (d->p[1] < 0x80) {
-        n = d->p[1];
-        hdr = 2;
-    } else {
-        size_t k = d->p[1] & 0x7f;
-
-        if (k == 0) {
-            *why = "indefinite DER length";
-            return -1;
-        }
-        if (k > 2) {
-            *why = "DER length too large";
-            return -1;
-        }
-        if (d->len < 2 + k) {
-            *why = "DER truncated";
-            return -1;
-        }
-        n = d->p[2];
-        if (k == 2)
-            n = n << 8 | d->p[3];
-        if (n < 0x80 || (k == 2 && n < 0x100)) {
-            *why = "DER length not minimally encoded";
-            return -1;
-        }
-        hdr = 2 + k;
-    }
-    if (n > d->len - hdr) {
-        *why = "DER length exceeds the data (truncated?)";
-        return -1;
-    }
-    ret->p = d->p + hdr;
-    ret->len = n;
-    d->p += hdr + n;
-    d->len -= hdr + n;
-    return 0;
-}
-
-static char *der_strdup(const der_t *s, const char **why)
-{
+    size_t n;
     char *out;
 
-    if (memchr(s->p, '\0', s->len) != NULL) {
+    *ret = NULL;
+    buf_rest(el, &p, &n);
+    if (n > 0 && memchr(p, '\0', n) != NULL) {
         *why = "string holds a NUL byte";
-        return NULL;
+        return BUS_ERR_INVALID_ARGS;
     }
-    out = malloc(s->len + 1);
+    out = malloc(n + 1);
     if (out == NULL) {
         *why = "out of memory";
-        return NULL;
+        return BUS_ERR_NO_MEMORY;
     }
-    memcpy(out, s->p, s->len);
-    out[s->len] = '\0';
-    return out;
+    if (n > 0)
+        memcpy(out, p, n);
+    out[n] = '\0';
+    *ret = out;
+    return BUS_OK;
 }
 
 int bus_keyref_decode(const uint8_t *der, size_t len, bus_keyref_t *ret, const char **ret_why)
 {
-    der_t all = { der, len }, seq, el;
+    buf_reader_t all, seq, el;
     bus_keyref_t ref = { 0 };
     const char *why = "malformed";
+    uint8_t first, version = 0;
     int r = BUS_ERR_INVALID_ARGS;
 
     if (der == NULL || len == 0) {
@@ -188,43 +142,54 @@ int bus_keyref_decode(const uint8_t *der, size_t len, bus_keyref_t *ret, const c
         why = "too large for a key reference";
         goto err;
     }
-    if (der_next(&all, TAG_SEQUENCE, &seq, &why) < 0)
+    buf_reader_init(&all, der, len);
+    if (buf_get_der(&all, TAG_SEQUENCE, BUS_KEYREF_MAX_DER, &seq) != BUF_OK) {
+        why = buf_why(&all);
         goto err;
-    if (all.len != 0) {
+    }
+    if (buf_left(&all) != 0) {
         why = "data after the DER SEQUENCE";
         goto err;
     }
-    if (seq.len > 0 && seq.p[0] == TAG_VISIBLESTRING) {
+    if (buf_peek_u8(&seq, &first) == BUF_OK && first == TAG_VISIBLESTRING) {
         /* pkcs11-provider: { desc VisibleString, uri UTF8String } */
         ref.format = BUS_KEYREF_PKCS11_PROVIDER;
         ref.type = BUS_KEY_UNKNOWN;
-        if (der_next(&seq, TAG_VISIBLESTRING, &el, &why) < 0)
-            goto err;
+        buf_get_der(&seq, TAG_VISIBLESTRING, BUS_KEYREF_MAX_DER, &el);
     } else {
         ref.format = BUS_KEYREF_P11AGENT;
-        if (der_next(&seq, TAG_INTEGER, &el, &why) < 0)
+        if (buf_get_der(&seq, TAG_INTEGER, BUS_KEYREF_MAX_DER, &el) != BUF_OK) {
+            why = buf_why(&seq);
             goto err;
+        }
         /* Only version 1 exists: the single content byte 0x01. */
-        if (el.len != 1 || el.p[0] != BUS_KEYREF_VERSION) {
-            why = el.len == 0 ? "empty version INTEGER"
-                              : "unsupported key reference version (this p11agent reads 1)";
+        if (buf_left(&el) != 1 || buf_get_u8(&el, &version) != BUF_OK ||
+            version != BUS_KEYREF_VERSION) {
+            why = buf_left(&el) == 0 && version == 0
+                          ? "empty version INTEGER"
+                          : "unsupported key reference version (this p11agent reads 1)";
             goto err;
         }
     }
-    if (der_next(&seq, TAG_UTF8STRING, &el, &why) < 0)
-        goto err;
-    if ((ref.uri = der_strdup(&el, &why)) == NULL) {
-        if (el.len > 0 && memchr(el.p, '\0', el.len) == NULL)
-            r = BUS_ERR_NO_MEMORY;
+    if (buf_get_der(&seq, TAG_UTF8STRING, BUS_KEYREF_MAX_URI, &el) != BUF_OK) {
+        why = buf_why(&seq);
         goto err;
     }
+    r = der_strdup(&el, &ref.uri, &why);
+    if (r != BUS_OK)
+        goto err;
+    r = BUS_ERR_INVALID_ARGS;
     if (ref.format == BUS_KEYREF_P11AGENT) {
         char *type;
 
-        if (der_next(&seq, TAG_UTF8STRING, &el, &why) < 0)
+        if (buf_get_der(&seq, TAG_UTF8STRING, 64, &el) != BUF_OK) {
+            why = buf_why(&seq);
             goto err;
-        if ((type = der_strdup(&el, &why)) == NULL)
+        }
+        r = der_strdup(&el, &type, &why);
+        if (r != BUS_OK)
             goto err;
+        r = BUS_ERR_INVALID_ARGS;
         ref.type = bus_key_type_from_name(type);
         free(type);
         if (ref.type == BUS_KEY_UNKNOWN) {
@@ -232,7 +197,7 @@ int bus_keyref_decode(const uint8_t *der, size_t len, bus_keyref_t *ret, const c
             goto err;
         }
     }
-    if (seq.len != 0) {
+    if (buf_left(&seq) != 0) {
         why = "unexpected element at the end of the SEQUENCE";
         goto err;
     }
@@ -256,35 +221,16 @@ void bus_keyref_clear(bus_keyref_t *ref)
     ref->type = BUS_KEY_UNKNOWN;
 }
 
-/* --- DER writing --- */
-
-static size_t der_len_size(size_t n)
-{
-    return n < 0x80 ? 1 : n < 0x100 ? 2 : 3;
-}
-
-static uint8_t *der_put_hdr(uint8_t *p, uint8_t tag, size_t n)
-{
-    *p++ = tag;
-    if (n < 0x80) {
-        *p++ = (uint8_t)n;
-    } else if (n < 0x100) {
-        *p++ = 0x81;
-        *p++ = (uint8_t)n;
-    } else {
-        *p++ = 0x82;
-        *p++ = (uint8_t)(n >> 8);
-        *p++ = (uint8_t)n;
-    }
-    return p;
-}
+/* --- DER writing (common/buf.h) --- */
 
 int bus_keyref_encode(const char *uri, bus_key_type_t type, uint8_t **ret_der, size_t *ret_len,
                       const char **ret_why)
 {
     const char *tname = bus_key_type_name(type), *why = NULL;
-    size_t ulen, tlen, body, total;
-    uint8_t *der, *p;
+    static const uint8_t version = BUS_KEYREF_VERSION;
+    size_t ulen, tlen;
+    buf_writer_t w;
+    int r;
 
     if (bus_keyref_check_uri(uri, &why) < 0)
         goto bad;
@@ -294,21 +240,19 @@ int bus_keyref_encode(const char *uri, bus_key_type_t type, uint8_t **ret_der, s
     }
     ulen = strlen(uri);
     tlen = strlen(tname);
-    body = 3 + 1 + der_len_size(ulen) + ulen + 1 + der_len_size(tlen) + tlen;
-    total = 1 + der_len_size(body) + body;
-    der = malloc(total);
-    if (der == NULL)
+    buf_writer_init(&w, BUS_KEYREF_MAX_DER);
+    buf_put_der_hdr(&w, TAG_SEQUENCE,
+                    buf_der_size(1) + buf_der_size(ulen) + buf_der_size(tlen));
+    buf_put_der(&w, TAG_INTEGER, &version, 1);
+    buf_put_der(&w, TAG_UTF8STRING, uri, ulen);
+    buf_put_der(&w, TAG_UTF8STRING, tname, tlen);
+    r = buf_writer_finish(&w, ret_der, ret_len);
+    if (r == BUF_ERR_NO_MEMORY)
         return BUS_ERR_NO_MEMORY;
-    p = der_put_hdr(der, TAG_SEQUENCE, body);
-    p = der_put_hdr(p, TAG_INTEGER, 1);
-    *p++ = BUS_KEYREF_VERSION;
-    p = der_put_hdr(p, TAG_UTF8STRING, ulen);
-    memcpy(p, uri, ulen);
-    p += ulen;
-    p = der_put_hdr(p, TAG_UTF8STRING, tlen);
-    memcpy(p, tname, tlen);
-    *ret_der = der;
-    *ret_len = total;
+    if (r != BUF_OK) {
+        why = "too large for a key reference";
+        goto bad;
+    }
     return BUS_OK;
 bad:
     if (ret_why != NULL)

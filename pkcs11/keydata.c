@@ -14,6 +14,7 @@
 #include <openssl/param_build.h>
 #include <openssl/x509.h>
 
+#include "buf.h"
 #include "tok-internal.h"
 
 static const struct {
@@ -135,7 +136,21 @@ int tok_pub_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_
     EVP_PKEY *pk = NULL;
     int r = TOK_ERR_GENERAL;
 
-    if (n == NULL || e == NULL || n_len == 0 || e_len == 0 || n_len > 2048 || e_len > 512)
+    if (n == NULL || e == NULL)
+        return TOK_ERR_ARGS;
+    while (n_len > 0 && n[0] == 0) {
+        n++;
+        n_len--;
+    }
+    while (e_len > 0 && e[0] == 0) {
+        e++;
+        e_len--;
+    }
+    /* A modulus is odd and of a sane size, an exponent odd and above 1:
+     * anything else is a module's garbage, not a key. */
+    if (n_len < TOK_MIN_MODULUS || n_len > TOK_MAX_MODULUS || !(n[n_len - 1] & 1) ||
+        e_len == 0 || e_len > TOK_MAX_EXPONENT || !(e[e_len - 1] & 1) ||
+        (e_len == 1 && e[0] == 1))
         return TOK_ERR_ARGS;
     bn = BN_bin2bn(n, (int)n_len, NULL);
     be = BN_bin2bn(e, (int)e_len, NULL);
@@ -159,27 +174,25 @@ out:
 /* Strips a DER OCTET STRING wrapper if the whole buffer is exactly one. */
 static bool unwrap_octet_string(const uint8_t *p, size_t n, const uint8_t **ret, size_t *ret_len)
 {
-    size_t len, hdr;
+    buf_reader_t r, os;
 
-    if (n < 2 || p[0] != 0x04)
+    buf_reader_init(&r, p, n);
+    if (buf_get_der(&r, BUF_DER_OCTET_STRING, TOK_MAX_EC_POINT, &os) != BUF_OK ||
+        buf_expect_end(&r) != BUF_OK)
         return false;
-    if (p[1] < 0x80) {
-        len = p[1];
-        hdr = 2;
-    } else if (p[1] == 0x81 && n >= 3) {
-        len = p[2];
-        hdr = 3;
-    } else if (p[1] == 0x82 && n >= 4) {
-        len = ((size_t)p[2] << 8) | p[3];
-        hdr = 4;
-    } else {
-        return false;
-    }
-    if (hdr + len != n)
-        return false;
-    *ret = p + hdr;
-    *ret_len = len;
+    buf_rest(&os, ret, ret_len);
     return true;
+}
+
+/* Is der[0..len) exactly one DER SEQUENCE of at most max bytes of contents
+ * (a certificate, an SPKI)? Checked before OpenSSL sees the bytes, so
+ * trailing garbage and absurd lengths are refused up front. */
+static bool one_sequence(const uint8_t *der, size_t len, size_t max)
+{
+    buf_reader_t r, seq;
+
+    buf_reader_init(&r, der, len);
+    return buf_get_der(&r, BUF_DER_SEQUENCE, max, &seq) == BUF_OK && buf_expect_end(&r) == BUF_OK;
 }
 
 static int pub_from_edwards(const char *type, size_t key_len, const uint8_t *point, size_t n,
@@ -212,8 +225,15 @@ static int pub_from_weierstrass(const uint8_t *params, size_t params_len, const 
     const char *group = NULL;
     const uint8_t *raw = point;
     size_t raw_len = n, fb = 0;
+    buf_reader_t rd, oid;
     int nid, r = TOK_ERR_ARGS;
 
+    /* namedCurve: one OBJECT IDENTIFIER and nothing else (explicit
+     * parameters and implicitlyCA are not supported) */
+    buf_reader_init(&rd, params, params_len);
+    if (buf_get_der(&rd, BUF_DER_OID, 64, &oid) != BUF_OK || buf_expect_end(&rd) != BUF_OK ||
+        buf_left(&oid) == 0)
+        goto out;
     obj = d2i_ASN1_OBJECT(NULL, &pp, (long)params_len);
     if (obj == NULL || pp != params + params_len)
         goto out;
@@ -260,7 +280,8 @@ out:
 int tok_pub_from_ec(CK_KEY_TYPE kt, const uint8_t *params, size_t params_len, const uint8_t *point,
                     size_t point_len, tok_pub_t *ret)
 {
-    if (params == NULL || point == NULL || params_len == 0 || point_len == 0)
+    if (params == NULL || point == NULL || params_len == 0 || point_len == 0 ||
+        params_len > TOK_MAX_EC_PARAMS || point_len > TOK_MAX_EC_POINT)
         return TOK_ERR_ARGS;
     if (SAME(params, params_len, oid_ed25519) || SAME(params, params_len, str_ed25519) ||
         SAME(params, params_len, oid_ed25519_gnu))
@@ -278,11 +299,13 @@ int tok_pub_from_spki(const uint8_t *der, size_t len, tok_pub_t *ret)
     EVP_PKEY *pk;
     int r;
 
-    if (der == NULL || len == 0)
+    if (der == NULL || len == 0 || len > TOK_MAX_SPKI || !one_sequence(der, len, TOK_MAX_SPKI))
         return TOK_ERR_ARGS;
     pk = d2i_PUBKEY(NULL, &p, (long)len);
-    if (pk == NULL)
+    if (pk == NULL || p != der + len) {
+        EVP_PKEY_free(pk);
         return TOK_ERR_ARGS;
+    }
     r = pub_from_pkey(pk, ret);
     EVP_PKEY_free(pk);
     return r;
@@ -295,11 +318,13 @@ int tok_pub_from_cert(const uint8_t *der, size_t len, tok_pub_t *ret)
     EVP_PKEY *pk;
     int r = TOK_ERR_ARGS;
 
-    if (der == NULL || len == 0)
+    if (der == NULL || len == 0 || len > TOK_MAX_CERT || !one_sequence(der, len, TOK_MAX_CERT))
         return TOK_ERR_ARGS;
     x = d2i_X509(NULL, &p, (long)len);
-    if (x == NULL)
+    if (x == NULL || p != der + len) {
+        X509_free(x);
         return TOK_ERR_ARGS;
+    }
     pk = X509_get0_pubkey(x);
     if (pk != NULL)
         r = pub_from_pkey(pk, ret);

@@ -5,81 +5,34 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "tok-internal.h"
 
 /* Largest r||s we accept: two P-521 halves with room to spare. */
 #define MAX_ECDSA_RAW 264
 
-static size_t der_len_size(size_t len)
-{
-    return len < 0x80 ? 1 : len < 0x100 ? 2 : 3;
-}
-
-static uint8_t *der_put_len(uint8_t *p, size_t len)
-{
-    if (len < 0x80) {
-        *p++ = (uint8_t)len;
-    } else if (len < 0x100) {
-        *p++ = 0x81;
-        *p++ = (uint8_t)len;
-    } else {
-        *p++ = 0x82;
-        *p++ = (uint8_t)(len >> 8);
-        *p++ = (uint8_t)len;
-    }
-    return p;
-}
-
-/* An unsigned big-endian integer as DER INTEGER content: no redundant
- * leading zeros, one 0x00 in front when the high bit is set. */
-static void int_bounds(const uint8_t *v, size_t n, const uint8_t **ret, size_t *ret_n, bool *ret_pad)
-{
-    while (n > 1 && v[0] == 0) {
-        v++;
-        n--;
-    }
-    *ret = v;
-    *ret_n = n;
-    *ret_pad = (v[0] & 0x80) != 0;
-}
-
-static uint8_t *der_put_int(uint8_t *p, const uint8_t *v, size_t n, bool pad)
-{
-    *p++ = 0x02;
-    p = der_put_len(p, n + pad);
-    if (pad)
-        *p++ = 0x00;
-    memcpy(p, v, n);
-    return p + n;
-}
-
 int tok_ecdsa_raw_to_der(const uint8_t *raw, size_t raw_len, uint8_t **ret, size_t *ret_len)
 {
     const uint8_t *r, *s;
-    size_t rn, sn, rl, sl, body, total;
-    bool rpad, spad;
-    uint8_t *der, *p;
+    size_t half;
+    buf_writer_t w;
+    int st;
 
     if (raw == NULL || ret == NULL || ret_len == NULL || raw_len == 0 || raw_len % 2 != 0 ||
         raw_len > MAX_ECDSA_RAW)
         return TOK_ERR_ARGS;
-    int_bounds(raw, raw_len / 2, &r, &rn, &rpad);
-    int_bounds(raw + raw_len / 2, raw_len / 2, &s, &sn, &spad);
-    rl = rn + rpad;
-    sl = sn + spad;
-    body = 1 + der_len_size(rl) + rl + 1 + der_len_size(sl) + sl;
-    total = 1 + der_len_size(body) + body;
-    der = malloc(total);
-    if (der == NULL)
-        return TOK_ERR_NO_MEMORY;
-    p = der;
-    *p++ = 0x30;
-    p = der_put_len(p, body);
-    p = der_put_int(p, r, rn, rpad);
-    der_put_int(p, s, sn, spad);
-    *ret = der;
-    *ret_len = total;
-    return TOK_OK;
+    half = raw_len / 2;
+    r = raw;
+    s = raw + half;
+    /* SEQUENCE { INTEGER r, INTEGER s }: at most 2 * (4 + 133) + 4 bytes */
+    buf_writer_init(&w, 2 * MAX_ECDSA_RAW);
+    buf_put_der_hdr(&w, BUF_DER_SEQUENCE, buf_der_uint_size(r, half) + buf_der_uint_size(s, half));
+    buf_put_der_uint(&w, r, half);
+    buf_put_der_uint(&w, s, half);
+    st = buf_writer_finish(&w, ret, ret_len);
+    if (st == BUF_OK)
+        return TOK_OK;
+    return st == BUF_ERR_NO_MEMORY ? TOK_ERR_NO_MEMORY : TOK_ERR_GENERAL;
 }
 
 static CK_MECHANISM_TYPE hash_mech(tok_hash_t h)
@@ -248,14 +201,12 @@ static CK_OBJECT_HANDLE refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
     return h;
 }
 
-/* Runs C_SignInit + C_Sign into *buf (cap bytes; grown on the heap if the
- * token wants more: *buf then differs from stack). */
+/* Runs C_SignInit + C_Sign into buf (cap bytes: all the key can produce). A
+ * length the module returns is not checked here: the caller does. */
 static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJECT_HANDLE h,
-                     const tok_auth_t *auth, uint8_t **buf, size_t *cap, uint8_t *stack,
-                     CK_ULONG *ret_len)
+                     const tok_auth_t *auth, uint8_t *buf, size_t cap, CK_ULONG *ret_len)
 {
-    CK_ULONG n = *cap;
-    uint8_t *nb;
+    CK_ULONG n = cap;
     CK_RV rv;
 
     rv = t->f->C_SignInit(s, &op->mech, h);
@@ -268,15 +219,10 @@ static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJE
         if (rv != CKR_OK) /* the operation may stay active: the caller drops s */
             return rv == CKR_USER_NOT_LOGGED_IN ? CKR_PIN_INCORRECT : rv;
     }
-    rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, *buf, &n);
-    if (rv == CKR_BUFFER_TOO_SMALL && n > *cap && n <= 64 * 1024) {
-        nb = *buf == stack ? malloc(n) : realloc(*buf, n);
-        if (nb == NULL)
-            return CKR_HOST_MEMORY; /* the operation stays active: the caller drops s */
-        *buf = nb;
-        *cap = n;
-        rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, *buf, &n);
-    }
+    /* The buffer holds the largest signature the key can make; a module
+     * that wants more (CKR_BUFFER_TOO_SMALL) is wrong, and its operation
+     * stays active: the caller drops s. */
+    rv = t->f->C_Sign(s, (CK_BYTE_PTR)op->in, op->in_len, buf, &n);
     if (rv == CKR_OK)
         *ret_len = n;
     return rv;
@@ -295,8 +241,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
     tok_key_int_t *ki = (tok_key_int_t *)key;
     tok_token_t *t;
     sign_op_t op;
-    uint8_t stack[MAX_ECDSA_RAW], *buf = NULL;
-    size_t cap;
+    uint8_t *buf = NULL;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     CK_OBJECT_HANDLE h, copy;
     CK_ULONG sig_len = 0;
@@ -328,8 +273,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
         r = TOK_ERR_NOT_LOGGED_IN;
         goto out;
     }
-    cap = op.sig_max;
-    buf = p->alg == TOK_SIG_ECDSA && cap <= sizeof(stack) ? stack : malloc(cap ? cap : 1);
+    buf = malloc(op.sig_max > 0 ? op.sig_max : 1);
     if (buf == NULL) {
         r = TOK_ERR_NO_MEMORY;
         goto out;
@@ -345,7 +289,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
     if (h == CK_INVALID_HANDLE)
         rv = CKR_KEY_HANDLE_INVALID;
     while (h != CK_INVALID_HANDLE) {
-        rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, auth, &buf, &cap, stack,
+        rv = do_sign(t, s, &op, copy != CK_INVALID_HANDLE ? copy : h, auth, buf, op.sig_max,
                      &sig_len);
         if (rv != CKR_KEY_HANDLE_INVALID && rv != CKR_OBJECT_HANDLE_INVALID)
             break;
@@ -366,7 +310,10 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
         r = tok_status_from_rv(rv);
-        if (rv == CKR_USER_NOT_LOGGED_IN && key->always_auth && auth == NULL) {
+        if (rv == CKR_BUFFER_TOO_SMALL) {
+            /* the buffer holds all the key can make: the module is wrong */
+            r = TOK_ERR_DEVICE;
+        } else if (rv == CKR_USER_NOT_LOGGED_IN && key->always_auth && auth == NULL) {
             /* the key wants its context-specific login, the session's is fine */
             r = TOK_ERR_AUTH_REQUIRED;
         } else if (rv == CKR_USER_NOT_LOGGED_IN) {
@@ -386,12 +333,24 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
             }
         }
         if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY ||
-            (auth != NULL && r == TOK_ERR_PIN_INCORRECT)) {
+            rv == CKR_BUFFER_TOO_SMALL || (auth != NULL && r == TOK_ERR_PIN_INCORRECT)) {
             tok_session_drop(t, s);
             have_session = false;
         }
         tok_set_errmsg(errmsg, "%s with key '%s' on token '%s': %s", op.mech_name, key->uri,
                        t->label, p11_kit_strerror(rv));
+        goto out;
+    }
+    /* A module's length is hostile: the key makes signatures of exactly
+     * sig_max bytes (RSA: the modulus; ECDSA: r||s of the field size;
+     * EdDSA: 64 or 114). Anything else, above all more than the buffer,
+     * is refused before a byte of it is used. */
+    if (sig_len != op.sig_max) {
+        tok_set_errmsg(errmsg,
+                       "token '%s' returned a %lu-byte %s signature for key '%s' (the key makes "
+                       "%zu-byte signatures): the module is faulty",
+                       t->label, sig_len, op.mech_name, key->uri, op.sig_max);
+        r = TOK_ERR_DEVICE;
         goto out;
     }
     if (p->alg == TOK_SIG_ECDSA) {
@@ -408,7 +367,6 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
 out:
     if (have_session)
         tok_session_put(t, s);
-    if (buf != stack)
-        free(buf);
+    free(buf);
     return r;
 }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
 #include "tok-internal.h"
 
 const char *tok_strerror(int status)
@@ -181,14 +182,39 @@ void tok_set_errmsg(char **errmsg, const char *fmt, ...)
 
 char *tok_ck_string(const unsigned char *s, size_t n)
 {
-    char *r;
+    char raw[256];
 
-    while (n > 0 && (s[n - 1] == ' ' || s[n - 1] == '\0'))
+    /* Blank padded, not NUL-terminated; some modules end early with a NUL.
+     * The bytes are the module's: the copy is made valid UTF-8. */
+    if (n >= sizeof(raw))
+        n = sizeof(raw) - 1;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] == '\0')
+            n = i;
+    while (n > 0 && s[n - 1] == ' ')
         n--;
-    r = malloc(n + 1);
-    if (r == NULL)
-        return NULL;
-    memcpy(r, s, n);
-    r[n] = '\0';
-    return r;
+    memcpy(raw, s, n);
+    raw[n] = '\0';
+    return text_dbus_safe(raw, 3 * sizeof(raw));
+}
+
+void tok_ctx_set_warn(tok_ctx_t *ctx, tok_warn_fn_t fn, void *data)
+{
+    if (ctx == NULL)
+        return;
+    ctx->warn = fn;
+    ctx->warn_data = data;
+}
+
+void tok_warn(tok_ctx_t *ctx, const char *fmt, ...)
+{
+    char msg[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    tok_debug(ctx, "%s", msg);
+    if (ctx != NULL && ctx->warn != NULL)
+        ctx->warn(ctx->warn_data, msg);
 }

@@ -33,6 +33,19 @@
 /* Largest input tok_sign accepts (EdDSA signs the message itself). */
 #define TOK_SIGN_MAX_DATA (1024 * 1024)
 
+/* Bounds on what a module may return (bytes). A longer value is garbage:
+ * its object is skipped with a warning, nothing that size is allocated. */
+#define TOK_MAX_MODULUS 2048        /* RSA up to 16384 bits */
+#define TOK_MIN_MODULUS 64          /* ... and from 512 bits */
+#define TOK_MAX_EXPONENT 512
+#define TOK_MAX_EC_PARAMS 512       /* an OID or a curve name, not explicit parameters */
+#define TOK_MAX_EC_POINT 512        /* P-521 uncompressed is 133, wrapped 136 */
+#define TOK_MAX_SPKI 4096           /* RSA-16384 is about 2100 */
+#define TOK_MAX_CERT (64 * 1024)
+#define TOK_MAX_LABEL 1024
+#define TOK_MAX_ID 256
+#define TOK_MAX_OBJECTS 65536       /* objects of one class on one token */
+
 typedef struct tok_module {
     CK_FUNCTION_LIST *f;
     CK_INFO info;
@@ -84,6 +97,8 @@ struct tok_ctx {
     tok_key_int_t *keys;
     size_t n_keys;
     bool debug;
+    tok_warn_fn_t warn;
+    void *warn_data;
 };
 
 /* status.c */
@@ -94,9 +109,14 @@ void tok_debug_print(const char *func, const char *fmt, ...) __attribute__((form
             tok_debug_print(__func__, __VA_ARGS__);                                                \
     } while (0)
 bool tok_debug_enabled_from_env(void);
+/* A line for the operator (ctx's warn callback) and the debug output.
+ * Hostile text in it must be escaped by the caller (text_escape). */
+void tok_warn(tok_ctx_t *ctx, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* *errmsg = malloc'd printf result, if errmsg is not NULL. Call once per failure. */
 void tok_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Copies a blank-padded CK string of n bytes, without the padding. malloc'd. */
+/* Copies a blank-padded CK string of n bytes (not NUL-terminated; a NUL
+ * ends it early), without the padding, as valid UTF-8 (bad bytes become
+ * U+FFFD). malloc'd; NULL only when out of memory. */
 char *tok_ck_string(const unsigned char *s, size_t n);
 bool tok_rv_is_removal(CK_RV rv);
 
@@ -142,6 +162,10 @@ typedef struct tok_pub {
     uint8_t *spki;
     size_t spki_len;
 } tok_pub_t;
+/* Each builds *ret (SPKI DER, type, bits, group) from attribute bytes as a
+ * module returned them; no module is needed (unit tests, fuzz targets).
+ * TOK_OK, TOK_ERR_ARGS for bytes that do not make a public key (garbage),
+ * TOK_ERR_NO_MEMORY, TOK_ERR_GENERAL. *ret is untouched on failure. */
 int tok_pub_from_rsa(const uint8_t *n, size_t n_len, const uint8_t *e, size_t e_len, tok_pub_t *ret);
 int tok_pub_from_ec(CK_KEY_TYPE kt, const uint8_t *params, size_t params_len, const uint8_t *point,
                     size_t point_len, tok_pub_t *ret);

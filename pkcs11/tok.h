@@ -118,6 +118,13 @@ typedef struct tok_key {
 int tok_ctx_new(const char *const *modules, size_t n_modules, tok_ctx_t **ret, char **errmsg);
 void tok_ctx_free(tok_ctx_t *ctx);
 
+/* Where the token layer tells the operator about a module's bad answers
+ * (an object skipped because an attribute is oversized or garbage): one
+ * line naming token and object, hostile text escaped. Without a callback
+ * these lines go to the debug output only. Set before tok_ctx_scan(). */
+typedef void (*tok_warn_fn_t)(void *data, const char *msg);
+void tok_ctx_set_warn(tok_ctx_t *ctx, tok_warn_fn_t fn, void *data);
+
 /*
  * (Re)discovers slots with tokens present and their keys. Private keys that
  * can sign are found directly when visible; before login, private objects are

@@ -9,13 +9,12 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
 #include "tok-internal.h"
-
-/* Largest attribute value we read (a certificate, an RSA modulus, ...). */
-#define MAX_ATTR_LEN (256 * 1024)
 
 typedef struct obj {
     CK_OBJECT_HANDLE h;
@@ -27,6 +26,7 @@ typedef struct obj {
     tok_pub_t pub;    /* spki NULL when not known from this object */
     uint8_t *cert;    /* certificates: the DER */
     size_t cert_len;
+    char bad[160];    /* why the module's answer for this object is garbage, or "" */
 } obj_t;
 
 typedef struct objs {
@@ -34,14 +34,12 @@ typedef struct objs {
     size_t n;
 } objs_t;
 
+static void obj_clear(obj_t *o);
+
 static void objs_clear(objs_t *o)
 {
-    for (size_t i = 0; i < o->n; i++) {
-        free(o->v[i].id);
-        free(o->v[i].label);
-        free(o->v[i].cert);
-        tok_pub_clear(&o->v[i].pub);
-    }
+    for (size_t i = 0; i < o->n; i++)
+        obj_clear(&o->v[i]);
     free(o->v);
     o->v = NULL;
     o->n = 0;
@@ -59,33 +57,70 @@ void tok_key_clear(tok_key_t *k)
     memset(k, 0, sizeof(*k));
 }
 
-/* Reads one attribute into a malloc'd buffer (NUL-terminated for
- * convenience). Absent, empty or unreadable: TOK_OK, *ret NULL. */
-static int get_attr(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
-                    uint8_t **ret, size_t *ret_len)
+static const char *attr_name(CK_ATTRIBUTE_TYPE type)
+{
+    switch (type) {
+    case CKA_ID: return "CKA_ID";
+    case CKA_LABEL: return "CKA_LABEL";
+    case CKA_VALUE: return "CKA_VALUE";
+    case CKA_MODULUS: return "CKA_MODULUS";
+    case CKA_PUBLIC_EXPONENT: return "CKA_PUBLIC_EXPONENT";
+    case CKA_EC_PARAMS: return "CKA_EC_PARAMS";
+    case CKA_EC_POINT: return "CKA_EC_POINT";
+    case CKA_PUBLIC_KEY_INFO: return "CKA_PUBLIC_KEY_INFO";
+    default: return "attribute";
+    }
+}
+
+/* Reads one attribute (the two-call pattern) into a malloc'd buffer of at
+ * most max bytes, NUL-terminated for convenience. Absent, empty, sensitive
+ * or unavailable: TOK_OK, *ret NULL. A length above max, or a second answer
+ * that does not fit the buffer of the first: TOK_OK, *ret NULL and o->bad
+ * says why (the caller skips the object). Other failures: a TOK_* code. */
+static int get_attr(tok_token_t *t, CK_SESSION_HANDLE s, obj_t *o, CK_ATTRIBUTE_TYPE type,
+                    size_t max, uint8_t **ret, size_t *ret_len)
 {
     CK_ATTRIBUTE a = { type, NULL, 0 };
     uint8_t *buf = NULL;
+    CK_ULONG size;
     CK_RV rv;
 
     *ret = NULL;
     *ret_len = 0;
-    rv = t->f->C_GetAttributeValue(s, o, &a, 1);
+    rv = t->f->C_GetAttributeValue(s, o->h, &a, 1);
     if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE)
         return TOK_OK;
     if (rv != CKR_OK)
         return tok_status_from_rv(rv);
-    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0 ||
-        a.ulValueLen > MAX_ATTR_LEN)
+    if (a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0)
         return TOK_OK;
-    buf = malloc(a.ulValueLen + 1);
+    if (a.ulValueLen > max) {
+        snprintf(o->bad, sizeof(o->bad), "%s is %lu bytes long (at most %zu expected)",
+                 attr_name(type), a.ulValueLen, max);
+        return TOK_OK;
+    }
+    size = a.ulValueLen;
+    buf = malloc(size + 1);
     if (buf == NULL)
         return TOK_ERR_NO_MEMORY;
     a.pValue = buf;
-    rv = t->f->C_GetAttributeValue(s, o, &a, 1);
-    if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION) {
+    rv = t->f->C_GetAttributeValue(s, o->h, &a, 1);
+    if (rv == CKR_OK && a.ulValueLen != CK_UNAVAILABLE_INFORMATION && a.ulValueLen > size) {
+        /* the module says it wrote more than the buffer holds */
+        snprintf(o->bad, sizeof(o->bad), "%s: %lu bytes returned into a %lu-byte buffer",
+                 attr_name(type), a.ulValueLen, size);
+        rv = CKR_OK;
+        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    } else if (rv == CKR_BUFFER_TOO_SMALL) {
+        snprintf(o->bad, sizeof(o->bad), "%s changed size between two reads", attr_name(type));
+        rv = CKR_OK;
+        a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+    }
+    if (rv != CKR_OK || a.ulValueLen == CK_UNAVAILABLE_INFORMATION || a.ulValueLen == 0) {
         free(buf);
-        return rv == CKR_OK ? TOK_OK : tok_status_from_rv(rv);
+        return rv == CKR_OK || rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_ATTRIBUTE_SENSITIVE
+                       ? TOK_OK
+                       : tok_status_from_rv(rv);
     }
     buf[a.ulValueLen] = '\0';
     *ret = buf;
@@ -143,6 +178,13 @@ static int find_objects(tok_token_t *t, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl,
         }
         if (got == 0)
             break;
+        if (got > cap - count || count + got > TOK_MAX_OBJECTS) {
+            /* more handles than room, or a search that never ends */
+            tok_warn(t->ctx, "token '%s': C_FindObjects returned %lu handles for %zu places "
+                     "(%zu so far): the module is faulty", t->label, got, cap - count, count);
+            r = TOK_ERR_DEVICE;
+            break;
+        }
         count += got;
     }
     t->f->C_FindObjectsFinal(s);
@@ -179,37 +221,60 @@ CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, con
     return h;
 }
 
+/* Builds o->pub from two attributes with fn; present but unusable values
+ * make the object garbage. */
+static int read_pub_pair(tok_token_t *t, CK_SESSION_HANDLE s, obj_t *o, CK_KEY_TYPE kt,
+                         CK_ATTRIBUTE_TYPE ta, size_t max_a, CK_ATTRIBUTE_TYPE tb, size_t max_b)
+{
+    uint8_t *a = NULL, *b = NULL;
+    size_t a_len, b_len;
+    int r, pr = TOK_OK;
+
+    r = get_attr(t, s, o, ta, max_a, &a, &a_len);
+    if (r == TOK_OK && o->bad[0] == '\0')
+        r = get_attr(t, s, o, tb, max_b, &b, &b_len);
+    if (r == TOK_OK && a != NULL && b != NULL) {
+        if (kt == CKK_RSA)
+            pr = tok_pub_from_rsa(a, a_len, b, b_len, &o->pub);
+        else
+            pr = tok_pub_from_ec(kt, a, a_len, b, b_len, &o->pub);
+        if (pr == TOK_ERR_NO_MEMORY)
+            r = pr;
+        else if (pr != TOK_OK)
+            snprintf(o->bad, sizeof(o->bad), "%s and %s do not make a public key",
+                     attr_name(ta), attr_name(tb));
+    }
+    free(a);
+    free(b);
+    return r;
+}
+
 /* Public data of a key object: RSA modulus+exponent, CKA_PUBLIC_KEY_INFO,
  * EC params+point (public keys only carry the point). */
 static int read_key_pub(tok_token_t *t, CK_SESSION_HANDLE s, obj_t *o)
 {
-    uint8_t *a = NULL, *b = NULL;
-    size_t a_len, b_len;
+    uint8_t *a = NULL;
+    size_t a_len;
     CK_KEY_TYPE kt = get_ulong(t, s, o->h, CKA_KEY_TYPE);
-    int r;
+    int r, pr;
 
-    if (kt == CKK_RSA) {
-        r = get_attr(t, s, o->h, CKA_MODULUS, &a, &a_len);
-        if (r == TOK_OK)
-            r = get_attr(t, s, o->h, CKA_PUBLIC_EXPONENT, &b, &b_len);
-        if (r == TOK_OK && a != NULL && b != NULL)
-            tok_pub_from_rsa(a, a_len, b, b_len, &o->pub);
-    } else if (kt == CKK_EC || kt == CKK_EC_EDWARDS) {
-        r = get_attr(t, s, o->h, CKA_EC_PARAMS, &a, &a_len);
-        if (r == TOK_OK)
-            r = get_attr(t, s, o->h, CKA_EC_POINT, &b, &b_len);
-        if (r == TOK_OK && a != NULL && b != NULL)
-            tok_pub_from_ec(kt, a, a_len, b, b_len, &o->pub);
-    } else {
+    if (kt == CKK_RSA)
+        r = read_pub_pair(t, s, o, kt, CKA_MODULUS, TOK_MAX_MODULUS, CKA_PUBLIC_EXPONENT,
+                          TOK_MAX_EXPONENT);
+    else if (kt == CKK_EC || kt == CKK_EC_EDWARDS)
+        r = read_pub_pair(t, s, o, kt, CKA_EC_PARAMS, TOK_MAX_EC_PARAMS, CKA_EC_POINT,
+                          TOK_MAX_EC_POINT);
+    else
         return TOK_OK; /* not a key type we sign with */
-    }
-    free(a);
-    free(b);
-    a = b = NULL;
-    if (r == TOK_OK && o->pub.spki == NULL) {
-        r = get_attr(t, s, o->h, CKA_PUBLIC_KEY_INFO, &a, &a_len);
-        if (r == TOK_OK && a != NULL)
-            tok_pub_from_spki(a, a_len, &o->pub);
+    if (r == TOK_OK && o->pub.spki == NULL && o->bad[0] == '\0') {
+        r = get_attr(t, s, o, CKA_PUBLIC_KEY_INFO, TOK_MAX_SPKI, &a, &a_len);
+        if (r == TOK_OK && a != NULL) {
+            pr = tok_pub_from_spki(a, a_len, &o->pub);
+            if (pr == TOK_ERR_NO_MEMORY)
+                r = pr;
+            else if (pr != TOK_OK)
+                snprintf(o->bad, sizeof(o->bad), "CKA_PUBLIC_KEY_INFO is not a public key");
+        }
         free(a);
     }
     return r;
@@ -221,18 +286,28 @@ static int read_obj(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, ob
     size_t len;
     int r;
 
-    r = get_attr(t, s, o->h, CKA_ID, &o->id, &o->id_len);
+    r = get_attr(t, s, o, CKA_ID, TOK_MAX_ID, &o->id, &o->id_len);
     if (r == TOK_OK)
-        r = get_attr(t, s, o->h, CKA_LABEL, &label, &len);
+        r = get_attr(t, s, o, CKA_LABEL, TOK_MAX_LABEL, &label, &len);
     if (r != TOK_OK)
         return r;
-    o->label = label != NULL ? (char *)label : strdup("");
+    /* the label is the module's text: valid UTF-8 from here on */
+    o->label = text_dbus_safe(label != NULL ? (const char *)label : "", 3 * TOK_MAX_LABEL + 4);
+    free(label);
     if (o->label == NULL)
         return TOK_ERR_NO_MEMORY;
+    if (o->bad[0] != '\0')
+        return TOK_OK;
     if (cls == CKO_CERTIFICATE) {
-        r = get_attr(t, s, o->h, CKA_VALUE, &o->cert, &o->cert_len);
-        if (r == TOK_OK && o->cert != NULL)
-            tok_pub_from_cert(o->cert, o->cert_len, &o->pub);
+        r = get_attr(t, s, o, CKA_VALUE, TOK_MAX_CERT, &o->cert, &o->cert_len);
+        if (r == TOK_OK && o->cert != NULL) {
+            int pr = tok_pub_from_cert(o->cert, o->cert_len, &o->pub);
+
+            if (pr == TOK_ERR_NO_MEMORY)
+                r = pr;
+            else if (pr != TOK_OK)
+                snprintf(o->bad, sizeof(o->bad), "CKA_VALUE is not an X.509 certificate");
+        }
         return r;
     }
     if (cls == CKO_PRIVATE_KEY) {
@@ -240,6 +315,32 @@ static int read_obj(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, ob
         o->always_auth = get_bool(t, s, o->h, CKA_ALWAYS_AUTHENTICATE);
     }
     return read_key_pub(t, s, o);
+}
+
+static void obj_clear(obj_t *o)
+{
+    free(o->id);
+    free(o->label);
+    free(o->cert);
+    tok_pub_clear(&o->pub);
+    memset(o, 0, sizeof(*o));
+}
+
+/* An object whose module answers are garbage: warned about, then dropped. */
+static void skip_obj(tok_token_t *t, CK_OBJECT_CLASS cls, obj_t *o)
+{
+    char label[200], id[2 * 16 + 4] = "";
+
+    text_escape(label, sizeof(label), o->label ? o->label : "", o->label ? strlen(o->label) : 0);
+    for (size_t i = 0; i < o->id_len && i < 16; i++)
+        snprintf(id + 2 * i, sizeof(id) - 2 * i, "%02x", o->id[i]);
+    if (o->id_len > 16)
+        strcat(id, "...");
+    tok_warn(t->ctx, "token '%s': %s object '%s' (id %s, handle %lu) skipped: %s", t->label,
+             cls == CKO_PRIVATE_KEY ? "private key" : cls == CKO_PUBLIC_KEY ? "public key"
+                                                                           : "certificate",
+             label, id[0] ? id : "none", o->h, o->bad);
+    obj_clear(o);
 }
 
 static int load_objs(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, objs_t *ret)
@@ -271,6 +372,10 @@ static int load_objs(tok_token_t *t, CK_SESSION_HANDLE s, CK_OBJECT_CLASS cls, o
 
         o->h = hs[i];
         r = read_obj(t, s, cls, o);
+        if (r == TOK_OK && o->bad[0] != '\0') {
+            skip_obj(t, cls, o);
+            ret->n--;
+        }
     }
 out:
     free(hs);
@@ -456,10 +561,13 @@ static unsigned read_mechs(tok_token_t *t)
     CK_ULONG n = 0;
     unsigned bits = 0;
 
+    CK_ULONG have;
+
     if (t->f->C_GetMechanismList(t->slot, NULL, &n) != CKR_OK || n == 0 || n > 65536)
         return 0;
     list = calloc(n, sizeof(*list));
-    if (list == NULL || t->f->C_GetMechanismList(t->slot, list, &n) != CKR_OK)
+    have = n;
+    if (list == NULL || t->f->C_GetMechanismList(t->slot, list, &n) != CKR_OK || n > have)
         goto out;
     for (CK_ULONG i = 0; i < n; i++)
         for (size_t j = 0; j < sizeof(map) / sizeof(map[0]); j++)
@@ -628,12 +736,19 @@ static CK_RV present_slots(tok_module_t *m, CK_SLOT_ID **ret, CK_ULONG *ret_n)
     CK_ULONG ns = 0;
     CK_RV rv;
 
+    CK_ULONG have;
+
     rv = m->f->C_GetSlotList(CK_TRUE, NULL, &ns);
+    if (rv == CKR_OK && ns > 4096)
+        rv = CKR_GENERAL_ERROR; /* not a real reader count: a lie */
     if (rv == CKR_OK && ns > 0) {
         slots = calloc(ns, sizeof(*slots));
         if (slots == NULL)
             return CKR_HOST_MEMORY;
+        have = ns;
         rv = m->f->C_GetSlotList(CK_TRUE, slots, &ns);
+        if (rv == CKR_OK && ns > have)
+            rv = CKR_GENERAL_ERROR; /* more slots than places */
     }
     if (rv != CKR_OK) {
         free(slots);

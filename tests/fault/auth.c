@@ -175,6 +175,7 @@ static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE hSession, CK_OBJECT_HANDLE 
     if (rv != CKR_OK)
         goto out;
     rv = flt.real->C_GetAttributeValue(c.real, hObject, pTemplate, ulCount);
+    rv = flt_lie_attributes(c.real, hObject, pTemplate, ulCount, rv);
     if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_ATTRIBUTE_SENSITIVE &&
         rv != CKR_BUFFER_TOO_SMALL)
         goto out;
@@ -292,6 +293,8 @@ static CK_RV w_C_Sign(CK_SESSION_HANDLE hSession, CK_BYTE_PTR pData, CK_ULONG ul
     rv = sign_gate(&c, rv, query, pData, ulDataLen, true);
     if (rv == CKR_OK)
         rv = flt.real->C_Sign(c.real, pData, ulDataLen, pSignature, pulSignatureLen);
+    if (rv == CKR_OK && !query)
+        flt_lie_sig_len(pulSignatureLen); /* `lie sig-len N` */
     sign_done(&c, rv, query, true);
     return call_end(&c, rv);
 }

@@ -45,6 +45,9 @@
  *   reset                        defaults: every slot inserted, no pad, no
  *                                faults, no delays (counters stay)
  *   reset-counters               call counters back to 0
+ *   lie ...                      answers no honest module gives (lie.c):
+ *                                sig-len N, huge|grow|garbage ATTR [LABEL...],
+ *                                token-label SLOT [off], ATTR off, off
  *   sync WORD                    echoed in the state file as `sync WORD`
  *
  * A bad line is skipped and counted (state: control.errors, control.last-error).
@@ -399,6 +402,24 @@ static void cmd_delay_locked(const line_t *l)
         s->delay_ms[fn] = ms;
 }
 
+static void cmd_lie_locked(const line_t *l)
+{
+    char err[200];
+    flt_slot_t *s;
+
+    if (l->n >= 2 && strcmp(l->w[1], "token-label") == 0) {
+        if (l->n < 3 || l->n > 4 || (l->n == 4 && strcmp(l->w[3], "off") != 0)) {
+            line_error_locked(l, "usage: lie token-label SLOT [off]");
+            return;
+        }
+        if ((s = slot_arg_locked(l, l->w[2])) != NULL)
+            s->lie_label = l->n == 3;
+        return;
+    }
+    if (!flt_lie_cmd_locked(l->n, l->w, err, sizeof(err)))
+        line_error_locked(l, "%s", err);
+}
+
 static void cmd_sync_locked(const line_t *l)
 {
     if (l->n != 2) {
@@ -434,6 +455,7 @@ void flt_config_reset_locked(void)
     cmd_always_auth_locked(&none);
     set_user_pin_locked(NULL);
     flt.max_login_failures = 0;
+    flt_lie_reset_locked();
 }
 
 static void apply_line_locked(line_t *l)
@@ -452,6 +474,7 @@ static void apply_line_locked(line_t *l)
         { "unlock", cmd_unlock_locked },
         { "fail", cmd_fail_locked },
         { "delay", cmd_delay_locked },
+        { "lie", cmd_lie_locked },
         { "sync", cmd_sync_locked },
     };
 

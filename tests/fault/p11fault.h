@@ -65,6 +65,7 @@ typedef struct flt_slot {
     CK_FLAGS forced_flags;   /* CKF_USER_PIN_* ORed into the token info */
     unsigned long login_failures; /* consecutive wrong user PINs */
     long delay_ms[FLT_FN_COUNT];  /* per-slot delay; -1: the global one */
+    bool lie_label;          /* token label: invalid UTF-8, no padding (lie.c) */
 } flt_slot_t;
 
 /* A session handed out by us. Our handles are never reused; flt maps them
@@ -124,6 +125,9 @@ typedef struct flt {
     char *user_pin;                /* configured: `user-pin`, `max-login-failures ... pin` */
     unsigned long max_login_failures; /* 0: never lock */
     char *learned_pin;             /* from the last successful user login */
+    CK_ULONG lie_sig_len;          /* `lie sig-len N`; 0: off (lie.c) */
+    struct flt_lie *lies;          /* `lie huge|grow|garbage ATTR [LABEL...]` */
+    size_t n_lies;
 
     /* sessions [mu] */
     flt_session_t *buckets[FLT_BUCKETS];
@@ -145,6 +149,18 @@ void flt_slot_remove_locked(flt_slot_t *s);
 void flt_slot_insert_locked(flt_slot_t *s);
 bool flt_slot_locked_out_locked(const flt_slot_t *s);
 void flt_free_pin(char *pin);
+
+/* lie.c: answers a real module would never give. `lie ...` control lines
+ * (words w[0..n), w[0] "lie"); false with a message in err on a bad line. */
+bool flt_lie_cmd_locked(size_t n, char *const *w, char *err, size_t err_size);
+void flt_lie_reset_locked(void);
+/* After the real C_GetAttributeValue: applies attribute lies (rv updated). */
+CK_RV flt_lie_attributes(CK_SESSION_HANDLE real, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+                         CK_ULONG n, CK_RV rv);
+/* After a successful real C_Sign into a buffer: the claimed length. */
+void flt_lie_sig_len(CK_ULONG_PTR len);
+/* After the real C_GetTokenInfo. [mu] */
+void flt_lie_token_info_locked(const flt_slot_t *s, CK_TOKEN_INFO_PTR info);
 
 /* control.c */
 bool flt_control_check_locked(void);

@@ -188,6 +188,7 @@ static CK_RV w_C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
             pInfo->flags |= CKF_USER_PIN_FINAL_TRY | CKF_USER_PIN_COUNT_LOW;
         else if (flt.max_login_failures > 0 && s->login_failures > 0)
             pInfo->flags |= CKF_USER_PIN_COUNT_LOW;
+        flt_lie_token_info_locked(s, pInfo);
     }
     pthread_mutex_unlock(&flt.mu);
 out:

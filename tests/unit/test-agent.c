@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
-/* Unit tests of agent/: PIN sources, error mapping, the main loop. */
+/* Unit tests of agent/: PIN sources, error mapping, the main loop, pinentry answers. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -678,6 +679,62 @@ static void test_agent_policy_lock_unlock_owner_root_and_setting(void **state)
     agent_conf_clear(&a.conf);
 }
 
+/* Runs agent_prompt_pin against a scripted pinentry whose GETPIN answer is
+ * the D line(s) `data`; returns its status, the PIN in *pin. */
+static int prompt_with(const char *data, agent_secret_t *pin, char **err)
+{
+    char *script = NULL, *path;
+    agent_t a;
+    agent_prompt_t p = {.token_label = "tok"};
+    int r;
+
+    assert_true(asprintf(&script,
+                         "#!/bin/sh\necho 'OK hello'\nwhile read -r l; do case $l in\n"
+                         "GETPIN) printf '%%s\\n' %s; echo OK;;\n"
+                         "BYE) echo OK; exit 0;;\n*) echo OK;;\nesac; done\n",
+                         data) > 0);
+    path = write_file("pinentry.sh", script, strlen(script), 0700);
+    memset(&a, 0, sizeof(a));
+    pthread_mutex_init(&a.prompter_lock, NULL);
+    a.pinentry = path;
+    *err = NULL;
+    r = agent_prompt_pin(&a, &p, pin, err);
+    pthread_mutex_destroy(&a.prompter_lock);
+    free(path);
+    free(script);
+    return r;
+}
+
+static void test_agent_prompt_percent_decoding(void **state)
+{
+    agent_secret_t pin = {0};
+    char *err = NULL;
+    char long_pin[400];
+
+    /* escapes decode; two D lines join */
+    assert_int_equal(prompt_with("'D 12%2534%41' 'D b'", &pin, &err), 0);
+    assert_int_equal(pin.len, 7);
+    assert_string_equal(pin.buf, "12%34Ab");
+    agent_secret_free(&pin);
+    free(err);
+    /* a bad escape or an escaped NUL is refused, never a NUL inside the PIN */
+    const char *bad[] = { "'D 12%zz34'", "'D 1234%4'", "'D 12%0034'", "'D ok' 'D %g1'" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(prompt_with(bad[i], &pin, &err), -EPROTO);
+        assert_null(pin.buf);
+        assert_non_null(err);
+        assert_non_null(strstr(err, "malformed PIN"));
+        free(err);
+    }
+    /* too long: refused, not cut */
+    memcpy(long_pin, "'D ", 3);
+    memset(long_pin + 3, '7', 300);
+    memcpy(long_pin + 303, "'", 2);
+    assert_int_equal(prompt_with(long_pin, &pin, &err), -E2BIG);
+    assert_null(pin.buf);
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -701,6 +758,7 @@ int main(void)
         cmocka_unit_test(test_agent_limits_room_per_user),
         cmocka_unit_test(test_agent_limits_room_max_clients),
         cmocka_unit_test(test_agent_conf_connection_limits),
+        cmocka_unit_test(test_agent_prompt_percent_decoding),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

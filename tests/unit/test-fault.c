@@ -4,7 +4,10 @@
  * plain forwarding, card removal and re-insertion, slot events (polled,
  * blocking, woken by C_Finalize), PIN pad, always-authenticate keys, PIN
  * flags and lock-out, injected errors, delays, the state file, the control
- * file's append/rewrite rules, p11fault-ctl and pkcs11-tool.
+ * file's append/rewrite rules, p11fault-ctl and pkcs11-tool; and the lies
+ * (oversized signature lengths, huge, growing and garbage attributes, a
+ * token label of invalid UTF-8) against the token layer (pkcs11/), which
+ * must answer each with a clean TOK_* error or a skipped key.
  *
  * Environment (tests/fault/meson.build): SOFTHSM_MODULE, P11FAULT_SO,
  * P11FAULT_CTL. Each case starts from a rewritten (reset) control file.
@@ -30,8 +33,12 @@
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/param_build.h>
+#include <openssl/x509.h>
 
 #include <p11-kit/pkcs11.h>
+
+#include "text.h"
+#include "tok.h"
 
 #define SO_PIN "so-pin-4321"
 #define USER_PIN "user-1234"
@@ -1070,6 +1077,307 @@ static void test_fault_threads(void **state)
     assert_int_equal(fx.f->C_CloseSession(s), CKR_OK);
 }
 
+/* ---------------------------------------------------- lies (pkcs11/) */
+
+/* Warnings of the token layer during a case. */
+static char warnings[4096];
+
+static void collect_warning(void *data, const char *msg)
+{
+    size_t n = strlen(warnings);
+
+    snprintf(warnings + n, sizeof(warnings) - n, "%s\n", msg);
+}
+
+/* A token layer context on p11fault (the module is already initialised by
+ * this process: p11-kit takes CKR_CRYPTOKI_ALREADY_INITIALIZED as success
+ * and does not finalise it). Scanned, warnings collected. */
+static tok_ctx_t *tok_open(void)
+{
+    const char *mods[] = { fx.p11fault };
+    tok_ctx_t *ctx = NULL;
+    char *err = NULL;
+
+    if (tok_ctx_new(mods, 1, &ctx, &err) != TOK_OK)
+        fail_msg("tok_ctx_new: %s", err ? err : "?");
+    tok_ctx_set_warn(ctx, collect_warning, NULL);
+    warnings[0] = '\0';
+    assert_int_equal(tok_ctx_scan(ctx), TOK_OK);
+    return ctx;
+}
+
+static void tok_rescan(tok_ctx_t *ctx)
+{
+    warnings[0] = '\0';
+    assert_int_equal(tok_ctx_scan(ctx), TOK_OK);
+}
+
+static const tok_key_t *tok_key(tok_ctx_t *ctx, const char *label)
+{
+    for (size_t i = 0; i < tok_ctx_n_keys(ctx); i++)
+        if (strcmp(tok_ctx_key(ctx, i)->label, label) == 0)
+            return tok_ctx_key(ctx, i);
+    return NULL;
+}
+
+static void tok_login(tok_ctx_t *ctx)
+{
+    assert_int_equal(tok_ctx_n_tokens(ctx), 1);
+    assert_int_equal(tok_token_login(tok_ctx_token(ctx, 0), USER_PIN, strlen(USER_PIN)), TOK_OK);
+}
+
+/* Signs a SHA-256 digest with the key; verifies a good signature with the
+ * key's SPKI. Returns the tok_sign status, *err its message. */
+static int tok_sign_checked(const tok_key_t *k, char **err)
+{
+    tok_sign_params_t p = { .alg = k->type == TOK_KEY_RSA ? TOK_SIG_RSA_PKCS1 : TOK_SIG_ECDSA,
+                            .hash = TOK_HASH_SHA256 };
+    uint8_t dgst[32], *sig = NULL;
+    size_t sig_len = 0;
+    const unsigned char *sp = k->spki;
+    EVP_PKEY *pk = d2i_PUBKEY(NULL, &sp, (long)k->spki_len);
+    EVP_PKEY_CTX *pctx;
+    int r;
+
+    assert_non_null(pk);
+    assert_int_equal(EVP_Digest(msg, sizeof(msg), dgst, NULL, EVP_sha256(), NULL), 1);
+    *err = NULL;
+    r = tok_sign(k, &p, dgst, sizeof(dgst), &sig, &sig_len, err);
+    if (r == TOK_OK) {
+        pctx = EVP_PKEY_CTX_new(pk, NULL);
+        assert_int_equal(EVP_PKEY_verify_init(pctx), 1);
+        if (k->type == TOK_KEY_RSA)
+            assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING), 1);
+        assert_int_equal(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha256()), 1);
+        assert_int_equal(EVP_PKEY_verify(pctx, sig, sig_len, dgst, sizeof(dgst)), 1);
+        EVP_PKEY_CTX_free(pctx);
+    } else {
+        assert_null(sig);
+    }
+    free(sig);
+    EVP_PKEY_free(pk);
+    return r;
+}
+
+static void test_fault_lie_sig_len(void **state)
+{
+    tok_ctx_t *ctx = tok_open();
+    const char *labels[] = { "rsa2048", "p256" };
+    const char *lens[] = { "100000", "4096", "200", "1" };
+    char *err = NULL;
+
+    tok_login(ctx);
+    for (size_t i = 0; i < 2; i++) {
+        const tok_key_t *k = tok_key(ctx, labels[i]);
+
+        assert_non_null(k);
+        assert_int_equal(tok_sign_checked(k, &err), TOK_OK);
+        free(err);
+        /* more than the buffer, or not what the key makes: a device error
+         * that names the length, never the bytes behind the buffer */
+        for (size_t j = 0; j < sizeof(lens) / sizeof(lens[0]); j++) {
+            ctl("lie sig-len %s", lens[j]);
+            assert_int_equal(tok_sign_checked(k, &err), TOK_ERR_DEVICE);
+            assert_non_null(err);
+            if (strstr(err, lens[j]) == NULL || strstr(err, k->uri) == NULL)
+                fail_msg("message does not name the length and key: %s", err);
+            free(err);
+        }
+        ctl("lie sig-len off");
+        assert_int_equal(tok_sign_checked(k, &err), TOK_OK);
+        free(err);
+    }
+    tok_ctx_free(ctx);
+}
+
+/* A certificate for the token's p256 key (CKA_ID 2), from a throwaway CA. */
+static CK_OBJECT_HANDLE add_cert(CK_SESSION_HANDLE s)
+{
+    uint8_t point[100], id = 2;
+    CK_ATTRIBUTE a = { CKA_EC_POINT, point, sizeof(point) };
+    CK_OBJECT_HANDLE pub = find(s, CKO_PUBLIC_KEY, "p256"), h;
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE ct = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    OSSL_PARAM params[3];
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    EVP_PKEY *ca = EVP_EC_gen("prime256v1"), *pk = NULL;
+    X509 *x = X509_new();
+    unsigned char *der = NULL, *subj = NULL;
+    int der_len, subj_len;
+
+    assert_non_null(ca);
+    assert_int_equal(fx.f->C_GetAttributeValue(s, pub, &a, 1), CKR_OK);
+    assert_int_equal(point[0], 0x04); /* OCTET STRING around the point */
+    params[0] = OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, "prime256v1", 0);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, point + 2, point[1]);
+    params[2] = OSSL_PARAM_construct_end();
+    assert_int_equal(EVP_PKEY_fromdata_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_fromdata(pctx, &pk, EVP_PKEY_PUBLIC_KEY, params), 1);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"p256", -1, -1, 0);
+    X509_NAME_add_entry_by_txt(X509_get_issuer_name(x), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"test CA", -1, -1, 0);
+    X509_gmtime_adj(X509_getm_notBefore(x), 0);
+    X509_gmtime_adj(X509_getm_notAfter(x), 3600);
+    assert_int_equal(X509_set_pubkey(x, pk), 1);
+    assert_true(X509_sign(x, ca, EVP_sha256()) > 0);
+    der_len = i2d_X509(x, &der);
+    assert_true(der_len > 0);
+    subj_len = i2d_X509_NAME(X509_get_subject_name(x), &subj);
+    assert_true(subj_len > 0);
+    {
+        CK_ATTRIBUTE t[] = {
+            { CKA_CLASS, &cls, sizeof(cls) },   { CKA_CERTIFICATE_TYPE, &ct, sizeof(ct) },
+            { CKA_TOKEN, &yes, sizeof(yes) },   { CKA_ID, &id, 1 },
+            { CKA_LABEL, "p256-cert", 9 },      { CKA_VALUE, der, (CK_ULONG)der_len },
+            { CKA_SUBJECT, subj, (CK_ULONG)subj_len },
+        };
+
+        assert_int_equal(fx.f->C_CreateObject(s, t, 7, &h), CKR_OK);
+    }
+    OPENSSL_free(der);
+    OPENSSL_free(subj);
+    X509_free(x);
+    EVP_PKEY_free(pk);
+    EVP_PKEY_free(ca);
+    EVP_PKEY_CTX_free(pctx);
+    return h;
+}
+
+/* Expects the scan to skip the lying object with a warning naming the
+ * token, the object and the attribute. Its key is then either gone or
+ * listed with its true public key from another object (never with the
+ * lie); a lie about the certificate leaves the key without one. */
+static void expect_skipped(tok_ctx_t *ctx, const char *lie, const char *label, const char *attr,
+                           const char *why, bool cert_lie)
+{
+    const tok_key_t *k = tok_key(ctx, label);
+    uint8_t spki[1024];
+    size_t spki_len;
+
+    assert_non_null(k);
+    assert_true(k->spki_len <= sizeof(spki));
+    memcpy(spki, k->spki, k->spki_len);
+    spki_len = k->spki_len;
+    ctl("%s", lie);
+    tok_rescan(ctx);
+    k = tok_key(ctx, label);
+    if (cert_lie)
+        assert_non_null(k);
+    if (k != NULL) {
+        assert_int_equal(k->spki_len, spki_len);
+        assert_memory_equal(k->spki, spki, spki_len);
+        if (cert_lie)
+            assert_null(k->cert);
+    }
+    if (strstr(warnings, "token 'p11agent-test'") == NULL || strstr(warnings, attr) == NULL ||
+        strstr(warnings, "skipped") == NULL || strstr(warnings, why) == NULL)
+        fail_msg("'%s': warnings do not name token, object, %s and '%s':\n%s", lie, attr, why,
+                 warnings);
+    /* the other keys are untouched */
+    assert_non_null(tok_key(ctx, strcmp(label, "rsa2048") == 0 ? "p256" : "rsa2048"));
+    ctl("lie off");
+    tok_rescan(ctx);
+    assert_non_null(tok_key(ctx, label));
+    assert_string_equal(warnings, "");
+}
+
+static void test_fault_lie_attributes(void **state)
+{
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE cert;
+    tok_ctx_t *ctx;
+    const tok_key_t *k;
+    char *err = NULL;
+
+    assert_int_equal(fx.f->C_OpenSession(fx.slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
+                                         &s),
+                     CKR_OK);
+    assert_int_equal(login(s, CKU_USER, USER_PIN), CKR_OK);
+    cert = add_cert(s);
+    ctx = tok_open();
+    tok_login(ctx);
+    tok_rescan(ctx);
+    assert_string_equal(warnings, "");
+    assert_non_null((k = tok_key(ctx, "p256")));
+    assert_non_null(k->cert);
+
+    /* a length no honest module gives: nothing that size is allocated */
+    expect_skipped(ctx, "lie huge CKA_EC_POINT p256", "p256", "CKA_EC_POINT", "bytes long", false);
+    expect_skipped(ctx, "lie huge CKA_MODULUS", "rsa2048", "CKA_MODULUS", "bytes long", false);
+    expect_skipped(ctx, "lie huge CKA_LABEL rsa2048", "rsa2048", "CKA_LABEL", "bytes long", false);
+    expect_skipped(ctx, "lie huge CKA_ID p256", "p256", "CKA_ID", "bytes long", false);
+    expect_skipped(ctx, "lie huge CKA_VALUE p256-cert", "p256", "CKA_VALUE", "bytes long", true);
+    /* a second answer longer than the buffer of the first */
+    expect_skipped(ctx, "lie grow CKA_MODULUS rsa2048", "rsa2048",
+                   "CKA_MODULUS", "returned into", false);
+    expect_skipped(ctx, "lie grow CKA_EC_POINT", "p256", "CKA_EC_POINT", "returned into", false);
+    expect_skipped(ctx, "lie grow CKA_VALUE", "p256", "CKA_VALUE", "returned into", true);
+    /* garbage bytes */
+    expect_skipped(ctx, "lie garbage CKA_EC_POINT p256", "p256",
+                   "CKA_EC_POINT", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_EC_PARAMS", "p256",
+                   "CKA_EC_PARAMS", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_MODULUS", "rsa2048",
+                   "CKA_MODULUS", "do not make a public key", false);
+    expect_skipped(ctx, "lie garbage CKA_VALUE p256-cert", "p256",
+                   "CKA_VALUE", "not an X.509", true);
+
+    /* after the lies, the keys sign and verify */
+    assert_non_null((k = tok_key(ctx, "p256")));
+    assert_non_null(k->cert);
+    assert_int_equal(tok_sign_checked(k, &err), TOK_OK);
+    free(err);
+    assert_int_equal(tok_sign_checked(tok_key(ctx, "rsa2048"), &err), TOK_OK);
+    free(err);
+    tok_ctx_free(ctx);
+    assert_int_equal(fx.f->C_DestroyObject(s, cert), CKR_OK);
+    assert_int_equal(fx.f->C_CloseSession(s), CKR_OK);
+}
+
+static void test_fault_lie_token_label(void **state)
+{
+    CK_TOKEN_INFO ti;
+    tok_ctx_t *ctx;
+    const char *label;
+    char *err = NULL;
+
+    ctl("lie token-label token=%s", TOKEN_LABEL);
+    /* the lie itself: 32 bytes, no blank, not UTF-8 */
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    assert_int_not_equal(ti.label[31], ' ');
+    assert_false(text_utf8_valid((const char *)ti.label, sizeof(ti.label)));
+    ctx = tok_open();
+    assert_int_equal(tok_ctx_n_tokens(ctx), 1);
+    label = tok_token_label(tok_ctx_token(ctx, 0));
+    assert_true(text_utf8_valid(label, strlen(label)));
+    assert_non_null(strstr(label, "liar"));
+    assert_true(text_utf8_valid(tok_token_uri(tok_ctx_token(ctx, 0)),
+                                strlen(tok_token_uri(tok_ctx_token(ctx, 0)))));
+    /* the keys are there and sign */
+    tok_login(ctx);
+    tok_rescan(ctx);
+    assert_non_null(tok_key(ctx, "p256"));
+    assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+    free(err);
+    tok_ctx_free(ctx);
+    ctl("lie token-label %lu off", fx.slot);
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    assert_memory_equal(ti.label, TOKEN_LABEL, strlen(TOKEN_LABEL));
+}
+
+static void test_fault_lie_bad_lines(void **state)
+{
+    long errors = state_num("control.errors");
+
+    ctl("lie huge CKA_NOTHING");
+    ctl("lie sig-len -5");
+    ctl("lie frobnicate CKA_LABEL");
+    ctl("lie token-label");
+    assert_int_equal(state_num("control.errors"), errors + 4);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1089,6 +1397,10 @@ int main(void)
         T(test_fault_ctl_tool),
         T(test_fault_pkcs11_tool),
         T(test_fault_threads),
+        T(test_fault_lie_sig_len),
+        T(test_fault_lie_attributes),
+        T(test_fault_lie_token_label),
+        T(test_fault_lie_bad_lines),
         T(test_fault_finalize_wakes_waiter),
 #undef T
     };
