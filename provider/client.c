@@ -295,9 +295,14 @@ static bool client_release(prov_client_t *c, DBusConnection *used, int r, bool f
 
 typedef int (*client_op_fn)(DBusConnection *conn, void *arg, char **errmsg);
 
+/* Runs op on a pooled connection. errno is left as the caller had it:
+ * socket and libdbus calls set it on their way (ENOENT with no agent,
+ * EAGAIN after a non-blocking read), and applications that look at errno
+ * after an OpenSSL failure (Python's ssl raises FileNotFoundError or
+ * BlockingIOError then) must see the OpenSSL error instead. */
 static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errmsg)
 {
-    int r = BUS_ERR_NOT_RUNNING;
+    int r = BUS_ERR_NOT_RUNNING, saved_errno = errno;
 
     for (int attempt = 0;; attempt++) {
         DBusConnection *conn = NULL;
@@ -330,6 +335,7 @@ static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errm
             free(msg);
         break;
     }
+    errno = saved_errno;
     return r;
 }
 
