@@ -15,14 +15,16 @@
 void agent_emit_signal(agent_t *a, const char *name, const char *arg1, const char *arg2)
 {
     DBusMessage *sig;
+    DBusMessageIter it;
 
     if (!a->session_bus)
         return;
     sig = dbus_message_new_signal(BUS_PATH, BUS_IFACE, name);
     if (!sig)
         return;
-    if ((arg1 && !dbus_message_append_args(sig, DBUS_TYPE_STRING, &arg1, DBUS_TYPE_INVALID)) ||
-        (arg2 && !dbus_message_append_args(sig, DBUS_TYPE_STRING, &arg2, DBUS_TYPE_INVALID))) {
+    /* token labels come from the module: any bytes, made valid UTF-8 */
+    dbus_message_iter_init_append(sig, &it);
+    if ((arg1 && !bus_append_string(&it, arg1)) || (arg2 && !bus_append_string(&it, arg2))) {
         dbus_message_unref(sig);
         return;
     }

@@ -67,6 +67,9 @@ void agent_prompter_unregister(agent_t *a, const char *name)
     pthread_mutex_unlock(&a->prompter_lock);
 }
 
+/* String values (labels from the module, the client's path, a description
+ * that may have been cut inside a character) go through bus_append_string:
+ * libdbus aborts the agent on invalid UTF-8. */
 static dbus_bool_t dict_add(DBusMessageIter *dict, const char *key, int type, const void *val)
 {
     DBusMessageIter e, v;
@@ -75,7 +78,8 @@ static dbus_bool_t dict_add(DBusMessageIter *dict, const char *key, int type, co
     return dbus_message_iter_open_container(dict, DBUS_TYPE_DICT_ENTRY, NULL, &e) &&
            dbus_message_iter_append_basic(&e, DBUS_TYPE_STRING, &key) &&
            dbus_message_iter_open_container(&e, DBUS_TYPE_VARIANT, sig, &v) &&
-           dbus_message_iter_append_basic(&v, type, val) &&
+           (type == DBUS_TYPE_STRING ? bus_append_string(&v, *(const char *const *)val)
+                                     : dbus_message_iter_append_basic(&v, type, val)) &&
            dbus_message_iter_close_container(&e, &v) &&
            dbus_message_iter_close_container(dict, &e);
 }

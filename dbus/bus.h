@@ -128,6 +128,11 @@ typedef struct bus_sign_params {
 
 /* Appends an `ay`. FALSE means out of memory. */
 dbus_bool_t bus_append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n);
+/* Appends an `s` that may hold any bytes (a label from a PKCS#11 module, a
+ * client's path): valid UTF-8 goes as is, anything else as a copy with each
+ * bad byte replaced by U+FFFD (libdbus aborts the process on invalid UTF-8).
+ * NULL counts as "". FALSE means out of memory. */
+dbus_bool_t bus_append_string(DBusMessageIter *it, const char *s);
 
 /* Appends an array of key records to msg. BUS_OK or BUS_ERR_NO_MEMORY. */
 int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n);

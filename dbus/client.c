@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "bus.h"
+#include "text.h"
 
 static void set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -153,6 +154,19 @@ static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMess
     return r;
 }
 
+/* A URI that is not UTF-8 names no key or token; libdbus would abort the
+ * whole program if it went into a message, so it is refused here. */
+static bool uri_ok(const char *uri, char **errmsg)
+{
+    char shown[256];
+
+    if (text_utf8_valid(uri, strlen(uri)))
+        return true;
+    text_escape(shown, sizeof(shown), uri, strlen(uri));
+    set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI: it is not UTF-8", shown);
+    return false;
+}
+
 static DBusMessage *new_call(const char *method)
 {
     return dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, method);
@@ -197,6 +211,8 @@ int bus_client_find_keys(DBusConnection *conn, const char *uri, int timeout_ms,
         set_errmsg(errmsg, "no key URI given");
         return BUS_ERR_INVALID_ARGS;
     }
+    if (!uri_ok(uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
     return keys_call(conn, uri, timeout_ms, ret_keys, ret_n, errmsg);
 }
 
@@ -244,9 +260,12 @@ int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params
                     const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
                     size_t *ret_sig_len, char **errmsg)
 {
-    DBusMessage *msg = bus_new_sign_call(uri, p, data, len);
+    DBusMessage *msg;
     int r;
 
+    if (!uri || !uri_ok(uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = bus_new_sign_call(uri, p, data, len);
     if (!msg) {
         set_errmsg(errmsg, "cannot build a signature request (algorithm %d, %zu bytes)", p->alg,
                    len);
@@ -302,10 +321,13 @@ int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_
 int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
                       int timeout_ms, char **errmsg)
 {
-    DBusMessage *msg = new_call("Unlock"), *reply = NULL;
+    DBusMessage *msg, *reply = NULL;
     DBusMessageIter it;
     int r;
 
+    if (!token_uri || !uri_ok(token_uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = new_call("Unlock");
     if (msg)
         dbus_message_iter_init_append(msg, &it);
     if (!msg || len > 4096 || !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &token_uri) ||
@@ -325,11 +347,14 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
                     uint32_t *ret_count, char **errmsg)
 {
-    DBusMessage *msg = new_call("Lock"), *reply = NULL;
+    DBusMessage *msg, *reply = NULL;
     dbus_bool_t forget = forget_only;
     dbus_uint32_t count = 0;
     int r;
 
+    if (!token_uri || !uri_ok(token_uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = new_call("Lock");
     if (!msg || !dbus_message_append_args(msg, DBUS_TYPE_STRING, &token_uri, DBUS_TYPE_BOOLEAN,
                                           &forget, DBUS_TYPE_INVALID)) {
         if (msg)
