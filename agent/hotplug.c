@@ -102,16 +102,22 @@ void agent_hotplug_tick(agent_t *a)
     pthread_rwlock_unlock(&a->keys_lock);
 
     for (size_t i = 0; i < before.n; i++) {
+        char label[AGENT_LABEL_ESC_MAX];
+
         if (token_list_has(&after, before.uris[i]))
             continue;
-        agent_info("token '%s' removed: its login and cached PIN are gone", before.labels[i]);
+        /* labels come from the module: escaped in the log */
+        agent_info("token '%s' removed: its login and cached PIN are gone",
+                   agent_esc(label, sizeof(label), before.labels[i]));
         agent_lock_tokens_gone(a, before.uris[i]);
         agent_emit_signal(a, "TokenRemoved", before.uris[i], before.labels[i]);
     }
     for (size_t i = 0; i < after.n; i++) {
+        char label[AGENT_LABEL_ESC_MAX];
+
         if (token_list_has(&before, after.uris[i]))
             continue;
-        agent_info("token '%s' inserted", after.labels[i]);
+        agent_info("token '%s' inserted", agent_esc(label, sizeof(label), after.labels[i]));
         agent_emit_signal(a, "TokenInserted", after.uris[i], after.labels[i]);
     }
     agent_emit_signal(a, "KeysChanged", NULL, NULL);

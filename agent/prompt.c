@@ -503,7 +503,12 @@ pid_t agent_prompt_notice_begin(agent_t *a, const agent_prompt_t *p)
     pthread_t th;
     pid_t pid;
 
-    agent_info("token '%s': enter the PIN on the reader's PIN pad", p->token_label);
+    {
+        char label[AGENT_LABEL_ESC_MAX];
+
+        agent_info("token '%s': enter the PIN on the reader's PIN pad",
+                   agent_esc(label, sizeof(label), p->token_label));
+    }
     agent_emit_signal(a, "PinPadPrompt", p->token_label, p->key_uri ? p->key_uri : "");
     if (!agent_can_prompt(a) || !(n = calloc(1, sizeof(*n))))
         return -1;

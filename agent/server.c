@@ -31,11 +31,12 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
 {
     agent_client_t *c = data;
     agent_t *a = c->agent;
+    char exe[AGENT_EXE_ESC_MAX];
 
     if (uid == (unsigned long)c->uid && agent_peer_admitted(a, c))
         return TRUE;
     agent_warn("refused a client: uid %lu (pid %ld, %s) is not allowed to use this agent%s",
-               uid, (long)c->pid, c->exe[0] ? c->exe : "?",
+               uid, (long)c->pid, c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?",
                a->system_mode ? " (see allow-users/allow-groups in agent.conf)"
                               : " (per-user mode admits only its owner)");
     agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
@@ -47,13 +48,15 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
 static void refuse_quietly(agent_t *a, const agent_client_t *c, const char *why)
 {
     int64_t now = agent_now_ms();
+    char exe[AGENT_EXE_ESC_MAX];
 
     if (now - a->refusal_log_ms < 1000) {
         a->refusals_unlogged++;
         return;
     }
+    /* the path is the client's choice: escaped, or it could forge lines */
     agent_warn("refused a client: uid %ld (pid %ld, %s) %s%s", (long)c->uid, (long)c->pid,
-               c->exe[0] ? c->exe : "?", why,
+               c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?", why,
                a->refusals_unlogged ? " (and more refusals in the last second, not logged)" : "");
     agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
     a->refusal_log_ms = now;
@@ -148,8 +151,12 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         pthread_mutex_unlock(&a->clients_lock);
         goto fail;
     }
-    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
-                (long)c->pid, c->exe);
+    if (agent_debug_enabled(AGENT_DBG_BUS)) {
+        char exe[AGENT_EXE_ESC_MAX];
+
+        agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
+                    (long)c->pid, agent_esc(exe, sizeof(exe), c->exe));
+    }
     return;
 oom:
     agent_err("out of memory accepting a client");
