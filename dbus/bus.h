@@ -169,8 +169,10 @@ char *bus_socket_path(const char *configured);
 char *bus_default_socket_path(void);
 
 /* Opens a private connection (never the shared bus connection), with
- * exit-on-disconnect off. On failure returns an error and, if errmsg is not
- * NULL, a malloc'd message naming the socket and the cause. */
+ * exit-on-disconnect off. The agent's end must be served (SO_PEERCRED) by
+ * this user, root or, for the system socket, the user p11agent; otherwise
+ * BUS_ERR_DENIED. On failure returns an error and, if errmsg is not NULL, a
+ * malloc'd message naming the socket and the cause. */
 int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char **errmsg);
 /* Closes and unrefs a connection from bus_client_connect. NULL is fine. */
 void bus_client_close(DBusConnection *conn);

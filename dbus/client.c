@@ -6,10 +6,12 @@
  * never exit on disconnect, never install signal handlers.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -58,6 +60,85 @@ char *bus_socket_path(const char *configured)
     return bus_default_socket_path();
 }
 
+/* The user the system agent runs as (packaging/systemd: User=p11agent). */
+#define BUS_SYSTEM_USER "p11agent"
+#define BUS_SYSTEM_SOCKET "/run/p11agent/agent.sock"
+
+/* The uid of the system agent's user, or -1 if there is none. Called only
+ * when a peer is neither us nor root, at connect time (never at sign time:
+ * it may ask NSS). */
+static long system_agent_uid(void)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+
+    if (getpwnam_r(BUS_SYSTEM_USER, &pw, buf, sizeof(buf), &res) != 0 || !res)
+        return -1;
+    return (long)res->pw_uid;
+}
+
+/* Is the socket the system agent's: the well-known path, or one in a
+ * directory owned by root or by the system agent's user? */
+static bool is_system_socket(const char *path, long sys_uid)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    struct stat st;
+    bool owned;
+
+    if (strcmp(path, BUS_SYSTEM_SOCKET) == 0)
+        return true;
+    if (!slash)
+        return false;
+    dir = slash == path ? strdup("/") : strndup(path, (size_t)(slash - path));
+    if (!dir)
+        return false;
+    owned = stat(dir, &st) == 0 && (st.st_uid == 0 || (long)st.st_uid == sys_uid);
+    free(dir);
+    return owned;
+}
+
+/* Who listens on the socket: the kernel's word (SO_PEERCRED of the agent's
+ * end), not the file's owner. Digests (and the keys' use) go only to an
+ * agent run by this user, by root, or, for the system socket, by the system
+ * agent's user; anyone else may have bound a socket where ours should be. */
+static int check_agent_peer(DBusConnection *conn, const char *socket_path, char **errmsg)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    long sys_uid;
+    int fd = -1;
+
+    errno = 0;
+    if (!dbus_connection_get_unix_fd(conn, &fd) || fd < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
+        set_errmsg(errmsg, "cannot tell who serves the agent socket %s (SO_PEERCRED): %s",
+                   socket_path, strerror(errno ? errno : EIO));
+        return BUS_ERR_DENIED;
+    }
+    if (cred.uid == getuid() || cred.uid == geteuid() || cred.uid == 0)
+        return BUS_OK;
+    sys_uid = system_agent_uid();
+    if (sys_uid >= 0 && (long)cred.uid == sys_uid && is_system_socket(socket_path, sys_uid))
+        return BUS_OK;
+    if (sys_uid >= 0)
+        set_errmsg(errmsg,
+                   "refusing the agent socket %s: it is served by uid %lu (pid %ld), not by "
+                   "this user (uid %lu), root, or the system agent's user %s (uid %ld, for "
+                   "%s); another user's program may be listening there: check "
+                   "P11AGENT_SOCKET / agent-socket",
+                   socket_path, (unsigned long)cred.uid, (long)cred.pid,
+                   (unsigned long)getuid(), BUS_SYSTEM_USER, sys_uid, BUS_SYSTEM_SOCKET);
+    else
+        set_errmsg(errmsg,
+                   "refusing the agent socket %s: it is served by uid %lu (pid %ld), not by "
+                   "this user (uid %lu) or root; another user's program may be listening "
+                   "there: check P11AGENT_SOCKET / agent-socket",
+                   socket_path, (unsigned long)cred.uid, (long)cred.pid,
+                   (unsigned long)getuid());
+    return BUS_ERR_DENIED;
+}
+
 int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char **errmsg)
 {
     DBusError err;
@@ -99,6 +180,12 @@ int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char 
         goto out;
     }
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    r = check_agent_peer(conn, socket_path, errmsg);
+    if (r < 0) {
+        dbus_connection_close(conn);
+        dbus_connection_unref(conn);
+        goto out;
+    }
     *ret_conn = conn;
     r = BUS_OK;
 out:

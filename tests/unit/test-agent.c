@@ -424,6 +424,41 @@ static void test_agent_audit_quotes_client_strings(void **state)
     free(out);
 }
 
+/* agent.conf names modules and the pinentry: a file others can change is
+ * refused, naming the file, owner, mode and the fix. */
+static void test_agent_conf_refuses_writable_or_foreign_file(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL, *path = write_file("perm.conf", "[agent]\n", 8, 0600);
+
+    chmod(path, 0664);
+    assert_int_equal(agent_conf_load(path, true, &c, &err), -EPERM);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "writable by its group"));
+    assert_non_null(strstr(err, "mode 0664"));
+    assert_non_null(strstr(err, "chmod go-w"));
+    free(err);
+    err = NULL;
+    chmod(path, 0646);
+    assert_int_equal(agent_conf_load(path, false, &c, &err), -EPERM);
+    assert_non_null(strstr(err, "every user"));
+    free(err);
+    err = NULL;
+    chmod(path, 0644);
+    assert_int_equal(agent_conf_load(path, true, &c, &err), 0);
+    agent_conf_clear(&c);
+    if (geteuid() == 0) {
+        /* CI runs as root: a file of another user (not root) */
+        assert_int_equal(chown(path, 65534, 65534), 0);
+        assert_int_equal(agent_conf_load(path, true, &c, &err), -EPERM);
+        assert_non_null(strstr(err, "owned by uid 65534"));
+        assert_non_null(strstr(err, "chown"));
+        free(err);
+        err = NULL;
+    }
+    free(path);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -440,6 +475,7 @@ int main(void)
         cmocka_unit_test(test_agent_log_escapes_control_and_bad_utf8),
         cmocka_unit_test(test_agent_log_cut_keeps_utf8),
         cmocka_unit_test(test_agent_audit_quotes_client_strings),
+        cmocka_unit_test(test_agent_conf_refuses_writable_or_foreign_file),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
