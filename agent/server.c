@@ -207,10 +207,10 @@ static int make_socket_dir(const char *path, bool system_mode, char **errmsg)
                          dir);
     else if (st.st_uid != me && !(system_mode && st.st_uid == 0))
         agent_set_errmsg(errmsg, "socket directory %s is owned by uid %lu, not by the agent's "
-                                 "user (uid %lu%s): another user could replace the socket; "
+                                 "user (uid %lu)%s: another user could replace the socket; "
                                  "remove the directory (the agent creates it) or chown it",
                          dir, (unsigned long)st.st_uid, (unsigned long)me,
-                         system_mode ? ") or root" : ")");
+                         system_mode ? " or root" : "");
     else if (st.st_mode & 022)
         agent_set_errmsg(errmsg, "socket directory %s is writable by %s (mode %04o): another "
                                  "user could replace the socket; chmod go-w %s",
