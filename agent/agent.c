@@ -14,6 +14,7 @@ int agent_init(agent_t *a)
     memset(a, 0, sizeof(*a));
     a->owner = getuid();
     a->max_clients = AGENT_MAX_CLIENTS_DEFAULT;
+    a->auth_timeout_s = AGENT_AUTH_TIMEOUT_DEFAULT_S;
     /* Writers (rescans) are rare; don't let a stream of signatures starve one. */
     pthread_rwlockattr_init(&attr);
     pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
@@ -79,6 +80,11 @@ int agent_apply_conf(agent_t *a, char **errmsg)
 {
     if (a->conf.max_clients)
         a->max_clients = a->conf.max_clients;
+    if (a->conf.max_clients_per_user)
+        a->max_clients_per_user = a->conf.max_clients_per_user;
+    if (a->conf.auth_timeout_s)
+        a->auth_timeout_s = a->conf.auth_timeout_s;
+    a->client_idle_s = a->conf.client_idle_s;
     a->audit = a->conf.audit;
     if (a->conf.idle_exit_set && !a->idle_exit_s)
         a->idle_exit_s = a->conf.idle_exit_s;

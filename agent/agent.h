@@ -57,7 +57,8 @@ typedef struct agent_secret {
 } agent_secret_t;
 
 void agent_secret_free(agent_secret_t *s);
-/* A locked copy of len bytes of pin. */
+/* A locked copy of len bytes of pin: 0, -E2BIG (len > PIN_MAX) or the
+ * -errno of mmap. */
 int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len);
 
 typedef enum { AGENT_PIN_NONE, AGENT_PIN_FILE } agent_pin_kind_t;
@@ -75,7 +76,10 @@ int agent_pin_source_parse(const char *spec, agent_pin_source_t *ret, char **err
 void agent_pin_source_clear(agent_pin_source_t *src);
 /* Reads the PIN (one line; a trailing newline is dropped). The identity of
  * what was read (device, inode, size, mtime) goes to ret_id so that a PIN the
- * token rejected is never replayed while the file is unchanged. */
+ * token rejected is never replayed while the file is unchanged. Returns 0,
+ * or with *errmsg naming the file: -ENOENT (no source), -E2BIG (first line
+ * over PIN_MAX bytes), -ENODATA (empty), -EINVAL (not a regular file),
+ * -EPERM (strict and others can read it), another -errno (open/read). */
 typedef struct agent_pin_id {
     dev_t dev;
     ino_t ino;
@@ -100,6 +104,8 @@ typedef struct agent_token_state {
     bool pin_rejected;       /* the pin source's PIN was rejected ... */
     agent_pin_id_t rejected; /* ... while the file looked like this */
     agent_secret_t cached;   /* a PIN from a prompt or unlock, for re-login and always-auth */
+    unsigned unlock_failures;       /* wrong Unlock PINs in a row */
+    int64_t unlock_not_before_ms;   /* no Unlock PIN is tried before (CLOCK_MONOTONIC) */
     /* readable without the lock: */
     atomic_bool has_cached;
     atomic_int_fast64_t login_at_ms; /* CLOCK_MONOTONIC of our login, 0: none */
@@ -110,11 +116,30 @@ typedef struct agent_token_state {
  * a request, signs and replies (no hand-off between threads). */
 #define AGENT_MAX_GROUPS 64
 
+/* A socket connection's state. PENDING until it has authenticated and its
+ * first method call arrived: it costs no client slot, only one of the
+ * AGENT_MAX_PENDING, and is closed after auth-timeout. Then IDLE and BUSY
+ * (in a request: never closed by the agent) alternate; CLOSING once the agent
+ * chose to close it (its thread ends it). */
+typedef enum {
+    AGENT_CONN_PENDING,
+    AGENT_CONN_IDLE,
+    AGENT_CONN_BUSY,
+    AGENT_CONN_CLOSING,
+} agent_conn_state_t;
+
+/* Which count of agent_t a connection is in (under clients_lock). */
+typedef enum { AGENT_SLOT_NONE, AGENT_SLOT_PENDING, AGENT_SLOT_CLIENT } agent_slot_t;
+
 typedef struct agent_client {
     struct agent_client *next;
     struct agent *agent;
     DBusConnection *conn;
     int fd;
+    atomic_int state;                   /* agent_conn_state_t */
+    agent_slot_t slot;                  /* under clients_lock */
+    int64_t since_ms;                   /* accepted (monotonic ms) */
+    atomic_int_fast64_t last_active_ms; /* its last request ended, or since_ms */
     bool via_session_bus; /* no peer credentials: treated as the owner */
     /* Peer credentials, read with SO_PEERCRED when the client connected. */
     uid_t uid;
@@ -122,7 +147,9 @@ typedef struct agent_client {
     pid_t pid;
     gid_t groups[AGENT_MAX_GROUPS]; /* supplementary groups (/proc/PID/status) */
     size_t n_groups;
-    char exe[256];        /* /proc/PID/exe at connect time, or "" */
+    char exe[1024];       /* /proc/PID/exe at connect time, or "" */
+    int exe_err;          /* 0, or the errno that left exe "" (EACCES, ENAMETOOLONG, ...) */
+    unsigned long long start_time; /* field 22 of /proc/PID/stat at connect time */
     /* The audit record of a signature, written once the reply is on its way
      * (only this client's thread touches it). */
     struct {
@@ -134,10 +161,36 @@ typedef struct agent_client {
     } pending_audit;
 } agent_client_t;
 
-/* Fills c's credentials from its socket. */
+/* Fills c's credentials from its socket: uid, gid, pid, groups, and the
+ * executable and start time of the process. 0, or -errno when SO_PEERCRED
+ * fails (an unreadable executable only sets exe_err). */
 int agent_client_read_creds(agent_client_t *c, int fd);
+/* The executable (readlink /proc/PID/exe) and start time (field 22 of
+ * /proc/PID/stat) of a process, both read through one /proc/PID fd.
+ * Returns 0; -ESRCH (gone), -EACCES/-EPERM (not ours to read: needs
+ * CAP_SYS_PTRACE), -ENAMETOOLONG (the path does not fit in exe_size), or
+ * another -errno. */
+int agent_proc_identity(pid_t pid, char *exe, size_t exe_size, unsigned long long *ret_start);
+/* Re-reads the client's executable now (into exe) and checks it is still
+ * what connected: 0, or a negative errno with a sentence in why naming the
+ * cause and the fix: -EACCES/-EPERM (unreadable: CAP_SYS_PTRACE), -ESRCH
+ * (exited, pid reused), -ENAMETOOLONG (truncated), -ENOENT (deleted),
+ * -ESTALE (a different executable than at connect). */
+int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, char *why,
+                           size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* max-clients-per-user when not set (at most max-clients). */
+#define AGENT_MAX_CLIENTS_PER_USER_DEFAULT 128
+/* Connections not yet authenticated or without a first call: at most this
+ * many at once (past it the oldest of the uid holding most is closed). */
+#define AGENT_MAX_PENDING 64
+#define AGENT_AUTH_TIMEOUT_DEFAULT_S 5
+/* The largest message a client may send (the largest legal Sign carries
+ * 1 MiB of data) and how much one connection may have read but not yet
+ * handled: libdbus refuses a longer message from its header. */
+#define AGENT_MAX_MESSAGE_SIZE (4l << 20)
+#define AGENT_MAX_RECEIVED_SIZE (8l << 20)
 
 typedef struct agent {
     tok_ctx_t *tok;
@@ -153,6 +206,9 @@ typedef struct agent {
     uid_t owner;
     bool system_mode;
     unsigned max_clients;
+    unsigned max_clients_per_user;
+    unsigned auth_timeout_s;   /* a pending connection is closed after this */
+    unsigned client_idle_s;    /* an idle client is closed after this (0: never) */
     agent_conf_t conf;
     agent_audit_t audit;
     /* Per token from the config: pin sources, parsed. */
@@ -182,13 +238,16 @@ typedef struct agent {
     unsigned poll_interval_s;    /* hotplug: how often slots are checked */
     int64_t last_poll_ms;
 
-    /* Client threads. */
+    /* Client threads: every socket connection is on `clients`, each with a
+     * thread of its own; n_clients counts those in a client slot, n_pending
+     * the others (see agent_conn_state_t). */
     pthread_mutex_t clients_lock;
     pthread_cond_t clients_gone;
     agent_client_t *clients;
     unsigned n_clients;
+    unsigned n_pending;
     agent_client_t bus_client; /* requests from the session bus */
-    int64_t refusal_log_ms;    /* rate limit of refusal lines (main thread) */
+    int64_t refusal_log_ms;    /* rate limit of refusal lines (clients_lock) */
     unsigned refusals_unlogged;
 
     atomic_uint_fast64_t signatures;
@@ -210,6 +269,22 @@ int agent_server_start(agent_t *a, char **errmsg);
 bool agent_server_stop(agent_t *a);
 int agent_session_bus_start(agent_t *a);
 
+/* agent/limits.c: which connection makes room for another (clients_lock held).
+ * The pending connection to close before one more is accepted: the oldest
+ * of the uid holding most pending connections; NULL while fewer than
+ * AGENT_MAX_PENDING are pending. */
+agent_client_t *agent_pending_victim_locked(const agent_t *a);
+/* Room for the pending connection c to become a client: 0 with *victim NULL
+ * (room), 0 with *victim set (close that one first: the longest idle of c's
+ * uid at max-clients-per-user, else the longest idle of all at max-clients),
+ * or -EBUSY when the limit named in *limit is reached and every connection
+ * under it is in a request. Never chooses a busy or pending connection. */
+int agent_client_room_locked(const agent_t *a, const agent_client_t *c, agent_client_t **victim,
+                             const char **limit);
+/* max-clients-per-user in effect (the setting, or the default, at most
+ * max-clients). */
+unsigned agent_max_clients_per_user(const agent_t *a);
+
 /* agent/handlers.c: the method table, used by server.c */
 DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg);
 
@@ -217,10 +292,18 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
 /* May this peer connect at all? (per-user: the owner; system: root, the
  * agent's user and the configured users and groups) */
 bool agent_peer_admitted(const agent_t *a, const agent_client_t *c);
-/* May this client use key number i? On refusal *why says which rule. */
+/* May this client Lock or Unlock tokens? Per-user mode: the owner (the only
+ * one admitted). System mode: the agent's user, root, and allow-unlock-users
+ * / allow-unlock-groups; every other admitted client only signs. */
+bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c);
+/* May this client use key number i? On refusal why holds a sentence naming
+ * the rule (and the fix). allow-exe is checked against the client's
+ * executable now, not only at connect. Fails closed: with [key] sections
+ * configured and no policy table (out of memory), every key is refused. */
 bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
-                              const char **why);
-/* Recomputes key_policies after a scan (keys_lock held for writing). */
+                              char *why, size_t why_size);
+/* Recomputes key_policies after a scan (keys_lock held for writing). On
+ * out of memory the table stays NULL, which refuses every key. */
 void agent_policy_update_locked(agent_t *a);
 /* The pin source configured for a token (its [token] section, else the
  * default); never NULL. */
@@ -238,12 +321,21 @@ typedef struct agent_login_req {
     const agent_client_t *client; /* who asked; may be NULL */
     const char *pin;              /* given (Unlock); NULL: find one */
     size_t pin_len;
+    bool final_try_ok;            /* the person accepts trying pin at the final try */
     bool no_prompt;               /* stored PINs only */
 } agent_login_req_t;
 
 /* Logs in to the token (no agent lock held by the caller): the cached PIN,
  * the pin source, then a prompt; a PIN the token rejected is not replayed,
- * a stored one never at the final try; one login at a time. */
+ * a stored one never at the final try; one login at a time. A given PIN
+ * (Unlock) is not tried at the final try unless req->final_try_ok, and after
+ * each wrong one the next waits 1 s, 2 s, 4 s ... (up to 512 s): a delay of
+ * up to 2 s is waited out, a longer one is refused (TOK_ERR_BUSY).
+ * Returns TOK_OK or a TOK_ERR_* code, with *errmsg set on failure:
+ * TOK_ERR_NOT_LOGGED_IN (no PIN tried: none available, prompt cancelled, or
+ * final try without final_try_ok), TOK_ERR_BUSY (a wrong Unlock PIN was
+ * given less than the delay ago), TOK_ERR_PIN_INCORRECT, TOK_ERR_PIN_LOCKED,
+ * TOK_ERR_TOKEN_REMOVED, TOK_ERR_NO_MEMORY, or what C_Login gave. */
 int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg);
 /* A PIN for a context-specific login (CKA_ALWAYS_AUTHENTICATE). On a PIN
  * pad *ret stays empty (buf NULL) and the return is 0. */
@@ -253,7 +345,9 @@ void agent_auth_pin_rejected(agent_t *a, const char *token_uri);
 /* Logs in to every token that needs it and has a PIN source (no lock held). */
 void agent_login_all(agent_t *a);
 /* Log out (unless forget_only) and wipe cached PINs of the tokens matching
- * uri ("" : all). Returns how many tokens. */
+ * uri ("" : all). Returns how many tokens (>= 0), or TOK_ERR_ARGS (uri does
+ * not parse) or TOK_ERR_NO_MEMORY (some or all tokens not locked), with
+ * *errmsg set. */
 int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errmsg);
 /* A token went away: its cached PIN is wiped. */
 void agent_lock_tokens_gone(agent_t *a, const char *token_uri);
@@ -282,8 +376,10 @@ bool agent_can_prompt(agent_t *a);
  * org.p11agent.Prompter1.GetPin on it, before any pinentry. */
 int agent_prompter_register(agent_t *a, const char *name, const char *path);
 void agent_prompter_unregister(agent_t *a, const char *name);
-/* Runs the pinentry program (Assuan). -ECANCELED if the user cancelled,
- * -ENOENT if no prompter is configured. */
+/* Asks the registered prompter, else runs the pinentry program (Assuan).
+ * 0, or -ECANCELED (the user cancelled), -ENOENT (no prompter configured),
+ * -E2BIG (the PIN typed is over PIN_MAX bytes), -ETIMEDOUT, another -errno;
+ * *errmsg says which. */
 int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);
 /* Tells the user to use the reader's PIN pad: a session-bus signal and a
  * pinentry message that stays up until agent_prompt_notice_end(). */

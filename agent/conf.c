@@ -201,6 +201,25 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
             r = -EINVAL;
         if (r == 0)
             c->max_clients = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "max-clients-per-user") == 0) {
+        *why = "max-clients-per-user must be a number from 1 to 65536";
+        r = parse_number(value, 65536, &n);
+        if (r == 0 && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            c->max_clients_per_user = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "auth-timeout") == 0) {
+        *why = "auth-timeout must be a number of seconds from 1 to 3600";
+        r = parse_number(value, 3600, &n);
+        if (r == 0 && n == 0)
+            r = -EINVAL;
+        if (r == 0)
+            c->auth_timeout_s = (unsigned)n;
+    } else if (sec == SEC_AGENT && strcmp(key, "client-idle-timeout") == 0) {
+        *why = "client-idle-timeout must be a number of seconds (0: never)";
+        r = parse_number(value, 86400 * 365, &n);
+        if (r == 0)
+            c->client_idle_s = (unsigned)n;
     } else if (sec == SEC_AGENT && strcmp(key, "idle-exit") == 0) {
         *why = "idle-exit must be a number of seconds (0: never)";
         r = parse_number(value, 86400 * 365, &n);
@@ -245,6 +264,13 @@ static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, co
         w.ids = sec == SEC_AGENT ? &c->allow : &c->keys[c->n_keys - 1].allow;
         if (sec == SEC_KEY)
             c->keys[c->n_keys - 1].has_ids = true;
+        *why = users ? "no such user" : "no such group";
+        r = for_each_word(value, users ? add_user : add_group, &w);
+    } else if (sec == SEC_AGENT && (strcmp(key, "allow-unlock-users") == 0 ||
+                                    strcmp(key, "allow-unlock-groups") == 0)) {
+        bool users = strcmp(key, "allow-unlock-users") == 0;
+
+        w.ids = &c->allow_unlock;
         *why = users ? "no such user" : "no such group";
         r = for_each_word(value, users ? add_user : add_group, &w);
     } else if (sec == SEC_KEY && strcmp(key, "allow-exe") == 0) {
@@ -484,6 +510,7 @@ void agent_conf_clear(agent_conf_t *c)
     free(c->pin_source);
     free(c->pinentry);
     id_list_clear(&c->allow);
+    id_list_clear(&c->allow_unlock);
     for (size_t i = 0; i < c->n_tokens; i++) {
         free(c->tokens[i].uri);
         free(c->tokens[i].pin_source);

@@ -6,9 +6,14 @@
  *   [agent]
  *   module = /usr/lib/softhsm/libsofthsm2.so   # may repeat; default: p11-kit
  *   pin-source = file:/etc/p11agent/pin        # default for every token
- *   max-clients = 256
+ *   max-clients = 256                          # connections served at once
+ *   max-clients-per-user = 128                 # of them, per uid (at most max-clients)
+ *   auth-timeout = 5                           # seconds to authenticate and send a call
+ *   client-idle-timeout = 0                    # close clients idle this long (0: never)
  *   allow-users = nginx haproxy                # --system: who may connect
  *   allow-groups = ssl-cert
+ *   allow-unlock-users = alice                 # --system: who may Lock/Unlock besides
+ *   allow-unlock-groups = hsm-admins           #   the agent's user and root
  *   audit = all | refusals | none              # default: all
  *   idle-exit = 600                            # socket-activated: exit when idle
  *   pinentry = /usr/bin/pinentry               # the PIN prompt (Assuan)
@@ -29,6 +34,14 @@
  * matched by a [key] section only by the clients that section allows (any
  * allow-users/allow-groups match, AND allow-exe when given). When several
  * sections match a key, the first one in the file applies.
+ *
+ * Connection limits: a connection that has not yet authenticated and sent
+ * its first method call takes no client slot (at most 64 such, past which
+ * the oldest of the uid holding most is closed) and is closed after
+ * auth-timeout. At max-clients-per-user (its uid) or max-clients (all), the
+ * client idle the longest is closed to make room (it reconnects at its next
+ * call); a newcomer is refused only when every client under the limit is in
+ * a request. Messages longer than 4 MiB are refused as they arrive.
  */
 #pragma once
 
@@ -64,6 +77,9 @@ typedef struct agent_conf {
     size_t n_modules;
     char *pin_source;
     unsigned max_clients; /* 0: default */
+    unsigned max_clients_per_user; /* 0: default */
+    unsigned auth_timeout_s;       /* 0: default */
+    unsigned client_idle_s;        /* 0: never */
     unsigned idle_exit_s;
     bool idle_exit_set;
     char *pinentry;
@@ -73,6 +89,7 @@ typedef struct agent_conf {
     bool always_auth_set;
     unsigned poll_interval_s;
     agent_id_list_t allow;
+    agent_id_list_t allow_unlock; /* Lock/Unlock besides the owner and root */
     agent_audit_t audit;
     agent_token_conf_t *tokens;
     size_t n_tokens;

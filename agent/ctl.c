@@ -19,6 +19,7 @@
 #include <openssl/x509.h>
 
 #include "bus.h"
+#include "pinmax.h"
 #include "keyref.h"
 #include "config.h"
 
@@ -56,8 +57,11 @@ static void usage(FILE *f)
                "  keys [URI]          list the keys (all, or those matching a pkcs11: URI)\n"
                "  tokens              list the tokens, their login state and when it expires\n"
                "  status              the agent's version, tokens, keys, clients, counters\n"
-               "  unlock [TOKEN-URI]  log in to a token with a PIN typed here (no echo; without\n"
-               "                      a terminal, the first line of standard input)\n"
+               "  unlock [--final-try] [TOKEN-URI]\n"
+               "                      log in to a token with a PIN typed here (no echo; without\n"
+               "                      a terminal, the first line of standard input); at the\n"
+               "                      token's final PIN try only with --final-try (a wrong PIN\n"
+               "                      then locks the token's PIN)\n"
                "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
                "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
                "  ref URI -o FILE [--force]\n"
@@ -487,7 +491,8 @@ static int cmd_tokens(ctl_t *c, int argc, char **argv)
 }
 
 /* Reads a PIN without echo from the terminal (or, with no terminal, the
- * first line of standard input) into locked memory. */
+ * first line of standard input) into locked memory. Keeps at most size - 1
+ * bytes and reports the length typed (which may be more) in *ret_len. */
 static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
 {
     struct termios old, quiet;
@@ -509,10 +514,13 @@ static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
             return -EIO;
         }
     }
-    while (read(fd, &ch, 1) == 1 && ch != '\n' && ch != '\r')
+    while (read(fd, &ch, 1) == 1 && ch != '\n' && ch != '\r') {
         if (len + 1 < size)
-            buf[len++] = ch;
-    buf[len] = '\0';
+            buf[len] = ch;
+        len++;
+    }
+    buf[len < size ? len : size - 1] = '\0';
+    ch = 0;
     if (tty) {
         tcsetattr(fd, TCSAFLUSH, &old);
         if (write(fd, "\n", 1) < 0) {
@@ -526,12 +534,24 @@ static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
 
 static int cmd_unlock(ctl_t *c, int argc, char **argv)
 {
-    const char *uri = argc > 1 ? argv[1] : "";
+    const char *uri = "";
     char *pin, *err = NULL, prompt[512];
     size_t len = 0, size = 4096;
-    int r;
+    unsigned flags = 0;
+    int r, uris = 0;
 
-    if (argc > 2) {
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--final-try") == 0) {
+            flags |= BUS_UNLOCK_FINAL_TRY;
+        } else if (argv[i][0] == '-' && argv[i][1]) {
+            fprintf(stderr, "p11agentctl: unlock: unknown option '%s'\n", argv[i]);
+            return 2;
+        } else {
+            uri = argv[i];
+            uris++;
+        }
+    }
+    if (uris > 1) {
         fprintf(stderr, "p11agentctl: unlock takes at most one token URI\n");
         return 2;
     }
@@ -540,13 +560,23 @@ static int cmd_unlock(ctl_t *c, int argc, char **argv)
         return 1;
     (void)mlock(pin, size);
     snprintf(prompt, sizeof(prompt), "PIN for %s: ", uri[0] ? uri : "the token");
-    r = read_pin(prompt, pin, 257, &len);
+    r = read_pin(prompt, pin, PIN_MAX + 1, &len);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: no PIN entered\n");
         r = 1;
         goto out;
     }
-    r = bus_client_unlock(c->conn, uri, pin, len, BUS_CALL_TIMEOUT_MS, &err);
+    if (len > PIN_MAX) {
+        fprintf(stderr, "p11agentctl: the PIN entered is %zu bytes; a PIN is at most %d\n", len,
+                PIN_MAX);
+        r = 1;
+        goto out;
+    }
+    /* Connected only now: the agent closes a connection that sends no
+     * request within its auth-timeout, and typing a PIN takes longer. */
+    r = bus_client_connect(c->socket_path, &c->conn, &err);
+    if (r == 0)
+        r = bus_client_unlock(c->conn, uri, pin, len, flags, BUS_CALL_TIMEOUT_MS, &err);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
         r = 1;
@@ -658,7 +688,8 @@ int main(int argc, char **argv)
             return 1;
         }
         c.socket_path = path;
-        r = bus_client_connect(path, &c.conn, &err);
+        /* unlock connects once it has the PIN */
+        r = commands[i].fn == cmd_unlock ? 0 : bus_client_connect(path, &c.conn, &err);
         if (r < 0) {
             fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
             r = 1;

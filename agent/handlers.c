@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* One handler per method of org.p11agent.Agent1, behind one dispatch table. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +14,7 @@
 #include "config.h"
 #include "introspect.h"
 #include "text.h"
+#include "pinmax.h"
 
 static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
@@ -42,6 +44,16 @@ static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt
     free(safe);
     free(text);
     return reply;
+}
+
+/* Handlers return 0 with *ret_reply set, or -ENOMEM when no reply could be
+ * built (libdbus then dispatches the message again later). */
+static int reply_out(DBusMessage *reply, DBusMessage **ret_reply)
+{
+    if (!reply)
+        return -ENOMEM;
+    *ret_reply = reply;
+    return 0;
 }
 
 static uint32_t key_flags(const tok_key_t *k)
@@ -107,7 +119,8 @@ static DBusMessage *keys_reply(DBusMessage *msg, const tok_key_t *const *keys, s
     return reply;
 }
 
-static DBusMessage *agent_handle_list_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+static int agent_handle_list_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                                  DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
 
@@ -125,10 +138,11 @@ static DBusMessage *agent_handle_list_keys(agent_client_t *c, DBusConnection *co
     }
     pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
-    return reply;
+    return reply_out(reply, ret_reply);
 }
 
-static DBusMessage *agent_handle_find_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+static int agent_handle_find_keys(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                                  DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
 
@@ -139,7 +153,9 @@ static DBusMessage *agent_handle_find_keys(agent_client_t *c, DBusConnection *co
     int r;
 
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
-        return error_reply(msg, BUS_ERR_INVALID_ARGS, "FindKeys takes one string: a pkcs11: URI");
+        return reply_out(error_reply(msg, BUS_ERR_INVALID_ARGS,
+                                     "FindKeys takes one string: a pkcs11: URI"),
+                         ret_reply);
     pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
@@ -151,7 +167,7 @@ static DBusMessage *agent_handle_find_keys(agent_client_t *c, DBusConnection *co
         reply = keys_reply(msg, keys, n);
     pthread_rwlock_unlock(&a->keys_lock);
     free(keys);
-    return reply;
+    return reply_out(reply, ret_reply);
 }
 
 /* Finds the one key a Sign names: its canonical URI (the fast path: that is
@@ -227,15 +243,21 @@ static bool set_need(sign_need_t *n, need_t what, const tok_key_t *key)
     return n->token_uri && n->key_uri && n->key_label;
 }
 
+/* sign_locked's results besides negative errno */
+enum { SIGN_REPLIED = 0, SIGN_NEEDS = 1 };
+
 /* Signs with the key the request names; keys_lock is held for reading.
- * Returns the reply, or NULL with *need set when a login or a PIN for this
- * signature must come first (obtained without the lock, then retried). */
-static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
-                                const bus_sign_params_t *bp, const uint8_t *data, size_t len,
-                                const tok_auth_t *auth, bool may_need, sign_need_t *need)
+ * Returns SIGN_REPLIED with *ret_reply set (the signature or an error for
+ * the client), SIGN_NEEDS with *need set when a login or a PIN for this
+ * signature must come first (obtained without the lock, then retried), or
+ * -ENOMEM (nothing for the client could be built; *ret_reply untouched). */
+static int sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
+                       const bus_sign_params_t *bp, const uint8_t *data, size_t len,
+                       const tok_auth_t *auth, bool may_need, sign_need_t *need,
+                       DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
-    const char *why_denied = NULL;
+    char why_denied[768];
     tok_sign_params_t tp = {0};
     const tok_key_t *key;
     DBusMessage *reply = NULL;
@@ -249,33 +271,38 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
     idx = lookup_key_locked(a, msg, uri, &reply);
     if (idx < 0) {
         agent_audit(a, c, "sign", uri, bus_sig_alg_name(bp->alg), bp->hash, "no such key", 0);
-        return reply;
+        goto out;
     }
     key = tok_ctx_key(a->tok, (size_t)idx);
-    if (!agent_key_allowed_locked(a, (size_t)idx, c, &why_denied)) {
+    if (!agent_key_allowed_locked(a, (size_t)idx, c, why_denied, sizeof(why_denied))) {
         agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "denied", 0);
-        return error_reply(msg, BUS_ERR_DENIED,
-                           "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
-                           c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
+        agent_warn("denied key '%s' to uid %ld pid %ld: %s", key->uri, (long)c->uid,
+                   (long)c->pid, why_denied);
+        reply = error_reply(msg, BUS_ERR_DENIED,
+                            "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
+                            c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
+        goto out;
     }
     h = tok_hash_from_name(bp->hash);
     m = tok_hash_from_name(bp->mgf1_hash);
-    if (h < 0 || m < 0)
-        return error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
-                           h < 0 ? bp->hash : bp->mgf1_hash, key->uri);
+    if (h < 0 || m < 0) {
+        reply = error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
+                            h < 0 ? bp->hash : bp->mgf1_hash, key->uri);
+        goto out;
+    }
     tp.alg = (tok_sig_alg_t)bp->alg;
     tp.hash = (tok_hash_t)h;
     tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
     tp.salt_len = bp->salt_len;
 
     if (key->always_auth && !auth && may_need && tok_token_logged_in(key->token))
-        return set_need(need, NEED_AUTH, key) ? NULL : error_reply(msg, BUS_ERR_NO_MEMORY, "oom");
+        return set_need(need, NEED_AUTH, key) ? SIGN_NEEDS : -ENOMEM;
     r = tok_sign_auth(key, &tp, data, len, key->always_auth ? auth : NULL, &sig, &sig_len, &why);
     if ((r == TOK_ERR_NOT_LOGGED_IN || r == TOK_ERR_AUTH_REQUIRED) && may_need) {
         free(why);
         return set_need(need, r == TOK_ERR_NOT_LOGGED_IN ? NEED_LOGIN : NEED_AUTH, key)
-                       ? NULL
-                       : error_reply(msg, BUS_ERR_NO_MEMORY, "out of memory");
+                       ? SIGN_NEEDS
+                       : -ENOMEM;
     }
     if (r == TOK_ERR_PIN_INCORRECT && auth)
         agent_auth_pin_rejected(a, tok_token_uri(key->token));
@@ -286,18 +313,12 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
                             "signing with key '%s' on token '%s' failed: %s", key->uri,
                             tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
-        return reply;
+        goto out;
     }
     agent_token_used(a, tok_token_uri(key->token));
     agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
                 key->uri, bus_sig_alg_name(bp->alg), bp->hash[0] ? "/" : "", bp->hash, len,
                 sig_len, (long long)(now_us() - t0));
-    /* the record is written after the reply is sent (agent_dispatch) */
-    c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
-    c->pending_audit.alg = bus_sig_alg_name(bp->alg);
-    snprintf(c->pending_audit.hash, sizeof(c->pending_audit.hash), "%s", bp->hash);
-    snprintf(c->pending_audit.key, sizeof(c->pending_audit.key), "%s", key->uri);
-    c->pending_audit.duration_us = now_us() - t0;
     reply = dbus_message_new_method_return(msg);
     if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
                                            (int)sig_len, DBUS_TYPE_INVALID)) {
@@ -305,10 +326,30 @@ static DBusMessage *sign_locked(agent_client_t *c, DBusMessage *msg, const char 
         reply = NULL;
     }
     free(sig);
-    return reply;
+    if (!reply) {
+        /* signed, but the answer cannot be built: an error, not a NULL
+         * that the caller would take for "needs a PIN" */
+        agent_err("out of memory replying with a signature by key '%s'", key->uri);
+        reply = error_reply(msg, BUS_ERR_NO_MEMORY,
+                            "the agent ran out of memory sending the signature of key '%s'",
+                            key->uri);
+        goto out;
+    }
+    /* the record is written after the reply is sent (agent_dispatch) */
+    c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
+    c->pending_audit.alg = bus_sig_alg_name(bp->alg);
+    snprintf(c->pending_audit.hash, sizeof(c->pending_audit.hash), "%s", bp->hash);
+    snprintf(c->pending_audit.key, sizeof(c->pending_audit.key), "%s", key->uri);
+    c->pending_audit.duration_us = now_us() - t0;
+out:
+    if (!reply)
+        return -ENOMEM;
+    *ret_reply = reply;
+    return SIGN_REPLIED;
 }
 
-static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                             DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     const char *uri;
@@ -328,17 +369,21 @@ static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, D
     else if (r < 0)
         reply = error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
                                     "parameters and data)");
+    if (r < 0 && !reply)
+        goto oom;
     /* At most: a login, then the PIN for this signature, then the signature. */
     for (int round = 0; !reply && round < 3; round++) {
         agent_login_req_t req;
         char *why = NULL;
 
         pthread_rwlock_rdlock(&a->keys_lock);
-        reply = sign_locked(c, msg, uri, &bp, data, len, authp, round < 2, &need);
+        r = sign_locked(c, msg, uri, &bp, data, len, authp, round < 2, &need, &reply);
         pthread_rwlock_unlock(&a->keys_lock);
-        if (reply)
+        if (r < 0)
+            goto oom;
+        if (r == SIGN_REPLIED)
             break;
-        /* no agent lock held from here: prompts may take a while */
+        /* SIGN_NEEDS: no agent lock held from here: prompts may take a while */
         req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
                                   .key_label = need.key_label, .client = c};
         if (need.what == NEED_LOGIN)
@@ -355,20 +400,39 @@ static DBusMessage *agent_handle_sign(agent_client_t *c, DBusConnection *conn, D
             reply = error_reply(msg, agent_err_from_tok(r),
                                 "signing with key '%s' failed: %s", need.key_uri,
                                 why ? why : tok_strerror(r));
+            if (!reply) {
+                free(why);
+                goto oom;
+            }
         }
         free(why);
     }
+    r = 0;
+    if (!reply) { /* three rounds and still a need: cannot happen, but never hang */
+        reply = error_reply(msg, BUS_ERR_FAILED, "signing with key '%s' did not complete",
+                            need.key_uri ? need.key_uri : uri);
+        if (!reply)
+            goto oom;
+    }
+    goto out;
+oom:
+    r = -ENOMEM;
+out:
     agent_secret_free(&pin);
     sign_need_clear(&need);
     if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
         atomic_fetch_add(&a->signatures, 1);
     else
         atomic_fetch_add(&a->sign_failures, 1);
-    return reply;
+    if (r == 0)
+        *ret_reply = reply;
+    else if (reply)
+        dbus_message_unref(reply);
+    return r;
 }
 
-static DBusMessage *agent_handle_list_tokens(agent_client_t *c, DBusConnection *conn,
-                                             DBusMessage *msg)
+static int agent_handle_list_tokens(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                                    DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     bus_token_info_t *infos;
@@ -411,7 +475,7 @@ static DBusMessage *agent_handle_list_tokens(agent_client_t *c, DBusConnection *
     }
     pthread_rwlock_unlock(&a->keys_lock);
     free(infos); /* borrowed contents */
-    return reply;
+    return reply_out(reply, ret_reply);
 }
 
 /* The token a URI names: exactly one, or with "" the only one that needs a
@@ -454,13 +518,33 @@ static DBusMessage *pick_token(agent_t *a, DBusMessage *msg, const char *uri, ch
     return err;
 }
 
-static DBusMessage *agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+/* Lock and Unlock change what every client of the agent can do: in system
+ * mode only the agent's user, root and allow-unlock-users/-groups may. */
+static DBusMessage *lock_unlock_denied(agent_client_t *c, DBusMessage *msg, const char *what)
+{
+    agent_audit(c->agent, c, what, NULL, NULL, NULL, "denied", 0);
+    agent_warn("refused %s by uid %ld (pid %ld): not the agent's user, root or in "
+               "allow-unlock-users/allow-unlock-groups",
+               what, (long)c->uid, (long)c->pid);
+    return error_reply(msg, BUS_ERR_DENIED,
+                       "uid %ld may not %s tokens of this agent: only its own user, root and "
+                       "the users and groups in allow-unlock-users/allow-unlock-groups "
+                       "(agent.conf) may",
+                       (long)c->uid, what);
+}
+
+/* Unlock(s token, ay pin) and UnlockWithOptions(s token, ay pin, a{sv}
+ * options). The PIN bytes live in msg's body: they are wiped there on every
+ * path once the request is read, so the freed message does not hold them. */
+static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                               DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     DBusMessageIter it, sub;
-    const char *uri, *pin = NULL;
+    const char *uri = "", *pin = NULL;
     char *token_uri = NULL, *why = NULL;
-    DBusMessage *reply;
+    DBusMessage *reply = NULL;
+    bool final_try = false;
     int n = 0, r;
 
     dbus_message_iter_init(msg, &it);
@@ -468,13 +552,44 @@ static DBusMessage *agent_handle_unlock(agent_client_t *c, DBusConnection *conn,
     dbus_message_iter_next(&it);
     dbus_message_iter_recurse(&it, &sub);
     dbus_message_iter_get_fixed_array(&sub, &pin, &n);
-    if (n <= 0 || n > 256)
-        return error_reply(msg, BUS_ERR_INVALID_ARGS, "a PIN is 1 to 256 bytes");
+    if (!agent_may_lock_unlock(a, c)) {
+        reply = lock_unlock_denied(c, msg, "unlock");
+        goto out;
+    }
+    /* options (UnlockWithOptions): "final-try" b; anything else is refused
+     * rather than ignored, it may be a safety request this agent lacks */
+    if (dbus_message_iter_next(&it)) {
+        DBusMessageIter dict;
+
+        dbus_message_iter_recurse(&it, &dict);
+        for (; dbus_message_iter_get_arg_type(&dict) == DBUS_TYPE_DICT_ENTRY;
+             dbus_message_iter_next(&dict)) {
+            DBusMessageIter e, v;
+            const char *key;
+            dbus_bool_t b = FALSE;
+
+            dbus_message_iter_recurse(&dict, &e);
+            dbus_message_iter_get_basic(&e, &key);
+            dbus_message_iter_next(&e);
+            dbus_message_iter_recurse(&e, &v);
+            if (strcmp(key, "final-try") != 0 ||
+                dbus_message_iter_get_arg_type(&v) != DBUS_TYPE_BOOLEAN) {
+                reply = error_reply(msg, BUS_ERR_INVALID_ARGS,
+                                    "unknown Unlock option (this agent knows \"final-try\" b)");
+                goto out;
+            }
+            dbus_message_iter_get_basic(&v, &b);
+            final_try = b;
+        }
+    }
+    if (n <= 0 || n > PIN_MAX) {
+        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "a PIN is 1 to %d bytes, not %d", PIN_MAX,
+                            n);
+        goto out;
+    }
     reply = pick_token(a, msg, uri, &token_uri);
-    if (reply)
-        return reply;
-    if (!token_uri)
-        return NULL;
+    if (reply || !token_uri)
+        goto out;
     pthread_rwlock_rdlock(&a->keys_lock);
     for (size_t i = 0; i < tok_ctx_n_tokens(a->tok) && !reply; i++) {
         tok_token_t *t = tok_ctx_token(a->tok, i);
@@ -487,13 +602,11 @@ static DBusMessage *agent_handle_unlock(agent_client_t *c, DBusConnection *conn,
                                 tok_token_label(t));
     }
     pthread_rwlock_unlock(&a->keys_lock);
-    if (reply) {
-        free(token_uri);
-        return reply;
-    }
+    if (reply)
+        goto out;
     {
         agent_login_req_t req = {.token_uri = token_uri, .client = c, .pin = pin,
-                                 .pin_len = (size_t)n};
+                                 .pin_len = (size_t)n, .final_try_ok = final_try};
 
         r = agent_login(a, &req, &why);
     }
@@ -504,29 +617,47 @@ static DBusMessage *agent_handle_unlock(agent_client_t *c, DBusConnection *conn,
     } else {
         reply = error_reply(msg, agent_err_from_tok(r), "%s", why ? why : tok_strerror(r));
     }
+out:
+    if (pin && n > 0)
+        explicit_bzero((char *)pin, (size_t)n);
     free(why);
     free(token_uri);
-    return reply;
+    /* Never NEED_MEMORY here: libdbus would dispatch the message again,
+     * now with a wiped PIN. Out of memory: no reply, the client times out. */
+    if (!reply)
+        reply = error_reply(msg, BUS_ERR_NO_MEMORY, "the agent ran out of memory");
+    if (!reply)
+        agent_err("out of memory answering Unlock from uid %ld", (long)c->uid);
+    *ret_reply = reply;
+    return 0;
 }
 
-static DBusMessage *agent_handle_lock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+static int agent_handle_lock(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                             DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     const char *uri;
     dbus_bool_t forget;
     dbus_uint32_t count;
-    DBusMessage *reply;
+    DBusMessage *reply = NULL;
     char *why = NULL;
     int r;
 
     if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_BOOLEAN, &forget,
-                               DBUS_TYPE_INVALID))
-        return error_reply(msg, BUS_ERR_INVALID_ARGS, "Lock takes a token URI and a boolean");
+                               DBUS_TYPE_INVALID)) {
+        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "Lock takes a token URI and a boolean");
+        goto out;
+    }
+    if (!agent_may_lock_unlock(a, c)) {
+        reply = lock_unlock_denied(c, msg, forget ? "forget" : "lock");
+        goto out;
+    }
     r = agent_lock_tokens(a, uri, forget, &why);
     if (r < 0) {
-        reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "%s", why ? why : "bad URI");
-        free(why);
-        return reply;
+        /* TOK_ERR_ARGS: a bad URI; TOK_ERR_NO_MEMORY: some not locked */
+        agent_audit(a, c, forget ? "forget" : "lock", uri, NULL, NULL, tok_strerror(r), 0);
+        reply = error_reply(msg, agent_err_from_tok(r), "%s", why ? why : tok_strerror(r));
+        goto out;
     }
     agent_audit(a, c, forget ? "forget" : "lock", uri, NULL, NULL, "ok", 0);
     count = (dbus_uint32_t)r;
@@ -535,10 +666,16 @@ static DBusMessage *agent_handle_lock(agent_client_t *c, DBusConnection *conn, D
         dbus_message_unref(reply);
         reply = NULL;
     }
-    return reply;
+out:
+    free(why);
+    if (!reply)
+        return -ENOMEM;
+    *ret_reply = reply;
+    return 0;
 }
 
-static DBusMessage *agent_handle_status(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+static int agent_handle_status(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                               DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
 
@@ -562,11 +699,11 @@ static DBusMessage *agent_handle_status(agent_client_t *c, DBusConnection *conn,
         dbus_message_unref(reply);
         reply = NULL;
     }
-    return reply;
+    return reply_out(reply, ret_reply);
 }
 
-static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *conn,
-                                           DBusMessage *msg)
+static int agent_handle_introspect(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                                   DBusMessage **ret_reply)
 {
     const char *xml = bus_introspect_xml;
     DBusMessage *reply = dbus_message_new_method_return(msg);
@@ -575,42 +712,47 @@ static DBusMessage *agent_handle_introspect(agent_client_t *c, DBusConnection *c
         dbus_message_unref(reply);
         reply = NULL;
     }
-    return reply;
+    return reply_out(reply, ret_reply);
 }
 
-static DBusMessage *agent_handle_register_prompter(agent_client_t *c, DBusConnection *conn,
-                                                  DBusMessage *msg)
+static int agent_handle_register_prompter(agent_client_t *c, DBusConnection *conn,
+                                          DBusMessage *msg, DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     const char *path = NULL, *sender = dbus_message_get_sender(msg);
     unsigned long uid;
 
     if (!c->via_session_bus || !sender)
-        return error_reply(msg, BUS_ERR_DENIED,
-                           "prompters register on the session bus, not on the agent's socket");
+        return reply_out(error_reply(msg, BUS_ERR_DENIED, "prompters register on the session bus, "
+                                                          "not on the agent's socket"),
+                         ret_reply);
     /* only the agent's own user may see PINs typed */
     uid = dbus_bus_get_unix_user(conn, sender, NULL);
     if (uid != (unsigned long)a->owner)
-        return error_reply(msg, BUS_ERR_DENIED, "%s (uid %lu) may not be this agent's prompter",
-                           sender, uid);
+        return reply_out(error_reply(msg, BUS_ERR_DENIED,
+                                     "%s (uid %lu) may not be this agent's prompter", sender, uid),
+                         ret_reply);
     dbus_message_get_args(msg, NULL, DBUS_TYPE_OBJECT_PATH, &path, DBUS_TYPE_INVALID);
     if (agent_prompter_register(a, sender, path) < 0)
-        return NULL;
-    return dbus_message_new_method_return(msg);
+        return -ENOMEM;
+    return reply_out(dbus_message_new_method_return(msg), ret_reply);
 }
 
-static DBusMessage *agent_handle_unregister_prompter(agent_client_t *c, DBusConnection *conn,
-                                                    DBusMessage *msg)
+static int agent_handle_unregister_prompter(agent_client_t *c, DBusConnection *conn,
+                                            DBusMessage *msg, DBusMessage **ret_reply)
 {
     const char *sender = dbus_message_get_sender(msg);
 
     if (sender)
         agent_prompter_unregister(c->agent, sender);
-    return dbus_message_new_method_return(msg);
+    return reply_out(dbus_message_new_method_return(msg), ret_reply);
 }
 
-typedef DBusMessage *(*agent_handler_t)(agent_client_t *c, DBusConnection *conn,
-                                         DBusMessage *msg);
+/* A handler returns 0 and hands its reply out in *ret_reply (NULL: handled,
+ * nothing can be sent), or -ENOMEM to have libdbus dispatch the message
+ * again once memory is available. */
+typedef int (*agent_handler_t)(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                               DBusMessage **ret_reply);
 
 static const struct {
     const char *iface;
@@ -624,6 +766,7 @@ static const struct {
     {BUS_IFACE, "Status", "", agent_handle_status},
     {BUS_IFACE, "ListTokens", "", agent_handle_list_tokens},
     {BUS_IFACE, "Unlock", "say", agent_handle_unlock},
+    {BUS_IFACE, "UnlockWithOptions", "saya{sv}", agent_handle_unlock},
     {BUS_IFACE, "Lock", "sb", agent_handle_lock},
     {BUS_IFACE, "RegisterPrompter", "o", agent_handle_register_prompter},
     {BUS_IFACE, "UnregisterPrompter", "", agent_handle_unregister_prompter},
@@ -641,16 +784,24 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
     for (size_t i = 0; i < sizeof(methods) / sizeof(methods[0]); i++) {
         if (strcmp(methods[i].member, member) != 0 || (iface && strcmp(methods[i].iface, iface)))
             continue;
-        if (strcmp(dbus_message_get_signature(msg), methods[i].signature) != 0)
+        if (strcmp(dbus_message_get_signature(msg), methods[i].signature) != 0) {
+            /* a PIN sent with the wrong signature is wiped all the same */
+            if (methods[i].fn == agent_handle_unlock)
+                bus_wipe_bytes_arg(msg, 1);
             reply = error_reply(msg, BUS_ERR_INVALID_ARGS, "%s takes arguments '%s', not '%s'",
                                 member, methods[i].signature, dbus_message_get_signature(msg));
-        else
-            reply = methods[i].fn(c, conn, msg);
-        if (!reply)
+            if (!reply)
+                return DBUS_HANDLER_RESULT_NEED_MEMORY;
+        } else if (methods[i].fn(c, conn, msg, &reply) < 0) {
             return DBUS_HANDLER_RESULT_NEED_MEMORY;
-        if (!dbus_message_get_no_reply(msg))
-            dbus_connection_send(conn, reply, NULL);
-        dbus_message_unref(reply);
+        }
+        if (!reply) {
+            agent_err("no reply to %s: out of memory", member);
+        } else {
+            if (!dbus_message_get_no_reply(msg))
+                dbus_connection_send(conn, reply, NULL);
+            dbus_message_unref(reply);
+        }
         if (c->pending_audit.set) {
             c->pending_audit.set = false;
             agent_audit(c->agent, c, "sign", c->pending_audit.key, c->pending_audit.alg,

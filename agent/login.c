@@ -23,6 +23,10 @@
 #include "agent.h"
 
 #define PROMPT_ATTEMPTS 3
+/* After the n-th wrong Unlock PIN in a row the next waits 2^(n-1) s, at most this. */
+#define UNLOCK_DELAY_MAX_MS (512 * 1000)
+/* A delay up to this long is waited out; a longer one answers Busy. */
+#define UNLOCK_WAIT_MAX_MS 2000
 
 bus_err_t agent_err_from_tok(int st)
 {
@@ -283,6 +287,27 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
         bool final_try = (v.flags & CKF_USER_PIN_FINAL_TRY) != 0;
 
         if (req->pin) {
+            int64_t wait_ms = st->unlock_not_before_ms - agent_now_ms();
+
+            /* a PIN someone sends over the socket: guessing is slowed down,
+             * and the last try is only spent when the person says so */
+            if (wait_ms > 0) {
+                agent_set_errmsg(errmsg,
+                                 "token '%s': %u wrong PIN%s in a row through Unlock; the next "
+                                 "Unlock is possible in %lld s",
+                                 v.label, st->unlock_failures, st->unlock_failures == 1 ? "" : "s",
+                                 (long long)(wait_ms + 999) / 1000);
+                return TOK_ERR_BUSY;
+            }
+            if (final_try && !req->final_try_ok) {
+                agent_set_errmsg(errmsg,
+                                 "token '%s' is at its final PIN try: a wrong PIN now locks the "
+                                 "PIN (only the SO PIN unblocks it), so p11agentd did not try it; "
+                                 "if you are sure of the PIN, run 'p11agentctl unlock "
+                                 "--final-try'",
+                                 v.label);
+                return TOK_ERR_NOT_LOGGED_IN;
+            }
             origin = PIN_GIVEN;
             p = req->pin;
             len = req->pin_len;
@@ -362,6 +387,8 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
                 cache_pin_locked(st, p, len);
             if (origin == PIN_FILE)
                 st->pin_rejected = false;
+            st->unlock_failures = 0;
+            st->unlock_not_before_ms = 0;
             agent_secret_free(&pin);
             atomic_store(&st->last_use_ms, agent_now_ms());
             atomic_store(&st->login_at_ms, agent_now_ms());
@@ -403,6 +430,22 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
             error = (flags & CKF_USER_PIN_FINAL_TRY) ? "Wrong PIN. This is the FINAL try."
                                                      : "Wrong PIN, try again.";
             break;
+        case PIN_GIVEN: {
+            unsigned shift = st->unlock_failures < 9 ? st->unlock_failures : 9;
+            int64_t delay = (int64_t)1000 << shift;
+
+            st->unlock_failures++;
+            if (delay > UNLOCK_DELAY_MAX_MS)
+                delay = UNLOCK_DELAY_MAX_MS;
+            st->unlock_not_before_ms = agent_now_ms() + delay;
+            agent_warn("token '%s': PIN incorrect (Unlock, %u in a row; next Unlock in %lld s)%s",
+                       v.label, st->unlock_failures, (long long)delay / 1000, tries_note(flags));
+            agent_set_errmsg(errmsg,
+                             "token '%s' rejected the PIN (PIN incorrect%s); the next Unlock is "
+                             "possible in %lld s",
+                             v.label, tries_note(flags), (long long)delay / 1000);
+            return r;
+        }
         default:
             agent_warn("token '%s': PIN incorrect%s", v.label, tries_note(flags));
             agent_set_errmsg(errmsg, "token '%s' rejected the PIN (PIN incorrect%s)", v.label,
@@ -419,6 +462,7 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
 
 int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg)
 {
+    int64_t wait_ms;
     int r;
 
     agent_token_state_t *st = state_get(a, req->token_uri);
@@ -426,6 +470,18 @@ int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg)
     if (!st)
         return TOK_ERR_NO_MEMORY;
     pthread_mutex_lock(&st->lock);
+    wait_ms = req->pin ? st->unlock_not_before_ms - agent_now_ms() : 0;
+    if (wait_ms > 0 && wait_ms <= UNLOCK_WAIT_MAX_MS) {
+        /* a short delay after a wrong Unlock PIN is waited out (without
+         * the lock) rather than refused: a person retyping a PIN is not
+         * told to come back; login_locked checks the delay again */
+        struct timespec ts = {.tv_sec = wait_ms / 1000, .tv_nsec = (wait_ms % 1000) * 1000000};
+
+        pthread_mutex_unlock(&st->lock);
+        while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+            ;
+        pthread_mutex_lock(&st->lock);
+    }
     r = login_locked(a, st, req, errmsg);
     pthread_mutex_unlock(&st->lock);
     return r;
@@ -550,29 +606,36 @@ int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errm
 {
     tok_token_t **toks = NULL;
     char **uris = NULL;
-    size_t n = 0, done = 0;
+    size_t n = 0, done = 0, skipped = 0;
     int r;
 
     pthread_rwlock_rdlock(&a->keys_lock);
     r = tok_find_tokens(a->tok, uri && uri[0] ? uri : "pkcs11:", &toks, &n);
-    if (r == TOK_OK && (uris = calloc(n + 1, sizeof(*uris))))
-        for (size_t i = 0; i < n; i++)
-            uris[i] = strdup(tok_token_uri(toks[i]));
+    if (r == TOK_OK && !(uris = calloc(n + 1, sizeof(*uris))))
+        r = TOK_ERR_NO_MEMORY;
+    for (size_t i = 0; r == TOK_OK && i < n; i++)
+        if (!(uris[i] = strdup(tok_token_uri(toks[i]))))
+            r = TOK_ERR_NO_MEMORY;
     pthread_rwlock_unlock(&a->keys_lock);
     free(toks);
-    if (r < 0) {
+    if (r == TOK_ERR_ARGS) {
         agent_set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI", uri);
-        return r;
+        goto out;
     }
-    if (!uris)
-        return TOK_ERR_NO_MEMORY;
+    if (r < 0) {
+        agent_set_errmsg(errmsg, "cannot lock tokens matching '%s': %s", uri ? uri : "",
+                         tok_strerror(r));
+        goto out;
+    }
     /* each token under its own lock (a prompt open for it finishes first) */
     for (size_t i = 0; i < n; i++) {
-        agent_token_state_t *st = uris[i] ? state_get(a, uris[i]) : NULL;
+        agent_token_state_t *st = state_get(a, uris[i]);
         tok_token_t *t;
 
-        if (!st)
+        if (!st) {
+            skipped++; /* out of memory (or of token slots) */
             continue;
+        }
         pthread_mutex_lock(&st->lock);
         forget_cached_locked(st);
         pthread_rwlock_rdlock(&a->keys_lock);
@@ -589,10 +652,20 @@ int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errm
         pthread_rwlock_unlock(&a->keys_lock);
         pthread_mutex_unlock(&st->lock);
     }
-    for (size_t i = 0; i < n; i++)
+    if (skipped) {
+        r = TOK_ERR_NO_MEMORY;
+        agent_err("out of memory locking tokens: %zu of %zu not locked", skipped, n);
+        agent_set_errmsg(errmsg, "out of memory: %zu of the %zu tokens matching '%s' were not "
+                                 "locked",
+                         skipped, n, uri ? uri : "");
+        goto out;
+    }
+    r = (int)done;
+out:
+    for (size_t i = 0; uris && i < n; i++)
         free(uris[i]);
     free(uris);
-    return (int)done;
+    return r;
 }
 
 void agent_cache_tick(agent_t *a)

@@ -172,7 +172,7 @@ static void check_idle(agent_t *a)
     unsigned clients;
 
     pthread_mutex_lock(&a->clients_lock);
-    clients = a->n_clients;
+    clients = a->n_clients + a->n_pending;
     pthread_mutex_unlock(&a->clients_lock);
     if (clients > 0 || any_token_logged_in(a)) {
         a->idle_since_ms = 0;

@@ -10,8 +10,11 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "pinmax.h"
 
-#define PIN_MAX 256
+/* One page holds any PIN (and its NUL). */
+#define SECRET_CAP 4096
+_Static_assert(PIN_MAX + 1 < SECRET_CAP, "a PIN fits in one secret page");
 
 static int secret_alloc(agent_secret_t *s, size_t cap)
 {
@@ -37,7 +40,7 @@ int agent_secret_new(agent_secret_t *ret, const char *pin, size_t len)
 
     if (len > PIN_MAX)
         return -E2BIG;
-    r = secret_alloc(&s, 4096);
+    r = secret_alloc(&s, SECRET_CAP);
     if (r < 0)
         return r;
     memcpy(s.buf, pin, len);
@@ -136,7 +139,7 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
     }
     if (st.st_mode & S_IROTH)
         agent_warn("PIN file %s is readable by everyone; make it mode 0600", src->path);
-    r = secret_alloc(&s, 4096);
+    r = secret_alloc(&s, SECRET_CAP);
     if (r < 0) {
         agent_set_errmsg(errmsg, "cannot allocate memory for the PIN from %s", src->path);
         goto out;
@@ -160,8 +163,8 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
     if (len > PIN_MAX) {
         r = -E2BIG;
         agent_set_errmsg(errmsg,
-                         "PIN file %s holds more than a PIN (over 256 bytes on its first line)",
-                         src->path);
+                         "PIN file %s holds more than a PIN (over %d bytes on its first line)",
+                         src->path, PIN_MAX);
         goto out;
     }
     if (len == 0) {

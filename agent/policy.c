@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Who may connect, who may use which key, and which PIN source a token uses. */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include "agent.h"
+#include "text.h"
 
 /* Supplementary groups from /proc/PID/status ("Groups:\t1 2 3"). */
 static void read_groups(agent_client_t *c)
@@ -38,12 +40,67 @@ static void read_groups(agent_client_t *c)
     fclose(f);
 }
 
+int agent_proc_identity(pid_t pid, char *exe, size_t exe_size, unsigned long long *ret_start)
+{
+    char path[64], stat[1024], *p;
+    unsigned long long start = 0;
+    int dfd = -1, fd = -1, r;
+    ssize_t n;
+
+    if (exe_size < 2 || pid <= 0)
+        return -EINVAL;
+    exe[0] = '\0';
+    /* One directory fd for both reads: if the pid is reused meanwhile, the
+     * fd still names the old process and the reads fail (ESRCH). */
+    snprintf(path, sizeof(path), "/proc/%ld", (long)pid);
+    dfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) {
+        r = errno == ENOENT ? -ESRCH : -errno;
+        goto out;
+    }
+    fd = openat(dfd, "stat", O_RDONLY | O_CLOEXEC);
+    n = fd < 0 ? -1 : read(fd, stat, sizeof(stat) - 1);
+    if (n <= 0) {
+        r = n == 0 || errno == ENOENT ? -ESRCH : -errno;
+        goto out;
+    }
+    stat[n] = '\0';
+    /* "pid (comm) state ppid ...": comm may hold spaces and ')'; field 22
+     * (starttime) is the 20th after the last ')'. */
+    p = strrchr(stat, ')');
+    for (int field = 2; p && field < 22; field++)
+        p = strchr(p + 1, ' ');
+    if (!p || sscanf(p + 1, "%llu", &start) != 1) {
+        r = -EIO;
+        goto out;
+    }
+    n = readlinkat(dfd, "exe", exe, exe_size);
+    if (n < 0) {
+        r = errno == ENOENT ? -ESRCH : -errno;
+        exe[0] = '\0';
+        goto out;
+    }
+    if ((size_t)n >= exe_size) {
+        /* readlink does not say it cut the path: a full buffer may be one */
+        exe[exe_size - 1] = '\0';
+        r = -ENAMETOOLONG;
+        goto out;
+    }
+    exe[n] = '\0';
+    *ret_start = start;
+    r = 0;
+out:
+    if (fd >= 0)
+        close(fd);
+    if (dfd >= 0)
+        close(dfd);
+    return r;
+}
+
 int agent_client_read_creds(agent_client_t *c, int fd)
 {
     struct ucred cred;
     socklen_t len = sizeof(cred);
-    char path[64];
-    ssize_t n;
 
     if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
         return -errno;
@@ -51,12 +108,82 @@ int agent_client_read_creds(agent_client_t *c, int fd)
     c->gid = cred.gid;
     c->pid = cred.pid;
     read_groups(c);
-    /* The executable at connect time. A process that execs something else
-     * afterwards keeps its connection only if it keeps the socket open
-     * across exec, which libdbus prevents (CLOEXEC). */
-    snprintf(path, sizeof(path), "/proc/%d/exe", (int)c->pid);
-    n = readlink(path, c->exe, sizeof(c->exe) - 1);
-    c->exe[n > 0 ? n : 0] = '\0';
+    /* The executable and start time at connect time. They are read again
+     * for each request on a key with allow-exe (agent_client_exe_check):
+     * the connecting process may exec another program while a child it
+     * forked keeps the socket. */
+    c->exe_err = -agent_proc_identity(c->pid, c->exe, sizeof(c->exe), &c->start_time);
+    if (c->exe_err == ENAMETOOLONG)
+        c->exe[0] = '\0';
+    return 0;
+}
+
+/* Ends in " (deleted)": the file was removed or replaced since it started. */
+static bool exe_deleted(const char *exe)
+{
+    size_t n = strlen(exe), s = strlen(" (deleted)");
+
+    return n > s && strcmp(exe + n - s, " (deleted)") == 0;
+}
+
+int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, char *why,
+                           size_t why_size)
+{
+    unsigned long long start = 0;
+    char esc[2][300];
+    int r;
+
+    exe[0] = '\0';
+    if (c->via_session_bus || c->pid <= 0) {
+        snprintf(why, why_size, "the agent does not know the executable of a session-bus caller");
+        return -ESRCH;
+    }
+    r = agent_proc_identity(c->pid, exe, exe_size, &start);
+    if (r == -EACCES || r == -EPERM || (r == 0 && !exe[0])) {
+        snprintf(why, why_size,
+                 "the agent (uid %ld) cannot read /proc/%ld/exe of this uid %ld process: it "
+                 "needs CAP_SYS_PTRACE for allow-exe (systemd: a drop-in with "
+                 "AmbientCapabilities=CAP_SYS_PTRACE and CapabilityBoundingSet=CAP_SYS_PTRACE, "
+                 "see p11agentd(1))",
+                 (long)geteuid(), (long)c->pid, (long)c->uid);
+        return r < 0 ? r : -EACCES;
+    }
+    if (r == -ESRCH || (r == 0 && start != c->start_time)) {
+        snprintf(why, why_size,
+                 "the process that connected (pid %ld) has exited%s; a connection is "
+                 "checked against the process that opened it",
+                 (long)c->pid, r == 0 ? " and its pid was reused" : "");
+        return -ESRCH;
+    }
+    if (r == -ENAMETOOLONG) {
+        snprintf(why, why_size,
+                 "its executable path is longer than %zu bytes; allow-exe needs the whole "
+                 "path (install the program under a shorter path)",
+                 exe_size - 1);
+        return r;
+    }
+    if (r < 0) {
+        snprintf(why, why_size, "the agent cannot read /proc/%ld/exe: %s", (long)c->pid,
+                 strerror(-r));
+        return r;
+    }
+    text_escape(esc[0], sizeof(esc[0]), exe, strlen(exe));
+    if (exe_deleted(exe)) {
+        snprintf(why, why_size,
+                 "its executable \"%s\" was deleted or replaced since the program started "
+                 "(restart the program)",
+                 esc[0]);
+        return -ENOENT;
+    }
+    if (c->exe_err || strcmp(exe, c->exe) != 0) {
+        text_escape(esc[1], sizeof(esc[1]), c->exe, strlen(c->exe));
+        snprintf(why, why_size,
+                 "its executable changed since it connected (\"%s\", now \"%s\"): a "
+                 "connection inherited across exec is not trusted; connect again from the "
+                 "allowed program",
+                 c->exe_err ? "unknown" : esc[1], esc[0]);
+        return -ESTALE;
+    }
     return 0;
 }
 
@@ -70,37 +197,64 @@ bool agent_peer_admitted(const agent_t *a, const agent_client_t *c)
            agent_id_list_allows(&a->conf.allow, c->uid, c->gid, c->groups, c->n_groups);
 }
 
-bool agent_key_allowed_locked(const agent_t *a, size_t i, const agent_client_t *c,
-                              const char **why)
+bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c)
 {
-    const agent_key_policy_t *p = i < a->n_key_policies ? a->key_policies[i] : NULL;
+    if (c->via_session_bus || c->uid == a->owner || c->uid == 0)
+        return true;
+    return agent_id_list_allows(&a->conf.allow_unlock, c->uid, c->gid, c->groups, c->n_groups);
+}
+
+bool agent_key_allowed_locked(const agent_t *a, size_t i, const agent_client_t *c, char *why,
+                              size_t why_size)
+{
+    const agent_key_policy_t *p;
+    char exe[sizeof(c->exe)], esc[300];
     bool exe_ok = false;
 
+    /* Fail closed: [key] sections exist but the table that says which one
+     * applies to this key could not be computed (out of memory). */
+    if (a->conf.n_keys > 0 && (!a->key_policies || i >= a->n_key_policies)) {
+        snprintf(why, why_size,
+                 "the agent could not work out the key policies (out of memory at the last "
+                 "token scan); every key is refused until a rescan succeeds");
+        return false;
+    }
+    p = i < a->n_key_policies ? a->key_policies[i] : NULL;
     if (!p)
         return true;
     if (p->has_ids && (c->via_session_bus ||
                        !agent_id_list_allows(&p->allow, c->uid, c->gid, c->groups, c->n_groups))) {
-        *why = "its user and groups are not in the key's allow-users/allow-groups";
+        snprintf(why, why_size,
+                 "its user and groups are not in the key's allow-users/allow-groups");
         return false;
     }
     if (p->n_exes == 0)
         return true;
+    /* Checked again for every request, not only at connect. */
+    if (agent_client_exe_check(c, exe, sizeof(exe), why, why_size) < 0)
+        return false;
     for (size_t j = 0; j < p->n_exes && !exe_ok; j++)
-        exe_ok = c->exe[0] && strcmp(p->exes[j], c->exe) == 0;
-    if (!exe_ok)
-        *why = "its executable is not in the key's allow-exe";
+        exe_ok = strcmp(p->exes[j], exe) == 0;
+    if (!exe_ok) {
+        text_escape(esc, sizeof(esc), exe, strlen(exe));
+        snprintf(why, why_size, "its executable \"%s\" is not in the key's allow-exe", esc);
+    }
     return exe_ok;
 }
 
-/* Does the URI select this key / token? */
-static bool uri_selects_key(const tok_ctx_t *ctx, const char *uri, const tok_key_t *k)
+/* Does the URI select this key? 1 yes, 0 no, a negative TOK_ERR_* when the
+ * lookup failed (out of memory: the caller must not read that as "no"). */
+static int uri_selects_key(const tok_ctx_t *ctx, const char *uri, const tok_key_t *k)
 {
     const tok_key_t **keys = NULL;
     size_t n = 0;
-    bool hit = false;
+    int r, hit = 0;
 
-    if (tok_find_keys(ctx, uri, &keys, &n) != TOK_OK)
-        return false;
+    r = tok_find_keys(ctx, uri, &keys, &n);
+    if (r == TOK_ERR_ARGS)
+        return 0; /* a [key] URI that does not parse selects nothing */
+    if (r < 0)
+        return r;
     for (size_t i = 0; i < n && !hit; i++)
         hit = keys[i] == k;
     free(keys);
@@ -118,20 +272,27 @@ void agent_policy_update_locked(agent_t *a)
     if (a->conf.n_keys == 0 || n == 0)
         return;
     p = calloc(n, sizeof(*p));
-    if (!p) {
-        /* Fail closed: without the table no key with a policy is usable. */
-        agent_err("out of memory computing key policies; refusing signatures");
-        return;
-    }
+    if (!p)
+        goto oom;
     for (size_t i = 0; i < n; i++) {
         const tok_key_t *k = tok_ctx_key(a->tok, i);
 
-        for (size_t j = 0; j < a->conf.n_keys && !p[i]; j++)
-            if (uri_selects_key(a->tok, a->conf.keys[j].uri, k))
+        for (size_t j = 0; j < a->conf.n_keys && !p[i]; j++) {
+            int r = uri_selects_key(a->tok, a->conf.keys[j].uri, k);
+
+            if (r < 0)
+                goto oom;
+            if (r)
                 p[i] = &a->conf.keys[j];
+        }
     }
     a->key_policies = p;
     a->n_key_policies = n;
+    return;
+oom:
+    /* Fail closed: without the table agent_key_allowed_locked refuses every key. */
+    free(p);
+    agent_err("out of memory computing key policies; refusing every key until the next rescan");
 }
 
 const agent_pin_source_t *agent_pin_source_for_locked(agent_t *a, tok_token_t *t)

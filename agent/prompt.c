@@ -20,6 +20,7 @@
 #include <p11-kit/pkcs11.h>
 
 #include "agent.h"
+#include "pinmax.h"
 
 #define PROMPT_TIMEOUT_MS 120000
 #define LINE_MAX_LEN 2048
@@ -155,6 +156,8 @@ oom:
 out:
     if (r < 0 && r != -ENOENT && errmsg && !*errmsg &&
         asprintf(errmsg, "%s", r == -ECANCELED ? "the PIN prompt was cancelled"
+                               : r == -E2BIG  ? "the PIN entered is longer than " PIN_MAX_STR
+                                                " bytes (p11agent's limit)"
                                                : "the PIN prompt failed") < 0)
         *errmsg = NULL;
     if (call)
@@ -323,7 +326,7 @@ static int transact(assuan_t *as, const char *cmd, agent_secret_t *ret)
         if (strncmp(line, "D ", 2) == 0 && ret) {
             const char *p = line + 2;
 
-            while (*p && ret->len < ret->cap - 1 && ret->len < 256) {
+            while (*p && ret->len < ret->cap - 1 && ret->len <= PIN_MAX) {
                 if (p[0] == '%' && p[1] && p[2]) {
                     char hex[3] = {p[1], p[2], 0};
 
@@ -465,11 +468,15 @@ int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, c
         r = transact(&as, "GETPIN", &pin);
     if (r == 0 && pin.len == 0)
         r = -ECANCELED;
+    if (r == 0 && pin.len > PIN_MAX)
+        r = -E2BIG; /* the reader keeps PIN_MAX + 1 bytes to tell */
     if (r < 0) {
         agent_secret_free(&pin);
         if (errmsg && !*errmsg &&
             asprintf(errmsg, "%s", r == -ECANCELED    ? "the PIN prompt was cancelled"
                                    : r == -ETIMEDOUT ? "the PIN prompt timed out"
+                                   : r == -E2BIG     ? "the PIN entered is longer than "
+                                                       PIN_MAX_STR " bytes (p11agent's limit)"
                                                      : "the PIN prompt failed") < 0)
             *errmsg = NULL;
         goto out;

@@ -17,9 +17,133 @@
 
 #include "agent.h"
 
+/* Logs a refused or closed connection, at most one line a second during a
+ * flood (with the count of the ones not logged); refusals are audited.
+ * clients_lock held. */
+static void refuse_quietly_locked(agent_t *a, const agent_client_t *c, const char *what,
+                                  const char *why)
+{
+    int64_t now = agent_now_ms();
+    char exe[AGENT_EXE_ESC_MAX];
+
+    if (now - a->refusal_log_ms < 1000) {
+        a->refusals_unlogged++;
+        return;
+    }
+    /* the path is the client's choice: escaped, or it could forge lines */
+    agent_warn("%s: uid %ld (pid %ld, %s) %s%s", what, (long)c->uid, (long)c->pid,
+               c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?", why,
+               a->refusals_unlogged ? " (and more in the last second, not logged)" : "");
+    if (strncmp(what, "refused", 7) == 0)
+        agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
+    a->refusal_log_ms = now;
+    a->refusals_unlogged = 0;
+}
+
+/* Takes c out of the count it is in (clients_lock held). */
+static void uncount_locked(agent_t *a, agent_client_t *c)
+{
+    if (c->slot == AGENT_SLOT_PENDING)
+        a->n_pending--;
+    else if (c->slot == AGENT_SLOT_CLIENT)
+        a->n_clients--;
+    c->slot = AGENT_SLOT_NONE;
+}
+
+/* Closes c if it still is in state `from` (clients_lock held): it leaves its
+ * count now, and its thread, woken by the shutdown, ends it. False if c
+ * changed state meanwhile (an idle client that began a request). */
+static bool close_conn_locked(agent_t *a, agent_client_t *c, int from)
+{
+    int expected = from;
+
+    if (!atomic_compare_exchange_strong(&c->state, &expected, AGENT_CONN_CLOSING))
+        return false;
+    uncount_locked(a, c);
+    if (c->fd >= 0)
+        shutdown(c->fd, SHUT_RDWR);
+    return true;
+}
+
+/* The first method call of a pending connection: it becomes a client if
+ * there is room, made by closing an idle client when a limit is reached.
+ * Refused (a Busy error, then the connection closes) only when every
+ * client under the limit is in a request. Client thread. */
+static bool admit(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    agent_client_t *victim = NULL;
+    const char *limit = NULL;
+    char why[256];
+    DBusMessage *err;
+    int r;
+
+    pthread_mutex_lock(&a->clients_lock);
+    /* a victim that began a request meanwhile is skipped: choose again */
+    for (int tries = 0;; tries++) {
+        r = agent_client_room_locked(a, c, &victim, &limit);
+        if (r < 0 || !victim || close_conn_locked(a, victim, AGENT_CONN_IDLE))
+            break;
+        if (tries == 16) {
+            r = -EBUSY;
+            break;
+        }
+    }
+    if (r < 0) {
+        unsigned n = strcmp(limit, "max-clients") == 0 ? a->max_clients
+                                                       : agent_max_clients_per_user(a);
+
+        snprintf(why, sizeof(why), "would exceed %s (%u): every connection under it is in a request",
+                 limit, n);
+        refuse_quietly_locked(a, c, "refused a client", why);
+        atomic_store(&c->state, AGENT_CONN_CLOSING);
+        uncount_locked(a, c);
+        pthread_mutex_unlock(&a->clients_lock);
+        snprintf(why, sizeof(why), "the agent serves its limit of busy clients (%s = %u); "
+                 "try again, or raise %s in agent.conf", limit, n, limit);
+        err = dbus_message_new_error(msg, bus_err_name(BUS_ERR_BUSY), why);
+        if (err) {
+            dbus_connection_send(conn, err, NULL);
+            dbus_connection_flush(conn);
+            dbus_message_unref(err);
+        }
+        return false;
+    }
+    if (victim) {
+        snprintf(why, sizeof(why), "idle for %lld ms, to make room for uid %ld: %s (%u) reached",
+                 (long long)(agent_now_ms() - atomic_load(&victim->last_active_ms)),
+                 (long)c->uid, limit,
+                 strcmp(limit, "max-clients") == 0 ? a->max_clients
+                                                   : agent_max_clients_per_user(a));
+        refuse_quietly_locked(a, victim, "closed a connection", why);
+    }
+    uncount_locked(a, c);
+    c->slot = AGENT_SLOT_CLIENT;
+    a->n_clients++;
+    atomic_store(&c->state, AGENT_CONN_BUSY);
+    pthread_mutex_unlock(&a->clients_lock);
+    return true;
+}
+
 static DBusHandlerResult on_message(DBusConnection *conn, DBusMessage *msg, void *data)
 {
-    return agent_dispatch(data, conn, msg);
+    agent_client_t *c = data;
+    DBusHandlerResult res;
+    int expected = AGENT_CONN_IDLE;
+
+    if (c->via_session_bus || dbus_message_get_type(msg) != DBUS_MESSAGE_TYPE_METHOD_CALL)
+        return agent_dispatch(c, conn, msg);
+    /* Idle -> busy: from now on the agent does not close this connection.
+     * A connection being closed is not served (its client retries on
+     * another one). */
+    if (!atomic_compare_exchange_strong(&c->state, &expected, AGENT_CONN_BUSY) &&
+        (expected != AGENT_CONN_PENDING || !admit(c, conn, msg)))
+        return DBUS_HANDLER_RESULT_HANDLED;
+    res = agent_dispatch(c, conn, msg);
+    atomic_store(&c->last_active_ms, agent_now_ms());
+    expected = AGENT_CONN_BUSY;
+    atomic_compare_exchange_strong(&c->state, &expected, AGENT_CONN_IDLE);
+    return res;
 }
 
 static const DBusObjectPathVTable agent_vtable = {
@@ -44,38 +168,75 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
     return FALSE;
 }
 
-/* Logs a refused connection, at most one line a second during a flood
- * (with the count of the ones not logged). Main loop thread only. */
-static void refuse_quietly(agent_t *a, const agent_client_t *c, const char *why)
+/* How long the thread of c may wait for input: until a pending connection's
+ * auth-timeout or an idle client's client-idle-timeout (-1: no deadline;
+ * the agent wakes it by shutting the socket down when it closes it). */
+static int wait_ms(const agent_t *a, agent_client_t *c)
 {
-    int64_t now = agent_now_ms();
-    char exe[AGENT_EXE_ESC_MAX];
+    int state = atomic_load(&c->state);
+    int64_t deadline, now = agent_now_ms();
 
-    if (now - a->refusal_log_ms < 1000) {
-        a->refusals_unlogged++;
-        return;
-    }
-    /* the path is the client's choice: escaped, or it could forge lines */
-    agent_warn("refused a client: uid %ld (pid %ld, %s) %s%s", (long)c->uid, (long)c->pid,
-               c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?", why,
-               a->refusals_unlogged ? " (and more refusals in the last second, not logged)" : "");
-    agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
-    a->refusal_log_ms = now;
-    a->refusals_unlogged = 0;
+    if (state == AGENT_CONN_PENDING)
+        deadline = c->since_ms + (int64_t)a->auth_timeout_s * 1000;
+    else if (state == AGENT_CONN_IDLE && a->client_idle_s)
+        deadline = atomic_load(&c->last_active_ms) + (int64_t)a->client_idle_s * 1000;
+    else
+        return -1;
+    if (deadline <= now)
+        return 0;
+    return deadline - now > 3600 * 1000 ? 3600 * 1000 : (int)(deadline - now);
 }
 
-/* The thread of one client: blocking reads, each request handled (and signed)
- * right here, replies written from here. Ends when the client disconnects
- * or agent_server_stop() shuts its socket down. */
+/* A deadline of c passed: a pending connection past auth-timeout, an idle
+ * client past client-idle-timeout is closed. Returns whether c is closing. */
+static bool expire(agent_t *a, agent_client_t *c)
+{
+    char why[160];
+    bool closing;
+
+    pthread_mutex_lock(&a->clients_lock);
+    if (wait_ms(a, c) == 0) {
+        if (atomic_load(&c->state) == AGENT_CONN_PENDING &&
+            close_conn_locked(a, c, AGENT_CONN_PENDING)) {
+            snprintf(why, sizeof(why), "did not authenticate and send a request within "
+                     "auth-timeout (%u s)", a->auth_timeout_s);
+            refuse_quietly_locked(a, c, "closed a connection", why);
+        } else if (close_conn_locked(a, c, AGENT_CONN_IDLE)) {
+            agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld idle for client-idle-timeout "
+                        "(%u s): closed", (long)c->uid, (long)c->pid, a->client_idle_s);
+        }
+    }
+    closing = atomic_load(&c->state) == AGENT_CONN_CLOSING;
+    pthread_mutex_unlock(&a->clients_lock);
+    return closing;
+}
+
+/* The thread of one connection: reads, each request handled (and signed)
+ * right here, replies written from here. Wakes at the connection's deadline
+ * (auth-timeout, client-idle-timeout). Ends when the client disconnects,
+ * a deadline passes, or the agent shuts its socket down (a limit made room,
+ * agent_server_stop()). */
 static void *client_thread(void *data)
 {
     agent_client_t *c = data;
     agent_t *a = c->agent;
 
-    while (dbus_connection_read_write_dispatch(c->conn, -1))
-        ;
+    for (;;) {
+        int ms = wait_ms(a, c);
+
+        if (ms == 0 ? expire(a, c) : !dbus_connection_read_write_dispatch(c->conn, ms))
+            break;
+        if (atomic_load(&c->state) == AGENT_CONN_CLOSING)
+            break;
+    }
     agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
                 (long)c->pid);
+    /* Out of every count, and nobody shuts down its fd once it is closed. */
+    pthread_mutex_lock(&a->clients_lock);
+    atomic_store(&c->state, AGENT_CONN_CLOSING);
+    uncount_locked(a, c);
+    c->fd = -1;
+    pthread_mutex_unlock(&a->clients_lock);
     dbus_connection_close(c->conn);
     dbus_connection_unref(c->conn);
 
@@ -86,7 +247,6 @@ static void *client_thread(void *data)
             break;
         }
     }
-    a->n_clients--;
     pthread_cond_broadcast(&a->clients_gone);
     pthread_mutex_unlock(&a->clients_lock);
     free(c);
@@ -96,10 +256,10 @@ static void *client_thread(void *data)
 static void on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
     agent_t *a = data;
-    agent_client_t *c = NULL;
+    agent_client_t *c = NULL, *victim;
     pthread_attr_t attr;
     pthread_t th;
-    bool full;
+    char why[200];
     int r;
 
     c = calloc(1, sizeof(*c));
@@ -107,36 +267,54 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         goto oom;
     c->agent = a;
     c->conn = dbus_connection_ref(conn);
+    c->since_ms = agent_now_ms();
+    atomic_init(&c->state, AGENT_CONN_PENDING);
+    atomic_init(&c->last_active_ms, c->since_ms);
     if (!dbus_connection_get_socket(conn, &c->fd) || agent_client_read_creds(c, c->fd) < 0) {
         agent_warn("refused a client: cannot read its credentials");
         goto fail;
     }
     /* Peers that may not connect at all are turned away before they take
-     * a client slot (and a thread); libdbus checks again after auth. */
+     * a thread; libdbus checks again after auth. */
     if (!agent_peer_admitted(a, c)) {
-        refuse_quietly(a, c, a->system_mode ? "is not allowed to use this agent (see "
-                                              "allow-users/allow-groups in agent.conf)"
-                                            : "is not allowed to use this agent (per-user mode "
-                                              "admits only its owner)");
+        pthread_mutex_lock(&a->clients_lock);
+        refuse_quietly_locked(a, c, "refused a client",
+                              a->system_mode ? "is not allowed to use this agent (see "
+                                               "allow-users/allow-groups in agent.conf)"
+                                             : "is not allowed to use this agent (per-user mode "
+                                               "admits only its owner)");
+        pthread_mutex_unlock(&a->clients_lock);
         goto fail;
     }
-    pthread_mutex_lock(&a->clients_lock);
-    full = a->n_clients >= a->max_clients;
-    pthread_mutex_unlock(&a->clients_lock);
-    if (full) {
-        refuse_quietly(a, c, "would exceed max-clients: the agent is serving its limit");
-        goto fail;
-    }
+    /* Hostile sizes are refused while they arrive: a header announcing a
+     * longer message closes the connection, and a connection stops being
+     * read while it holds more than this unhandled. */
+    dbus_connection_set_max_message_size(conn, AGENT_MAX_MESSAGE_SIZE);
+    dbus_connection_set_max_received_size(conn, AGENT_MAX_RECEIVED_SIZE);
+    /* No client of ours passes file descriptors; a message carrying some is
+     * refused rather than filling the agent's descriptor table. */
+    dbus_connection_set_max_message_unix_fds(conn, 0);
     dbus_connection_set_unix_user_function(conn, allow_uid, c, NULL);
     dbus_connection_set_allow_anonymous(conn, FALSE);
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
     if (!dbus_connection_register_object_path(conn, BUS_PATH, &agent_vtable, c))
         goto oom;
 
+    /* Pending: no client slot yet, but one of AGENT_MAX_PENDING; a full
+     * table closes the oldest of the uid holding most, never refuses the
+     * newcomer (which may be the real client behind a flood). */
     pthread_mutex_lock(&a->clients_lock);
+    victim = agent_pending_victim_locked(a);
+    if (victim && close_conn_locked(a, victim, AGENT_CONN_PENDING)) {
+        snprintf(why, sizeof(why), "had not authenticated and sent a request after %lld ms: "
+                 "the oldest of its uid's while %d connections were waiting to",
+                 (long long)(c->since_ms - victim->since_ms), AGENT_MAX_PENDING);
+        refuse_quietly_locked(a, victim, "closed a connection", why);
+    }
+    c->slot = AGENT_SLOT_PENDING;
+    a->n_pending++;
     c->next = a->clients;
     a->clients = c;
-    a->n_clients++;
     pthread_mutex_unlock(&a->clients_lock);
 
     pthread_attr_init(&attr);
@@ -147,8 +325,13 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
     if (r != 0) {
         agent_err("cannot start a thread for a client: %s", strerror(r));
         pthread_mutex_lock(&a->clients_lock);
-        a->clients = c->next;
-        a->n_clients--;
+        for (agent_client_t **pp = &a->clients; *pp; pp = &(*pp)->next) {
+            if (*pp == c) {
+                *pp = c->next;
+                break;
+            }
+        }
+        uncount_locked(a, c);
         pthread_mutex_unlock(&a->clients_lock);
         goto fail;
     }
@@ -350,9 +533,9 @@ bool agent_server_stop(agent_t *a)
     for (agent_client_t *c = a->clients; c; c = c->next)
         if (c->fd >= 0)
             shutdown(c->fd, SHUT_RDWR);
-    while (a->n_clients > 0) {
+    while (a->clients) {
         if (pthread_cond_timedwait(&a->clients_gone, &a->clients_lock, &deadline) != 0) {
-            agent_warn("%u clients still busy at exit", a->n_clients);
+            agent_warn("%u clients still busy at exit", a->n_clients + a->n_pending);
             all_gone = false;
             break;
         }

@@ -12,6 +12,8 @@
  *   Status()                           -> a{sv}
  *   ListTokens()                       -> a(sssuxu) tokens
  *   Unlock(s token_uri, ay pin)        -> ()   log in (p11agentctl unlock)
+ *   UnlockWithOptions(s token_uri, ay pin, a{sv} options) -> ()
+ *                                      options: "final-try" b
  *   Lock(s token_uri, b forget_only)   -> u    log out / forget cached PINs
  *
  * A key record is (uri, type, bits, group, label, token, spki, cert, flags).
@@ -231,10 +233,17 @@ int bus_parse_tokens(DBusMessage *msg, bus_token_info_t **ret, size_t *ret_n);
 
 int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_t **ret,
                            size_t *ret_n, char **errmsg);
-/* Sends a PIN for a token ("" : the only token that needs one). The caller
- * wipes its copy; libdbus's copy of the message is freed with it. */
+/* Sends a PIN (1 to PIN_MAX bytes) for a token ("" : the only token that
+ * needs one). flags 0 sends Unlock; BUS_UNLOCK_FINAL_TRY sends
+ * UnlockWithOptions with "final-try" true: the person accepts that a wrong
+ * PIN at the token's final try locks it. The PIN bytes in the message are
+ * wiped before it is freed; the caller wipes its copy. BUS_OK or a BUS_ERR_*
+ * (the agent's error, or INVALID_ARGS/NO_MEMORY/NOT_RUNNING/... locally). */
+#define BUS_UNLOCK_FINAL_TRY (1u << 0)
 int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
-                      int timeout_ms, char **errmsg);
+                      unsigned flags, int timeout_ms, char **errmsg);
+/* Wipes the bytes of the `ay` argument number arg (0-based) inside msg. */
+void bus_wipe_bytes_arg(DBusMessage *msg, int arg);
 /* Logs out (forget_only false) or only forgets cached PINs, for the tokens
  * matching token_uri ("" or "pkcs11:": all). *ret_count: tokens affected. */
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,

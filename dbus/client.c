@@ -17,6 +17,7 @@
 
 #include "bus.h"
 #include "text.h"
+#include "pinmax.h"
 
 static void set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -405,26 +406,72 @@ int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_
     return r;
 }
 
-int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
-                      int timeout_ms, char **errmsg)
+/* Wipes the bytes of the `ay` that is argument number `arg` of msg, in the
+ * message body itself (a PIN must not linger in freed memory). */
+void bus_wipe_bytes_arg(DBusMessage *msg, int arg)
 {
-    DBusMessage *msg, *reply = NULL;
-    DBusMessageIter it;
+    DBusMessageIter it, sub;
+    const char *p = NULL;
+    int n = 0;
+
+    if (!msg || !dbus_message_iter_init(msg, &it))
+        return;
+    for (int i = 0; i < arg; i++)
+        if (!dbus_message_iter_next(&it))
+            return;
+    if (dbus_message_iter_get_arg_type(&it) != DBUS_TYPE_ARRAY ||
+        dbus_message_iter_get_element_type(&it) != DBUS_TYPE_BYTE)
+        return;
+    dbus_message_iter_recurse(&it, &sub);
+    dbus_message_iter_get_fixed_array(&sub, &p, &n);
+    if (p && n > 0)
+        explicit_bzero((char *)p, (size_t)n);
+}
+
+int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
+                      unsigned flags, int timeout_ms, char **errmsg)
+{
+    /* Without options the plain Unlock, which every agent version knows. */
+    DBusMessage *msg = new_call(flags ? "UnlockWithOptions" : "Unlock"), *reply = NULL;
+    DBusMessageIter it, dict, entry, var;
+    const char *key = "final-try";
+    dbus_bool_t final_try = (flags & BUS_UNLOCK_FINAL_TRY) != 0;
     int r;
 
-    if (!token_uri || !uri_ok(token_uri, errmsg))
+    if (!token_uri || !uri_ok(token_uri, errmsg)) {
+        if (msg)
+            dbus_message_unref(msg);
         return BUS_ERR_INVALID_ARGS;
-    msg = new_call("Unlock");
+    }
+    if (len == 0 || len > PIN_MAX) {
+        if (msg)
+            dbus_message_unref(msg);
+        set_errmsg(errmsg, "a PIN is 1 to " PIN_MAX_STR " bytes");
+        return BUS_ERR_INVALID_ARGS;
+    }
     if (msg)
         dbus_message_iter_init_append(msg, &it);
-    if (!msg || len > 4096 || !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &token_uri) ||
-        !bus_append_bytes(&it, (const uint8_t *)pin, len)) {
+    if (!msg || !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &token_uri) ||
+        !bus_append_bytes(&it, (const uint8_t *)pin, len) ||
+        (flags && (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict) ||
+                   !dbus_message_iter_open_container(&dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry) ||
+                   !dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &key) ||
+                   !dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, "b", &var) ||
+                   !dbus_message_iter_append_basic(&var, DBUS_TYPE_BOOLEAN, &final_try) ||
+                   !dbus_message_iter_close_container(&entry, &var) ||
+                   !dbus_message_iter_close_container(&dict, &entry) ||
+                   !dbus_message_iter_close_container(&it, &dict)))) {
+        bus_wipe_bytes_arg(msg, 1);
         if (msg)
             dbus_message_unref(msg);
         set_errmsg(errmsg, "cannot build the request");
         return BUS_ERR_NO_MEMORY;
     }
     r = call(conn, msg, timeout_ms, &reply, errmsg);
+    if (r == BUS_ERR_FAILED && flags && errmsg && *errmsg &&
+        strstr(*errmsg, "UnlockWithOptions"))
+        set_errmsg(errmsg, "this agent is too old for 'unlock --final-try' (no UnlockWithOptions)");
+    bus_wipe_bytes_arg(msg, 1);
     dbus_message_unref(msg);
     if (reply)
         dbus_message_unref(reply);

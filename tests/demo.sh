@@ -4,6 +4,10 @@
 # `openssl s_client` authenticate to `openssl s_server` (which requires a
 # client certificate) with that key, through the p11agent provider.
 # Installs missing Debian packages first. Exits 0 on success.
+#
+#   bash tests/demo.sh              build in build/ and use the built files
+#   bash tests/demo.sh --installed  use the installed p11agent (the Debian
+#                                   package): nothing from a build directory
 set -uo pipefail  # no -e: every step checks its own status (lib.sh is not errexit-safe)
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -17,19 +21,38 @@ die() {
 . tests/packages.sh
 ensure_packages || die "cannot install the Debian packages needed"
 
-say "1. building p11agent in build/"
-if [ ! -f build/meson-private/coredata.dat ]; then
-	meson setup build >build-setup.log 2>&1 || {
-		cat build-setup.log >&2
-		die "meson setup failed"
-	}
-	rm -f build-setup.log
-fi
-meson compile -C build >/dev/null || die "build failed (run: meson compile -C build)"
+INSTALLED=0
+case ${1:-} in
+--installed) INSTALLED=1 ;;
+"") ;;
+*) die "usage: bash tests/demo.sh [--installed]" ;;
+esac
 
-export P11AGENTD=$ROOT/build/agent/p11agentd
-export P11AGENTCTL=$ROOT/build/agent/p11agentctl
-export P11AGENT_SO=$ROOT/build/provider/p11agent.so
+if [ "$INSTALLED" -eq 1 ]; then
+	say "1. using the installed p11agent"
+	P11AGENTD=$(command -v p11agentd) || die "p11agentd is not installed"
+	P11AGENTCTL=$(command -v p11agentctl) || die "p11agentctl is not installed"
+	modulesdir=$(openssl version -m | sed -n 's/^MODULESDIR: "\(.*\)"$/\1/p')
+	P11AGENT_SO=$modulesdir/p11agent.so
+	# the installed openssl.cnf snippet, as a user would use it
+	IT_CNF=/usr/share/p11agent/openssl-p11agent.cnf
+	[ -f "$IT_CNF" ] || die "$IT_CNF is not installed"
+	export P11AGENTD P11AGENTCTL P11AGENT_SO
+else
+	say "1. building p11agent in build/"
+	if [ ! -f build/meson-private/coredata.dat ]; then
+		meson setup build >build-setup.log 2>&1 || {
+			cat build-setup.log >&2
+			die "meson setup failed"
+		}
+		rm -f build-setup.log
+	fi
+	meson compile -C build >/dev/null || die "build failed (run: meson compile -C build)"
+
+	export P11AGENTD=$ROOT/build/agent/p11agentd
+	export P11AGENTCTL=$ROOT/build/agent/p11agentctl
+	export P11AGENT_SO=$ROOT/build/provider/p11agent.so
+fi
 for f in "$P11AGENTD" "$P11AGENTCTL" "$P11AGENT_SO"; do
 	[ -e "$f" ] || die "$f was not built"
 done
@@ -40,6 +63,8 @@ tap_bail() { die "$*"; }
 
 say "2. making a SoftHSM token with non-extractable keys (tests/integration/mktoken.sh)"
 it_setup
+# the installed snippet names no socket: the environment does
+[ "$INSTALLED" -eq 0 ] || export P11AGENT_SOCKET=$SOCK
 KEY=p256
 URI=$(uri "$KEY")
 

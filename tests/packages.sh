@@ -7,11 +7,15 @@ P11AGENT_PACKAGES=(
 	libp11-kit-dev p11-kit p11-kit-modules
 	libdbus-1-dev dbus
 	libcmocka-dev
+	# tests/fuzz/ (build-fuzz): clang and its libFuzzer/sanitizer runtimes
+	clang libclang-rt-14-dev python3-cryptography
 	softhsm2 opensc
 	python3 xxd curl coreutils
 	systemd util-linux passwd pinentry-tty tmux
 	# real programs using token keys (tests/integration/test-<program>.sh)
 	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
+	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
+	debhelper dpkg-dev lintian rpm
 )
 
 # ensure_packages: install whatever in P11AGENT_PACKAGES is missing (as

@@ -1,8 +1,9 @@
 #!/bin/bash
 # The whole test suite, twice: a normal build (build/) and an ASan+UBSan
-# build (build-asan/). Installs missing Debian packages first. A skipped
-# test counts as a failure (CI must not pass by skipping). The last line is
-# "N passed, M failed", totals over both builds.
+# build (build-asan/); then the fuzz targets (build-fuzz/, clang). Installs
+# missing Debian packages first. A skipped test counts as a failure (CI must
+# not pass by skipping). The last line is "N passed, M failed", totals over
+# all builds.
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
@@ -73,6 +74,29 @@ suite build -Dwerror=true
 # instrumented provider (see tests/integration/lib.sh).
 TEST_ARGS=(--timeout-multiplier 3)
 P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+
+# libFuzzer targets (tests/fuzz/): clang, ASan+UBSan, coverage; each
+# replays its committed corpus, then fuzzes for a short while (fuzz_seconds).
+TEST_ARGS=(--suite fuzz)
+CC=clang suite build-fuzz -Dwerror=true -Dfuzzing=true -Db_sanitize=address,undefined \
+	-Db_lundef=false
+
+# Packages (root only: it installs the .deb with apt and purges it again):
+# prefix install, Debian package + lintian, the demo against the installed
+# files, the RPM spec. Each TAP case counts once.
+echo "=== packaging"
+if [ "$(id -u)" -eq 0 ]; then
+	bash tests/test-packaging.sh >build/packaging.tap 2>&1
+	cat build/packaging.tap
+	ok=$(grep -c '^ok ' build/packaging.tap)
+	bad=$(grep -c '^not ok \|^Bail out' build/packaging.tap)
+	[ "$ok" -gt 0 ] || bad=$((bad + 1))
+	PASSED=$((PASSED + ok))
+	FAILED=$((FAILED + bad))
+else
+	echo "packaging: not run (needs root to install the package); counted as a failure"
+	FAILED=$((FAILED + 1))
+fi
 
 echo "$PASSED passed, $FAILED failed"
 [ "$FAILED" -eq 0 ]

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""holdconns.py SOCKET N READYFILE RELEASEFILE [TIMEOUT]
+"""holdconns.py SOCKET N READYFILE RELEASEFILE [TIMEOUT [call]]
 
 Opens N connections to the agent's unix socket, one after the other, and
-does the D-Bus EXTERNAL authentication on each (the agent serves a
-connection once it is authenticated; no message is sent). Each connection
-ends up:
-  accepted  the agent said OK, we sent BEGIN, and it was still open 0.3 s
-            after the last connection was made
+does the D-Bus EXTERNAL authentication on each; with "call", each then
+makes one Status call and waits for its reply (the agent counts a
+connection as a client from its first call; until then it is closed after
+auth-timeout). Each connection ends up:
+  accepted  the agent said OK, we sent BEGIN (and the call was answered),
+            and it was still open 0.3 s after the last connection was made
   refused   the agent closed it (no OK), e.g. past max-clients
   rejected  the agent answered REJECTED (authentication refused)
 Then writes "accepted=A refused=R rejected=J" to READYFILE (tmp + rename),
@@ -19,6 +20,8 @@ import select
 import socket
 import sys
 import time
+
+from flood import status_call
 
 
 def auth(sock):
@@ -62,11 +65,14 @@ def still_open(sock):
 def main():
     path, n, ready, release = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 30.0
+    call = len(sys.argv) > 6 and sys.argv[6] == "call"
     held, counts = [], {"accepted": 0, "refused": 0, "rejected": 0}
     for _ in range(n):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(path)
         result = auth(s)
+        if result == "accepted" and call and not status_call(s):
+            result = "refused"
         if result == "accepted":
             held.append(s)
         else:

@@ -10,13 +10,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "agent.h"
 #include "text.h"
+#include "pinmax.h"
 
 static char tmpdir[] = "/tmp/p11agent-test-agent-XXXXXX";
 
@@ -84,6 +87,15 @@ static void read_pin_expect(const char *content, size_t len, const char *expect)
     assert_null(s.buf);
     assert_int_equal(s.len, 0);
     free(path);
+}
+
+static void read_pin_expect_len(const char *content, size_t len)
+{
+    char *expect = strndup(content, len);
+
+    assert_non_null(expect);
+    read_pin_expect(content, len, expect);
+    free(expect);
 }
 
 static void test_agent_pin_file_reads_first_line(void **state)
@@ -285,6 +297,162 @@ static void test_agent_conf_missing_file(void **state)
     free(err);
 }
 
+/* A clients list for the limit choices: n connections, each with a uid,
+ * a slot and a state; since/last-active times given by the index. */
+typedef struct fake_conn {
+    uid_t uid;
+    agent_slot_t slot;
+    agent_conn_state_t state;
+    int64_t ms;
+} fake_conn_t;
+
+static void fake_clients(agent_t *a, agent_client_t *cs, const fake_conn_t *f, size_t n)
+{
+    a->clients = NULL;
+    a->n_clients = a->n_pending = 0;
+    for (size_t i = n; i-- > 0;) {
+        memset(&cs[i], 0, sizeof(cs[i]));
+        cs[i].uid = f[i].uid;
+        cs[i].slot = f[i].slot;
+        cs[i].since_ms = f[i].ms;
+        atomic_init(&cs[i].state, f[i].state);
+        atomic_init(&cs[i].last_active_ms, f[i].ms);
+        cs[i].next = a->clients;
+        a->clients = &cs[i];
+        if (f[i].slot == AGENT_SLOT_PENDING)
+            a->n_pending++;
+        else if (f[i].slot == AGENT_SLOT_CLIENT)
+            a->n_clients++;
+    }
+}
+
+static void test_agent_limits_pending_victim(void **state)
+{
+    agent_client_t cs[AGENT_MAX_PENDING + 2];
+    fake_conn_t f[AGENT_MAX_PENDING + 2];
+    agent_t a = {0};
+
+    /* uid 7 holds most of the pending connections; uid 8's is the oldest
+     * of all, and a client (not pending) is older still */
+    for (size_t i = 0; i < AGENT_MAX_PENDING; i++)
+        f[i] = (fake_conn_t){7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 100 + (int64_t)i};
+    f[5].uid = 8;
+    f[5].ms = 10;
+    f[3].ms = 50; /* uid 7's oldest */
+    f[AGENT_MAX_PENDING] = (fake_conn_t){7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 1};
+    f[AGENT_MAX_PENDING + 1] = (fake_conn_t){7, AGENT_SLOT_NONE, AGENT_CONN_CLOSING, 2};
+    fake_clients(&a, cs, f, AGENT_MAX_PENDING + 2);
+    assert_int_equal(a.n_pending, AGENT_MAX_PENDING);
+    assert_ptr_equal(agent_pending_victim_locked(&a), &cs[3]);
+
+    /* one fewer pending: no victim */
+    fake_clients(&a, cs, f + 1, AGENT_MAX_PENDING + 1);
+    assert_null(agent_pending_victim_locked(&a));
+}
+
+static void test_agent_limits_room_per_user(void **state)
+{
+    agent_client_t cs[8], newcomer = {.uid = 7};
+    agent_client_t *victim = (agent_client_t *)1;
+    const char *limit = NULL;
+    agent_t a = {.max_clients = 8, .max_clients_per_user = 3};
+    const fake_conn_t f[] = {
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_BUSY, 1},  /* busy: never closed */
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 30},
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 20}, /* uid 7's longest idle */
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 5},  /* idle longer, other uid */
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 2},
+    };
+
+    fake_clients(&a, cs, f, 5);
+    assert_int_equal(agent_max_clients_per_user(&a), 3);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[2]);
+    assert_string_equal(limit, "max-clients-per-user");
+
+    /* another uid has room: nothing closed */
+    newcomer.uid = 9;
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_null(victim);
+
+    /* every connection of uid 7 busy: refused, naming the setting */
+    newcomer.uid = 7;
+    atomic_store(&cs[1].state, AGENT_CONN_BUSY);
+    atomic_store(&cs[2].state, AGENT_CONN_BUSY);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), -EBUSY);
+    assert_null(victim);
+    assert_string_equal(limit, "max-clients-per-user");
+
+    /* the default: 128, at most max-clients (then named max-clients) */
+    a.max_clients_per_user = 0;
+    assert_int_equal(agent_max_clients_per_user(&a), 8);
+    a.max_clients = 1000;
+    assert_int_equal(agent_max_clients_per_user(&a), AGENT_MAX_CLIENTS_PER_USER_DEFAULT);
+    a.max_clients = 3;
+    atomic_store(&cs[1].state, AGENT_CONN_IDLE);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[1]);
+    assert_string_equal(limit, "max-clients");
+}
+
+static void test_agent_limits_room_max_clients(void **state)
+{
+    agent_client_t cs[8], newcomer = {.uid = 11};
+    agent_client_t *victim = NULL;
+    const char *limit = NULL;
+    agent_t a = {.max_clients = 4, .max_clients_per_user = 4};
+    const fake_conn_t f[] = {
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 40},
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_BUSY, 1},
+        {9, AGENT_SLOT_CLIENT, AGENT_CONN_IDLE, 30}, /* the longest idle */
+        {7, AGENT_SLOT_CLIENT, AGENT_CONN_CLOSING, 2},
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 3},
+        {7, AGENT_SLOT_PENDING, AGENT_CONN_PENDING, 4},
+    };
+
+    /* three clients (pending ones take no slot): room */
+    fake_clients(&a, cs, f, 6);
+    cs[3].slot = AGENT_SLOT_NONE; /* closing: out of the count */
+    a.n_clients--;
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_null(victim);
+
+    /* four: the longest-idle client of any uid makes room */
+    fake_clients(&a, cs, f, 6);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), 0);
+    assert_ptr_equal(victim, &cs[2]);
+    assert_string_equal(limit, "max-clients");
+
+    /* all busy (or closing): refused */
+    atomic_store(&cs[0].state, AGENT_CONN_BUSY);
+    atomic_store(&cs[2].state, AGENT_CONN_BUSY);
+    assert_int_equal(agent_client_room_locked(&a, &newcomer, &victim, &limit), -EBUSY);
+    assert_null(victim);
+}
+
+static void test_agent_conf_connection_limits(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nmax-clients-per-user = 16\nauth-timeout = 2\n"
+                                      "client-idle-timeout = 600\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.max_clients_per_user, 16);
+    assert_int_equal(c.auth_timeout_s, 2);
+    assert_int_equal(c.client_idle_s, 600);
+    agent_conf_clear(&c);
+
+    expect_conf_error("[agent]\nmax-clients-per-user = 0\n", "bad.conf:2: max-clients-per-user must be");
+    expect_conf_error("[agent]\nmax-clients-per-user = lots\n", "max-clients-per-user must be");
+    expect_conf_error("[agent]\nauth-timeout = 0\n", "bad.conf:2: auth-timeout must be");
+    expect_conf_error("[agent]\nauth-timeout = 3601\n", "auth-timeout must be");
+    expect_conf_error("[agent]\nauth-timeout = -1\n", "auth-timeout must be");
+    expect_conf_error("[agent]\nclient-idle-timeout = 1h\n", "client-idle-timeout must be");
+    expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "unknown setting here");
+}
+
 static void test_agent_pin_source_credential_and_strict(void **state)
 {
     agent_pin_source_t src = {0};
@@ -459,6 +627,192 @@ static void test_agent_conf_refuses_writable_or_foreign_file(void **state)
     free(path);
 }
 
+/* --- one PIN_MAX on every path --- */
+
+static void test_agent_pin_max_file(void **state)
+{
+    char pin[PIN_MAX + 2];
+
+    memset(pin, '5', sizeof(pin));
+    read_pin_expect_len(pin, PIN_MAX);
+    expect_pin_error(pin, PIN_MAX + 1, -E2BIG, "over " PIN_MAX_STR " bytes");
+}
+
+/* A pinentry that answers GETPIN with n digits. */
+static char *pinentry_answering(size_t n)
+{
+    char *script = NULL, *path;
+    int len;
+
+    len = asprintf(&script,
+                   "#!/bin/sh\necho 'OK hello'\nwhile read -r l; do case $l in\n"
+                   "GETPIN) printf 'D %%0%zud\\nOK\\n' 0;;\nBYE) echo OK; exit 0;;\n"
+                   "*) echo OK;; esac; done\n",
+                   n);
+    assert_true(len > 0);
+    path = write_file("pinentry.sh", script, (size_t)len, 0700);
+    chmod(path, 0700);
+    free(script);
+    return path;
+}
+
+static void test_agent_pin_max_prompt(void **state)
+{
+    agent_prompt_t p = {.token_label = "t", .key_label = "k"};
+    agent_secret_t pin = {0};
+    agent_t a = {0};
+    char *err = NULL;
+
+    pthread_mutex_init(&a.prompter_lock, NULL);
+    a.pinentry = pinentry_answering(PIN_MAX);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), 0);
+    assert_int_equal(pin.len, PIN_MAX);
+    agent_secret_free(&pin);
+    free(a.pinentry);
+
+    a.pinentry = pinentry_answering(PIN_MAX + 1);
+    assert_int_equal(agent_prompt_pin(&a, &p, &pin, &err), -E2BIG);
+    assert_null(pin.buf);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "longer than " PIN_MAX_STR " bytes"));
+    free(err);
+    free(a.pinentry);
+    pthread_mutex_destroy(&a.prompter_lock);
+}
+
+/* --- access policy: fail closed, allow-exe checked per request --- */
+
+static agent_client_t self_client(void)
+{
+    agent_client_t c = {.uid = getuid(), .gid = getgid(), .pid = getpid()};
+
+    assert_int_equal(agent_proc_identity(c.pid, c.exe, sizeof(c.exe), &c.start_time), 0);
+    return c;
+}
+
+static void test_agent_policy_fails_closed_without_table(void **state)
+{
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k"};
+    agent_t a = {0};
+    agent_client_t c = self_client();
+    char why[512] = "";
+
+    /* no [key] section: every key is open */
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    /* [key] sections configured but the table is missing (out of memory
+     * in agent_policy_update_locked): every key is refused, saying why */
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "out of memory"));
+    /* a key beyond the table (scanned after it was made) is refused too */
+    {
+        const agent_key_policy_t *table[1] = {NULL};
+
+        a.key_policies = table;
+        a.n_key_policies = 1;
+        assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+        why[0] = '\0';
+        assert_false(agent_key_allowed_locked(&a, 1, &c, why, sizeof(why)));
+        assert_non_null(strstr(why, "out of memory"));
+    }
+}
+
+static void test_agent_policy_exe_checked_per_request(void **state)
+{
+    agent_client_t c = self_client();
+    char *exes[1] = {c.exe};
+    agent_key_policy_t pol = {.uri = "pkcs11:object=k", .exes = exes, .n_exes = 1};
+    const agent_key_policy_t *table[1] = {&pol};
+    agent_t a = {.key_policies = table, .n_key_policies = 1};
+    char why[768] = "", small[8];
+    unsigned long long start;
+
+    a.conf.keys = &pol;
+    a.conf.n_keys = 1;
+    assert_true(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+
+    /* the same pid, another process (pid reuse): refused */
+    c.start_time++;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "pid was reused"));
+    c.start_time--;
+
+    /* connected as another program, which then exec'd the allowed one */
+    snprintf(c.exe, sizeof(c.exe), "/usr/bin/not-the-allowed-one");
+    exes[0] = "/usr/bin/not-the-allowed-one";
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "changed since it connected"));
+    assert_non_null(strstr(why, "not-the-allowed-one"));
+    c = self_client();
+    exes[0] = c.exe;
+
+    /* a path that does not fit is reported as cut, never used */
+    assert_int_equal(agent_proc_identity(getpid(), small, sizeof(small), &start), -ENAMETOOLONG);
+    assert_int_equal(strlen(small), sizeof(small) - 1);
+
+    /* a process that is gone */
+    c.pid = 0x3ffffff0;
+    assert_false(agent_key_allowed_locked(&a, 0, &c, why, sizeof(why)));
+    assert_non_null(strstr(why, "has exited"));
+}
+
+static void test_agent_policy_deleted_exe_refused(void **state)
+{
+    char *copy = NULL, cmd[512], why[768] = "", exe[1024];
+    agent_client_t c = {.uid = getuid(), .gid = getgid()};
+    pid_t pid;
+    int st;
+
+    assert_true(asprintf(&copy, "%s/sleep-copy", tmpdir) > 0);
+    snprintf(cmd, sizeof(cmd), "cp \"$(command -v sleep)\" '%s'", copy);
+    assert_int_equal(system(cmd), 0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        execl(copy, "sleep-copy", "30", (char *)NULL);
+        _exit(127);
+    }
+    c.pid = pid;
+    /* wait for the exec */
+    for (int i = 0; i < 200; i++) {
+        if (agent_proc_identity(pid, c.exe, sizeof(c.exe), &c.start_time) == 0 &&
+            strcmp(c.exe, copy) == 0)
+            break;
+        usleep(10000);
+    }
+    assert_string_equal(c.exe, copy);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), 0);
+    assert_int_equal(unlink(copy), 0);
+    assert_int_equal(agent_client_exe_check(&c, exe, sizeof(exe), why, sizeof(why)), -ENOENT);
+    assert_non_null(strstr(why, "deleted"));
+    kill(pid, SIGKILL);
+    waitpid(pid, &st, 0);
+    free(copy);
+}
+
+static void test_agent_policy_lock_unlock_owner_root_and_setting(void **state)
+{
+    agent_t a = {.owner = 4000, .system_mode = true};
+    agent_client_t c = {.uid = 4001, .gid = 4001};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nallow-users = 4001 4002\n"
+                                      "allow-unlock-users = 4002\nallow-unlock-groups = 777\n",
+                                      "t.conf", &a.conf, &err),
+                     0);
+    assert_false(agent_may_lock_unlock(&a, &c)); /* admitted, but only to sign */
+    c.uid = 4002;
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4003, .gid = 777};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 0, .gid = 0};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    c = (agent_client_t){.uid = 4000, .gid = 4000};
+    assert_true(agent_may_lock_unlock(&a, &c));
+    agent_conf_clear(&a.conf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -476,6 +830,16 @@ int main(void)
         cmocka_unit_test(test_agent_log_cut_keeps_utf8),
         cmocka_unit_test(test_agent_audit_quotes_client_strings),
         cmocka_unit_test(test_agent_conf_refuses_writable_or_foreign_file),
+        cmocka_unit_test(test_agent_pin_max_file),
+        cmocka_unit_test(test_agent_pin_max_prompt),
+        cmocka_unit_test(test_agent_policy_fails_closed_without_table),
+        cmocka_unit_test(test_agent_policy_exe_checked_per_request),
+        cmocka_unit_test(test_agent_policy_deleted_exe_refused),
+        cmocka_unit_test(test_agent_policy_lock_unlock_owner_root_and_setting),
+        cmocka_unit_test(test_agent_limits_pending_victim),
+        cmocka_unit_test(test_agent_limits_room_per_user),
+        cmocka_unit_test(test_agent_limits_room_max_clients),
+        cmocka_unit_test(test_agent_conf_connection_limits),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -1,0 +1,105 @@
+#!/bin/bash
+# Packaging checks, TAP on stdout (run by tests/run-tests.sh after the two
+# builds; needs root for apt-get and changes the system: the Debian package
+# is installed, the demo runs against the installed files, then the package
+# is purged again).
+#   1. a `meson setup --prefix DIR` install writes only below DIR
+#   2. bash packaging/build-deb.sh builds the .deb, lintian reports no errors
+#   3. apt-get installs it; the p11agent user exists
+#   4. tests/demo.sh --installed: an mTLS handshake signed by the installed
+#      agent through the installed provider and openssl.cnf snippet
+#   5. bash packaging/build-rpm.sh OUTDIR --nodeps builds the RPM
+set -uo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+W=$(mktemp -d "${TMPDIR:-/tmp}/p11agent-pkg.XXXXXX")
+N=0
+FAILED=0
+INSTALLED=0
+cleanup() {
+	if [ "$INSTALLED" -eq 1 ]; then
+		DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p11agent >/dev/null 2>&1 || true
+	fi
+	rm -rf -- "$W"
+}
+trap cleanup EXIT
+
+ok() { N=$((N + 1)); echo "ok $N - $*"; }
+not_ok() {
+	local desc=$1 f
+	shift
+	N=$((N + 1))
+	FAILED=$((FAILED + 1))
+	echo "not ok $N - $desc"
+	for f in "$@"; do
+		[ -s "$f" ] && tail -n 40 "$f" | sed 's/^/#   /'
+	done
+}
+
+[ "$(id -u)" -eq 0 ] || { echo "Bail out! run as root (apt-get install of the package)"; exit 1; }
+
+# 1. prefix install
+prefix_install() {
+	meson setup "$W/build-prefix" --prefix "$W/prefix" -Dtests=false &&
+		meson compile -C "$W/build-prefix" &&
+		DESTDIR="$W/dest" meson install -C "$W/build-prefix" --no-rebuild || return 1
+	local outside
+	outside=$(cd "$W/dest" && find . -type f | grep -v "^\.$W/prefix/")
+	if [ -n "$outside" ]; then
+		echo "installed outside the prefix $W/prefix:" >&2
+		echo "$outside" >&2
+		return 1
+	fi
+	for f in bin/p11agentd bin/p11agentctl share/dbus-1/services/org.p11agent.Agent1.service \
+		lib/systemd/system/p11agentd.service lib/systemd/user/p11agentd.socket \
+		lib/sysusers.d/p11agent.conf; do
+		[ -e "$W/dest$W/prefix/$f" ] || { echo "missing: $W/prefix/$f" >&2; return 1; }
+	done
+	find "$W/dest$W/prefix" -name p11agent.so | grep -q . || { echo "provider not installed" >&2; return 1; }
+}
+if prefix_install >"$W/prefix.log" 2>&1; then
+	ok "meson install --prefix DIR writes only below DIR"
+else
+	not_ok "meson install --prefix DIR writes only below DIR" "$W/prefix.log"
+fi
+
+# 2. Debian package
+if bash packaging/build-deb.sh "$W/deb" >"$W/deb.log" 2>&1 && ls "$W"/deb/p11agent_*_*.deb >/dev/null 2>&1; then
+	ok "build-deb.sh builds $(basename "$(ls "$W"/deb/p11agent_*_*.deb | head -n 1)"), no lintian errors"
+	grep -E '^[WI]: ' "$W/deb.log" | sed 's/^/# lintian: /'
+else
+	not_ok "build-deb.sh builds the package with no lintian errors" "$W/deb.log"
+fi
+
+# 3. install
+deb=$(ls "$W"/deb/p11agent_*_*.deb 2>/dev/null | grep -v dbgsym | head -n 1)
+if [ -n "$deb" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" >"$W/install.log" 2>&1; then
+	INSTALLED=1
+	if getent passwd p11agent >/dev/null && [ -x /usr/bin/p11agentd ]; then
+		ok "apt-get install $(basename "$deb"): /usr/bin/p11agentd and the p11agent user exist"
+	else
+		echo "p11agent user: $(getent passwd p11agent || echo missing)" >>"$W/install.log"
+		not_ok "apt-get install: agent and p11agent user" "$W/install.log"
+	fi
+else
+	not_ok "apt-get install the package" "$W/install.log"
+fi
+
+# 4. the demo against the installed files (no build directory on any path)
+if [ "$INSTALLED" -eq 1 ] && (cd "$W" && env -u P11AGENTD -u P11AGENTCTL -u P11AGENT_SO \
+	bash "$ROOT/tests/demo.sh" --installed) >"$W/demo.log" 2>&1 &&
+	grep -q '^mTLS handshake OK' "$W/demo.log"; then
+	ok "demo.sh --installed: $(grep '^mTLS handshake OK' "$W/demo.log" | cut -c1-90)..."
+else
+	not_ok "demo.sh --installed: mTLS handshake through the installed agent" "$W/demo.log"
+fi
+
+# 5. RPM
+if bash packaging/build-rpm.sh "$W/rpm" --nodeps >"$W/rpm.log" 2>&1 && ls "$W"/rpm/p11agent-*.rpm >/dev/null 2>&1; then
+	ok "build-rpm.sh builds $(basename "$(ls "$W"/rpm/p11agent-[0-9]*.rpm | head -n 1)") (rpmbuild --nodeps -bb)"
+else
+	not_ok "build-rpm.sh builds the RPM" "$W/rpm.log"
+fi
+
+echo "1..$N"
+[ "$FAILED" -eq 0 ]
