@@ -27,8 +27,17 @@ void agent_log_init(const char *debug_spec);
 /* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
 void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
+/* Writes one line. Whatever the arguments hold, the line has no control
+ * character and no invalid UTF-8 (each such byte becomes \xNN, \n etc.);
+ * callers still escape client and module strings with agent_esc. */
 void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
+/* text_escape of s (NULL: "") into buf, for a log line; returns buf. */
+const char *agent_esc(char *buf, size_t size, const char *s);
+/* Room for an escaped client path (agent_client_t.exe, 4 bytes a byte). */
+#define AGENT_EXE_ESC_MAX 1040
+/* Room for an escaped token or key label (a token label is 32 bytes). */
+#define AGENT_LABEL_ESC_MAX 512
 #define agent_err(...) agent_log(AGENT_LOG_ERR, __func__, __VA_ARGS__)
 #define agent_warn(...) agent_log(AGENT_LOG_WARN, __func__, __VA_ARGS__)
 #define agent_info(...) agent_log(AGENT_LOG_INFO, __func__, __VA_ARGS__)

@@ -2,6 +2,7 @@
 /* agent.conf parsing (format in conf.h). */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
 #include <pwd.h>
@@ -9,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "agent.h"
 
@@ -399,14 +402,51 @@ out:
     return r;
 }
 
+/* agent.conf names the modules the agent loads and the pinentry it runs:
+ * only a regular file that no one but the agent's user (or root) can
+ * change is trusted. Checked on the open file, so it cannot be swapped. */
+static int check_conf_file(int fd, const char *path, char **errmsg)
+{
+    uid_t me = geteuid();
+    struct stat st;
+
+    if (fstat(fd, &st) < 0) {
+        int r = -errno;
+
+        agent_set_errmsg(errmsg, "cannot check %s: %s", path, strerror(errno));
+        return r;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        agent_set_errmsg(errmsg, "%s is not a regular file", path);
+        return -EINVAL;
+    }
+    if (st.st_uid != me && st.st_uid != 0) {
+        agent_set_errmsg(errmsg, "refusing %s: it is owned by uid %lu, not by the agent's user "
+                                 "(uid %lu) or root, and it names the modules and programs the "
+                                 "agent runs; chown it to uid %lu or root",
+                         path, (unsigned long)st.st_uid, (unsigned long)me, (unsigned long)me);
+        return -EPERM;
+    }
+    if (st.st_mode & 022) {
+        agent_set_errmsg(errmsg, "refusing %s: it is writable by %s (owner uid %lu, mode %04o), "
+                                 "and it names the modules and programs the agent runs; "
+                                 "chmod go-w %s",
+                         path, (st.st_mode & 002) ? "every user" : "its group",
+                         (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), path);
+        return -EPERM;
+    }
+    return 0;
+}
+
 int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **errmsg)
 {
-    FILE *f = fopen(path, "re");
+    FILE *f = NULL;
     char *text = NULL;
     size_t len = 0;
-    int r;
+    int fd, r;
 
-    if (!f) {
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
         if (errno == ENOENT && !required) {
             *ret = (agent_conf_t){0};
             return 0;
@@ -414,6 +454,16 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
         r = -errno;
         agent_set_errmsg(errmsg, "cannot read %s: %s", path, strerror(errno));
         return r;
+    }
+    r = check_conf_file(fd, path, errmsg);
+    if (r < 0) {
+        close(fd);
+        return r;
+    }
+    f = fdopen(fd, "r");
+    if (!f) {
+        close(fd);
+        return -ENOMEM;
     }
     text = malloc(CONF_MAX_SIZE + 1);
     if (!text) {

@@ -13,20 +13,37 @@
 #include "agent.h"
 #include "config.h"
 #include "introspect.h"
+#include "text.h"
 #include "pinmax.h"
 
 static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
+/* The longest error text a client gets: a URI or two and a reason fit well. */
+#define ERROR_TEXT_MAX 2048
+
+/* An error reply whose text embeds client and module strings (URIs, labels,
+ * paths: any bytes). Formatted without a fixed cut, then made valid UTF-8 and
+ * cut at a character boundary: libdbus aborts the whole agent on a string
+ * that is not UTF-8. NULL only when out of memory. */
 static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
 {
-    char text[1024];
+    DBusMessage *reply = NULL;
+    char *text = NULL, *safe = NULL;
     va_list ap;
+    int n;
 
     va_start(ap, fmt);
-    vsnprintf(text, sizeof(text), fmt, ap);
+    n = vasprintf(&text, fmt, ap);
     va_end(ap);
-    return dbus_message_new_error(msg, bus_err_name(err), text);
+    if (n < 0)
+        return NULL;
+    safe = text_dbus_safe(text, ERROR_TEXT_MAX);
+    if (safe)
+        reply = dbus_message_new_error(msg, bus_err_name(err), safe);
+    free(safe);
+    free(text);
+    return reply;
 }
 
 /* Handlers return 0 with *ret_reply set, or -ENOMEM when no reply could be

@@ -15,14 +15,16 @@
 void agent_emit_signal(agent_t *a, const char *name, const char *arg1, const char *arg2)
 {
     DBusMessage *sig;
+    DBusMessageIter it;
 
     if (!a->session_bus)
         return;
     sig = dbus_message_new_signal(BUS_PATH, BUS_IFACE, name);
     if (!sig)
         return;
-    if ((arg1 && !dbus_message_append_args(sig, DBUS_TYPE_STRING, &arg1, DBUS_TYPE_INVALID)) ||
-        (arg2 && !dbus_message_append_args(sig, DBUS_TYPE_STRING, &arg2, DBUS_TYPE_INVALID))) {
+    /* token labels come from the module: any bytes, made valid UTF-8 */
+    dbus_message_iter_init_append(sig, &it);
+    if ((arg1 && !bus_append_string(&it, arg1)) || (arg2 && !bus_append_string(&it, arg2))) {
         dbus_message_unref(sig);
         return;
     }
@@ -100,16 +102,22 @@ void agent_hotplug_tick(agent_t *a)
     pthread_rwlock_unlock(&a->keys_lock);
 
     for (size_t i = 0; i < before.n; i++) {
+        char label[AGENT_LABEL_ESC_MAX];
+
         if (token_list_has(&after, before.uris[i]))
             continue;
-        agent_info("token '%s' removed: its login and cached PIN are gone", before.labels[i]);
+        /* labels come from the module: escaped in the log */
+        agent_info("token '%s' removed: its login and cached PIN are gone",
+                   agent_esc(label, sizeof(label), before.labels[i]));
         agent_lock_tokens_gone(a, before.uris[i]);
         agent_emit_signal(a, "TokenRemoved", before.uris[i], before.labels[i]);
     }
     for (size_t i = 0; i < after.n; i++) {
+        char label[AGENT_LABEL_ESC_MAX];
+
         if (token_list_has(&before, after.uris[i]))
             continue;
-        agent_info("token '%s' inserted", after.labels[i]);
+        agent_info("token '%s' inserted", agent_esc(label, sizeof(label), after.labels[i]));
         agent_emit_signal(a, "TokenInserted", after.uris[i], after.labels[i]);
     }
     agent_emit_signal(a, "KeysChanged", NULL, NULL);

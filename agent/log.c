@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "agent.h"
+#include "text.h"
 
 static unsigned debug_mask; /* set once in main before any thread starts */
 
@@ -37,16 +38,58 @@ bool agent_debug_enabled(unsigned category)
     return (debug_mask & category) != 0;
 }
 
+const char *agent_esc(char *buf, size_t size, const char *s)
+{
+    text_escape(buf, size, s, s ? strlen(s) : 0);
+    return buf;
+}
+
+/* The last line of defence against forged journal lines: copies src with
+ * each control byte and each byte that is not part of a well-formed UTF-8
+ * character escaped (text_escape of that one byte: \n, \xNN). Quotes and
+ * backslashes stay as they are, so key="value" fields that callers escaped
+ * keep their meaning. Cut only between pieces, ending in "...". */
+static void log_safe(char *dst, size_t size, const char *src)
+{
+    const unsigned char *p = (const unsigned char *)src;
+    size_t n = strlen(src), o = 0;
+
+    for (size_t i = 0; i < n;) {
+        size_t l = text_utf8_char_len(p + i, n - i);
+        char esc[8];
+        const char *piece = src + i;
+        size_t plen = l;
+
+        if (l == 0 || (l == 1 && (p[i] < 0x20 || p[i] == 0x7f))) {
+            text_escape(esc, sizeof(esc), src + i, 1);
+            piece = esc;
+            plen = strlen(esc);
+            l = 1;
+        }
+        if (o + plen + 4 > size) {
+            memcpy(dst + o, "...", 3);
+            o += 3;
+            break;
+        }
+        memcpy(dst + o, piece, plen);
+        o += plen;
+        i += l;
+    }
+    dst[o] = '\0';
+}
+
 void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
 {
     static const char *const prefix[] = {"<3>", "<4>", "<6>", "<7>"};
     static const char *const word[] = {"error: ", "warning: ", "", "debug: "};
-    char line[2048];
+    char raw[4096], line[8192];
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
+    /* a cut inside a character above becomes \xNN here, never a bad byte */
+    log_safe(line, sizeof(line), raw);
     /* The <N> prefix lets journald pick up the level; harmless on a tty. */
     if (level == AGENT_LOG_DEBUG)
         fprintf(stderr, "%sp11agentd: %s%s: %s\n", prefix[level], word[level], func, line);

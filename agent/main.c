@@ -354,7 +354,7 @@ int main(int argc, char **argv)
     free(default_config);
     if (r < 0) {
         agent_err("%s", errmsg ? errmsg : "cannot read the configuration");
-        return EXIT_FAILURE;
+        goto out; /* frees what the options allocated */
     }
     if (n_modules == 0) {
         for (size_t i = 0; i < a.conf.n_modules && n_modules < MAX_MODULES; i++)
@@ -362,7 +362,7 @@ int main(int argc, char **argv)
     }
     if (agent_apply_conf(&a, &errmsg) < 0) {
         agent_err("%s", errmsg ? errmsg : "bad configuration");
-        return EXIT_FAILURE;
+        goto out; /* frees what the options allocated */
     }
     a.socket_activated = socket_activated();
     if (!idle_exit_given && !a.conf.idle_exit_set)
@@ -374,7 +374,7 @@ int main(int argc, char **argv)
                                       : bus_default_socket_path();
     if (!a.socket_path) {
         agent_err("cannot determine the socket path");
-        return EXIT_FAILURE;
+        goto out; /* frees what the options allocated */
     }
 
     if (!foreground) {

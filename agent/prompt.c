@@ -69,6 +69,9 @@ void agent_prompter_unregister(agent_t *a, const char *name)
     pthread_mutex_unlock(&a->prompter_lock);
 }
 
+/* String values (labels from the module, the client's path, a description
+ * that may have been cut inside a character) go through bus_append_string:
+ * libdbus aborts the agent on invalid UTF-8. */
 static dbus_bool_t dict_add(DBusMessageIter *dict, const char *key, int type, const void *val)
 {
     DBusMessageIter e, v;
@@ -77,7 +80,8 @@ static dbus_bool_t dict_add(DBusMessageIter *dict, const char *key, int type, co
     return dbus_message_iter_open_container(dict, DBUS_TYPE_DICT_ENTRY, NULL, &e) &&
            dbus_message_iter_append_basic(&e, DBUS_TYPE_STRING, &key) &&
            dbus_message_iter_open_container(&e, DBUS_TYPE_VARIANT, sig, &v) &&
-           dbus_message_iter_append_basic(&v, type, val) &&
+           (type == DBUS_TYPE_STRING ? bus_append_string(&v, *(const char *const *)val)
+                                     : dbus_message_iter_append_basic(&v, type, val)) &&
            dbus_message_iter_close_container(&e, &v) &&
            dbus_message_iter_close_container(dict, &e);
 }
@@ -514,7 +518,12 @@ pid_t agent_prompt_notice_begin(agent_t *a, const agent_prompt_t *p)
     pthread_t th;
     pid_t pid;
 
-    agent_info("token '%s': enter the PIN on the reader's PIN pad", p->token_label);
+    {
+        char label[AGENT_LABEL_ESC_MAX];
+
+        agent_info("token '%s': enter the PIN on the reader's PIN pad",
+                   agent_esc(label, sizeof(label), p->token_label));
+    }
     agent_emit_signal(a, "PinPadPrompt", p->token_label, p->key_uri ? p->key_uri : "");
     if (!agent_can_prompt(a) || !(n = calloc(1, sizeof(*n))))
         return -1;

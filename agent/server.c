@@ -5,6 +5,7 @@
  * exists, the well-known name org.p11agent.Agent1 there.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,13 +24,15 @@ static void refuse_quietly_locked(agent_t *a, const agent_client_t *c, const cha
                                   const char *why)
 {
     int64_t now = agent_now_ms();
+    char exe[AGENT_EXE_ESC_MAX];
 
     if (now - a->refusal_log_ms < 1000) {
         a->refusals_unlogged++;
         return;
     }
+    /* the path is the client's choice: escaped, or it could forge lines */
     agent_warn("%s: uid %ld (pid %ld, %s) %s%s", what, (long)c->uid, (long)c->pid,
-               c->exe[0] ? c->exe : "?", why,
+               c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?", why,
                a->refusals_unlogged ? " (and more in the last second, not logged)" : "");
     if (strncmp(what, "refused", 7) == 0)
         agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
@@ -153,11 +156,12 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
 {
     agent_client_t *c = data;
     agent_t *a = c->agent;
+    char exe[AGENT_EXE_ESC_MAX];
 
     if (uid == (unsigned long)c->uid && agent_peer_admitted(a, c))
         return TRUE;
     agent_warn("refused a client: uid %lu (pid %ld, %s) is not allowed to use this agent%s",
-               uid, (long)c->pid, c->exe[0] ? c->exe : "?",
+               uid, (long)c->pid, c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?",
                a->system_mode ? " (see allow-users/allow-groups in agent.conf)"
                               : " (per-user mode admits only its owner)");
     agent_audit(a, c, "connect", NULL, NULL, NULL, "denied", 0);
@@ -331,8 +335,12 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         pthread_mutex_unlock(&a->clients_lock);
         goto fail;
     }
-    agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
-                (long)c->pid, c->exe);
+    if (agent_debug_enabled(AGENT_DBG_BUS)) {
+        char exe[AGENT_EXE_ESC_MAX];
+
+        agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld (%s) connected", (long)c->uid,
+                    (long)c->pid, agent_esc(exe, sizeof(exe), c->exe));
+    }
     return;
 oom:
     agent_err("out of memory accepting a client");
@@ -344,24 +352,60 @@ fail:
     }
 }
 
-/* Creates the socket's directory if it does not exist: 0700 for a per-user
- * agent, 0755 in system mode (other users connect; the agent checks them). */
-static int make_socket_dir(const char *path, mode_t mode, char **errmsg)
+/* Creates the socket's directory if it does not exist (0700 for a per-user
+ * agent, 0755 in system mode: other users connect, the agent checks each),
+ * and checks the one it is about to use, created now or long ago: a real
+ * directory (not a symlink), owned by the agent's user (or root in system
+ * mode), writable by nobody else; per-user, open to nobody else at all.
+ * Anyone who could write there could put their own socket in our place. */
+static int make_socket_dir(const char *path, bool system_mode, char **errmsg)
 {
-    char *dir = strdup(path), *slash;
+    const char *slash = strrchr(path, '/');
+    char *dir = slash == path ? strdup("/") : slash ? strndup(path, (size_t)(slash - path))
+                                                    : strdup(".");
+    uid_t me = geteuid();
+    struct stat st;
     int r = 0;
 
     if (!dir)
         return -ENOMEM;
-    slash = strrchr(dir, '/');
-    if (slash && slash != dir) {
-        *slash = '\0';
-        if (mkdir(dir, mode) < 0 && errno != EEXIST) {
-            r = -errno;
-            if (asprintf(errmsg, "cannot create socket directory %s: %s", dir, strerror(errno)) < 0)
-                *errmsg = NULL;
-        }
+    if (mkdir(dir, system_mode ? 0755 : 0700) < 0 && errno != EEXIST) {
+        r = -errno;
+        agent_set_errmsg(errmsg, "cannot create socket directory %s: %s", dir, strerror(errno));
+        goto out;
     }
+    if (lstat(dir, &st) < 0) {
+        r = -errno;
+        agent_set_errmsg(errmsg, "cannot check socket directory %s: %s", dir, strerror(errno));
+        goto out;
+    }
+    r = -EPERM;
+    if (S_ISLNK(st.st_mode))
+        agent_set_errmsg(errmsg, "socket directory %s is a symbolic link; the agent uses only "
+                                 "a real directory: remove the link, or choose another --socket",
+                         dir);
+    else if (!S_ISDIR(st.st_mode))
+        agent_set_errmsg(errmsg, "socket directory %s is not a directory: remove it, or choose "
+                                 "another --socket",
+                         dir);
+    else if (st.st_uid != me && !(system_mode && st.st_uid == 0))
+        agent_set_errmsg(errmsg, "socket directory %s is owned by uid %lu, not by the agent's "
+                                 "user (uid %lu)%s: another user could replace the socket; "
+                                 "remove the directory (the agent creates it) or chown it",
+                         dir, (unsigned long)st.st_uid, (unsigned long)me,
+                         system_mode ? " or root" : "");
+    else if (st.st_mode & 022)
+        agent_set_errmsg(errmsg, "socket directory %s is writable by %s (mode %04o): another "
+                                 "user could replace the socket; chmod go-w %s",
+                         dir, (st.st_mode & 002) ? "every user" : "its group",
+                         (unsigned)(st.st_mode & 07777), dir);
+    else if (!system_mode && (st.st_mode & 077))
+        agent_set_errmsg(errmsg, "socket directory %s is open to other users (mode %04o); a "
+                                 "per-user agent's directory is mode 0700: chmod 0700 %s",
+                         dir, (unsigned)(st.st_mode & 07777), dir);
+    else
+        r = 0;
+out:
     free(dir);
     return r;
 }
@@ -421,7 +465,7 @@ int agent_server_start(agent_t *a, char **errmsg)
         }
         goto listening;
     }
-    r = make_socket_dir(a->socket_path, a->system_mode ? 0755 : 0700, errmsg);
+    r = make_socket_dir(a->socket_path, a->system_mode, errmsg);
     if (r < 0)
         return r;
     r = check_stale_socket(a->socket_path, errmsg);
@@ -434,7 +478,10 @@ int agent_server_start(agent_t *a, char **errmsg)
     }
     dbus_free(escaped);
     dbus_error_init(&err);
-    old_umask = umask(0077);
+    /* bind() creates the socket with its mode (0600; 0666 in system mode,
+     * where the agent checks each peer): it is never more open than that
+     * while it is ours alone to set... */
+    old_umask = umask(a->system_mode ? 0111 : 0177);
     a->server = dbus_server_listen(address, &err);
     umask(old_umask);
     free(address);
@@ -445,7 +492,17 @@ int agent_server_start(agent_t *a, char **errmsg)
         return -EIO;
     }
     a->socket_owned = true;
-    chmod(a->socket_path, a->system_mode ? 0666 : 0600);
+    /* ...but libdbus chmods every socket it binds to 0777, by path. Set the
+     * mode back, never through a symlink (the directory was checked: no
+     * one else can swap the path meanwhile). In per-user mode the 0700
+     * directory kept others out during that moment. */
+    if (fchmodat(AT_FDCWD, a->socket_path, a->system_mode ? 0666 : 0600,
+                 AT_SYMLINK_NOFOLLOW) < 0) {
+        r = -errno;
+        agent_set_errmsg(errmsg, "cannot set the mode of socket %s: %s", a->socket_path,
+                         strerror(errno));
+        return r;
+    }
 listening:
     if (!dbus_server_set_auth_mechanisms(a->server, mechs) ||
         !agent_loop_attach_server(a->loop, a->server))

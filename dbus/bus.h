@@ -130,6 +130,11 @@ typedef struct bus_sign_params {
 
 /* Appends an `ay`. FALSE means out of memory. */
 dbus_bool_t bus_append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n);
+/* Appends an `s` that may hold any bytes (a label from a PKCS#11 module, a
+ * client's path): valid UTF-8 goes as is, anything else as a copy with each
+ * bad byte replaced by U+FFFD (libdbus aborts the process on invalid UTF-8).
+ * NULL counts as "". FALSE means out of memory. */
+dbus_bool_t bus_append_string(DBusMessageIter *it, const char *s);
 
 /* Appends an array of key records to msg. BUS_OK or BUS_ERR_NO_MEMORY. */
 int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n);
@@ -166,8 +171,10 @@ char *bus_socket_path(const char *configured);
 char *bus_default_socket_path(void);
 
 /* Opens a private connection (never the shared bus connection), with
- * exit-on-disconnect off. On failure returns an error and, if errmsg is not
- * NULL, a malloc'd message naming the socket and the cause. */
+ * exit-on-disconnect off. The agent's end must be served (SO_PEERCRED) by
+ * this user, root or, for the system socket, the user p11agent; otherwise
+ * BUS_ERR_DENIED. On failure returns an error and, if errmsg is not NULL, a
+ * malloc'd message naming the socket and the cause. */
 int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char **errmsg);
 /* Closes and unrefs a connection from bus_client_connect. NULL is fine. */
 void bus_client_close(DBusConnection *conn);

@@ -6,14 +6,17 @@
  * never exit on disconnect, never install signal handlers.
  */
 #include <errno.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "bus.h"
+#include "text.h"
 #include "pinmax.h"
 
 static void set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -58,6 +61,85 @@ char *bus_socket_path(const char *configured)
     return bus_default_socket_path();
 }
 
+/* The user the system agent runs as (packaging/systemd: User=p11agent). */
+#define BUS_SYSTEM_USER "p11agent"
+#define BUS_SYSTEM_SOCKET "/run/p11agent/agent.sock"
+
+/* The uid of the system agent's user, or -1 if there is none. Called only
+ * when a peer is neither us nor root, at connect time (never at sign time:
+ * it may ask NSS). */
+static long system_agent_uid(void)
+{
+    struct passwd pw, *res = NULL;
+    char buf[4096];
+
+    if (getpwnam_r(BUS_SYSTEM_USER, &pw, buf, sizeof(buf), &res) != 0 || !res)
+        return -1;
+    return (long)res->pw_uid;
+}
+
+/* Is the socket the system agent's: the well-known path, or one in a
+ * directory owned by root or by the system agent's user? */
+static bool is_system_socket(const char *path, long sys_uid)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    struct stat st;
+    bool owned;
+
+    if (strcmp(path, BUS_SYSTEM_SOCKET) == 0)
+        return true;
+    if (!slash)
+        return false;
+    dir = slash == path ? strdup("/") : strndup(path, (size_t)(slash - path));
+    if (!dir)
+        return false;
+    owned = stat(dir, &st) == 0 && (st.st_uid == 0 || (long)st.st_uid == sys_uid);
+    free(dir);
+    return owned;
+}
+
+/* Who listens on the socket: the kernel's word (SO_PEERCRED of the agent's
+ * end), not the file's owner. Digests (and the keys' use) go only to an
+ * agent run by this user, by root, or, for the system socket, by the system
+ * agent's user; anyone else may have bound a socket where ours should be. */
+static int check_agent_peer(DBusConnection *conn, const char *socket_path, char **errmsg)
+{
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    long sys_uid;
+    int fd = -1;
+
+    errno = 0;
+    if (!dbus_connection_get_unix_fd(conn, &fd) || fd < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0 || len != sizeof(cred)) {
+        set_errmsg(errmsg, "cannot tell who serves the agent socket %s (SO_PEERCRED): %s",
+                   socket_path, strerror(errno ? errno : EIO));
+        return BUS_ERR_DENIED;
+    }
+    if (cred.uid == getuid() || cred.uid == geteuid() || cred.uid == 0)
+        return BUS_OK;
+    sys_uid = system_agent_uid();
+    if (sys_uid >= 0 && (long)cred.uid == sys_uid && is_system_socket(socket_path, sys_uid))
+        return BUS_OK;
+    if (sys_uid >= 0)
+        set_errmsg(errmsg,
+                   "refusing the agent socket %s: it is served by uid %lu (pid %ld), not by "
+                   "this user (uid %lu), root, or the system agent's user %s (uid %ld, for "
+                   "%s); another user's program may be listening there: check "
+                   "P11AGENT_SOCKET / agent-socket",
+                   socket_path, (unsigned long)cred.uid, (long)cred.pid,
+                   (unsigned long)getuid(), BUS_SYSTEM_USER, sys_uid, BUS_SYSTEM_SOCKET);
+    else
+        set_errmsg(errmsg,
+                   "refusing the agent socket %s: it is served by uid %lu (pid %ld), not by "
+                   "this user (uid %lu) or root; another user's program may be listening "
+                   "there: check P11AGENT_SOCKET / agent-socket",
+                   socket_path, (unsigned long)cred.uid, (long)cred.pid,
+                   (unsigned long)getuid());
+    return BUS_ERR_DENIED;
+}
+
 int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char **errmsg)
 {
     DBusError err;
@@ -99,6 +181,12 @@ int bus_client_connect(const char *socket_path, DBusConnection **ret_conn, char 
         goto out;
     }
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    r = check_agent_peer(conn, socket_path, errmsg);
+    if (r < 0) {
+        dbus_connection_close(conn);
+        dbus_connection_unref(conn);
+        goto out;
+    }
     *ret_conn = conn;
     r = BUS_OK;
 out:
@@ -154,6 +242,19 @@ static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMess
     return r;
 }
 
+/* A URI that is not UTF-8 names no key or token; libdbus would abort the
+ * whole program if it went into a message, so it is refused here. */
+static bool uri_ok(const char *uri, char **errmsg)
+{
+    char shown[256];
+
+    if (text_utf8_valid(uri, strlen(uri)))
+        return true;
+    text_escape(shown, sizeof(shown), uri, strlen(uri));
+    set_errmsg(errmsg, "'%s' is not a valid PKCS#11 URI: it is not UTF-8", shown);
+    return false;
+}
+
 static DBusMessage *new_call(const char *method)
 {
     return dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, method);
@@ -198,6 +299,8 @@ int bus_client_find_keys(DBusConnection *conn, const char *uri, int timeout_ms,
         set_errmsg(errmsg, "no key URI given");
         return BUS_ERR_INVALID_ARGS;
     }
+    if (!uri_ok(uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
     return keys_call(conn, uri, timeout_ms, ret_keys, ret_n, errmsg);
 }
 
@@ -245,9 +348,12 @@ int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params
                     const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
                     size_t *ret_sig_len, char **errmsg)
 {
-    DBusMessage *msg = bus_new_sign_call(uri, p, data, len);
+    DBusMessage *msg;
     int r;
 
+    if (!uri || !uri_ok(uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = bus_new_sign_call(uri, p, data, len);
     if (!msg) {
         set_errmsg(errmsg, "cannot build a signature request (algorithm %d, %zu bytes)", p->alg,
                    len);
@@ -332,6 +438,11 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
     dbus_bool_t final_try = (flags & BUS_UNLOCK_FINAL_TRY) != 0;
     int r;
 
+    if (!token_uri || !uri_ok(token_uri, errmsg)) {
+        if (msg)
+            dbus_message_unref(msg);
+        return BUS_ERR_INVALID_ARGS;
+    }
     if (len == 0 || len > PIN_MAX) {
         if (msg)
             dbus_message_unref(msg);
@@ -370,11 +481,14 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
                     uint32_t *ret_count, char **errmsg)
 {
-    DBusMessage *msg = new_call("Lock"), *reply = NULL;
+    DBusMessage *msg, *reply = NULL;
     dbus_bool_t forget = forget_only;
     dbus_uint32_t count = 0;
     int r;
 
+    if (!token_uri || !uri_ok(token_uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = new_call("Lock");
     if (!msg || !dbus_message_append_args(msg, DBUS_TYPE_STRING, &token_uri, DBUS_TYPE_BOOLEAN,
                                           &forget, DBUS_TYPE_INVALID)) {
         if (msg)

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "bus.h"
+#include "text.h"
 
 /* Upper bounds on what a peer may send us. Anything larger is malformed. */
 #define MAX_BLOB (1u << 20)
@@ -64,6 +65,25 @@ dbus_bool_t bus_append_bytes(DBusMessageIter *it, const uint8_t *p, size_t n)
     return dbus_message_iter_close_container(it, &arr);
 }
 
+dbus_bool_t bus_append_string(DBusMessageIter *it, const char *s)
+{
+    size_t n;
+    char *safe;
+    dbus_bool_t ok;
+
+    s = nz(s);
+    n = strlen(s);
+    if (text_utf8_valid(s, n))
+        return dbus_message_iter_append_basic(it, DBUS_TYPE_STRING, &s);
+    /* room for every byte to become U+FFFD: replaced, never cut */
+    safe = text_dbus_safe(s, n * 3 + 4);
+    if (!safe)
+        return FALSE;
+    ok = dbus_message_iter_append_basic(it, DBUS_TYPE_STRING, &safe);
+    free(safe);
+    return ok;
+}
+
 int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n)
 {
     DBusMessageIter it, arr;
@@ -74,18 +94,16 @@ int bus_append_keys(DBusMessage *msg, const bus_key_info_t *keys, size_t n)
     for (size_t i = 0; i < n; i++) {
         const bus_key_info_t *k = &keys[i];
         DBusMessageIter st;
-        const char *uri = nz(k->uri), *type = bus_key_type_name(k->type), *group = nz(k->group),
-                   *label = nz(k->label), *token = nz(k->token);
         dbus_uint32_t bits = k->bits, flags = k->flags;
 
         if (!dbus_message_iter_open_container(&arr, DBUS_TYPE_STRUCT, NULL, &st))
             goto oom;
-        if (!dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &uri) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &type) ||
+        /* labels and token names come from the module: any bytes */
+        if (!bus_append_string(&st, k->uri) ||
+            !bus_append_string(&st, bus_key_type_name(k->type)) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &bits) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &group) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &label) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &token) ||
+            !bus_append_string(&st, k->group) || !bus_append_string(&st, k->label) ||
+            !bus_append_string(&st, k->token) ||
             !bus_append_bytes(&st, k->spki, k->spki_len) || !bus_append_bytes(&st, k->cert, k->cert_len) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &flags)) {
             dbus_message_iter_abandon_container(&arr, &st);
@@ -244,7 +262,8 @@ static dbus_bool_t append_dict_entry(DBusMessageIter *dict, const char *key, int
         dbus_message_iter_abandon_container(dict, &entry);
         return FALSE;
     }
-    if (!dbus_message_iter_append_basic(&var, type, value)) {
+    if (!(type == DBUS_TYPE_STRING ? bus_append_string(&var, *(const char *const *)value)
+                                   : dbus_message_iter_append_basic(&var, type, value))) {
         dbus_message_iter_abandon_container(&entry, &var);
         dbus_message_iter_abandon_container(dict, &entry);
         return FALSE;
@@ -264,7 +283,9 @@ DBusMessage *bus_new_sign_template(const char *uri, const bus_sign_params_t *p)
     const char *hash = p->hash, *mgf1 = p->mgf1_hash;
     dbus_int32_t salt = p->salt_len;
 
-    if (!alg || !uri)
+    /* a URI that is not UTF-8 names no key: refuse it here, libdbus would
+     * abort the application */
+    if (!alg || !uri || !text_utf8_valid(uri, strlen(uri)))
         return NULL;
     msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Sign");
     if (!msg)
@@ -414,7 +435,7 @@ void bus_status_clear(bus_status_t *s)
 int bus_append_status(DBusMessage *msg, const bus_status_t *s)
 {
     DBusMessageIter it, dict;
-    const char *version = nz(s->version);
+    const char *version = s->version;
     dbus_uint32_t pid = s->pid, tokens = s->tokens, keys = s->keys, clients = s->clients;
     dbus_uint64_t sigs = s->signatures, fails = s->sign_failures;
 
@@ -501,15 +522,14 @@ int bus_append_tokens(DBusMessage *msg, const bus_token_info_t *t, size_t n)
         return BUS_ERR_NO_MEMORY;
     for (size_t i = 0; i < n; i++) {
         DBusMessageIter st;
-        const char *uri = nz(t[i].uri), *label = nz(t[i].label), *model = nz(t[i].model);
         dbus_uint32_t flags = t[i].flags, keys = t[i].keys;
         dbus_int64_t expires = t[i].expires;
 
         if (!dbus_message_iter_open_container(&arr, DBUS_TYPE_STRUCT, NULL, &st))
             goto oom;
-        if (!dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &uri) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &label) ||
-            !dbus_message_iter_append_basic(&st, DBUS_TYPE_STRING, &model) ||
+        /* label and model come from the module: any bytes */
+        if (!bus_append_string(&st, t[i].uri) || !bus_append_string(&st, t[i].label) ||
+            !bus_append_string(&st, t[i].model) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &flags) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_INT64, &expires) ||
             !dbus_message_iter_append_basic(&st, DBUS_TYPE_UINT32, &keys)) {

@@ -18,7 +18,6 @@ done
 # Files other users must read: a world-readable copy of what clients need.
 P=$T/public
 mkdir -m 0755 "$P"
-chmod 0711 "$T"
 head -c 500 /dev/urandom >"$P/msg"
 plain dgst -sha256 -binary -out "$P/msg.sha256" "$P/msg" || tap_bail "openssl dgst"
 cp "$T/certs/p256.pem" "$T/certs/rsa2048.pem" "$P/"
@@ -46,7 +45,11 @@ verifies() {
 
 # --- per-user mode: only the owner (root here) ------------------------------
 agent_start || tap_bail "p11agentd did not start"
-chmod 0666 "$SOCK" # as if the socket's mode were wrong: the agent must still check
+# Other users reach $T only now: a per-user agent refuses to start with its
+# socket in a directory open to others. As if the directory's and the
+# socket's modes were wrong afterwards: the agent must still check peers.
+chmod 0711 "$T"
+chmod 0666 "$SOCK"
 
 case_owner_signs() {
 	client pkeyutl -sign -inkey "$(uri p256)" -in "$P/msg.sha256" -out "$T/owner.sig" &&
@@ -136,6 +139,7 @@ allow-exe = $OPENSSL_EXE
 CONF
 IT_AGENT_ARGS=(--config "$T/keys.conf")
 SOCK=$T/agent.sock
+chmod 0700 "$T" # a per-user agent's socket directory (only root signs below)
 write_cnf "$CNF"
 agent_start || tap_bail "p11agentd did not start with a key policy"
 

@@ -19,7 +19,6 @@ FLOOD=$IT_LIB_DIR/flood.py
 # Files the second user reads, as in test-access.sh.
 P=$T/public
 mkdir -m 0755 "$P"
-chmod 0711 "$T"
 head -c 300 /dev/urandom >"$P/msg"
 plain dgst -sha256 -binary -out "$P/msg.sha256" "$P/msg" || tap_bail "openssl dgst"
 cp "$T/pub/p256.pem" "$P/p256.pub"
@@ -181,6 +180,9 @@ tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
 U2=p11agent-t2
 id "$U2" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$U2" ||
 	tap_bail "cannot create user $U2"
+# $U2 reaches the system socket below $T; a per-user agent refuses a socket
+# directory open to others, so $T is 0711 only while the system agent runs
+chmod 0711 "$T"
 SYS=$T/sys
 mkdir -m 0755 "$SYS"
 printf '[agent]\nallow-users = %s\nmax-clients = 16\nmax-clients-per-user = 4\n' "$U2" \
@@ -244,6 +246,7 @@ tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
 printf '[agent]\nclient-idle-timeout = 1\n' >"$T/d.conf"
 IT_AGENT_ARGS=(--config "$T/d.conf")
 SOCK=$T/agent.sock
+chmod 0700 "$T" # a per-user agent's socket directory again
 write_cnf "$CNF"
 agent_start || tap_bail "p11agentd did not start with client-idle-timeout"
 coproc HOLD { exec env OPENSSL_CONF="$CNF" ${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD"} \

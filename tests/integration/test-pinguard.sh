@@ -30,7 +30,6 @@ fault() { "$P11FAULT_CTL" "$@"; }
 ctl() { with_timeout 60 "$P11AGENTCTL" --socket "$SOCK" "$@"; }
 logins() { fault get C_Login; }
 PG=$(readlink -f "$P11AGENT_PINGUARD")
-chmod 0711 "$T"
 
 # The agent is alive, stops with status 0, and logged no sanitizer report.
 case_agent_clean() {
@@ -163,6 +162,9 @@ tap_case "final try: agent alive, exits 0, no sanitizer report" case_agent_clean
 U2=p11agent-t2
 id "$U2" >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin "$U2" ||
 	tap_bail "cannot create user $U2"
+# $U2 reaches the system socket below $T; a per-user agent (above) refuses
+# a socket directory open to others, so $T was 0700 until now
+chmod 0711 "$T"
 mkdir -m 0755 "$T/sys"
 SOCK=$T/sys/agent.sock
 cat >"$T/sys.conf" <<CONF

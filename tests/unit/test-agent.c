@@ -19,6 +19,7 @@
 #include <cmocka.h>
 
 #include "agent.h"
+#include "text.h"
 #include "pinmax.h"
 
 static char tmpdir[] = "/tmp/p11agent-test-agent-XXXXXX";
@@ -493,6 +494,140 @@ static void test_agent_pin_source_credential_and_strict(void **state)
     free(path);
 }
 
+/* Runs fn with stderr sent to a file; returns what was written (malloc'd). */
+static char *capture_stderr(void (*fn)(void *), void *arg)
+{
+    char path[128], *buf = calloc(1, 65536);
+    int fd, saved;
+    ssize_t n;
+
+    assert_non_null(buf);
+    snprintf(path, sizeof(path), "%s/stderr.log", tmpdir);
+    fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    saved = dup(STDERR_FILENO);
+    dup2(fd, STDERR_FILENO);
+    fn(arg);
+    fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    n = pread(fd, buf, 65535, 0);
+    assert_true(n > 0);
+    close(fd);
+    return buf;
+}
+
+/* Every line is one line: a '\n' only at its end, no other control byte,
+ * nothing that is not UTF-8. */
+static void assert_clean_lines(const char *out, size_t lines)
+{
+    size_t seen = 0;
+
+    for (const unsigned char *p = (const unsigned char *)out; *p; p++) {
+        if (*p == '\n')
+            seen++;
+        else
+            assert_false(*p < 0x20 || *p == 0x7f);
+    }
+    assert_int_equal(seen, lines);
+    assert_true(text_utf8_valid(out, strlen(out)));
+}
+
+static void log_forged(void *arg)
+{
+    agent_warn("refused a client (%s)", (const char *)arg);
+}
+
+static void test_agent_log_escapes_control_and_bad_utf8(void **state)
+{
+    const char *evil = "/tmp/x\n<3>p11agentd: error: forged\r\x1b[2J\xff caf\xc3\xa9 \"q\"";
+    char *out = capture_stderr(log_forged, (void *)evil);
+
+    assert_clean_lines(out, 1);
+    /* the bytes are shown escaped, good characters and quotes unchanged */
+    assert_non_null(strstr(out, "/tmp/x\\n<3>p11agentd: error: forged\\r\\x1b[2J\\xff caf\xc3\xa9 "
+                                "\"q\""));
+    free(out);
+}
+
+static void log_long(void *arg)
+{
+    /* "é" * 3000 is 6000 bytes: the line is cut, at an odd byte: inside one */
+    agent_info("%s", (const char *)arg);
+}
+
+static void test_agent_log_cut_keeps_utf8(void **state)
+{
+    char *long_text = malloc(6001), *out;
+
+    assert_non_null(long_text);
+    for (int i = 0; i < 3000; i++)
+        memcpy(long_text + 2 * i, "\xc3\xa9", 2);
+    long_text[6000] = '\0';
+    out = capture_stderr(log_long, long_text);
+    assert_clean_lines(out, 1);
+    free(out);
+    free(long_text);
+}
+
+static void audit_evil(void *arg)
+{
+    agent_t a = {.audit = AGENT_AUDIT_ALL};
+    agent_client_t c = {.uid = 1000, .pid = 42};
+
+    snprintf(c.exe, sizeof(c.exe), "%s", (const char *)arg);
+    agent_audit(&a, &c, "sign", "pkcs11:object=k\" uid=0", "ecdsa", "sha256 uid=0", "denied", 0);
+}
+
+static void test_agent_audit_quotes_client_strings(void **state)
+{
+    const char *evil = "/tmp/a\" result=\"ok\n<6>p11agentd: audit: forged\xfe";
+    char *out = capture_stderr(audit_evil, (void *)evil);
+
+    assert_clean_lines(out, 1);
+    assert_non_null(strstr(out, "key=\"pkcs11:object=k\\\" uid=0\" "));
+    assert_non_null(strstr(out, "mechanism=ecdsa/sha256?uid?0 uid=1000 pid=42 "));
+    assert_non_null(strstr(out, "exe=\"/tmp/a\\\" result=\\\"ok\\n<6>p11agentd: audit: "
+                                "forged\\xfe\" result=\"denied\""));
+    free(out);
+}
+
+/* agent.conf names modules and the pinentry: a file others can change is
+ * refused, naming the file, owner, mode and the fix. */
+static void test_agent_conf_refuses_writable_or_foreign_file(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL, *path = write_file("perm.conf", "[agent]\n", 8, 0600);
+
+    chmod(path, 0664);
+    assert_int_equal(agent_conf_load(path, true, &c, &err), -EPERM);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, "writable by its group"));
+    assert_non_null(strstr(err, "mode 0664"));
+    assert_non_null(strstr(err, "chmod go-w"));
+    free(err);
+    err = NULL;
+    chmod(path, 0646);
+    assert_int_equal(agent_conf_load(path, false, &c, &err), -EPERM);
+    assert_non_null(strstr(err, "every user"));
+    free(err);
+    err = NULL;
+    chmod(path, 0644);
+    assert_int_equal(agent_conf_load(path, true, &c, &err), 0);
+    agent_conf_clear(&c);
+    if (geteuid() == 0) {
+        /* CI runs as root: a file of another user (not root) */
+        assert_int_equal(chown(path, 65534, 65534), 0);
+        assert_int_equal(agent_conf_load(path, true, &c, &err), -EPERM);
+        assert_non_null(strstr(err, "owned by uid 65534"));
+        assert_non_null(strstr(err, "chown"));
+        free(err);
+        err = NULL;
+    }
+    free(path);
+}
+
 /* --- one PIN_MAX on every path --- */
 
 static void test_agent_pin_max_file(void **state)
@@ -748,6 +883,10 @@ int main(void)
         cmocka_unit_test(test_agent_conf_errors_name_file_and_line),
         cmocka_unit_test(test_agent_conf_missing_file),
         cmocka_unit_test(test_agent_pin_source_credential_and_strict),
+        cmocka_unit_test(test_agent_log_escapes_control_and_bad_utf8),
+        cmocka_unit_test(test_agent_log_cut_keeps_utf8),
+        cmocka_unit_test(test_agent_audit_quotes_client_strings),
+        cmocka_unit_test(test_agent_conf_refuses_writable_or_foreign_file),
         cmocka_unit_test(test_agent_pin_max_file),
         cmocka_unit_test(test_agent_pin_max_prompt),
         cmocka_unit_test(test_agent_policy_fails_closed_without_table),

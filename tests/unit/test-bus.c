@@ -377,6 +377,131 @@ static void test_bus_tokens_round_trip(void **state)
     dbus_message_unref(msg);
 }
 
+/* Labels and token info come from PKCS#11 modules and may hold any bytes;
+ * libdbus aborts the process on a string that is not UTF-8. Each bad byte
+ * must arrive as U+FFFD, good characters unchanged, nothing cut. */
+#define BAD_LABEL "k\xff\xfe caf\xc3\xa9 \xc3"   /* two stray bytes, an é, a cut é */
+#define BAD_LABEL_SAFE "k\xef\xbf\xbd\xef\xbf\xbd caf\xc3\xa9 \xef\xbf\xbd"
+#define BAD_TOKEN "tok\xed\xa0\x80"              /* an encoded surrogate */
+#define BAD_TOKEN_SAFE "tok\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"
+
+static void test_bus_keys_invalid_utf8_replaced(void **state)
+{
+    uint8_t spki[] = {0x30, 0x00};
+    bus_key_info_t in = {.uri = "pkcs11:token=a;object=k;type=private", .type = BUS_KEY_EC,
+                         .bits = 256, .group = "prime\x80", .label = BAD_LABEL,
+                         .token = BAD_TOKEN, .spki = spki, .spki_len = sizeof(spki)};
+    DBusMessage *msg = new_reply(), *back;
+    bus_key_info_t *out = NULL;
+    size_t n = 0;
+
+    assert_int_equal(bus_append_keys(msg, &in, 1), BUS_OK);
+    back = wire(msg);
+    assert_int_equal(bus_parse_keys(back, &out, &n), BUS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0].uri, in.uri);
+    assert_string_equal(out[0].group, "prime\xef\xbf\xbd");
+    assert_string_equal(out[0].label, BAD_LABEL_SAFE);
+    assert_string_equal(out[0].token, BAD_TOKEN_SAFE);
+    bus_key_info_free_array(out, n);
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+}
+
+static void test_bus_tokens_and_status_invalid_utf8_replaced(void **state)
+{
+    bus_token_info_t in = {.uri = "pkcs11:token=x", .label = BAD_TOKEN, .model = BAD_LABEL,
+                           .keys = 1};
+    bus_status_t st = {.version = "1.0\xf5", .pid = 1};
+    bus_status_t st_out = {0};
+    DBusMessage *msg = new_reply(), *back, *smsg = new_reply(), *sback;
+    bus_token_info_t *out = NULL;
+    size_t n = 0;
+
+    assert_int_equal(bus_append_tokens(msg, &in, 1), BUS_OK);
+    back = wire(msg);
+    assert_int_equal(bus_parse_tokens(back, &out, &n), BUS_OK);
+    assert_int_equal(n, 1);
+    assert_string_equal(out[0].label, BAD_TOKEN_SAFE);
+    assert_string_equal(out[0].model, BAD_LABEL_SAFE);
+    bus_token_info_free_array(out, n);
+
+    assert_int_equal(bus_append_status(smsg, &st), BUS_OK);
+    sback = wire(smsg);
+    assert_int_equal(bus_parse_status(sback, &st_out), BUS_OK);
+    assert_string_equal(st_out.version, "1.0\xef\xbf\xbd");
+    bus_status_clear(&st_out);
+    dbus_message_unref(sback);
+    dbus_message_unref(smsg);
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+}
+
+static void test_bus_append_string_long_and_valid(void **state)
+{
+    /* a long valid string goes as is; a long invalid one is replaced, not cut */
+    size_t n = 3000;
+    char *good = malloc(2 * n + 1), *bad = malloc(n + 1);
+    DBusMessage *msg = new_reply(), *back;
+    DBusMessageIter it;
+    const char *a = NULL, *b = NULL;
+
+    assert_non_null(good);
+    assert_non_null(bad);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(good + 2 * i, "\xc3\xa9", 2);
+        bad[i] = (char)0xe9; /* Latin-1 é */
+    }
+    good[2 * n] = bad[n] = '\0';
+    dbus_message_iter_init_append(msg, &it);
+    assert_true(bus_append_string(&it, good));
+    assert_true(bus_append_string(&it, bad));
+    assert_true(bus_append_string(&it, NULL));
+    back = wire(msg);
+    assert_string_equal(dbus_message_get_signature(back), "sss");
+    dbus_message_iter_init(back, &it);
+    dbus_message_iter_get_basic(&it, &a);
+    assert_string_equal(a, good);
+    dbus_message_iter_next(&it);
+    dbus_message_iter_get_basic(&it, &b);
+    assert_int_equal(strlen(b), 3 * n);
+    for (size_t i = 0; i < n; i++)
+        assert_memory_equal(b + 3 * i, "\xef\xbf\xbd", 3);
+    dbus_message_iter_next(&it);
+    dbus_message_iter_get_basic(&it, &a);
+    assert_string_equal(a, "");
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+    free(good);
+    free(bad);
+}
+
+static void test_bus_client_refuses_non_utf8_uri(void **state)
+{
+    bus_sign_params_t p = {.alg = BUS_SIG_ECDSA, .hash = "sha256"};
+    const char *uri = "pkcs11:object=\xff\n";
+    bus_key_info_t *keys = NULL;
+    size_t n = 0;
+    uint32_t count = 0;
+    char *err = NULL;
+
+    assert_null(bus_new_sign_template(uri, &p));
+    assert_null(bus_new_sign_call(uri, &p, (const uint8_t *)"0123", 4));
+    /* refused before any connection is needed: conn NULL */
+    assert_int_equal(bus_client_find_keys(NULL, uri, 1000, &keys, &n, &err), BUS_ERR_INVALID_ARGS);
+    assert_non_null(err);
+    assert_non_null(strstr(err, "not UTF-8"));
+    assert_non_null(strstr(err, "\\xff\\n")); /* shown escaped */
+    free(err);
+    err = NULL;
+    assert_int_equal(bus_client_lock(NULL, uri, false, 1000, &count, &err), BUS_ERR_INVALID_ARGS);
+    free(err);
+    err = NULL;
+    assert_int_equal(bus_client_unlock(NULL, uri, "1234", 4, 0, 1000, &err),
+                     BUS_ERR_INVALID_ARGS);
+    free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -391,6 +516,10 @@ int main(void)
         cmocka_unit_test(test_bus_tokens_round_trip),
         cmocka_unit_test(test_bus_socket_path_precedence),
         cmocka_unit_test(test_bus_connect_missing_socket_names_it),
+        cmocka_unit_test(test_bus_keys_invalid_utf8_replaced),
+        cmocka_unit_test(test_bus_tokens_and_status_invalid_utf8_replaced),
+        cmocka_unit_test(test_bus_append_string_long_and_valid),
+        cmocka_unit_test(test_bus_client_refuses_non_utf8_uri),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
