@@ -355,9 +355,11 @@ fail:
 /* Creates the socket's directory if it does not exist (0700 for a per-user
  * agent, 0755 in system mode: other users connect, the agent checks each),
  * and checks the one it is about to use, created now or long ago: a real
- * directory (not a symlink), owned by the agent's user (or root in system
- * mode), writable by nobody else; per-user, open to nobody else at all.
- * Anyone who could write there could put their own socket in our place. */
+ * directory (not a symlink), owned by the agent's user or root, writable by
+ * nobody else unless it is sticky (like /tmp: others cannot remove or
+ * rename our socket there). Anyone who could replace entries there could put
+ * their own socket in our place. Who may connect is checked per peer
+ * (SO_PEERCRED), so a directory others can read is fine (a 0755 home). */
 static int make_socket_dir(const char *path, bool system_mode, char **errmsg)
 {
     const char *slash = strrchr(path, '/');
@@ -388,21 +390,16 @@ static int make_socket_dir(const char *path, bool system_mode, char **errmsg)
         agent_set_errmsg(errmsg, "socket directory %s is not a directory: remove it, or choose "
                                  "another --socket",
                          dir);
-    else if (st.st_uid != me && !(system_mode && st.st_uid == 0))
+    else if (st.st_uid != me && st.st_uid != 0)
         agent_set_errmsg(errmsg, "socket directory %s is owned by uid %lu, not by the agent's "
-                                 "user (uid %lu)%s: another user could replace the socket; "
-                                 "remove the directory (the agent creates it) or chown it",
-                         dir, (unsigned long)st.st_uid, (unsigned long)me,
-                         system_mode ? " or root" : "");
-    else if (st.st_mode & 022)
+                                 "user (uid %lu) or root: another user could replace the "
+                                 "socket; remove the directory (the agent creates it) or chown it",
+                         dir, (unsigned long)st.st_uid, (unsigned long)me);
+    else if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
         agent_set_errmsg(errmsg, "socket directory %s is writable by %s (mode %04o): another "
                                  "user could replace the socket; chmod go-w %s",
                          dir, (st.st_mode & 002) ? "every user" : "its group",
                          (unsigned)(st.st_mode & 07777), dir);
-    else if (!system_mode && (st.st_mode & 077))
-        agent_set_errmsg(errmsg, "socket directory %s is open to other users (mode %04o); a "
-                                 "per-user agent's directory is mode 0700: chmod 0700 %s",
-                         dir, (unsigned)(st.st_mode & 07777), dir);
     else
         r = 0;
 out:
@@ -494,8 +491,8 @@ int agent_server_start(agent_t *a, char **errmsg)
     a->socket_owned = true;
     /* ...but libdbus chmods every socket it binds to 0777, by path. Set the
      * mode back, never through a symlink (the directory was checked: no
-     * one else can swap the path meanwhile). In per-user mode the 0700
-     * directory kept others out during that moment. */
+     * one else can swap the path meanwhile). A peer that connects in that
+     * moment is still checked by its credentials like every other. */
     if (fchmodat(AT_FDCWD, a->socket_path, a->system_mode ? 0666 : 0600,
                  AT_SYMLINK_NOFOLLOW) < 0) {
         r = -errno;

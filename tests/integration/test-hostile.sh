@@ -222,12 +222,26 @@ case_dir_0777() {
 		"mode 0777" "chmod go-w $T/d777"
 }
 tap_case "socket directory mode 0777: refused, naming path, mode and fix" case_dir_0777
-case_dir_0755() {
-	mkdir -m 0755 "$T/d755"
-	refuses_to_start "$T/d755/agent.sock" "socket directory $T/d755" "mode 0755" \
-		"chmod 0700 $T/d755"
+case_dir_0775() {
+	mkdir -m 0775 "$T/d775" && chmod 0775 "$T/d775"
+	refuses_to_start "$T/d775/agent.sock" "socket directory $T/d775" "writable by its group" \
+		"mode 0775" "chmod go-w $T/d775"
 }
-tap_case "per-user socket directory open to others (0755): refused" case_dir_0755
+tap_case "socket directory writable by its group (0775): refused" case_dir_0775
+case_dir_readable_or_sticky() {
+	# others may read (a 0755 home) or share a sticky directory (like
+	# /tmp): they cannot replace the socket, and every peer is checked
+	mkdir -m 0755 "$T/d755" && chmod 0755 "$T/d755"
+	SOCK=$T/d755/agent.sock agent_start || return 1
+	agent_stop || return 1
+	mkdir "$T/d1777" && chmod 1777 "$T/d1777"
+	SOCK=$T/d1777/agent.sock agent_start || return 1
+	[ "$(stat -c %a "$T/d1777/agent.sock")" = 600 ] ||
+		{ echo "socket mode $(stat -c %a "$T/d1777/agent.sock")" >&2; return 1; }
+	agent_stop
+}
+tap_case "socket directories readable by others (0755) or sticky (1777) are used" \
+	case_dir_readable_or_sticky
 case_dir_symlink() {
 	mkdir -m 0700 "$T/dreal"
 	ln -s "$T/dreal" "$T/dlink"
