@@ -141,6 +141,10 @@ typedef struct agent_client {
     int64_t since_ms;                   /* accepted (monotonic ms) */
     atomic_int_fast64_t last_active_ms; /* its last request ended, or since_ms */
     bool via_session_bus; /* no peer credentials: treated as the owner */
+    /* Not admitted (allow-users/groups, per-user owner): authenticated as
+     * a pending connection only to get org.p11agent.Error.Denied as the
+     * answer to its first call, then closed; never takes a client slot. */
+    bool denied;
     /* Peer credentials, read with SO_PEERCRED when the client connected. */
     uid_t uid;
     gid_t gid;

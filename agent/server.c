@@ -125,6 +125,35 @@ static bool admit(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
     return true;
 }
 
+/* Why a peer is not admitted (agent_peer_admitted said no). */
+static const char *denied_why(const agent_t *a)
+{
+    return a->system_mode ? "is not allowed to use this agent (see allow-users/allow-groups "
+                            "in agent.conf)"
+                          : "is not allowed to use this agent (per-user mode admits only its "
+                            "owner)";
+}
+
+/* The first call of a peer that may not use the agent: a Denied error that
+ * names its uid and the setting, then the connection closes. */
+static void answer_denied(agent_client_t *c, DBusConnection *conn, DBusMessage *msg)
+{
+    agent_t *a = c->agent;
+    DBusMessage *err;
+    char text[256];
+
+    snprintf(text, sizeof(text), "uid %ld %s", (long)c->uid, denied_why(a));
+    err = dbus_message_new_error(msg, bus_err_name(BUS_ERR_DENIED), text);
+    if (err) {
+        dbus_connection_send(conn, err, NULL);
+        dbus_connection_flush(conn);
+        dbus_message_unref(err);
+    }
+    pthread_mutex_lock(&a->clients_lock);
+    close_conn_locked(a, c, AGENT_CONN_PENDING);
+    pthread_mutex_unlock(&a->clients_lock);
+}
+
 static DBusHandlerResult on_message(DBusConnection *conn, DBusMessage *msg, void *data)
 {
     agent_client_t *c = data;
@@ -133,6 +162,10 @@ static DBusHandlerResult on_message(DBusConnection *conn, DBusMessage *msg, void
 
     if (c->via_session_bus || dbus_message_get_type(msg) != DBUS_MESSAGE_TYPE_METHOD_CALL)
         return agent_dispatch(c, conn, msg);
+    if (c->denied) {
+        answer_denied(c, conn, msg);
+        return DBUS_HANDLER_RESULT_HANDLED;
+    }
     /* Idle -> busy: from now on the agent does not close this connection.
      * A connection being closed is not served (its client retries on
      * another one). */
@@ -158,7 +191,8 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
     agent_t *a = c->agent;
     char exe[AGENT_EXE_ESC_MAX];
 
-    if (uid == (unsigned long)c->uid && agent_peer_admitted(a, c))
+    /* a peer refused at connect authenticates only to be told so */
+    if (uid == (unsigned long)c->uid && (c->denied || agent_peer_admitted(a, c)))
         return TRUE;
     agent_warn("refused a client: uid %lu (pid %ld, %s) is not allowed to use this agent%s",
                uid, (long)c->pid, c->exe[0] ? agent_esc(exe, sizeof(exe), c->exe) : "?",
@@ -274,17 +308,15 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
         agent_warn("refused a client: cannot read its credentials");
         goto fail;
     }
-    /* Peers that may not connect at all are turned away before they take
-     * a thread; libdbus checks again after auth. */
+    /* Peers that may not use the agent at all never take a client slot:
+     * they stay pending (bounded, auth-timeout) just long enough to get
+     * org.p11agent.Error.Denied as the answer to their first call, so the
+     * program can say why (on_message). */
     if (!agent_peer_admitted(a, c)) {
+        c->denied = true;
         pthread_mutex_lock(&a->clients_lock);
-        refuse_quietly_locked(a, c, "refused a client",
-                              a->system_mode ? "is not allowed to use this agent (see "
-                                               "allow-users/allow-groups in agent.conf)"
-                                             : "is not allowed to use this agent (per-user mode "
-                                               "admits only its owner)");
+        refuse_quietly_locked(a, c, "refused a client", denied_why(a));
         pthread_mutex_unlock(&a->clients_lock);
-        goto fail;
     }
     /* Hostile sizes are refused while they arrive: a header announcing a
      * longer message closes the connection, and a connection stops being
