@@ -221,8 +221,9 @@ client_case() {
 	server_start "$dir" "-$proto" || return 1
 	"$func" "$dir" "$SRV_PORT" "$@" || rc=$?
 	stop_pid "$SRV_PID" || true
-	[ "$rc" -eq 0 ] || echo "$func exited with status $rc" >&2
 	mtls_accepted "$dir" "$k" "$(proto_name "$proto")" "$(sigtype_of "$k")" || return 1
+	# the program must also end well (not crash or hang after the page)
+	[ "$rc" -eq 0 ] || { echo "$func exited with status $rc" >&2; return 1; }
 	case $k in
 	soft-*) ;;
 	*) sig_signed 1 ;;

@@ -224,12 +224,13 @@ tap_case "agent not running: error names the agent/socket" no_agent
 # count of failed logins comes from the agent's log, one line matching
 # "PIN incorrect" per C_Login that returned CKR_PIN_INCORRECT.
 wrong_pin() {
-	local rc1=0 rc2=0 n p11
+	local rc1=0 rc2=0 n p11 from
 	p11=(pkcs11-tool --module "$MODULE" --token-label "$P11AGENT_TEST_TOKEN")
 	printf '%s' "wrong-$(cat "$T/pin")" >"$T/pin.wrong"
 	chmod 0600 "$T/pin.wrong"
 	agent_stop >/dev/null 2>&1
-	: >"$T/agent.log"
+	# count in this agent's lines only (the log stays whole for it_finish)
+	from=$(($(wc -l <"$T/agent.log") + 1))
 	agent_start "$T/pin.wrong" || return 1
 	sign p256 "$T/wrongpin1" || rc1=$?
 	sign p256 "$T/wrongpin2" || rc2=$?
@@ -238,7 +239,7 @@ wrong_pin() {
 	failed_cleanly "$rc2" || return 1
 	message "$T/wrongpin1.err" | grep -Eqi '\bpin\b|PinIncorrect|PinLocked' ||
 		{ echo "client error does not mention the PIN" >&2; return 1; }
-	n=$(grep -Eci 'pin[ _-]?incorrect' "$T/agent.log" || true)
+	n=$(tail -n "+$from" "$T/agent.log" | grep -Eci 'pin[ _-]?incorrect' || true)
 	[ "$n" -eq 1 ] || {
 		echo "agent log has $n 'PIN incorrect' lines, expected exactly 1 (no retry):" >&2
 		return 1
