@@ -9,6 +9,14 @@
 #
 # Everything that can block runs under timeout(1); the EXIT trap stops every
 # process this file started (agent, servers) and removes the temp dir.
+#
+# End every script with tap_done: it runs it_finish, two more TAP cases
+# that fail when an agent crashed, hung at exit or exited non-zero
+# (agent_stop), died before agent_kill, or when any text file under $T
+# (agent.log, other logs, client outputs) holds a sanitizer report. Start
+# agents with agent_start, stop them with agent_stop (agent_kill for a
+# deliberate SIGKILL); an agent started another way adds a line to
+# IT_AGENT_BAD when it did not exit 0.
 
 export LC_ALL=C
 IT_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
