@@ -565,7 +565,11 @@ static unsigned read_mechs(tok_token_t *t)
 
     if (t->f->C_GetMechanismList(t->slot, NULL, &n) != CKR_OK || n == 0 || n > 65536)
         return 0;
-    list = calloc(n, sizeof(*list));
+    /* One spare element: p11-kit-client.so 0.24 (Debian 12), when it drops
+     * mechanisms its RPC cannot carry, memmove()s count - i elements from
+     * i + 1 and so reads one past the caller's array (fixed upstream in
+     * mechanism_list_purge). */
+    list = calloc(n + 1, sizeof(*list));
     have = n;
     if (list == NULL || t->f->C_GetMechanismList(t->slot, list, &n) != CKR_OK || n > have)
         goto out;

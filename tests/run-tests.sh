@@ -71,9 +71,12 @@ suite build -Dwerror=true
 # ASan+UBSan. Slower: a longer meson timeout and client timeout. Leak
 # checking stays on everywhere (meson's ASAN_OPTIONS defaults); the
 # integration tests preload libasan into openssl(1), which loads the
-# instrumented provider (see tests/integration/lib.sh).
+# instrumented provider (see tests/integration/lib.sh). curl and psql
+# cannot run with libasan preloaded: they load the normal build's provider
+# (P11AGENT_PLAIN_SO, see prog_unsanitized in lib-prog.sh) and talk to the
+# ASan-built agent.
 TEST_ARGS=(--timeout-multiplier 3)
-P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+P11AGENT_PLAIN_SO=$ROOT/build/provider/p11agent.so P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 # libFuzzer targets (tests/fuzz/): clang, ASan+UBSan, coverage; each
 # replays its committed corpus, then fuzzes for a short while (fuzz_seconds).

@@ -9,6 +9,14 @@
 #
 # Everything that can block runs under timeout(1); the EXIT trap stops every
 # process this file started (agent, servers) and removes the temp dir.
+#
+# End every script with tap_done: it runs it_finish, two more TAP cases
+# that fail when an agent crashed, hung at exit or exited non-zero
+# (agent_stop), died before agent_kill, or when any text file under $T
+# (agent.log, other logs, client outputs) holds a sanitizer report. Start
+# agents with agent_start, stop them with agent_stop (agent_kill for a
+# deliberate SIGKILL); an agent started another way adds a line to
+# IT_AGENT_BAD when it did not exit 0.
 
 export LC_ALL=C
 IT_LIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -63,8 +71,10 @@ tap_bail() {
 	exit 1
 }
 
-# tap_done: print the plan and exit 0 only if every case passed.
+# tap_done: the end of every script. Runs it_finish (the agent exits 0, no
+# sanitizer report), prints the plan and exits 0 only if every case passed.
 tap_done() {
+	it_finish
 	echo "1..$TAP_N"
 	[ "$TAP_FAILED" -eq 0 ] && [ "$TAP_N" -gt 0 ]
 	exit $?
@@ -77,12 +87,13 @@ with_timeout() {
 	timeout -k 2 "$secs" "$@"
 }
 
-# stop_pid PID: SIGTERM, up to 5 s, then SIGKILL. Returns the exit status.
+# stop_pid PID [SECONDS]: SIGTERM, up to SECONDS (default 5), then SIGKILL.
+# Returns the exit status (137 when it had to be killed).
 stop_pid() {
-	local pid=$1 i
+	local pid=$1 limit=${2:-5} i
 	[ -n "$pid" ] || return 0
 	kill -TERM "$pid" 2>/dev/null || true
-	for ((i = 0; i < 50; i++)); do
+	for ((i = 0; i < limit * 10; i++)); do
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -251,22 +262,84 @@ agent_start() {
 	return 0
 }
 
-# agent_stop: SIGTERM and wait. Returns the agent's exit status.
+# agent_stop: SIGTERM and wait (10 s, 30 s under ASan, then SIGKILL).
+# Returns the agent's exit status. Every agent stopped here must exit 0:
+# a status other than 0 (a crash, a hang at exit, a sanitizer's exit code),
+# or an agent that had died before, is remembered and it_finish fails.
 agent_stop() {
-	local rc=0
+	local rc=0 alive=1 limit=10
 	[ -n "$AGENT_PID" ] || return 0
-	stop_pid "$AGENT_PID" || rc=$?
+	[ -z "$IT_PRELOAD" ] || limit=30
+	kill -0 "$AGENT_PID" 2>/dev/null || alive=0
+	stop_pid "$AGENT_PID" "$limit" || rc=$?
+	if [ "$alive" -eq 0 ]; then
+		IT_AGENT_BAD+=("agent pid $AGENT_PID had exited (status $rc) before agent_stop")
+		[ "$rc" -ne 0 ] || rc=1
+	elif [ "$rc" -ne 0 ]; then
+		IT_AGENT_BAD+=("agent pid $AGENT_PID exited with status $rc on SIGTERM")
+	fi
+	echo "=== agent stopped, status $rc$([ "$alive" -eq 1 ] || echo ' (was dead already)')" \
+		>>"$T/agent.log"
 	AGENT_PID=""
-	echo "=== agent stopped, status $rc" >>"$T/agent.log"
+	IT_AGENT_STOPS=$((IT_AGENT_STOPS + 1))
 	return "$rc"
 }
 
+# agent_kill: SIGKILL on purpose (not a failure), but the agent must have
+# been alive until then.
 agent_kill() {
+	local rc=0
 	[ -n "$AGENT_PID" ] || return 0
-	kill -KILL "$AGENT_PID" 2>/dev/null
+	if ! kill -KILL "$AGENT_PID" 2>/dev/null; then
+		wait "$AGENT_PID" 2>/dev/null || rc=$?
+		IT_AGENT_BAD+=("agent pid $AGENT_PID had exited (status $rc) before agent_kill")
+	fi
 	wait "$AGENT_PID" 2>/dev/null
 	AGENT_PID=""
 	echo "=== agent killed (SIGKILL)" >>"$T/agent.log"
+}
+
+# --- the end of every script -------------------------------------------
+IT_AGENT_BAD=()  # why an agent did not end well (agent_stop, agent_kill)
+IT_AGENT_STOPS=0
+IT_FINISHED=0
+# Sanitizer reports (ASan, LSan, UBSan, TSan) as they start.
+IT_SANITIZER_RE='ERROR: (Address|Leak|Memory|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:|SUMMARY: [A-Za-z]*Sanitizer'
+
+# it_finish: what every script ends with (tap_done calls it; call it
+# yourself only to add the cases before more output). Two TAP cases:
+#  - "the agent exits 0": an agent still running is alive and exits 0 on
+#    SIGTERM (agent_stop), and every agent stopped before exited 0 (see
+#    agent_stop, agent_kill); a script that started its agents otherwise
+#    (systemd-socket-activate, dbus) adds a message to IT_AGENT_BAD for
+#    each that did not end with status 0;
+#  - "no sanitizer report": no text file under $T (agent.log, every other
+#    agent's log, the clients' outputs kept there) holds a sanitizer report.
+it_finish() {
+	local bad f
+	[ "$IT_FINISHED" -eq 0 ] || return 0
+	IT_FINISHED=1
+	[ -n "$T" ] && [ -d "$T" ] || return 0
+	if [ -n "$AGENT_PID" ] || [ "$IT_AGENT_STOPS" -gt 0 ] || [ "${#IT_AGENT_BAD[@]}" -gt 0 ]; then
+		agent_stop >/dev/null 2>&1
+		if [ "${#IT_AGENT_BAD[@]}" -eq 0 ]; then
+			tap_ok "end: every agent was alive until stopped and exited 0 on SIGTERM ($IT_AGENT_STOPS)"
+		else
+			printf '%s\n' "${IT_AGENT_BAD[@]}" >"$T/agent-exits.txt"
+			tap_not_ok "end: every agent was alive until stopped and exited 0 on SIGTERM" \
+				"$T/agent-exits.txt" "$T/agent.log"
+		fi
+	fi
+	bad=$(grep -rIlE "$IT_SANITIZER_RE" "$T" 2>/dev/null)
+	if [ -z "$bad" ]; then
+		tap_ok "end: no sanitizer report in the agent's log or any other output"
+	else
+		: >"$T/sanitizer.txt"
+		for f in $bad; do
+			{ echo "== $f"; grep -E -A 12 "$IT_SANITIZER_RE" "$f" | head -n 40; } >>"$T/sanitizer.txt"
+		done
+		tap_not_ok "end: no sanitizer report in the agent's log or any other output" "$T/sanitizer.txt"
+	fi
 }
 
 # agent_signatures: print N from the "signatures: N" line of

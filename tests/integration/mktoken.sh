@@ -17,6 +17,9 @@
 #                          id 04 ed25519  Ed25519 (CKA_EC_PARAMS is the
 #                                         PrintableString "edwards25519", as
 #                                         OpenSC writes it, not the OID)
+#                        With P11AGENT_TEST_EXTRA_KEYS=p521 in the environment,
+#                        a fifth pair (the other tests count four):
+#                          id 05 p521     EC P-521
 #   ca.pem, ca.key       test CA (software key)
 #   certs/<label>.pem    client certificate of each token key (clientAuth);
 #                        issued from the public key read off the token, the
@@ -40,13 +43,19 @@ D=$(cd -- "$1" && pwd)
 
 TOKEN_LABEL=p11agent-test
 KEYS="rsa2048 p256 p384 ed25519"
-declare -A KEY_ID=([rsa2048]=01 [p256]=02 [p384]=03 [ed25519]=04)
+declare -A KEY_ID=([rsa2048]=01 [p256]=02 [p384]=03 [ed25519]=04 [p521]=05)
 declare -A KEY_TYPE=([rsa2048]=rsa:2048 [p256]=EC:prime256v1
-	[p384]=EC:secp384r1 [ed25519]=EC:edwards25519)
+	[p384]=EC:secp384r1 [ed25519]=EC:edwards25519 [p521]=EC:secp521r1)
 declare -A SOFT_ALG=([rsa2048]="-algorithm RSA -pkeyopt rsa_keygen_bits:2048"
 	[p256]="-algorithm EC -pkeyopt ec_paramgen_curve:P-256"
 	[p384]="-algorithm EC -pkeyopt ec_paramgen_curve:P-384"
-	[ed25519]="-algorithm ED25519")
+	[ed25519]="-algorithm ED25519"
+	[p521]="-algorithm EC -pkeyopt ec_paramgen_curve:P-521")
+for k in ${P11AGENT_TEST_EXTRA_KEYS:-}; do
+	[ -n "${KEY_ID[$k]:-}" ] && [[ " $KEYS " != *" $k "* ]] ||
+		die "P11AGENT_TEST_EXTRA_KEYS: unknown or repeated key '$k' (known: p521)"
+	KEYS="$KEYS $k"
+done
 
 for tool in softhsm2-util pkcs11-tool openssl xxd; do
 	command -v "$tool" >/dev/null ||
@@ -133,12 +142,15 @@ run openssl pkey -pubin -inform DER -in "$W/rsa2048.pub.der" -out "$D/pub/rsa204
 declare -A SPKI_RE=(
 	[p256]='^0441(04[0-9a-f]{128})$'
 	[p384]='^0461(04[0-9a-f]{192})$'
+	[p521]='^048185(04[0-9a-f]{264})$'
 	[ed25519]='^0420([0-9a-f]{64})$')
 declare -A SPKI_PREFIX=(
 	[p256]=3059301306072a8648ce3d020106082a8648ce3d030107034200
 	[p384]=3076301006072a8648ce3d020106052b81040022036200
+	[p521]=30819b301006072a8648ce3d020106052b8104002303818600
 	[ed25519]=302a300506032b6570032100)
-for k in p256 p384 ed25519; do
+for k in $KEYS; do
+	[ "$k" != rsa2048 ] || continue
 	point=$(awk -v id="${KEY_ID[$k]}" '
 		/^Public Key Object/ { pt = "" }
 		/^ *EC_POINT:/ { pt = $2 }
@@ -220,7 +232,7 @@ for k in $KEYS; do
 done
 
 # Without login: public keys and certificates only (private keys are
-# CKA_PRIVATE). With login: the four private keys, all sensitive and never
+# CKA_PRIVATE). With login: the four (or five) private keys, all sensitive and never
 # extractable.
 "${P11[@]}" --list-objects >"$W/public.txt" 2>&1 || die "cannot list objects"
 "${P11[@]}" --login --pin "$PIN" --list-objects >"$W/all.txt" 2>&1 ||
@@ -242,7 +254,8 @@ for k in $KEYS; do
 		die "certificate $k not on the token"
 done
 n=$(grep -c '^Private Key Object' "$W/all.txt" || true)
-[ "$n" -eq 4 ] || die "expected 4 private keys on the token, found $n"
+want=$(wc -w <<<"$KEYS")
+[ "$n" -eq "$want" ] || die "expected $want private keys on the token, found $n"
 
 # -- env ----------------------------------------------------------------
 {

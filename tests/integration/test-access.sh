@@ -79,8 +79,28 @@ case_audit_sign_record() {
 		return 1
 	fi
 }
-tap_case "audit: one record per signature with key, mechanism, uid, pid, exe, result, duration" \
+tap_case "audit: a record of the signature with key, mechanism, uid, pid, exe, result, duration" \
 	case_audit_sign_record
+
+# audit_signs: the number of audit records of successful signatures
+audit_signs() { grep -c 'audit: .*event=sign .*result="ok"' "$T/agent.log"; }
+case_audit_count() {
+	local a0 a1 s0 s1 i
+	a0=$(audit_signs)
+	s0=$(agent_signatures) || return 1
+	for i in 1 2 3; do
+		client pkeyutl -sign -inkey "$(uri p256)" -in "$P/msg.sha256" -out "$T/count$i.sig" ||
+			return 1
+	done
+	a1=$(audit_signs)
+	s1=$(agent_signatures) || return 1
+	echo "audit records $a0 -> $a1, signatures $s0 -> $s1"
+	[ $((a1 - a0)) -eq 3 ] || { echo "3 signatures, $((a1 - a0)) audit records" >&2; return 1; }
+	[ "$a1" -eq "$s1" ] ||
+		{ echo "$a1 audit records of signatures, the agent counts $s1 signatures" >&2; return 1; }
+}
+tap_case "audit: exactly one record per signature (count = the agent's signature counter)" \
+	case_audit_count
 agent_stop
 
 # --- system mode: configured users and groups --------------------------------
@@ -128,6 +148,47 @@ write_cnf "$IT_CNF"
 tap_case "system mode: a world-readable PIN file is refused" case_system_refuses_world_readable_pin
 agent_stop
 unset IT_CNF
+
+# --- system mode: per-key allow-users and allow-groups ------------------------
+G3=$(id -gn $U3)
+cat >"$T/perkey.conf" <<CONF
+[agent]
+allow-users = $U2 $U3
+[key pkcs11:object=p384]
+allow-users = $U2
+[key pkcs11:object=rsa2048]
+allow-groups = $G3
+CONF
+IT_AGENT_ARGS=(--system --config "$T/perkey.conf")
+SOCK=$SYS/agent.sock
+agent_start || tap_bail "p11agentd --system did not start with per-key users"
+
+# may USER KEY: USER signs with KEY through the system agent
+may() {
+	local o=()
+	case $2 in rsa*) o=(-pkeyopt digest:sha256) ;; esac
+	as "$1" "$SOCK" pkeyutl -sign -inkey "$(uri "$2")" -in "$P/msg.sha256" "${o[@]}" \
+		-out "$O/$1-$2.sig"
+}
+# may_not USER KEY: refused, the client told so naming the key, audited
+may_not() {
+	if may "$1" "$2" 2>"$T/$1-$2.err"; then
+		echo "$1 could sign with $2" >&2
+		return 1
+	fi
+	grep -q "Denied\|may not use key" "$T/$1-$2.err" ||
+		{ cat "$T/$1-$2.err" >&2; echo "the error does not say denied" >&2; return 1; }
+	grep -q "object=$2" "$T/$1-$2.err" || { echo "the error does not name the key" >&2; return 1; }
+	grep -q "event=sign .*object=$2.* uid=$(id -u "$1") .*result=\"denied\"" "$T/agent.log" ||
+		{ echo "no audit record of the denial" >&2; return 1; }
+}
+case_key_users() { may $U2 p384 && may_not $U3 p384; }
+tap_case "per-key allow-users: the listed user signs, another allowed user is denied" case_key_users
+case_key_groups() { may $U3 rsa2048 && may_not $U2 rsa2048; }
+tap_case "per-key allow-groups: a member of the group signs, a non-member is denied" case_key_groups
+case_key_unlisted() { may $U2 p256 && may $U3 p256; }
+tap_case "per-key lists leave other keys to the agent-wide allow-users" case_key_unlisted
+agent_stop
 
 # --- per-key executable policy ----------------------------------------------
 OPENSSL_EXE=$(readlink -f "$(command -v openssl)")

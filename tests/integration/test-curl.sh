@@ -8,7 +8,7 @@
 
 prog_require curl
 prog_setup
-[ -z "$IT_PRELOAD" ] || asan_unusable curl --version
+prog_unsanitized curl
 
 # get DIR PORT CERT KEY: curl's view of the server page in DIR/page.
 get() {

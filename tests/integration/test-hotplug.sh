@@ -23,12 +23,22 @@ MODULE=$P11FAULT_SO
 PIN=$(cat "$T/pin")
 TOK="token=$P11AGENT_TEST_TOKEN"
 fault() { "$P11FAULT_CTL" "$@"; }
+# fault_clean: the module, now loaded by the agent, took every line of the
+# control file (`fault -n set` does not wait, so it cannot check that)
+fault_clean() {
+	fault wait pid "$AGENT_PID" || return 1
+	[ "$(fault get control.errors)" = 0 ] ||
+		{ echo "p11fault rejected a control line: $(fault get control.last-error)" >&2; return 1; }
+}
+# agent_start_f ARGS: agent_start on p11fault.so, then fault_clean
+agent_start_f() { agent_start "$@" && fault_clean; }
 ctl() { with_timeout 30 "$P11AGENTCTL" --socket "$SOCK" "$@"; }
 export FAKE_PINENTRY_LOG=$T/pinentry.log FAKE_PINENTRY_COUNT=$T/pinentry.count
 prompts() { cat "$FAKE_PINENTRY_COUNT" 2>/dev/null || echo 0; }
 head -c 100 /dev/urandom >"$T/msg"
 plain dgst -sha256 -binary -out "$T/msg.sha256" "$T/msg" || tap_bail "openssl dgst"
 sign() { client pkeyutl -sign -inkey "$(uri "${2:-p256}")" -in "$T/msg.sha256" -out "$1"; }
+plain x509 -in "$T/certs/p256.pem" -pubkey -noout >"$T/p256.pub"
 
 cat >"$T/agent.conf" <<CONF
 [agent]
@@ -123,9 +133,18 @@ case_device_error() {
 tap_case "a device error fails one signature with a clear error; the next works" case_device_error
 
 case_slow() {
+	local us
 	fault do "delay C_Sign 300" || return 1
 	sign "$T/slow.sig" || return 1
-	fault do "delay C_Sign 0"
+	fault do "delay C_Sign 0" || return 1
+	plain pkeyutl -verify -pubin -inkey "$T/p256.pub" -in "$T/msg.sha256" \
+		-sigfile "$T/slow.sig" || return 1
+	# the delay was really there (else this case tests nothing): the
+	# agent's audit record of this signature says how long it took
+	us=$(grep 'audit: .*event=sign .*result="ok"' "$T/agent.log" | tail -n 1 |
+		sed -n 's/.* duration_us=\([0-9]*\).*/\1/p')
+	echo "the agent's signature took ${us:-?} us"
+	[ "${us:-0}" -ge 300000 ] || { echo "C_Sign was not delayed by 300 ms" >&2; return 1; }
 }
 tap_case "a slow token (300 ms per C_Sign) still signs, nothing times out" case_slow
 agent_stop
@@ -135,13 +154,18 @@ case_pin_pad() {
 	fault -n set "pinpad $TOK $PIN 200" || return 1
 	IT_AGENT_ARGS=(--pinentry "$IT_LIB_DIR/fake-pinentry.sh")
 	export FAKE_PINENTRY_PINS=cancel
+	rm -f "$FAKE_PINENTRY_LOG" "$FAKE_PINENTRY_COUNT"
 	export DBUS_SESSION_BUS_ADDRESS=$BUS
-	agent_start "$T/no-pin-file" || return 1
+	agent_start_f "$T/no-pin-file" || return 1
 	unset DBUS_SESSION_BUS_ADDRESS
 	sign "$T/pad.sig" || return 1
 	grep -q "enter the PIN on the reader's PIN pad" "$T/agent.log" || return 1
 	grep -q "member=PinPadPrompt" "$T/signals.log" || { echo "no PinPadPrompt signal" >&2; return 1; }
 	[ "$(prompts)" = 0 ] || { echo "the agent asked for a PIN although the reader has a pad" >&2; return 1; }
+	# the pinentry showed a message (no PIN asked) naming the token and the pad
+	grep -q "^SETDESC Enter the PIN for token .*p11agent-test.* on the reader's PIN pad" \
+		"$FAKE_PINENTRY_LOG" && grep -qx "MESSAGE" "$FAKE_PINENTRY_LOG" ||
+		{ echo "no pinentry message about the PIN pad:" >&2; cat "$FAKE_PINENTRY_LOG" >&2; return 1; }
 	ctl tokens | grep -q "pin-pad"
 }
 tap_case "PIN pad: login with no PIN, the user told (log, signal, pinentry message)" case_pin_pad
@@ -153,7 +177,7 @@ case_always_auth_prompts_each_time() {
 	fault -n set "always-auth p256" "user-pin $PIN" || return 1
 	export FAKE_PINENTRY_PINS=$PIN
 	IT_AGENT_ARGS=(--pinentry "$IT_LIB_DIR/fake-pinentry.sh")
-	agent_start || return 1
+	agent_start_f || return 1
 	ctl keys "$(uri p256)" >/dev/null || return 1
 	sign "$T/aa1.sig" || return 1
 	sign "$T/aa2.sig" || return 1
@@ -169,12 +193,20 @@ case_always_auth_stored() {
 [agent]
 always-auth = stored
 CONF
+	local before after
 	rm -f "$FAKE_PINENTRY_COUNT"
-	IT_AGENT_ARGS=(--config "$T/stored.conf")
-	agent_start || return 1
+	# a pinentry that would answer: a prompt would be counted, not just fail
+	export FAKE_PINENTRY_PINS=$PIN
+	IT_AGENT_ARGS=(--config "$T/stored.conf" --pinentry "$IT_LIB_DIR/fake-pinentry.sh")
+	agent_start_f || return 1
+	before=$(fault get C_Login)
 	sign "$T/aa3.sig" || return 1
 	sign "$T/aa4.sig" || return 1
-	[ "$(prompts)" = 0 ]
+	after=$(fault get C_Login)
+	[ "$(prompts)" = 0 ] || { echo "the agent prompted $(prompts) times" >&2; return 1; }
+	# the key still needed its context-specific login before each signature
+	[ "$after" -ge $((before + 2)) ] ||
+		{ echo "C_Login $before -> $after: no login per signature" >&2; return 1; }
 }
 tap_case "always-authenticate with 'always-auth = stored': the PIN source, no prompt" \
 	case_always_auth_stored
@@ -183,7 +215,7 @@ agent_stop
 case_always_auth_no_pin() {
 	IT_AGENT_ARGS=()
 	fault -n set "always-auth p256" "user-pin 99999999" || return 1
-	agent_start || return 1
+	agent_start_f || return 1
 	if sign "$T/aa5.sig" 2>"$T/aa5.err"; then
 		echo "signed with a wrong context PIN" >&2
 		return 1
@@ -201,7 +233,7 @@ case_count_low_warns() {
 	fault -n set "flags $TOK count-low" || return 1
 	export FAKE_PINENTRY_PINS=$PIN
 	IT_AGENT_ARGS=(--pinentry "$IT_LIB_DIR/fake-pinentry.sh")
-	agent_start "$T/no-pin-file" || return 1
+	agent_start_f "$T/no-pin-file" || return 1
 	sign "$T/low.sig" || return 1
 	grep -q "SETDESC .*only a few PIN tries are left" "$FAKE_PINENTRY_LOG" ||
 		{ cat "$FAKE_PINENTRY_LOG" >&2; return 1; }
@@ -212,7 +244,7 @@ agent_stop
 case_final_try_no_stored_pin() {
 	fault -n set "flags $TOK final-try" || return 1
 	IT_AGENT_ARGS=()
-	agent_start || return 1 # PIN file, no prompt
+	agent_start_f || return 1 # PIN file, no prompt
 	local before
 	before=$(fault get C_Login)
 	if sign "$T/final.sig" 2>"$T/final.err"; then
@@ -242,7 +274,7 @@ agent_stop
 case_pin_locked() {
 	fault -n set "flags $TOK locked" || return 1
 	IT_AGENT_ARGS=()
-	agent_start || return 1
+	agent_start_f || return 1
 	if sign "$T/locked.sig" 2>"$T/locked.err"; then
 		return 1
 	fi

@@ -16,7 +16,7 @@ if [ -z "$PGBIN" ] || [ ! -x "$PGBIN/initdb" ]; then
 	tap_bail "PostgreSQL server not installed (tests/packages.sh lists its package)"
 fi
 prog_setup
-[ -z "$IT_PRELOAD" ] || asan_unusable psql --version
+prog_unsanitized psql
 
 # PG_RUN CMD...: run CMD as the server's user (postgres when we are root),
 # without the provider's OPENSSL_CONF or the ASan preload (the server does

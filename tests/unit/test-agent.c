@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -139,20 +140,59 @@ static void test_agent_pin_file_errors(void **state)
     free(err);
 }
 
+static bool pin_id_equal(const agent_pin_id_t *x, const agent_pin_id_t *y)
+{
+    return x->dev == y->dev && x->ino == y->ino && x->size == y->size &&
+           x->mtime_ns == y->mtime_ns;
+}
+
+/* The id tells a PIN file the token rejected from the one the user wrote
+ * after it: a new PIN is often as long as the old one, so the size alone
+ * must not decide. Same size and content rewritten in place (only the
+ * mtime differs), then the file replaced by another with the same size and
+ * mtime (only the inode differs): each time the id changes; unchanged, it
+ * stays. */
 static void test_agent_pin_id_changes_with_file(void **state)
 {
     char *path = write_file("pin2", "1111", 4, 0600);
+    char *tmp;
     agent_pin_source_t src = {.kind = AGENT_PIN_FILE, .path = path};
     agent_secret_t s = {0};
-    agent_pin_id_t a = {0}, b = {0};
+    agent_pin_id_t a = {0}, a2 = {0}, b = {0}, c = {0};
+    struct timespec times[2] = {{0, UTIME_OMIT}, {0, 0}};
+    struct stat st;
 
     assert_int_equal(agent_pin_source_read(&src, &s, &a, NULL), 0);
     agent_secret_free(&s);
-    free(write_file("pin2", "22222", 5, 0600));
-    assert_int_equal(agent_pin_source_read(&src, &s, &b, NULL), 0);
-    assert_memory_equal(s.buf, "22222", 5);
+    assert_int_equal(agent_pin_source_read(&src, &s, &a2, NULL), 0);
     agent_secret_free(&s);
-    assert_true(a.size != b.size || a.mtime_ns != b.mtime_ns);
+    assert_true(pin_id_equal(&a, &a2));
+
+    /* in place, same size, a later mtime (as an editor saving it) */
+    assert_int_equal(stat(path, &st), 0);
+    free(write_file("pin2", "2222", 4, 0600));
+    times[1].tv_sec = st.st_mtim.tv_sec + 1;
+    times[1].tv_nsec = st.st_mtim.tv_nsec;
+    assert_int_equal(utimensat(AT_FDCWD, path, times, 0), 0);
+    assert_int_equal(agent_pin_source_read(&src, &s, &b, NULL), 0);
+    assert_memory_equal(s.buf, "2222", 4);
+    agent_secret_free(&s);
+    assert_int_equal(a.size, b.size);
+    assert_false(pin_id_equal(&a, &b));
+
+    /* replaced (rename over it), same size and mtime: another inode */
+    assert_int_equal(stat(path, &st), 0);
+    tmp = write_file("pin2.new", "3333", 4, 0600);
+    times[1] = st.st_mtim;
+    assert_int_equal(utimensat(AT_FDCWD, tmp, times, 0), 0);
+    assert_int_equal(rename(tmp, path), 0);
+    assert_int_equal(agent_pin_source_read(&src, &s, &c, NULL), 0);
+    assert_memory_equal(s.buf, "3333", 4);
+    agent_secret_free(&s);
+    assert_int_equal(b.size, c.size);
+    assert_int_equal(b.mtime_ns, c.mtime_ns);
+    assert_false(pin_id_equal(&b, &c));
+    free(tmp);
     free(path);
 }
 
