@@ -24,6 +24,9 @@ typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } 
 #define AGENT_DBG_PIN (1u << 2)
 
 void agent_log_init(const char *debug_spec);
+/* From now on log lines go to syslog (the journal), not stderr: a detached
+ * agent must not keep writing to the terminal that started it. */
+void agent_log_to_syslog(void);
 /* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
 void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
@@ -264,6 +267,10 @@ int agent_apply_conf(agent_t *a, char **errmsg);
 void agent_done(agent_t *a);
 /* Rescans tokens under the write lock and logs in where a PIN source allows. */
 void agent_rescan(agent_t *a);
+/* What the agent cannot do now, for systemd's STATUS= and the log: tokens
+ * that need a login the agent could not make, or none at all. malloc'd, or
+ * NULL when all is well. */
+char *agent_health(agent_t *a);
 int64_t agent_now_ms(void);
 
 /* agent/server.c */

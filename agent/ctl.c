@@ -372,28 +372,36 @@ out:
     return r;
 }
 
-static void print_flags(uint32_t f)
+/* The token's flags: its state (logged in or out, PIN cached) apart from
+ * what the token says of itself (login-required, pin-pad, PIN counters). */
+static const struct {
+    uint32_t bit;
+    const char *name;
+} token_flag_names[] = {
+    {BUS_TOKEN_LOGGED_IN, "logged-in"},         {BUS_TOKEN_PIN_CACHED, "pin-cached"},
+    {BUS_TOKEN_PIN_PAD, "pin-pad"},             {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
+    {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
+    {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
+};
+
+#define TOKEN_STATE_BITS (BUS_TOKEN_LOGGED_IN | BUS_TOKEN_PIN_CACHED)
+
+/* Names of the bits of f within mask: JSON strings or words. */
+static void print_flags(uint32_t f, uint32_t mask)
 {
-    static const struct {
-        uint32_t bit;
-        const char *name;
-    } names[] = {
-        {BUS_TOKEN_LOGGED_IN, "logged-in"},       {BUS_TOKEN_PIN_CACHED, "pin-cached"},
-        {BUS_TOKEN_PIN_PAD, "pin-pad"},           {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
-        {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
-        {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
-    };
     bool first = true;
 
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (!(f & names[i].bit))
+    for (size_t i = 0; i < sizeof(token_flag_names) / sizeof(token_flag_names[0]); i++) {
+        if (!(f & mask & token_flag_names[i].bit))
             continue;
         if (c_json_mode)
-            printf("%s\"%s\"", first ? "" : ",", names[i].name);
+            printf("%s\"%s\"", first ? "" : ",", token_flag_names[i].name);
         else
-            printf("%s%s", first ? "" : " ", names[i].name);
+            printf("%s%s", first ? "" : " ", token_flag_names[i].name);
         first = false;
     }
+    if (first && !c_json_mode)
+        printf("-");
 }
 
 static int cmd_tokens(ctl_t *c, int argc, char **argv)
@@ -421,14 +429,21 @@ static int cmd_tokens(ctl_t *c, int argc, char **argv)
             json_str(t[i].uri);
             printf(",\"label\":");
             json_str(t[i].label);
-            printf(",\"keys\":%u,\"expires\":%lld,\"flags\":[", t[i].keys,
-                   (long long)t[i].expires);
-            print_flags(t[i].flags);
+            printf(",\"keys\":%u,\"expires\":%lld,\"state\":\"%s\",\"pin_cached\":%s,"
+                   "\"flags\":[",
+                   t[i].keys, (long long)t[i].expires,
+                   (t[i].flags & BUS_TOKEN_LOGGED_IN) ? "logged-in" : "logged-out",
+                   (t[i].flags & BUS_TOKEN_PIN_CACHED) ? "true" : "false");
+            print_flags(t[i].flags, ~0u);
             printf("]}");
             continue;
         }
-        printf("%s\n    label: %s\n    keys: %u\n    state: ", t[i].uri, t[i].label, t[i].keys);
-        print_flags(t[i].flags);
+        printf("%s\n    label: %s\n    keys: %u\n    state: %s", t[i].uri, t[i].label,
+               t[i].keys, (t[i].flags & BUS_TOKEN_LOGGED_IN) ? "logged-in" : "logged-out");
+        if (t[i].flags & BUS_TOKEN_PIN_CACHED)
+            printf(" pin-cached");
+        printf("\n    token: ");
+        print_flags(t[i].flags, ~(uint32_t)TOKEN_STATE_BITS);
         if (t[i].expires) {
             long long left = (long long)t[i].expires - (long long)time(NULL);
 

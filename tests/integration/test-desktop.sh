@@ -63,14 +63,15 @@ case_no_pin_in_logs() {
 tap_case "the PIN appears in no log" case_no_pin_in_logs
 
 case_tokens_shows_login() {
-	ctl tokens | grep -q "state: logged-in pin-cached" || return 1
-	ctl --json tokens | python3 -c 'import json,sys; t=json.load(sys.stdin); assert "logged-in" in t[0]["flags"], t'
+	ctl tokens | grep -q "state: logged-in pin-cached$" || return 1
+	ctl tokens | grep -q "token: login-required$" || return 1
+	ctl --json tokens | python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]["state"] == "logged-in" and t[0]["pin_cached"] and "logged-in" in t[0]["flags"], t'
 }
 tap_case "p11agentctl tokens (and --json) shows the login and the cached PIN" case_tokens_shows_login
 
 case_lock_then_prompt_again() {
 	ctl lock --all | grep -q "locked 1 token" || return 1
-	ctl tokens | grep -q "state: login-required$" || { ctl tokens >&2; return 1; }
+	ctl tokens | grep -q "state: logged-out$" || { ctl tokens >&2; return 1; }
 	sign "$T/d.sig" || return 1
 	[ "$(prompts)" = 2 ] || { echo "expected a second prompt after lock, got $(prompts)" >&2; return 1; }
 }
@@ -79,7 +80,7 @@ tap_case "lock logs out and wipes the PIN: the next signature prompts again" \
 
 case_forget_keeps_login() {
 	ctl forget --all | grep -q "forgot the PINs of 1 token" || return 1
-	ctl tokens | grep -q "state: logged-in login-required$" || { ctl tokens >&2; return 1; }
+	ctl tokens | grep -q "state: logged-in$" || { ctl tokens >&2; return 1; }
 	sign "$T/e.sig" || return 1
 	[ "$(prompts)" = 2 ] || { echo "forget made the agent prompt" >&2; return 1; }
 }
