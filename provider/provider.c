@@ -78,6 +78,7 @@ static const OSSL_ITEM prov_reason_strings[] = {
     { PROV_R_BUFFER_TOO_SMALL, "output buffer too small" },
     { PROV_R_NOT_INITIALIZED, "operation not initialized" },
     { PROV_R_BAD_SIGNATURE, "malformed signature from agent" },
+    { PROV_R_AMBIGUOUS, "the URI matches several keys" },
     { 0, NULL },
 };
 

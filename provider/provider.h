@@ -35,6 +35,7 @@ enum {
     PROV_R_BUFFER_TOO_SMALL = 9,
     PROV_R_NOT_INITIALIZED = 10,
     PROV_R_BAD_SIGNATURE = 11, /* the agent returned something odd */
+    PROV_R_AMBIGUOUS = 12,     /* a URI that matches several keys where one is needed */
 };
 
 typedef struct prov_client prov_client_t;

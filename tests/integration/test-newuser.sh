@@ -1,5 +1,7 @@
 #!/bin/bash
 # Rough edges a new user hits (issue 10), each with a real program:
+# - a URI that matches several keys is refused where one key is needed,
+#   naming the matches (as p11agentctl ref and key-reference files do)
 # - Python's ssl sees OpenSSL errors, not an errno the provider left behind
 #   (FileNotFoundError with the agent down, BlockingIOError for a key that
 #   does not match its certificate).
@@ -54,6 +56,22 @@ agent_down_is_ssl_error() {
 }
 tap_case "python: with the agent down, load_cert_chain raises ssl.SSLError (not FileNotFoundError)" \
 	agent_down_is_ssl_error
+
+ambiguous_uri_refused() {
+	local rc=0 u="pkcs11:token=$P11AGENT_TEST_TOKEN;type=private"
+	head -c 32 /dev/urandom >"$T/amb.dgst"
+	client pkeyutl -sign -inkey "$u" -in "$T/amb.dgst" -out "$T/amb.sig" 2>"$T/amb.err" || rc=$?
+	cat "$T/amb.err"
+	[ "$rc" -ne 0 ] || { echo "signed with an ambiguous URI" >&2; return 1; }
+	[ ! -s "$T/amb.sig" ] || { echo "a signature was written" >&2; return 1; }
+	grep -q "matches 4 keys" "$T/amb.err" && grep -q "object=p256" "$T/amb.err" &&
+		grep -q "name one" "$T/amb.err" || return 1
+	# listing every match stays possible
+	client storeutl -noout -text "$u" >"$T/amb.list" 2>&1 || { cat "$T/amb.list"; return 1; }
+	[ "$(grep -c '^[0-9]*: Pkey$' "$T/amb.list")" -eq 4 ] || { cat "$T/amb.list"; return 1; }
+}
+tap_case "a URI matching 4 keys is refused for signing, naming them; storeutl still lists all 4" \
+	ambiguous_uri_refused
 
 agent_alive_and_clean() {
 	kill -0 "$AGENT_PID" || { echo "agent died" >&2; return 1; }
