@@ -2,6 +2,8 @@
 # Rough edges a new user hits (issue 10), each with a real program:
 # - a URI that matches several keys is refused where one key is needed,
 #   naming the matches (as p11agentctl ref and key-reference files do)
+# - openssl pkey -in URI -text / -out FILE print the public parts and write
+#   a key-reference file instead of failing with an empty file
 # - Python's ssl sees OpenSSL errors, not an errno the provider left behind
 #   (FileNotFoundError with the agent down, BlockingIOError for a key that
 #   does not match its certificate).
@@ -72,6 +74,26 @@ ambiguous_uri_refused() {
 }
 tap_case "a URI matching 4 keys is refused for signing, naming them; storeutl still lists all 4" \
 	ambiguous_uri_refused
+
+pkey_text_and_out() {
+	local u canon
+	u=$(uri p256)
+	canon=$("$P11AGENTCTL" --socket "$SOCK" keys "$u" | head -n 1)
+	client pkey -in "$u" -text -noout >"$T/pkey.txt" 2>&1 || { cat "$T/pkey.txt"; return 1; }
+	cat "$T/pkey.txt"
+	grep -q "^Public-Key: (256 bit)" "$T/pkey.txt" && grep -q "NIST CURVE: P-256" "$T/pkey.txt" &&
+		grep -qF "URI: $canon" "$T/pkey.txt" || return 1
+	rm -f "$T/p256.out.pem"
+	client pkey -in "$u" -out "$T/p256.out.pem" || return 1
+	grep -q "BEGIN P11AGENT KEY REFERENCE" "$T/p256.out.pem" || { cat "$T/p256.out.pem"; return 1; }
+	# the file written is a key reference: it signs, through the agent
+	head -c 32 /dev/urandom >"$T/po.dgst"
+	client pkeyutl -sign -inkey "$T/p256.out.pem" -in "$T/po.dgst" -out "$T/po.sig" &&
+		plain pkeyutl -verify -pubin -inkey "$T/p256.pub" -in "$T/po.dgst" -sigfile "$T/po.sig"
+}
+plain x509 -in "$T/certs/p256.pem" -pubkey -noout -out "$T/p256.pub" || tap_bail "no public key"
+tap_case "openssl pkey -in URI -text prints the public key and the URI; -out writes a key reference that signs" \
+	pkey_text_and_out
 
 agent_alive_and_clean() {
 	kill -0 "$AGENT_PID" || { echo "agent died" >&2; return 1; }
