@@ -148,6 +148,7 @@ typedef struct agent_client {
      * a pending connection only to get org.p11agent.Error.Denied as the
      * answer to its first call, then closed; never takes a client slot. */
     bool denied;
+    bool stop_after_reply; /* Stop(): SIGTERM ourselves once replied */
     /* Peer credentials, read with SO_PEERCRED when the client connected. */
     uid_t uid;
     gid_t gid;

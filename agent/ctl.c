@@ -49,6 +49,7 @@ static void usage(FILE *f)
                "                      then locks the token's PIN)\n"
                "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
                "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
+               "  stop                stop the agent (its user and root only)\n"
                "  ref URI -o FILE [--force]\n"
                "                      write a key-reference file (mode 0600) naming the one\n"
                "                      key that matches URI, for programs that only take a\n"
@@ -593,6 +594,23 @@ static int cmd_forget(ctl_t *c, int argc, char **argv)
     return lock_common(c, argc, argv, true);
 }
 
+static int cmd_stop(ctl_t *c, int argc, char **argv)
+{
+    char *err = NULL;
+    int r;
+
+    if (!no_args(argc, argv))
+        return 2;
+    r = bus_client_stop(c->conn, BUS_CALL_TIMEOUT_MS, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    printf("stopping\n");
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(ctl_t *c, int argc, char **argv);
@@ -606,6 +624,7 @@ static const struct {
     {"unlock", cmd_unlock},
     {"lock", cmd_lock},
     {"forget", cmd_forget},
+    {"stop", cmd_stop},
 };
 
 int main(int argc, char **argv)

@@ -246,5 +246,7 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
 void bus_wipe_bytes_arg(DBusMessage *msg, int arg);
 /* Logs out (forget_only false) or only forgets cached PINs, for the tokens
  * matching token_uri ("" or "pkcs11:": all). *ret_count: tokens affected. */
+/* Asks the agent to stop (its user and root only). */
+int bus_client_stop(DBusConnection *conn, int timeout_ms, char **errmsg);
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
                     uint32_t *ret_count, char **errmsg);

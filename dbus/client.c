@@ -478,6 +478,22 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
     return r;
 }
 
+int bus_client_stop(DBusConnection *conn, int timeout_ms, char **errmsg)
+{
+    DBusMessage *msg = new_call("Stop"), *reply = NULL;
+    int r;
+
+    if (!msg) {
+        set_errmsg(errmsg, "out of memory");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
                     uint32_t *ret_count, char **errmsg)
 {

@@ -122,6 +122,15 @@ case_system_allowed() {
 	sign_as $U2 "$SOCK" "$O/sys-u2.sig" && verifies "$O/sys-u2.sig"
 }
 tap_case "system mode: an allowed user signs" case_system_allowed
+case_system_stop_refused() {
+	local rc=0
+	with_timeout "$IT_TIMEOUT" runuser -u $U2 -- "$P11AGENTCTL" --socket "$SOCK" stop \
+		>"$T/stop-u2.out" 2>&1 || rc=$?
+	cat "$T/stop-u2.out"
+	[ "$rc" -eq 1 ] && grep -q "may not stop this agent" "$T/stop-u2.out" &&
+		kill -0 "$AGENT_PID"
+}
+tap_case "system mode: an allowed user may not stop the agent (Denied)" case_system_stop_refused
 case_system_other_refused() {
 	if sign_as $U3 "$SOCK" "$O/sys-u3.sig" 2>"$T/u3.err"; then
 		echo "$U3 could sign though only $U2 is allowed" >&2
