@@ -113,6 +113,9 @@ typedef struct agent_token_state {
     atomic_bool has_cached;
     atomic_int_fast64_t login_at_ms; /* CLOCK_MONOTONIC of our login, 0: none */
     atomic_int_fast64_t last_use_ms;
+    /* this login ends then (unlock -t, CLOCK_MONOTONIC ms), 0: only the cache
+     * settings apply */
+    atomic_int_fast64_t login_until_ms;
 } agent_token_state_t;
 
 /* A client on the agent's socket: served by a thread of its own that reads
@@ -334,6 +337,7 @@ typedef struct agent_login_req {
     const char *pin;              /* given (Unlock); NULL: find one */
     size_t pin_len;
     bool final_try_ok;            /* the person accepts trying pin at the final try */
+    unsigned lifetime_s;          /* Unlock: this login ends after so long (0: cache settings) */
     bool no_prompt;               /* stored PINs only */
 } agent_login_req_t;
 

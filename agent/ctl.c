@@ -42,11 +42,12 @@ static void usage(FILE *f)
                "  keys [URI]          list the keys (all, or those matching a pkcs11: URI)\n"
                "  tokens              list the tokens, their login state and when it expires\n"
                "  status              the agent's version, tokens, keys, clients, counters\n"
-               "  unlock [--final-try] [TOKEN-URI]\n"
+               "  unlock [-t DURATION] [--final-try] [TOKEN-URI]\n"
                "                      log in to a token with a PIN typed here (no echo; without\n"
-               "                      a terminal, the first line of standard input); at the\n"
-               "                      token's final PIN try only with --final-try (a wrong PIN\n"
-               "                      then locks the token's PIN)\n"
+               "                      a terminal, the first line of standard input); -t ends\n"
+               "                      this login (and wipes the PIN) after DURATION (90, 15m,\n"
+               "                      8h, 1d), like ssh-add -t; at the token's final PIN try\n"
+               "                      only with --final-try (a wrong PIN then locks the PIN)\n"
                "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
                "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
                "  stop                stop the agent (its user and root only)\n"
@@ -500,17 +501,54 @@ static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
     return len ? 0 : -ENODATA;
 }
 
+/* "90", "90s", "15m", "8h", "1d" -> seconds, 1 s to 30 days. */
+static int parse_duration(const char *text, uint32_t *ret)
+{
+    static const struct {
+        char unit;
+        unsigned long mul;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    unsigned long v, mul = 1;
+    char *end;
+
+    if (!text[0] || text[0] == '-' || text[0] == '+')
+        return -EINVAL;
+    errno = 0;
+    v = strtoul(text, &end, 10);
+    if (errno || end == text)
+        return -EINVAL;
+    if (*end) {
+        mul = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (end[0] == units[i].unit && end[1] == '\0')
+                mul = units[i].mul;
+    }
+    if (!mul || v == 0 || v > 30ul * 86400 / mul)
+        return -EINVAL;
+    *ret = (uint32_t)(v * mul);
+    return 0;
+}
+
 static int cmd_unlock(ctl_t *c, int argc, char **argv)
 {
     const char *uri = "";
     char *pin, *err = NULL, prompt[512];
     size_t len = 0, size = 4096;
     unsigned flags = 0;
+    uint32_t lifetime = 0;
     int r, uris = 0;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--final-try") == 0) {
             flags |= BUS_UNLOCK_FINAL_TRY;
+        } else if (strcmp(argv[i], "-t") == 0 || strcmp(argv[i], "--lifetime") == 0) {
+            if (i + 1 >= argc || parse_duration(argv[i + 1], &lifetime) < 0) {
+                fprintf(stderr, "p11agentctl: unlock: %s takes a duration: seconds, or a number "
+                                "with s, m, h or d (e.g. 30m), from 1 s to 30 d\n",
+                        argv[i]);
+                return 2;
+            }
+            i++;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "p11agentctl: unlock: unknown option '%s'\n", argv[i]);
             return 2;
@@ -544,7 +582,7 @@ static int cmd_unlock(ctl_t *c, int argc, char **argv)
      * request within its auth-timeout, and typing a PIN takes longer. */
     r = bus_client_connect(c->socket_path, &c->conn, &err);
     if (r == 0)
-        r = bus_client_unlock(c->conn, uri, pin, len, flags, BUS_CALL_TIMEOUT_MS, &err);
+        r = bus_client_unlock(c->conn, uri, pin, len, flags, lifetime, BUS_CALL_TIMEOUT_MS, &err);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
         r = 1;

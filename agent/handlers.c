@@ -547,6 +547,7 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
     char *token_uri = NULL, *why = NULL;
     DBusMessage *reply = NULL;
     bool final_try = false;
+    dbus_uint32_t lifetime = 0;
     int n = 0, r;
 
     dbus_message_iter_init(msg, &it);
@@ -558,8 +559,9 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
         reply = lock_unlock_denied(c, msg, "unlock");
         goto out;
     }
-    /* options (UnlockWithOptions): "final-try" b; anything else is refused
-     * rather than ignored, it may be a safety request this agent lacks */
+    /* options (UnlockWithOptions): "final-try" b, "lifetime" u (seconds);
+     * anything else is refused rather than ignored, it may be a safety
+     * request this agent lacks */
     if (dbus_message_iter_next(&it)) {
         DBusMessageIter dict;
 
@@ -574,14 +576,19 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
             dbus_message_iter_get_basic(&e, &key);
             dbus_message_iter_next(&e);
             dbus_message_iter_recurse(&e, &v);
-            if (strcmp(key, "final-try") != 0 ||
-                dbus_message_iter_get_arg_type(&v) != DBUS_TYPE_BOOLEAN) {
+            if (strcmp(key, "final-try") == 0 &&
+                dbus_message_iter_get_arg_type(&v) == DBUS_TYPE_BOOLEAN) {
+                dbus_message_iter_get_basic(&v, &b);
+                final_try = b;
+            } else if (strcmp(key, "lifetime") == 0 &&
+                       dbus_message_iter_get_arg_type(&v) == DBUS_TYPE_UINT32) {
+                dbus_message_iter_get_basic(&v, &lifetime);
+            } else {
                 reply = error_reply(msg, BUS_ERR_INVALID_ARGS,
-                                    "unknown Unlock option (this agent knows \"final-try\" b)");
+                                    "unknown Unlock option (this agent knows \"final-try\" b "
+                                    "and \"lifetime\" u)");
                 goto out;
             }
-            dbus_message_iter_get_basic(&v, &b);
-            final_try = b;
         }
     }
     if (n <= 0 || n > PIN_MAX) {
@@ -608,7 +615,8 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
         goto out;
     {
         agent_login_req_t req = {.token_uri = token_uri, .client = c, .pin = pin,
-                                 .pin_len = (size_t)n, .final_try_ok = final_try};
+                                 .pin_len = (size_t)n, .final_try_ok = final_try,
+                                 .lifetime_s = lifetime};
 
         r = agent_login(a, &req, &why);
     }

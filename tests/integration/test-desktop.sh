@@ -136,6 +136,32 @@ case_unlock_wrong_pin() {
 	echo "$PIN" | ctl unlock >/dev/null
 }
 tap_case "p11agentctl unlock with a wrong PIN says PIN incorrect" case_unlock_wrong_pin
+
+case_unlock_lifetime() {
+	local i left rc=0
+	for bad in 0 -5 1x 31d; do
+		if echo "$PIN" | ctl unlock -t "$bad" 2>/dev/null; then
+			echo "unlock -t $bad was accepted" >&2
+			return 1
+		fi
+	done
+	ctl lock --all >/dev/null || return 1
+	echo "$PIN" | ctl unlock -t 3 | grep -qx unlocked || return 1
+	left=$(ctl tokens | sed -n 's/^ *login expires: in \([0-9]*\) s$/\1/p')
+	echo "login expires in: $left s"
+	[ -n "$left" ] && [ "$left" -le 3 ] || { ctl tokens >&2; return 1; }
+	for ((i = 0; i < 100; i++)); do
+		ctl tokens | grep -q "state: logged-out" && break
+		sleep 0.1
+	done
+	ctl tokens | grep -q "state: logged-out$" || { echo "still logged in" >&2; return 1; }
+	grep -q "login expired (the lifetime given to unlock)" "$T/agent.log" || return 1
+	# the PIN went with the login: the next signature asks (and is cancelled)
+	sign "$T/lt.sig" 2>"$T/lt.err" || rc=$?
+	[ "$rc" -ne 0 ] && grep -qi cancel "$T/lt.err"
+}
+tap_case "p11agentctl unlock -t 3: the login and the PIN end after 3 s; bad durations refused" \
+	case_unlock_lifetime
 agent_stop
 
 case_cache_idle_timeout() {
