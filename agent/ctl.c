@@ -318,22 +318,28 @@ out:
     return r;
 }
 
-/* pubkey URI [-o FILE]: the key's SubjectPublicKeyInfo as a PEM PUBLIC KEY
- * (what `openssl pkey -pubout` prints), to stdout by default. */
-static int cmd_pubkey(ctl_t *c, int argc, char **argv)
+/* cert/pubkey URI -o FILE: the token's certificate of the one key matching
+ * URI, or its public key, as PEM. */
+static int write_key_pem(ctl_t *c, int argc, char **argv, bool cert)
 {
+    const char *cmd = cert ? "cert" : "pubkey";
     out_args_t a = {0};
     bus_key_info_t *keys = NULL;
     size_t n = 0, pem_len = 0;
     char *pem = NULL;
     int r;
 
-    if ((r = parse_out_args("pubkey", argc, argv, &a, "-")) != 0)
+    if ((r = parse_out_args(cmd, argc, argv, &a, cert ? NULL : "-")) != 0)
         return r;
     if ((r = find_one(c, a.uri, &keys, &n)) != 0)
         return r;
     r = 1;
-    pem = pem_encode("PUBLIC KEY", keys[0].spki, keys[0].spki_len, &pem_len);
+    if (cert && (keys[0].cert == NULL || keys[0].cert_len == 0)) {
+        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
+        goto out;
+    }
+    pem = cert ? pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len)
+               : pem_encode("PUBLIC KEY", keys[0].spki, keys[0].spki_len, &pem_len);
     if (pem == NULL) {
         fprintf(stderr, "p11agentctl: out of memory\n");
         goto out;
@@ -345,33 +351,16 @@ out:
     return r;
 }
 
+/* pubkey URI [-o FILE]: what `openssl pkey -pubout` prints, to stdout by
+ * default */
+static int cmd_pubkey(ctl_t *c, int argc, char **argv)
+{
+    return write_key_pem(c, argc, argv, false);
+}
+
 static int cmd_cert(ctl_t *c, int argc, char **argv)
 {
-    out_args_t a = {0};
-    bus_key_info_t *keys = NULL;
-    size_t n = 0, pem_len = 0;
-    char *pem = NULL;
-    int r;
-
-    if ((r = parse_out_args("cert", argc, argv, &a, NULL)) != 0)
-        return r;
-    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
-        return r;
-    r = 1;
-    if (keys[0].cert == NULL || keys[0].cert_len == 0) {
-        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
-        goto out;
-    }
-    pem = pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len);
-    if (pem == NULL) {
-        fprintf(stderr, "p11agentctl: out of memory\n");
-        goto out;
-    }
-    r = write_file(a.out, pem, pem_len, 0644, a.force);
-out:
-    free(pem);
-    bus_key_info_free_array(keys, n);
-    return r;
+    return write_key_pem(c, argc, argv, true);
 }
 
 /* The token's flags: its state (logged in or out, PIN cached) apart from
