@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* The agent object: its locks and the token rescan. */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -59,6 +60,29 @@ void agent_done(agent_t *a)
     pthread_rwlock_destroy(&a->keys_lock);
 }
 
+/* Loud warnings for what looks like a setup mistake rather than a fact:
+ * no token at all, or a logged-in token without a key (under
+ * ProtectSystem=strict, SoftHSM without its token directory shows its
+ * tokens empty or not at all). */
+static void warn_empty_locked(agent_t *a)
+{
+    if (tok_ctx_n_tokens(a->tok) == 0)
+        agent_warn("the PKCS#11 modules report no token present: no key can be used until one "
+                   "appears (is the card inserted? a software token's directory readable by the "
+                   "agent? under systemd, ProtectSystem=strict needs ReadWritePaths= for it)");
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok); i++) {
+        tok_token_t *t = tok_ctx_token(a->tok, i);
+        size_t keys = 0;
+
+        for (size_t k = 0; k < tok_ctx_n_keys(a->tok); k++)
+            keys += tok_ctx_key(a->tok, k)->token == t;
+        if (keys == 0 && tok_token_logged_in(t))
+            agent_warn("token '%s' is logged in but shows no key that can sign (are the keys on "
+                       "another token? readable by the agent's user?)",
+                       tok_token_label(t));
+    }
+}
+
 void agent_rescan(agent_t *a)
 {
     int r;
@@ -73,7 +97,32 @@ void agent_rescan(agent_t *a)
     agent_login_all(a);
     pthread_rwlock_rdlock(&a->keys_lock);
     agent_info("%zu keys on %zu tokens", tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+    warn_empty_locked(a);
     pthread_rwlock_unlock(&a->keys_lock);
+}
+
+char *agent_health(agent_t *a)
+{
+    char *out = NULL, *more;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    if (tok_ctx_n_tokens(a->tok) == 0 && asprintf(&out, "no token present") < 0)
+        out = NULL;
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok); i++) {
+        tok_token_t *t = tok_ctx_token(a->tok, i);
+
+        /* a PIN source is configured, yet the login did not happen */
+        if (!tok_token_login_required(t) || tok_token_logged_in(t) ||
+            agent_pin_source_for_locked(a, t)->kind == AGENT_PIN_NONE)
+            continue;
+        if (asprintf(&more, "%s%stoken '%s' is not logged in (its PIN source failed: see the log)",
+                     out ? out : "", out ? "; " : "", tok_token_label(t)) < 0)
+            break;
+        free(out);
+        out = more;
+    }
+    pthread_rwlock_unlock(&a->keys_lock);
+    return out;
 }
 
 int agent_apply_conf(agent_t *a, char **errmsg)

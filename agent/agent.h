@@ -24,6 +24,9 @@ typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } 
 #define AGENT_DBG_PIN (1u << 2)
 
 void agent_log_init(const char *debug_spec);
+/* From now on log lines go to syslog (the journal), not stderr: a detached
+ * agent must not keep writing to the terminal that started it. */
+void agent_log_to_syslog(void);
 /* Replaces *errmsg (if errmsg is not NULL) with a formatted message. */
 void agent_set_errmsg(char **errmsg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 bool agent_debug_enabled(unsigned category);
@@ -110,6 +113,9 @@ typedef struct agent_token_state {
     atomic_bool has_cached;
     atomic_int_fast64_t login_at_ms; /* CLOCK_MONOTONIC of our login, 0: none */
     atomic_int_fast64_t last_use_ms;
+    /* this login ends then (unlock -t, CLOCK_MONOTONIC ms), 0: only the cache
+     * settings apply */
+    atomic_int_fast64_t login_until_ms;
 } agent_token_state_t;
 
 /* A client on the agent's socket: served by a thread of its own that reads
@@ -145,6 +151,7 @@ typedef struct agent_client {
      * a pending connection only to get org.p11agent.Error.Denied as the
      * answer to its first call, then closed; never takes a client slot. */
     bool denied;
+    bool stop_after_reply; /* Stop(): SIGTERM ourselves once replied */
     /* Peer credentials, read with SO_PEERCRED when the client connected. */
     uid_t uid;
     gid_t gid;
@@ -264,6 +271,10 @@ int agent_apply_conf(agent_t *a, char **errmsg);
 void agent_done(agent_t *a);
 /* Rescans tokens under the write lock and logs in where a PIN source allows. */
 void agent_rescan(agent_t *a);
+/* What the agent cannot do now, for systemd's STATUS= and the log: tokens
+ * that need a login the agent could not make, or none at all. malloc'd, or
+ * NULL when all is well. */
+char *agent_health(agent_t *a);
 int64_t agent_now_ms(void);
 
 /* agent/server.c */
@@ -326,6 +337,7 @@ typedef struct agent_login_req {
     const char *pin;              /* given (Unlock); NULL: find one */
     size_t pin_len;
     bool final_try_ok;            /* the person accepts trying pin at the final try */
+    unsigned lifetime_s;          /* Unlock: this login ends after so long (0: cache settings) */
     bool no_prompt;               /* stored PINs only */
 } agent_login_req_t;
 

@@ -42,13 +42,15 @@ static void usage(FILE *f)
                "  keys [URI]          list the keys (all, or those matching a pkcs11: URI)\n"
                "  tokens              list the tokens, their login state and when it expires\n"
                "  status              the agent's version, tokens, keys, clients, counters\n"
-               "  unlock [--final-try] [TOKEN-URI]\n"
+               "  unlock [-t DURATION] [--final-try] [TOKEN-URI]\n"
                "                      log in to a token with a PIN typed here (no echo; without\n"
-               "                      a terminal, the first line of standard input); at the\n"
-               "                      token's final PIN try only with --final-try (a wrong PIN\n"
-               "                      then locks the token's PIN)\n"
+               "                      a terminal, the first line of standard input); -t ends\n"
+               "                      this login (and wipes the PIN) after DURATION (90, 15m,\n"
+               "                      8h, 1d), like ssh-add -t; at the token's final PIN try\n"
+               "                      only with --final-try (a wrong PIN then locks the PIN)\n"
                "  lock TOKEN-URI|--all    log out and wipe cached PINs\n"
                "  forget TOKEN-URI|--all  wipe cached PINs, stay logged in\n"
+               "  stop                stop the agent (its user and root only)\n"
                "  ref URI -o FILE [--force]\n"
                "                      write a key-reference file (mode 0600) naming the one\n"
                "                      key that matches URI, for programs that only take a\n"
@@ -316,22 +318,28 @@ out:
     return r;
 }
 
-/* pubkey URI [-o FILE]: the key's SubjectPublicKeyInfo as a PEM PUBLIC KEY
- * (what `openssl pkey -pubout` prints), to stdout by default. */
-static int cmd_pubkey(ctl_t *c, int argc, char **argv)
+/* cert/pubkey URI -o FILE: the token's certificate of the one key matching
+ * URI, or its public key, as PEM. */
+static int write_key_pem(ctl_t *c, int argc, char **argv, bool cert)
 {
+    const char *cmd = cert ? "cert" : "pubkey";
     out_args_t a = {0};
     bus_key_info_t *keys = NULL;
     size_t n = 0, pem_len = 0;
     char *pem = NULL;
     int r;
 
-    if ((r = parse_out_args("pubkey", argc, argv, &a, "-")) != 0)
+    if ((r = parse_out_args(cmd, argc, argv, &a, cert ? NULL : "-")) != 0)
         return r;
     if ((r = find_one(c, a.uri, &keys, &n)) != 0)
         return r;
     r = 1;
-    pem = pem_encode("PUBLIC KEY", keys[0].spki, keys[0].spki_len, &pem_len);
+    if (cert && (keys[0].cert == NULL || keys[0].cert_len == 0)) {
+        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
+        goto out;
+    }
+    pem = cert ? pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len)
+               : pem_encode("PUBLIC KEY", keys[0].spki, keys[0].spki_len, &pem_len);
     if (pem == NULL) {
         fprintf(stderr, "p11agentctl: out of memory\n");
         goto out;
@@ -341,59 +349,50 @@ out:
     free(pem);
     bus_key_info_free_array(keys, n);
     return r;
+}
+
+/* pubkey URI [-o FILE]: what `openssl pkey -pubout` prints, to stdout by
+ * default */
+static int cmd_pubkey(ctl_t *c, int argc, char **argv)
+{
+    return write_key_pem(c, argc, argv, false);
 }
 
 static int cmd_cert(ctl_t *c, int argc, char **argv)
 {
-    out_args_t a = {0};
-    bus_key_info_t *keys = NULL;
-    size_t n = 0, pem_len = 0;
-    char *pem = NULL;
-    int r;
-
-    if ((r = parse_out_args("cert", argc, argv, &a, NULL)) != 0)
-        return r;
-    if ((r = find_one(c, a.uri, &keys, &n)) != 0)
-        return r;
-    r = 1;
-    if (keys[0].cert == NULL || keys[0].cert_len == 0) {
-        fprintf(stderr, "p11agentctl: the token has no certificate for %s\n", keys[0].uri);
-        goto out;
-    }
-    pem = pem_encode("CERTIFICATE", keys[0].cert, keys[0].cert_len, &pem_len);
-    if (pem == NULL) {
-        fprintf(stderr, "p11agentctl: out of memory\n");
-        goto out;
-    }
-    r = write_file(a.out, pem, pem_len, 0644, a.force);
-out:
-    free(pem);
-    bus_key_info_free_array(keys, n);
-    return r;
+    return write_key_pem(c, argc, argv, true);
 }
 
-static void print_flags(uint32_t f)
+/* The token's flags: its state (logged in or out, PIN cached) apart from
+ * what the token says of itself (login-required, pin-pad, PIN counters). */
+static const struct {
+    uint32_t bit;
+    const char *name;
+} token_flag_names[] = {
+    {BUS_TOKEN_LOGGED_IN, "logged-in"},         {BUS_TOKEN_PIN_CACHED, "pin-cached"},
+    {BUS_TOKEN_PIN_PAD, "pin-pad"},             {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
+    {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
+    {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
+};
+
+#define TOKEN_STATE_BITS (BUS_TOKEN_LOGGED_IN | BUS_TOKEN_PIN_CACHED)
+
+/* Names of the bits of f within mask: JSON strings or words. */
+static void print_flags(uint32_t f, uint32_t mask)
 {
-    static const struct {
-        uint32_t bit;
-        const char *name;
-    } names[] = {
-        {BUS_TOKEN_LOGGED_IN, "logged-in"},       {BUS_TOKEN_PIN_CACHED, "pin-cached"},
-        {BUS_TOKEN_PIN_PAD, "pin-pad"},           {BUS_TOKEN_LOGIN_REQUIRED, "login-required"},
-        {BUS_TOKEN_PIN_COUNT_LOW, "pin-count-low"}, {BUS_TOKEN_PIN_FINAL_TRY, "pin-final-try"},
-        {BUS_TOKEN_PIN_LOCKED, "pin-locked"},
-    };
     bool first = true;
 
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (!(f & names[i].bit))
+    for (size_t i = 0; i < sizeof(token_flag_names) / sizeof(token_flag_names[0]); i++) {
+        if (!(f & mask & token_flag_names[i].bit))
             continue;
         if (c_json_mode)
-            printf("%s\"%s\"", first ? "" : ",", names[i].name);
+            printf("%s\"%s\"", first ? "" : ",", token_flag_names[i].name);
         else
-            printf("%s%s", first ? "" : " ", names[i].name);
+            printf("%s%s", first ? "" : " ", token_flag_names[i].name);
         first = false;
     }
+    if (first && !c_json_mode)
+        printf("-");
 }
 
 static int cmd_tokens(ctl_t *c, int argc, char **argv)
@@ -421,14 +420,21 @@ static int cmd_tokens(ctl_t *c, int argc, char **argv)
             json_str(t[i].uri);
             printf(",\"label\":");
             json_str(t[i].label);
-            printf(",\"keys\":%u,\"expires\":%lld,\"flags\":[", t[i].keys,
-                   (long long)t[i].expires);
-            print_flags(t[i].flags);
+            printf(",\"keys\":%u,\"expires\":%lld,\"state\":\"%s\",\"pin_cached\":%s,"
+                   "\"flags\":[",
+                   t[i].keys, (long long)t[i].expires,
+                   (t[i].flags & BUS_TOKEN_LOGGED_IN) ? "logged-in" : "logged-out",
+                   (t[i].flags & BUS_TOKEN_PIN_CACHED) ? "true" : "false");
+            print_flags(t[i].flags, ~0u);
             printf("]}");
             continue;
         }
-        printf("%s\n    label: %s\n    keys: %u\n    state: ", t[i].uri, t[i].label, t[i].keys);
-        print_flags(t[i].flags);
+        printf("%s\n    label: %s\n    keys: %u\n    state: %s", t[i].uri, t[i].label,
+               t[i].keys, (t[i].flags & BUS_TOKEN_LOGGED_IN) ? "logged-in" : "logged-out");
+        if (t[i].flags & BUS_TOKEN_PIN_CACHED)
+            printf(" pin-cached");
+        printf("\n    token: ");
+        print_flags(t[i].flags, ~(uint32_t)TOKEN_STATE_BITS);
         if (t[i].expires) {
             long long left = (long long)t[i].expires - (long long)time(NULL);
 
@@ -484,17 +490,54 @@ static int read_pin(const char *prompt, char *buf, size_t size, size_t *ret_len)
     return len ? 0 : -ENODATA;
 }
 
+/* "90", "90s", "15m", "8h", "1d" -> seconds, 1 s to 30 days. */
+static int parse_duration(const char *text, uint32_t *ret)
+{
+    static const struct {
+        char unit;
+        unsigned long mul;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    unsigned long v, mul = 1;
+    char *end;
+
+    if (!text[0] || text[0] == '-' || text[0] == '+')
+        return -EINVAL;
+    errno = 0;
+    v = strtoul(text, &end, 10);
+    if (errno || end == text)
+        return -EINVAL;
+    if (*end) {
+        mul = 0;
+        for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++)
+            if (end[0] == units[i].unit && end[1] == '\0')
+                mul = units[i].mul;
+    }
+    if (!mul || v == 0 || v > 30ul * 86400 / mul)
+        return -EINVAL;
+    *ret = (uint32_t)(v * mul);
+    return 0;
+}
+
 static int cmd_unlock(ctl_t *c, int argc, char **argv)
 {
     const char *uri = "";
     char *pin, *err = NULL, prompt[512];
     size_t len = 0, size = 4096;
     unsigned flags = 0;
+    uint32_t lifetime = 0;
     int r, uris = 0;
 
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--final-try") == 0) {
             flags |= BUS_UNLOCK_FINAL_TRY;
+        } else if (strcmp(argv[i], "-t") == 0 || strcmp(argv[i], "--lifetime") == 0) {
+            if (i + 1 >= argc || parse_duration(argv[i + 1], &lifetime) < 0) {
+                fprintf(stderr, "p11agentctl: unlock: %s takes a duration: seconds, or a number "
+                                "with s, m, h or d (e.g. 30m), from 1 s to 30 d\n",
+                        argv[i]);
+                return 2;
+            }
+            i++;
         } else if (argv[i][0] == '-' && argv[i][1]) {
             fprintf(stderr, "p11agentctl: unlock: unknown option '%s'\n", argv[i]);
             return 2;
@@ -528,7 +571,7 @@ static int cmd_unlock(ctl_t *c, int argc, char **argv)
      * request within its auth-timeout, and typing a PIN takes longer. */
     r = bus_client_connect(c->socket_path, &c->conn, &err);
     if (r == 0)
-        r = bus_client_unlock(c->conn, uri, pin, len, flags, BUS_CALL_TIMEOUT_MS, &err);
+        r = bus_client_unlock(c->conn, uri, pin, len, flags, lifetime, BUS_CALL_TIMEOUT_MS, &err);
     if (r < 0) {
         fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
         r = 1;
@@ -578,6 +621,23 @@ static int cmd_forget(ctl_t *c, int argc, char **argv)
     return lock_common(c, argc, argv, true);
 }
 
+static int cmd_stop(ctl_t *c, int argc, char **argv)
+{
+    char *err = NULL;
+    int r;
+
+    if (!no_args(argc, argv))
+        return 2;
+    r = bus_client_stop(c->conn, BUS_CALL_TIMEOUT_MS, &err);
+    if (r < 0) {
+        fprintf(stderr, "p11agentctl: %s\n", err ? err : bus_err_str(r));
+        free(err);
+        return 1;
+    }
+    printf("stopping\n");
+    return 0;
+}
+
 static const struct {
     const char *name;
     int (*fn)(ctl_t *c, int argc, char **argv);
@@ -591,6 +651,7 @@ static const struct {
     {"unlock", cmd_unlock},
     {"lock", cmd_lock},
     {"forget", cmd_forget},
+    {"stop", cmd_stop},
 };
 
 int main(int argc, char **argv)

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* One handler per method of org.p11agent.Agent1, behind one dispatch table. */
 #include <errno.h>
+#include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -545,6 +547,7 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
     char *token_uri = NULL, *why = NULL;
     DBusMessage *reply = NULL;
     bool final_try = false;
+    dbus_uint32_t lifetime = 0;
     int n = 0, r;
 
     dbus_message_iter_init(msg, &it);
@@ -556,8 +559,9 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
         reply = lock_unlock_denied(c, msg, "unlock");
         goto out;
     }
-    /* options (UnlockWithOptions): "final-try" b; anything else is refused
-     * rather than ignored, it may be a safety request this agent lacks */
+    /* options (UnlockWithOptions): "final-try" b, "lifetime" u (seconds);
+     * anything else is refused rather than ignored, it may be a safety
+     * request this agent lacks */
     if (dbus_message_iter_next(&it)) {
         DBusMessageIter dict;
 
@@ -572,14 +576,19 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
             dbus_message_iter_get_basic(&e, &key);
             dbus_message_iter_next(&e);
             dbus_message_iter_recurse(&e, &v);
-            if (strcmp(key, "final-try") != 0 ||
-                dbus_message_iter_get_arg_type(&v) != DBUS_TYPE_BOOLEAN) {
+            if (strcmp(key, "final-try") == 0 &&
+                dbus_message_iter_get_arg_type(&v) == DBUS_TYPE_BOOLEAN) {
+                dbus_message_iter_get_basic(&v, &b);
+                final_try = b;
+            } else if (strcmp(key, "lifetime") == 0 &&
+                       dbus_message_iter_get_arg_type(&v) == DBUS_TYPE_UINT32) {
+                dbus_message_iter_get_basic(&v, &lifetime);
+            } else {
                 reply = error_reply(msg, BUS_ERR_INVALID_ARGS,
-                                    "unknown Unlock option (this agent knows \"final-try\" b)");
+                                    "unknown Unlock option (this agent knows \"final-try\" b "
+                                    "and \"lifetime\" u)");
                 goto out;
             }
-            dbus_message_iter_get_basic(&v, &b);
-            final_try = b;
         }
     }
     if (n <= 0 || n > PIN_MAX) {
@@ -606,7 +615,8 @@ static int agent_handle_unlock(agent_client_t *c, DBusConnection *conn, DBusMess
         goto out;
     {
         agent_login_req_t req = {.token_uri = token_uri, .client = c, .pin = pin,
-                                 .pin_len = (size_t)n, .final_try_ok = final_try};
+                                 .pin_len = (size_t)n, .final_try_ok = final_try,
+                                 .lifetime_s = lifetime};
 
         r = agent_login(a, &req, &why);
     }
@@ -751,6 +761,31 @@ static int agent_handle_unregister_prompter(agent_client_t *c, DBusConnection *c
 /* A handler returns 0 and hands its reply out in *ret_reply (NULL: handled,
  * nothing can be sent), or -ENOMEM to have libdbus dispatch the message
  * again once memory is available. */
+/* Stop(): the agent's user and root only (p11agentctl stop). The agent
+ * stops like on SIGTERM, once the reply is on its way (agent_dispatch). */
+static int agent_handle_stop(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                             DBusMessage **ret_reply)
+{
+    agent_t *a = c->agent;
+    DBusMessage *reply;
+
+    if (!c->via_session_bus && c->uid != a->owner && c->uid != 0) {
+        agent_audit(a, c, "stop", NULL, NULL, NULL, "denied", 0);
+        reply = error_reply(msg, BUS_ERR_DENIED,
+                            "uid %ld may not stop this agent: only its user (uid %ld) and root "
+                            "may",
+                            (long)c->uid, (long)a->owner);
+    } else {
+        agent_audit(a, c, "stop", NULL, NULL, NULL, "ok", 0);
+        reply = dbus_message_new_method_return(msg);
+        c->stop_after_reply = reply != NULL;
+    }
+    if (!reply)
+        return -ENOMEM;
+    *ret_reply = reply;
+    return 0;
+}
+
 typedef int (*agent_handler_t)(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
                                DBusMessage **ret_reply);
 
@@ -768,6 +803,7 @@ static const struct {
     {BUS_IFACE, "Unlock", "say", agent_handle_unlock},
     {BUS_IFACE, "UnlockWithOptions", "saya{sv}", agent_handle_unlock},
     {BUS_IFACE, "Lock", "sb", agent_handle_lock},
+    {BUS_IFACE, "Stop", "", agent_handle_stop},
     {BUS_IFACE, "RegisterPrompter", "o", agent_handle_register_prompter},
     {BUS_IFACE, "UnregisterPrompter", "", agent_handle_unregister_prompter},
     {DBUS_INTERFACE_INTROSPECTABLE, "Introspect", "", agent_handle_introspect},
@@ -806,6 +842,13 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
             c->pending_audit.set = false;
             agent_audit(c->agent, c, "sign", c->pending_audit.key, c->pending_audit.alg,
                         c->pending_audit.hash, "ok", c->pending_audit.duration_us);
+        }
+        if (c->stop_after_reply) {
+            /* the main loop stops as on SIGTERM (signals go to its signalfd) */
+            c->stop_after_reply = false;
+            dbus_connection_flush(conn);
+            agent_info("stopping: asked by uid %ld (pid %ld)", (long)c->uid, (long)c->pid);
+            kill(getpid(), SIGTERM);
         }
         return DBUS_HANDLER_RESULT_HANDLED;
     }

@@ -6,11 +6,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <syslog.h>
 
 #include "agent.h"
 #include "text.h"
 
 static unsigned debug_mask; /* set once in main before any thread starts */
+static bool use_syslog;      /* detached: stderr is no terminal of ours */
+
+void agent_log_to_syslog(void)
+{
+    openlog("p11agentd", LOG_PID | LOG_NDELAY, LOG_DAEMON);
+    use_syslog = true;
+}
 
 void agent_log_init(const char *spec)
 {
@@ -90,6 +98,15 @@ void agent_log(agent_log_level_t level, const char *func, const char *fmt, ...)
     va_end(ap);
     /* a cut inside a character above becomes \xNN here, never a bad byte */
     log_safe(line, sizeof(line), raw);
+    if (use_syslog) {
+        static const int prio[] = {LOG_ERR, LOG_WARNING, LOG_INFO, LOG_DEBUG};
+
+        if (level == AGENT_LOG_DEBUG)
+            syslog(prio[level], "%s%s: %s", word[level], func, line);
+        else
+            syslog(prio[level], "%s%s", word[level], line);
+        return;
+    }
     /* The <N> prefix lets journald pick up the level; harmless on a tty. */
     if (level == AGENT_LOG_DEBUG)
         fprintf(stderr, "%sp11agentd: %s%s: %s\n", prefix[level], word[level], func, line);

@@ -90,6 +90,7 @@ static agent_token_state_t *state_get(agent_t *a, const char *uri)
             pthread_mutex_init(&st->lock, NULL);
             atomic_init(&st->has_cached, false);
             atomic_init(&st->login_at_ms, 0);
+            atomic_init(&st->login_until_ms, 0);
             atomic_init(&st->last_use_ms, 0);
             atomic_store(&a->n_token_states, n + 1); /* publish once complete */
         } else {
@@ -156,6 +157,12 @@ int64_t agent_token_expires(agent_t *a, const char *token_uri)
         return 0;
     if (a->cache_max_s)
         until = at + (int64_t)a->cache_max_s * 1000;
+    {
+        int64_t given = atomic_load(&st->login_until_ms);
+
+        if (given && (!until || given < until))
+            until = given;
+    }
     if (a->cache_idle_s) {
         int64_t idle = atomic_load(&st->last_use_ms) + (int64_t)a->cache_idle_s * 1000;
 
@@ -392,7 +399,10 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
             agent_secret_free(&pin);
             atomic_store(&st->last_use_ms, agent_now_ms());
             atomic_store(&st->login_at_ms, agent_now_ms());
-            agent_info("logged in to token '%s'", v.label);
+            atomic_store(&st->login_until_ms,
+                         req->lifetime_s ? agent_now_ms() + (int64_t)req->lifetime_s * 1000 : 0);
+            agent_info("logged in to token '%s'%s", v.label,
+                       req->lifetime_s ? " (for the lifetime given to unlock)" : "");
             if (errmsg) {
                 free(*errmsg);
                 *errmsg = NULL;
@@ -644,6 +654,7 @@ int agent_lock_tokens(agent_t *a, const char *uri, bool forget_only, char **errm
             if (tok_token_logged_in(t))
                 tok_token_logout(t);
             atomic_store(&st->login_at_ms, 0);
+            atomic_store(&st->login_until_ms, 0);
             agent_info("token '%s' locked (logged out, cached PIN wiped)", tok_token_label(t));
         } else if (t) {
             agent_info("token '%s': cached PIN forgotten", tok_token_label(t));
@@ -673,16 +684,17 @@ void agent_cache_tick(agent_t *a)
     size_t n = atomic_load(&a->n_token_states);
     int64_t now = agent_now_ms();
 
-    if (!a->cache_idle_s && !a->cache_max_s)
-        return;
     for (size_t i = 0; i < n; i++) {
         agent_token_state_t *st = &a->token_states[i];
         int64_t at = atomic_load(&st->login_at_ms), used = atomic_load(&st->last_use_ms);
+        int64_t until = atomic_load(&st->login_until_ms);
         const char *why = NULL;
 
         if (!at)
             continue;
-        if (a->cache_max_s && now - at >= (int64_t)a->cache_max_s * 1000)
+        if (until && now >= until)
+            why = "the lifetime given to unlock";
+        else if (a->cache_max_s && now - at >= (int64_t)a->cache_max_s * 1000)
             why = "cache-max";
         else if (a->cache_idle_s && now - used >= (int64_t)a->cache_idle_s * 1000)
             why = "cache-idle";
@@ -702,5 +714,6 @@ void agent_lock_tokens_gone(agent_t *a, const char *token_uri)
     pthread_mutex_lock(&st->lock);
     forget_cached_locked(st);
     atomic_store(&st->login_at_ms, 0);
+    atomic_store(&st->login_until_ms, 0);
     pthread_mutex_unlock(&st->lock);
 }

@@ -123,8 +123,11 @@ static void signal_ready(int *fd, bool ok)
         int null = open("/dev/null", O_RDWR | O_CLOEXEC);
 
         if (null >= 0) {
+            /* the terminal that started us is left alone from now on */
+            agent_log_to_syslog();
             dup2(null, STDIN_FILENO);
             dup2(null, STDOUT_FILENO);
+            dup2(null, STDERR_FILENO);
             close(null);
         }
     }
@@ -251,7 +254,7 @@ int main(int argc, char **argv)
     agent_t a;
     struct rlimit no_core = {0, 0};
     sigset_t mask;
-    char *errmsg = NULL;
+    char *errmsg = NULL, *health = NULL;
     int c, r, sfd = -1, tfd = -1, ready_fd = -1, ret = EXIT_FAILURE;
 
     /* This process must never load the p11agent provider (it would call
@@ -422,8 +425,19 @@ int main(int argc, char **argv)
                tok_ctx_n_tokens(a.tok),
                a.socket_activated ? "the socket passed by systemd" : a.socket_path,
                a.idle_exit_s ? " (exits when idle)" : "");
+    health = agent_health(&a);
+    if (health)
+        agent_warn("ready, but %s", health);
     signal_ready(&ready_fd, true);
-    notify_systemd("READY=1");
+    {
+        char *state = NULL;
+
+        if (asprintf(&state, "READY=1\nSTATUS=%s%s", health ? "cannot sign yet: " : "serving",
+                     health ? health : " every token") < 0)
+            state = NULL;
+        notify_systemd(state ? state : "READY=1");
+        free(state);
+    }
 
     r = agent_loop_run(a.loop);
     notify_systemd("STOPPING=1");
@@ -441,6 +455,7 @@ out:
     tok_ctx_free(a.tok);
     agent_done(&a);
     free(errmsg);
+    free(health);
     if (sfd >= 0)
         close(sfd);
     if (tfd >= 0)

@@ -130,15 +130,19 @@ int agent_pin_source_read(const agent_pin_source_t *src, agent_secret_t *ret,
         agent_set_errmsg(errmsg, "PIN file %s is not a regular file", src->path);
         goto out;
     }
-    if ((st.st_mode & (S_IROTH | S_IWOTH)) && src->strict) {
+    /* System mode: a PIN file others (its group included) can read or
+     * change is refused; per-user, that is the user's business: a warning. */
+    if ((st.st_mode & 077) && src->strict) {
         r = -EPERM;
         agent_set_errmsg(errmsg,
-                         "PIN file %s is accessible to every user; refusing it (chmod o-rwx %s)",
-                         src->path, src->path);
+                         "PIN file %s (mode %04o) is accessible to %s; refusing it (chmod 0600 %s)",
+                         src->path, (unsigned)(st.st_mode & 07777),
+                         (st.st_mode & 007) ? "every user" : "its group", src->path);
         goto out;
     }
-    if (st.st_mode & S_IROTH)
-        agent_warn("PIN file %s is readable by everyone; make it mode 0600", src->path);
+    if (st.st_mode & 077)
+        agent_warn("PIN file %s (mode %04o) is accessible to other users; make it mode 0600",
+                   src->path, (unsigned)(st.st_mode & 07777));
     r = secret_alloc(&s, SECRET_CAP);
     if (r < 0) {
         agent_set_errmsg(errmsg, "cannot allocate memory for the PIN from %s", src->path);

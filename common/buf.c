@@ -357,7 +357,7 @@ void buf_writer_clear(buf_writer_t *w)
 
 /* ------------------------------------------------------------- escapes */
 
-static int hexval(unsigned char c)
+int buf_hexval(unsigned char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -381,8 +381,8 @@ int buf_percent_decode(const char *s, size_t n, uint8_t *dst, size_t cap, size_t
         int hi, lo;
 
         if (c == '%') {
-            if (n - i < 3 || (hi = hexval((unsigned char)s[i + 1])) < 0 ||
-                (lo = hexval((unsigned char)s[i + 2])) < 0) {
+            if (n - i < 3 || (hi = buf_hexval((unsigned char)s[i + 1])) < 0 ||
+                (lo = buf_hexval((unsigned char)s[i + 2])) < 0) {
                 r = BUF_ERR_MALFORMED;
                 break;
             }

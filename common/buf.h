@@ -133,3 +133,6 @@ void buf_writer_clear(buf_writer_t *w);
  * failure the bytes written to dst are wiped.
  */
 int buf_percent_decode(const char *s, size_t n, uint8_t *dst, size_t cap, size_t *ret_len);
+
+/* The value of one hex digit (either case), or -1. */
+int buf_hexval(unsigned char c);

@@ -13,7 +13,8 @@
  *   ListTokens()                       -> a(sssuxu) tokens
  *   Unlock(s token_uri, ay pin)        -> ()   log in (p11agentctl unlock)
  *   UnlockWithOptions(s token_uri, ay pin, a{sv} options) -> ()
- *                                      options: "final-try" b
+ *                                      options: "final-try" b, "lifetime" u
+ *                                      (seconds: the login ends then)
  *   Lock(s token_uri, b forget_only)   -> u    log out / forget cached PINs
  *
  * A key record is (uri, type, bits, group, label, token, spki, cert, flags).
@@ -241,10 +242,12 @@ int bus_client_list_tokens(DBusConnection *conn, int timeout_ms, bus_token_info_
  * (the agent's error, or INVALID_ARGS/NO_MEMORY/NOT_RUNNING/... locally). */
 #define BUS_UNLOCK_FINAL_TRY (1u << 0)
 int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
-                      unsigned flags, int timeout_ms, char **errmsg);
+                      unsigned flags, uint32_t lifetime_s, int timeout_ms, char **errmsg);
 /* Wipes the bytes of the `ay` argument number arg (0-based) inside msg. */
 void bus_wipe_bytes_arg(DBusMessage *msg, int arg);
 /* Logs out (forget_only false) or only forgets cached PINs, for the tokens
  * matching token_uri ("" or "pkcs11:": all). *ret_count: tokens affected. */
+/* Asks the agent to stop (its user and root only). */
+int bus_client_stop(DBusConnection *conn, int timeout_ms, char **errmsg);
 int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_only, int timeout_ms,
                     uint32_t *ret_count, char **errmsg);

@@ -428,14 +428,29 @@ void bus_wipe_bytes_arg(DBusMessage *msg, int arg)
         explicit_bzero((char *)p, (size_t)n);
 }
 
+/* One "key" -> variant entry of an a{sv} being written. FALSE: no memory. */
+static dbus_bool_t append_option(DBusMessageIter *dict, const char *key, int type,
+                                 const char *sig, const void *value)
+{
+    DBusMessageIter entry, var;
+
+    return dbus_message_iter_open_container(dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry) &&
+           dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &key) &&
+           dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, sig, &var) &&
+           dbus_message_iter_append_basic(&var, type, value) &&
+           dbus_message_iter_close_container(&entry, &var) &&
+           dbus_message_iter_close_container(dict, &entry);
+}
+
 int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *pin, size_t len,
-                      unsigned flags, int timeout_ms, char **errmsg)
+                      unsigned flags, uint32_t lifetime_s, int timeout_ms, char **errmsg)
 {
     /* Without options the plain Unlock, which every agent version knows. */
-    DBusMessage *msg = new_call(flags ? "UnlockWithOptions" : "Unlock"), *reply = NULL;
-    DBusMessageIter it, dict, entry, var;
-    const char *key = "final-try";
+    bool options = flags || lifetime_s;
+    DBusMessage *msg = new_call(options ? "UnlockWithOptions" : "Unlock"), *reply = NULL;
+    DBusMessageIter it, dict;
     dbus_bool_t final_try = (flags & BUS_UNLOCK_FINAL_TRY) != 0;
+    dbus_uint32_t lifetime = lifetime_s;
     int r;
 
     if (!token_uri || !uri_ok(token_uri, errmsg)) {
@@ -453,14 +468,11 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
         dbus_message_iter_init_append(msg, &it);
     if (!msg || !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &token_uri) ||
         !bus_append_bytes(&it, (const uint8_t *)pin, len) ||
-        (flags && (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict) ||
-                   !dbus_message_iter_open_container(&dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry) ||
-                   !dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &key) ||
-                   !dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, "b", &var) ||
-                   !dbus_message_iter_append_basic(&var, DBUS_TYPE_BOOLEAN, &final_try) ||
-                   !dbus_message_iter_close_container(&entry, &var) ||
-                   !dbus_message_iter_close_container(&dict, &entry) ||
-                   !dbus_message_iter_close_container(&it, &dict)))) {
+        (options &&
+         (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict) ||
+          (final_try && !append_option(&dict, "final-try", DBUS_TYPE_BOOLEAN, "b", &final_try)) ||
+          (lifetime && !append_option(&dict, "lifetime", DBUS_TYPE_UINT32, "u", &lifetime)) ||
+          !dbus_message_iter_close_container(&it, &dict)))) {
         bus_wipe_bytes_arg(msg, 1);
         if (msg)
             dbus_message_unref(msg);
@@ -468,10 +480,29 @@ int bus_client_unlock(DBusConnection *conn, const char *token_uri, const char *p
         return BUS_ERR_NO_MEMORY;
     }
     r = call(conn, msg, timeout_ms, &reply, errmsg);
-    if (r == BUS_ERR_FAILED && flags && errmsg && *errmsg &&
+    if (r == BUS_ERR_FAILED && options && errmsg && *errmsg &&
         strstr(*errmsg, "UnlockWithOptions"))
-        set_errmsg(errmsg, "this agent is too old for 'unlock --final-try' (no UnlockWithOptions)");
+        set_errmsg(errmsg, "this agent is too old for unlock options (no UnlockWithOptions)");
+    else if (r == BUS_ERR_INVALID_ARGS && lifetime && errmsg && *errmsg &&
+             strstr(*errmsg, "unknown Unlock option"))
+        set_errmsg(errmsg, "this agent is too old for 'unlock -t' (no \"lifetime\" option)");
     bus_wipe_bytes_arg(msg, 1);
+    dbus_message_unref(msg);
+    if (reply)
+        dbus_message_unref(reply);
+    return r;
+}
+
+int bus_client_stop(DBusConnection *conn, int timeout_ms, char **errmsg)
+{
+    DBusMessage *msg = new_call("Stop"), *reply = NULL;
+    int r;
+
+    if (!msg) {
+        set_errmsg(errmsg, "out of memory");
+        return BUS_ERR_NO_MEMORY;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
     dbus_message_unref(msg);
     if (reply)
         dbus_message_unref(reply);

@@ -15,17 +15,6 @@
 
 /* --- URI check --- */
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static int tolower_ascii(int c)
 {
     return c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c;
@@ -39,8 +28,11 @@ static bool attr_is(const char *p, const char *end, const char *want)
     while (p < end) {
         int c = (unsigned char)*p++;
 
-        if (c == '%' && end - p >= 2 && hexval(p[0]) >= 0 && hexval(p[1]) >= 0) {
-            c = hexval(p[0]) * 16 + hexval(p[1]);
+        int hi = end - p >= 2 ? buf_hexval((unsigned char)p[0]) : -1;
+        int lo = end - p >= 2 ? buf_hexval((unsigned char)p[1]) : -1;
+
+        if (c == '%' && hi >= 0 && lo >= 0) {
+            c = hi * 16 + lo;
             p += 2;
         }
         if (i >= n || tolower_ascii(c) != want[i])

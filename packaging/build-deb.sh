@@ -9,9 +9,10 @@
 set -euo pipefail
 out=${1:?usage: bash packaging/build-deb.sh OUTDIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/packaging/pkg-lib.sh"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-version=$(sed -n "s/^ *version *: *'\([^']*\)'.*/\1/p" "$root/meson.build" | head -n 1)
+version=$(pkg_version "$root")
 changelog=$(sed -n '1s/^p11agent (\([^)]*\)).*/\1/p' "$root/packaging/debian/changelog")
 if [ "$version" != "$changelog" ]; then
 	echo "build-deb.sh: meson.build says $version, packaging/debian/changelog says $changelog" >&2
@@ -21,14 +22,7 @@ fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/p11agent-deb.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT
 src=$work/p11agent-$version
-mkdir -p "$src"
-if git -C "$root" rev-parse --git-dir >/dev/null 2>&1; then
-	git -C "$root" ls-files -z --cached --others --exclude-standard |
-		(cd "$root" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
-		tar -C "$root" --null -T - -cf - | tar -C "$src" -xf -
-else
-	tar -C "$root" --exclude='./build*' --exclude=./.git -cf - . | tar -C "$src" -xf -
-fi
+pkg_copy_tree "$root" "$src"
 cp -r "$root/packaging/debian" "$src/debian"
 cp "$root/packaging/systemd/p11agent.sysusers.conf" "$src/debian/p11agent.sysusers"
 

@@ -10,9 +10,10 @@ set -euo pipefail
 out=${1:?usage: bash packaging/build-rpm.sh OUTDIR [rpmbuild options]}
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
+. "$root/packaging/pkg-lib.sh"
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-version=$(sed -n "s/^ *version *: *'\([^']*\)'.*/\1/p" "$root/meson.build" | head -n 1)
+version=$(pkg_version "$root")
 spec_version=$(sed -n 's/^Version: *//p' "$root/packaging/rpm/p11agent.spec")
 if [ "$version" != "$spec_version" ]; then
 	echo "build-rpm.sh: meson.build says $version, the spec says $spec_version" >&2
@@ -22,10 +23,8 @@ command -v rpmbuild >/dev/null || { echo "build-rpm.sh: rpmbuild is not installe
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/p11agent-rpm.XXXXXX")
 trap 'rm -rf -- "$work"' EXIT
-mkdir -p "$work"/{SOURCES,SPECS,BUILD,RPMS,SRPMS} "$work/p11agent-$version"
-git -C "$root" ls-files -z --cached --others --exclude-standard |
-	(cd "$root" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
-	tar -C "$root" --null -T - -cf - | tar -C "$work/p11agent-$version" -xf -
+mkdir -p "$work"/{SOURCES,SPECS,BUILD,RPMS,SRPMS}
+pkg_copy_tree "$root" "$work/p11agent-$version"
 tar -C "$work" -czf "$work/SOURCES/p11agent-$version.tar.gz" "p11agent-$version"
 cp "$root/packaging/rpm/p11agent.spec" "$work/SPECS/"
 rpmbuild --define "_topdir $work" -bb "$@" "$work/SPECS/p11agent.spec" >"$work/build.log" 2>&1 || {

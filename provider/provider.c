@@ -66,6 +66,20 @@ static const OSSL_ALGORITHM prov_decoder[] = {
     { NULL, NULL, NULL, NULL },
 };
 
+/* Encoders (encoder.c), by keymgmt name like the decoders. */
+#define ENC_KEY(names)                                                            \
+    DEC(names, "output=text", prov_text_encoder_functions),                       \
+    DEC(names, "output=pem,structure=PrivateKeyInfo", prov_ref_encoder_functions)
+
+static const OSSL_ALGORITHM prov_encoder[] = {
+    ENC_KEY("RSA:rsaEncryption:1.2.840.113549.1.1.1"),
+    ENC_KEY("RSA-PSS:RSASSA-PSS:1.2.840.113549.1.1.10"),
+    ENC_KEY("EC:id-ecPublicKey:1.2.840.10045.2.1"),
+    ENC_KEY("ED25519:1.3.101.112"),
+    ENC_KEY("ED448:1.3.101.113"),
+    { NULL, NULL, NULL, NULL },
+};
+
 static const OSSL_ITEM prov_reason_strings[] = {
     { PROV_R_AGENT, "p11agent agent error" },
     { PROV_R_NOT_RUNNING, "p11agent agent not reachable" },
@@ -78,6 +92,7 @@ static const OSSL_ITEM prov_reason_strings[] = {
     { PROV_R_BUFFER_TOO_SMALL, "output buffer too small" },
     { PROV_R_NOT_INITIALIZED, "operation not initialized" },
     { PROV_R_BAD_SIGNATURE, "malformed signature from agent" },
+    { PROV_R_AMBIGUOUS, "the URI matches several keys" },
     { 0, NULL },
 };
 
@@ -144,6 +159,9 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
             break;
         case OSSL_FUNC_BIO_GETS:
             ctx->core_bio_gets = OSSL_FUNC_BIO_gets(in);
+            break;
+        case OSSL_FUNC_BIO_WRITE_EX:
+            ctx->core_bio_write_ex = OSSL_FUNC_BIO_write_ex(in);
             break;
         default:
             break;
@@ -234,6 +252,8 @@ static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_i
         return prov_store;
     case OSSL_OP_DECODER:
         return prov_decoder;
+    case OSSL_OP_ENCODER:
+        return prov_encoder;
     default:
         return NULL;
     }

@@ -35,6 +35,7 @@ enum {
     PROV_R_BUFFER_TOO_SMALL = 9,
     PROV_R_NOT_INITIALIZED = 10,
     PROV_R_BAD_SIGNATURE = 11, /* the agent returned something odd */
+    PROV_R_AMBIGUOUS = 12,     /* a URI that matches several keys where one is needed */
 };
 
 typedef struct prov_client prov_client_t;
@@ -47,6 +48,7 @@ typedef struct prov_ctx {
     /* The core's BIO functions, for decoders reading an OSSL_CORE_BIO. */
     OSSL_FUNC_BIO_read_ex_fn *core_bio_read_ex;
     OSSL_FUNC_BIO_gets_fn *core_bio_gets;
+    OSSL_FUNC_BIO_write_ex_fn *core_bio_write_ex;
     /* Our own library context with the default provider: digests, SPKI
      * decoding and public-key work never pick our own algorithms. */
     OSSL_LIB_CTX *libctx;
@@ -191,6 +193,11 @@ size_t prov_algorithm_id(prov_sig_scheme_t scheme, const EVP_MD *md, const EVP_M
 /* --- store (store.c) --- */
 
 extern const OSSL_DISPATCH prov_store_functions[];
+
+/* encoder.c: `openssl pkey -text` (output=text) and `-out` (a key reference
+ * as PEM PrivateKeyInfo) of agent keys */
+extern const OSSL_DISPATCH prov_text_encoder_functions[];
+extern const OSSL_DISPATCH prov_ref_encoder_functions[];
 
 /* FindKeys for uri through the provider's client. On failure, and when
  * nothing matches, raises an error naming the URI (and `what`, e.g. "key

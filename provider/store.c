@@ -10,6 +10,7 @@
  */
 #include "config.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -147,10 +148,49 @@ static int store_load_cert(const bus_key_info_t *info, OSSL_CALLBACK *cb, void *
     return cb(params, cbarg);
 }
 
+/* A caller that wants one private key (OSSL_STORE_expect PKEY: `openssl
+ * s_client -key URI`, `pkeyutl -inkey`) would take the first of several
+ * matches and sign with whichever came first. Refuse, naming them, like
+ * key-reference files and p11agentctl ref do; a listing (no expectation,
+ * e.g. `openssl storeutl`) still gets every match. */
+static bool store_ambiguous(store_ctx_t *st)
+{
+    char names[1024];
+    size_t n = 0, o = 0;
+
+    for (size_t i = 0; i < st->n; i++)
+        n += st->keys[i].type != BUS_KEY_UNKNOWN;
+    if (st->expect != OSSL_STORE_INFO_PKEY || n < 2)
+        return false;
+    names[0] = '\0';
+    for (size_t i = 0; i < st->n && o + 1 < sizeof(names); i++) {
+        int w;
+
+        if (st->keys[i].type == BUS_KEY_UNKNOWN)
+            continue;
+        w = snprintf(names + o, sizeof(names) - o, "%s%s", o ? ", " : "", st->keys[i].uri);
+        if (w < 0 || (size_t)w >= sizeof(names) - o) {
+            snprintf(names + (sizeof(names) > o + 5 ? sizeof(names) - 5 : o), 5, "...");
+            break;
+        }
+        o += (size_t)w;
+    }
+    prov_raise(st->ctx, PROV_R_AMBIGUOUS,
+               "p11agent: %s matches %zu keys (%s); name one (add object= or id=; "
+               "p11agentctl keys lists them)",
+               st->uri, n, names);
+    st->next = st->n;
+    st->cert_pending = false;
+    return true;
+}
+
 static int store_load(void *loaderctx, OSSL_CALLBACK *object_cb, void *object_cbarg,
                       OSSL_PASSPHRASE_CALLBACK *pw_cb, void *pw_cbarg)
 {
     store_ctx_t *st = loaderctx;
+
+    if (st != NULL && st->next == 0 && !st->cert_pending && store_ambiguous(st))
+        return 0;
 
     while (st != NULL) {
         if (st->cert_pending) {

@@ -122,14 +122,26 @@ case_system_allowed() {
 	sign_as $U2 "$SOCK" "$O/sys-u2.sig" && verifies "$O/sys-u2.sig"
 }
 tap_case "system mode: an allowed user signs" case_system_allowed
+case_system_stop_refused() {
+	local rc=0
+	with_timeout "$IT_TIMEOUT" runuser -u $U2 -- "$P11AGENTCTL" --socket "$SOCK" stop \
+		>"$T/stop-u2.out" 2>&1 || rc=$?
+	cat "$T/stop-u2.out"
+	[ "$rc" -eq 1 ] && grep -q "may not stop this agent" "$T/stop-u2.out" &&
+		kill -0 "$AGENT_PID"
+}
+tap_case "system mode: an allowed user may not stop the agent (Denied)" case_system_stop_refused
 case_system_other_refused() {
 	if sign_as $U3 "$SOCK" "$O/sys-u3.sig" 2>"$T/u3.err"; then
 		echo "$U3 could sign though only $U2 is allowed" >&2
 		return 1
 	fi
-	grep -q "refused a client: uid $(id -u $U3)" "$T/agent.log"
+	grep -q "refused a client: uid $(id -u $U3)" "$T/agent.log" || return 1
+	# the program is told why (org.p11agent.Error.Denied), not "disconnected"
+	grep -q "uid $(id -u $U3) is not allowed to use this agent (see allow-users" "$T/u3.err" ||
+		{ echo "the client's error does not say why:" >&2; cat "$T/u3.err" >&2; return 1; }
 }
-tap_case "system mode: a user not in allow-users is refused" case_system_other_refused
+tap_case "system mode: a user not in allow-users is refused with Denied, saying why" case_system_other_refused
 agent_stop
 
 case_system_refuses_world_readable_pin() {
@@ -146,6 +158,22 @@ case_system_refuses_world_readable_pin() {
 IT_CNF=$T/sys.cnf
 write_cnf "$IT_CNF"
 tap_case "system mode: a world-readable PIN file is refused" case_system_refuses_world_readable_pin
+agent_stop
+
+case_system_refuses_group_readable_pin() {
+	cp "$T/pin" "$T/pin.group"
+	chmod 0640 "$T/pin.group"
+	agent_start "$T/pin.group" || return 1
+	if client pkeyutl -sign -inkey "$(uri p256)" -in "$P/msg.sha256" -out "$T/x.sig" \
+		2>"$T/group.err"; then
+		echo "signed with a group-readable PIN file in system mode" >&2
+		return 1
+	fi
+	grep -q "pin.group (mode 0640) is accessible to its group; refusing it" "$T/agent.log" &&
+		grep -q "ready, but token 'p11agent-test' is not logged in" "$T/agent.log"
+}
+tap_case "system mode: a group-readable (0640) PIN file is refused; the agent says it cannot sign" \
+	case_system_refuses_group_readable_pin
 agent_stop
 unset IT_CNF
 

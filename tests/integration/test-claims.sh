@@ -148,8 +148,16 @@ case_login_failures() {
 	sign_fails 'final PIN try' || return 1
 	[ "$(failures)" = 2 ] && [ "$(pin_locked)" = 0 ] ||
 		{ echo "the agent spent the final try: failures $(failures), locked $(pin_locked)" >&2; return 1; }
-	# the person asks explicitly, with the right PIN: logged in, count reset
-	echo "$PIN" | ctl unlock | grep -qx unlocked || return 1
+	# an unlock that does not say it knows this is the final try is refused
+	# without trying the PIN; the person asks explicitly, with the right
+	# PIN: logged in, count reset
+	if echo "$PIN" | ctl unlock >"$T/unlock.out" 2>&1; then
+		echo "unlock at the final try went ahead without --final-try" >&2
+		return 1
+	fi
+	grep -q "unlock --final-try" "$T/unlock.out" || { cat "$T/unlock.out" >&2; return 1; }
+	[ "$(failures)" = 2 ] || { echo "failures $(failures) after a refused unlock" >&2; return 1; }
+	echo "$PIN" | ctl unlock --final-try | grep -qx unlocked || return 1
 	[ "$(failures)" = 0 ] || { echo "failures $(failures) after a good login" >&2; return 1; }
 	sign_verify p256
 }

@@ -79,10 +79,21 @@ uri_named_once() {
 }
 tap_case "an invalid URI is named once in the message" uri_named_once
 
-agent_alive_and_clean() {
-	kill -0 "$AGENT_PID" || { echo "agent died" >&2; return 1; }
-	agent_stop || { echo "agent exit status $?" >&2; return 1; }
-	! grep -E "Sanitizer|runtime error" "$T/agent.log"
+stop_verb() {
+	local i
+	ctl stop | grep -qx stopping || return 1
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$AGENT_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	kill -0 "$AGENT_PID" 2>/dev/null && { echo "the agent is still running" >&2; return 1; }
+	wait "$AGENT_PID"
+	local rc=$?
+	AGENT_PID=""
+	[ "$rc" -eq 0 ] || { echo "the agent exited with status $rc" >&2; return 1; }
+	grep -q "stopping: asked by uid $(id -u)" "$T/agent.log" && grep -q "event=stop" "$T/agent.log"
 }
-tap_case "agent alive, exits 0, no sanitizer report" agent_alive_and_clean
+tap_case "p11agentctl stop: the agent stops, exit status 0, logged and audited" stop_verb
+agent_start || tap_bail "p11agentd did not start again"
+
 tap_done

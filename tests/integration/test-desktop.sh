@@ -63,14 +63,15 @@ case_no_pin_in_logs() {
 tap_case "the PIN appears in no log" case_no_pin_in_logs
 
 case_tokens_shows_login() {
-	ctl tokens | grep -q "state: logged-in pin-cached" || return 1
-	ctl --json tokens | python3 -c 'import json,sys; t=json.load(sys.stdin); assert "logged-in" in t[0]["flags"], t'
+	ctl tokens | grep -q "state: logged-in pin-cached$" || return 1
+	ctl tokens | grep -q "token: login-required$" || return 1
+	ctl --json tokens | python3 -c 'import json,sys; t=json.load(sys.stdin); assert t[0]["state"] == "logged-in" and t[0]["pin_cached"] and "logged-in" in t[0]["flags"], t'
 }
 tap_case "p11agentctl tokens (and --json) shows the login and the cached PIN" case_tokens_shows_login
 
 case_lock_then_prompt_again() {
 	ctl lock --all | grep -q "locked 1 token" || return 1
-	ctl tokens | grep -q "state: login-required$" || { ctl tokens >&2; return 1; }
+	ctl tokens | grep -q "state: logged-out$" || { ctl tokens >&2; return 1; }
 	sign "$T/d.sig" || return 1
 	[ "$(prompts)" = 2 ] || { echo "expected a second prompt after lock, got $(prompts)" >&2; return 1; }
 }
@@ -79,7 +80,7 @@ tap_case "lock logs out and wipes the PIN: the next signature prompts again" \
 
 case_forget_keeps_login() {
 	ctl forget --all | grep -q "forgot the PINs of 1 token" || return 1
-	ctl tokens | grep -q "state: logged-in login-required$" || { ctl tokens >&2; return 1; }
+	ctl tokens | grep -q "state: logged-in$" || { ctl tokens >&2; return 1; }
 	sign "$T/e.sig" || return 1
 	[ "$(prompts)" = 2 ] || { echo "forget made the agent prompt" >&2; return 1; }
 }
@@ -135,6 +136,32 @@ case_unlock_wrong_pin() {
 	echo "$PIN" | ctl unlock >/dev/null
 }
 tap_case "p11agentctl unlock with a wrong PIN says PIN incorrect" case_unlock_wrong_pin
+
+case_unlock_lifetime() {
+	local i left rc=0
+	for bad in 0 -5 1x 31d; do
+		if echo "$PIN" | ctl unlock -t "$bad" 2>/dev/null; then
+			echo "unlock -t $bad was accepted" >&2
+			return 1
+		fi
+	done
+	ctl lock --all >/dev/null || return 1
+	echo "$PIN" | ctl unlock -t 3 | grep -qx unlocked || return 1
+	left=$(ctl tokens | sed -n 's/^ *login expires: in \([0-9]*\) s$/\1/p')
+	echo "login expires in: $left s"
+	[ -n "$left" ] && [ "$left" -le 3 ] || { ctl tokens >&2; return 1; }
+	for ((i = 0; i < 100; i++)); do
+		ctl tokens | grep -q "state: logged-out" && break
+		sleep 0.1
+	done
+	ctl tokens | grep -q "state: logged-out$" || { echo "still logged in" >&2; return 1; }
+	grep -q "login expired (the lifetime given to unlock)" "$T/agent.log" || return 1
+	# the PIN went with the login: the next signature asks (and is cancelled)
+	sign "$T/lt.sig" 2>"$T/lt.err" || rc=$?
+	[ "$rc" -ne 0 ] && grep -qi cancel "$T/lt.err"
+}
+tap_case "p11agentctl unlock -t 3: the login and the PIN end after 3 s; bad durations refused" \
+	case_unlock_lifetime
 agent_stop
 
 case_cache_idle_timeout() {

@@ -1,5 +1,9 @@
 #!/bin/bash
 # Rough edges a new user hits (issue 10), each with a real program:
+# - a URI that matches several keys is refused where one key is needed,
+#   naming the matches (as p11agentctl ref and key-reference files do)
+# - openssl pkey -in URI -text / -out FILE print the public parts and write
+#   a key-reference file instead of failing with an empty file
 # - Python's ssl sees OpenSSL errors, not an errno the provider left behind
 #   (FileNotFoundError with the agent down, BlockingIOError for a key that
 #   does not match its certificate).
@@ -55,10 +59,40 @@ agent_down_is_ssl_error() {
 tap_case "python: with the agent down, load_cert_chain raises ssl.SSLError (not FileNotFoundError)" \
 	agent_down_is_ssl_error
 
-agent_alive_and_clean() {
-	kill -0 "$AGENT_PID" || { echo "agent died" >&2; return 1; }
-	agent_stop || { echo "agent exit status $?" >&2; return 1; }
-	! grep -E "Sanitizer|runtime error" "$T/agent.log"
+ambiguous_uri_refused() {
+	local rc=0 u="pkcs11:token=$P11AGENT_TEST_TOKEN;type=private"
+	head -c 32 /dev/urandom >"$T/amb.dgst"
+	client pkeyutl -sign -inkey "$u" -in "$T/amb.dgst" -out "$T/amb.sig" 2>"$T/amb.err" || rc=$?
+	cat "$T/amb.err"
+	[ "$rc" -ne 0 ] || { echo "signed with an ambiguous URI" >&2; return 1; }
+	[ ! -s "$T/amb.sig" ] || { echo "a signature was written" >&2; return 1; }
+	grep -q "matches 4 keys" "$T/amb.err" && grep -q "object=p256" "$T/amb.err" &&
+		grep -q "name one" "$T/amb.err" || return 1
+	# listing every match stays possible
+	client storeutl -noout -text "$u" >"$T/amb.list" 2>&1 || { cat "$T/amb.list"; return 1; }
+	[ "$(grep -c '^[0-9]*: Pkey$' "$T/amb.list")" -eq 4 ] || { cat "$T/amb.list"; return 1; }
 }
-tap_case "agent alive, exits 0, no sanitizer report" agent_alive_and_clean
+tap_case "a URI matching 4 keys is refused for signing, naming them; storeutl still lists all 4" \
+	ambiguous_uri_refused
+
+pkey_text_and_out() {
+	local u canon
+	u=$(uri p256)
+	canon=$("$P11AGENTCTL" --socket "$SOCK" keys "$u" | head -n 1)
+	client pkey -in "$u" -text -noout >"$T/pkey.txt" 2>&1 || { cat "$T/pkey.txt"; return 1; }
+	cat "$T/pkey.txt"
+	grep -q "^Public-Key: (256 bit)" "$T/pkey.txt" && grep -q "NIST CURVE: P-256" "$T/pkey.txt" &&
+		grep -qF "URI: $canon" "$T/pkey.txt" || return 1
+	rm -f "$T/p256.out.pem"
+	client pkey -in "$u" -out "$T/p256.out.pem" || return 1
+	grep -q "BEGIN P11AGENT KEY REFERENCE" "$T/p256.out.pem" || { cat "$T/p256.out.pem"; return 1; }
+	# the file written is a key reference: it signs, through the agent
+	head -c 32 /dev/urandom >"$T/po.dgst"
+	client pkeyutl -sign -inkey "$T/p256.out.pem" -in "$T/po.dgst" -out "$T/po.sig" &&
+		plain pkeyutl -verify -pubin -inkey "$T/p256.pub" -in "$T/po.dgst" -sigfile "$T/po.sig"
+}
+plain x509 -in "$T/certs/p256.pem" -pubkey -noout -out "$T/p256.pub" || tap_bail "no public key"
+tap_case "openssl pkey -in URI -text prints the public key and the URI; -out writes a key reference that signs" \
+	pkey_text_and_out
+
 tap_done

@@ -497,7 +497,7 @@ static void test_bus_client_refuses_non_utf8_uri(void **state)
     assert_int_equal(bus_client_lock(NULL, uri, false, 1000, &count, &err), BUS_ERR_INVALID_ARGS);
     free(err);
     err = NULL;
-    assert_int_equal(bus_client_unlock(NULL, uri, "1234", 4, 0, 1000, &err),
+    assert_int_equal(bus_client_unlock(NULL, uri, "1234", 4, 0, 0, 1000, &err),
                      BUS_ERR_INVALID_ARGS);
     free(err);
 }
