@@ -580,10 +580,7 @@ out:
     return r;
 }
 
-/* agent.conf names the modules the agent loads and the pinentry it runs:
- * only a regular file that no one but the agent's user (or root) can
- * change is trusted. Checked on the open file, so it cannot be swapped. */
-static int check_conf_file(int fd, const char *path, char **errmsg)
+int agent_conf_check_file(int fd, const char *path, const char *what, char **errmsg)
 {
     uid_t me = geteuid();
     struct stat st;
@@ -600,17 +597,16 @@ static int check_conf_file(int fd, const char *path, char **errmsg)
     }
     if (st.st_uid != me && st.st_uid != 0) {
         agent_set_errmsg(errmsg, "refusing %s: it is owned by uid %lu, not by the agent's user "
-                                 "(uid %lu) or root, and it names the modules and programs the "
-                                 "agent runs; chown it to uid %lu or root",
-                         path, (unsigned long)st.st_uid, (unsigned long)me, (unsigned long)me);
+                                 "(uid %lu) or root, and %s; chown it to uid %lu or root",
+                         path, (unsigned long)st.st_uid, (unsigned long)me, what,
+                         (unsigned long)me);
         return -EPERM;
     }
     if (st.st_mode & 022) {
         agent_set_errmsg(errmsg, "refusing %s: it is writable by %s (owner uid %lu, mode %04o), "
-                                 "and it names the modules and programs the agent runs; "
-                                 "chmod go-w %s",
+                                 "and %s; chmod go-w %s",
                          path, (st.st_mode & 002) ? "every user" : "its group",
-                         (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), path);
+                         (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), what, path);
         return -EPERM;
     }
     return 0;
@@ -633,7 +629,10 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
         agent_set_errmsg(errmsg, "cannot read %s: %s", path, strerror(errno));
         return r;
     }
-    r = check_conf_file(fd, path, errmsg);
+    /* agent.conf names the modules the agent loads and the pinentry it
+     * runs: checked on the open file, so it cannot be swapped. */
+    r = agent_conf_check_file(fd, path, "it names the modules and programs the agent runs",
+                              errmsg);
     if (r < 0) {
         close(fd);
         return r;

@@ -88,6 +88,12 @@ void agent_conf_clear(agent_conf_t *c);
  * 0, -EINVAL (not a duration) or -ERANGE (outside min..max seconds). */
 int agent_conf_parse_duration(const char *s, unsigned long min, unsigned long max, unsigned *ret);
 
+/* Is the file open on fd one the agent may trust: a regular file owned by
+ * the agent's user or root and writable by no one else? what says why it
+ * matters, for the message ("it names the modules ..."). 0, or -EINVAL /
+ * -EPERM / -errno with *errmsg naming path, owner and mode and the fix. */
+int agent_conf_check_file(int fd, const char *path, const char *what, char **errmsg);
+
 /* Resolves a user or group name (or a number) to its id. */
 int agent_conf_lookup_user(const char *name, uid_t *ret);
 int agent_conf_lookup_group(const char *name, gid_t *ret);

@@ -614,7 +614,7 @@ static void test_agent_log_cut_keeps_utf8(void **state)
 
 static void audit_evil(void *arg)
 {
-    agent_t a = {.audit = AGENT_AUDIT_ALL};
+    agent_t a = {.audit = AGENT_AUDIT_ALL, .audit_fd = -1};
     agent_client_t c = {.uid = 1000, .pid = 42};
 
     snprintf(c.exe, sizeof(c.exe), "%s", (const char *)arg);
@@ -911,6 +911,29 @@ static void test_agent_prompt_percent_decoding(void **state)
     free(err);
 }
 
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf = calloc(1, 65536);
+    size_t n;
+
+    assert_non_null(f);
+    assert_non_null(buf);
+    n = fread(buf, 1, 65535, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static size_t count_lines(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
 static void test_agent_conf_durations_take_units(void **state)
 {
     static const struct {
@@ -1050,6 +1073,66 @@ static void test_agent_conf_audit_file(void **state)
     assert_string_equal(c.audit_file, "/var/log/p11agent/audit.log");
     agent_conf_clear(&c);
     assert_null(c.audit_file);
+
+    /* opened: created 0600, appended to */
+    char *path = NULL, *moved = NULL, *link = NULL, *text;
+    agent_client_t cl = {.uid = 1000, .pid = 42};
+    struct stat st;
+    agent_t a;
+    int fd;
+
+    assert_true(asprintf(&path, "%s/audit.log", tmpdir) > 0);
+    assert_true(asprintf(&moved, "%s/audit.log.1", tmpdir) > 0);
+    assert_true(asprintf(&link, "%s/audit-link.log", tmpdir) > 0);
+    assert_int_equal(agent_init(&a), 0);
+    a.audit = AGENT_AUDIT_ALL;
+    fd = agent_audit_open(path, &err);
+    assert_true(fd >= 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    agent_audit_set_fd(&a, fd, strdup(path));
+    snprintf(cl.exe, sizeof(cl.exe), "/usr/bin/openssl");
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "ok", 12);
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "denied", 0);
+    /* rotation: moved away, reopened (SIGHUP): the next line goes to the new file */
+    assert_int_equal(rename(path, moved), 0);
+    fd = agent_audit_open(path, &err);
+    assert_true(fd >= 0);
+    agent_audit_set_fd(&a, fd, strdup(path));
+    agent_audit(&a, &cl, "unlock", "pkcs11:token=t", NULL, NULL, "ok", 0);
+    text = read_all(moved);
+    assert_int_equal(count_lines(text), 2);
+    assert_non_null(strstr(text, "event=sign key=\"pkcs11:object=k\" mechanism=ecdsa/sha256 "
+                                 "uid=1000 pid=42 exe=\"/usr/bin/openssl\" result=\"ok\" "
+                                 "duration_us=12\n"));
+    assert_non_null(strstr(text, "result=\"denied\""));
+    assert_int_equal(strncmp(text, "time=", 5), 0);
+    free(text);
+    text = read_all(path);
+    assert_int_equal(count_lines(text), 1);
+    assert_non_null(strstr(text, "event=unlock key=\"pkcs11:token=t\""));
+    free(text);
+    /* refusals only: an ok signature is not written */
+    a.audit = AGENT_AUDIT_REFUSALS;
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "ok", 12);
+    text = read_all(path);
+    assert_int_equal(count_lines(text), 1);
+    free(text);
+    agent_done(&a);
+
+    /* a symlink is not followed; a file others may write is refused */
+    assert_int_equal(symlink(moved, link), 0);
+    assert_int_equal(agent_audit_open(link, &err), -ELOOP);
+    assert_non_null(strstr(err, link));
+    assert_non_null(strstr(err, "symbolic link"));
+    chmod(path, 0620);
+    assert_int_equal(agent_audit_open(path, &err), -EPERM);
+    assert_non_null(strstr(err, "writable by its group"));
+    assert_non_null(strstr(err, "audit records"));
+    free(err);
+    free(path);
+    free(moved);
+    free(link);
 }
 
 int main(void)
