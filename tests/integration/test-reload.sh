@@ -3,7 +3,7 @@
 # file that does not parse or fails its owner/mode check is refused (the
 # settings in force stay, the log says why), a changed module asks for a
 # restart, and audit-file gets one line per signature, reopened on SIGHUP
-# after log rotation.
+# after log rotation. The agent runs with --debug pkcs11.
 . "$(dirname "$0")/lib.sh"
 
 it_setup
@@ -70,8 +70,15 @@ CONF
 }
 
 deny_conf
-IT_AGENT_ARGS=(--config "$AGENT_CONF")
+# --debug pkcs11 must switch on the token layer's trace as P11AGENT_DEBUG does
+IT_AGENT_ARGS=(--config "$AGENT_CONF" --debug pkcs11)
 agent_start || tap_bail "p11agentd did not start"
+
+case_debug_pkcs11() {
+	grep -q "^p11agent\[pkcs11\] .*loaded module $MODULE" "$T/agent.log" ||
+		{ echo "--debug pkcs11 gave no token-layer trace" >&2; return 1; }
+}
+tap_case "--debug pkcs11 traces the token layer (as P11AGENT_DEBUG=pkcs11)" case_debug_pkcs11
 
 tap_case "start: [key] allow-exe = /nonexistent denies the key to openssl" denied denied1
 

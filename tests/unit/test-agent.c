@@ -1135,6 +1135,44 @@ static void test_agent_conf_audit_file(void **state)
     free(link);
 }
 
+static void log_init_unknown(void *arg)
+{
+    agent_log_init(arg);
+}
+
+/* --debug and P11AGENT_DEBUG go through agent_log_init: the same list. */
+static void test_agent_log_debug_categories(void **state)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } cats[] = {{"bus", AGENT_DBG_BUS},
+                {"sign", AGENT_DBG_SIGN},
+                {"pin", AGENT_DBG_PIN},
+                {"pkcs11", AGENT_DBG_PKCS11}};
+    char *out;
+
+    for (size_t i = 0; i < sizeof(cats) / sizeof(cats[0]); i++) {
+        agent_log_init(cats[i].name);
+        for (size_t j = 0; j < sizeof(cats) / sizeof(cats[0]); j++)
+            assert_int_equal(agent_debug_enabled(cats[j].bit), i == j);
+    }
+    agent_log_init("all");
+    for (size_t j = 0; j < sizeof(cats) / sizeof(cats[0]); j++)
+        assert_true(agent_debug_enabled(cats[j].bit));
+    agent_log_init("sign, pkcs11");
+    assert_true(agent_debug_enabled(AGENT_DBG_SIGN));
+    assert_true(agent_debug_enabled(AGENT_DBG_PKCS11));
+    assert_false(agent_debug_enabled(AGENT_DBG_BUS));
+    out = capture_stderr(log_init_unknown, (void *)"bus,pkcs12");
+    assert_non_null(strstr(out, "unknown debug category 'pkcs12' ignored (known: bus, sign, pin, "
+                                "pkcs11, all)"));
+    assert_true(agent_debug_enabled(AGENT_DBG_BUS));
+    free(out);
+    agent_log_init(NULL);
+    assert_false(agent_debug_enabled(AGENT_DBG_PKCS11));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1168,6 +1206,7 @@ int main(void)
         cmocka_unit_test(test_agent_conf_duplicate_names_both_lines),
         cmocka_unit_test(test_agent_conf_section_uri_errors),
         cmocka_unit_test(test_agent_conf_audit_file),
+        cmocka_unit_test(test_agent_log_debug_categories),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
