@@ -18,10 +18,13 @@
 /* --- logging (agent/log.c) --- */
 typedef enum { AGENT_LOG_ERR, AGENT_LOG_WARN, AGENT_LOG_INFO, AGENT_LOG_DEBUG } agent_log_level_t;
 
-/* Debug categories, switched on by P11AGENT_DEBUG=bus,sign,pin,pkcs11,all */
+/* Debug categories, switched on by P11AGENT_DEBUG=bus,sign,pin,pkcs11,all
+ * or --debug (the same list; pkcs11 is the token layer's trace, which reads
+ * P11AGENT_DEBUG itself: main sets it from --debug). */
 #define AGENT_DBG_BUS (1u << 0)
 #define AGENT_DBG_SIGN (1u << 1)
 #define AGENT_DBG_PIN (1u << 2)
+#define AGENT_DBG_PKCS11 (1u << 3)
 
 void agent_log_init(const char *debug_spec);
 /* From now on log lines go to syslog (the journal), not stderr: a detached
@@ -211,19 +214,34 @@ typedef struct agent {
     char *socket_path;
     bool socket_owned; /* we created the socket and unlink it at exit */
     bool socket_activated; /* the socket came from systemd (LISTEN_FDS) */
-    unsigned idle_exit_s;  /* socket-activated: exit after this long idle (0: never) */
+    unsigned idle_exit_s;  /* socket-activated: exit after this long idle (0: never); main thread */
     int64_t idle_since_ms; /* when the last client left, or 0 while busy */
     agent_pin_source_t pin_source;
     uid_t owner;
     bool system_mode;
-    unsigned max_clients;
-    unsigned max_clients_per_user;
-    unsigned auth_timeout_s;   /* a pending connection is closed after this */
-    unsigned client_idle_s;    /* an idle client is closed after this (0: never) */
+    /* Settings a reload (SIGHUP) may change while client threads read
+     * them: atomics, so each read sees the old or the new value. */
+    atomic_uint max_clients;
+    atomic_uint max_clients_per_user;
+    atomic_uint auth_timeout_s;   /* a pending connection is closed after this */
+    atomic_uint client_idle_s;    /* an idle client is closed after this (0: never) */
+    _Atomic(agent_audit_t) audit;
+    /* agent.conf: the path read at start and at each reload, and the
+     * settings in force. conf, pin_source and token_pin_sources are
+     * replaced by a reload under keys_lock (write): read them under
+     * keys_lock. What the command line set, a reload leaves alone. */
+    char *conf_path;
+    bool conf_required;
+    bool cli_modules, cli_pin_source, cli_pinentry, cli_idle_exit;
     agent_conf_t conf;
-    agent_audit_t audit;
     /* Per token from the config: pin sources, parsed. */
     agent_pin_source_t *token_pin_sources; /* parallel to conf.tokens */
+    /* audit-file: the open file or -1; audit_lock guards it (a leaf lock:
+     * held only to write one line or to swap the file). */
+    pthread_mutex_t audit_lock;
+    int audit_fd;
+    char *audit_path;
+    bool audit_write_failed; /* under audit_lock: warned once until a write works */
 
     /* For each key of tok (same index), the first [key] policy matching it,
      * or NULL; recomputed by every rescan under keys_lock. */
@@ -239,14 +257,14 @@ typedef struct agent {
     atomic_size_t n_token_states;
 
     /* PIN prompts and the PIN cache. */
-    char *pinentry;              /* pinentry program, or NULL */
+    char *pinentry;              /* pinentry program, or NULL (under prompter_lock) */
     pthread_mutex_t prompter_lock;
     char *prompter_name;         /* a desktop prompter on the session bus, or NULL */
     char *prompter_path;
-    unsigned cache_idle_s;       /* log out after this long unused (0: never) */
-    unsigned cache_max_s;        /* log out this long after login (0: never) */
-    bool always_auth_prompt;     /* always-authenticate keys: prompt every time */
-    unsigned poll_interval_s;    /* hotplug: how often slots are checked */
+    atomic_uint cache_idle_s;    /* log out after this long unused (0: never) */
+    atomic_uint cache_max_s;     /* log out this long after login (0: never) */
+    atomic_bool always_auth_prompt; /* always-authenticate keys: prompt every time */
+    atomic_uint poll_interval_s; /* hotplug: how often slots are checked */
     int64_t last_poll_ms;
 
     /* Client threads: every socket connection is on `clients`, each with a
@@ -266,8 +284,16 @@ typedef struct agent {
 } agent_t;
 
 int agent_init(agent_t *a);
-/* Takes settings from a->conf that the command line did not set. */
+/* Takes settings from a->conf that the command line did not set (at start,
+ * before any thread): pin sources, pinentry, limits, audit-file (opened). */
 int agent_apply_conf(agent_t *a, char **errmsg);
+/* SIGHUP: reads a->conf_path again and puts what it says in force (key
+ * policies, pin sources, caches, limits, audit, ...) under keys_lock. A file
+ * that cannot be read, fails its owner/mode check or does not parse, or an
+ * audit-file that cannot be opened, is refused with a log line and the
+ * settings in force stay; settings that need a restart (module) are logged.
+ * Main thread; no lock held. 0 or the negative errno of the refusal. */
+int agent_reload_conf(agent_t *a);
 void agent_done(agent_t *a);
 /* Rescans tokens under the write lock and logs in where a PIN source allows. */
 void agent_rescan(agent_t *a);
@@ -305,12 +331,13 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
 
 /* agent/policy.c */
 /* May this peer connect at all? (per-user: the owner; system: root, the
- * agent's user and the configured users and groups) */
-bool agent_peer_admitted(const agent_t *a, const agent_client_t *c);
+ * agent's user and the configured users and groups). Takes keys_lock for
+ * reading: the caller must not hold it (nor does agent_may_lock_unlock). */
+bool agent_peer_admitted(agent_t *a, const agent_client_t *c);
 /* May this client Lock or Unlock tokens? Per-user mode: the owner (the only
  * one admitted). System mode: the agent's user, root, and allow-unlock-users
  * / allow-unlock-groups; every other admitted client only signs. */
-bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c);
+bool agent_may_lock_unlock(agent_t *a, const agent_client_t *c);
 /* May this client use key number i? On refusal why holds a sentence naming
  * the rule (and the fix). allow-exe is checked against the client's
  * executable now, not only at connect. Fails closed: with [key] sections
@@ -325,8 +352,15 @@ void agent_policy_update_locked(agent_t *a);
 const agent_pin_source_t *agent_pin_source_for_locked(agent_t *a, tok_token_t *t);
 
 /* agent/audit.c: one line per signature or refusal, key=value. */
-void agent_audit(const agent_t *a, const agent_client_t *c, const char *event, const char *key_uri,
+void agent_audit(agent_t *a, const agent_client_t *c, const char *event, const char *key_uri,
                  const char *alg, const char *hash, const char *result, long long duration_us);
+/* Opens path for audit lines: O_APPEND, created 0600, no symlink, owned by
+ * the agent's user or root and not writable by others. An fd, or a negative
+ * errno with *errmsg naming the file and the cause. */
+int agent_audit_open(const char *path, char **errmsg);
+/* Makes fd (or -1: none) the audit file, named path (owned, may be NULL);
+ * closes the one it replaces. */
+void agent_audit_set_fd(agent_t *a, int fd, char *path);
 
 /* agent/login.c */
 typedef struct agent_login_req {

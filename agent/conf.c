@@ -7,6 +7,8 @@
 #include <limits.h>
 #include <pwd.h>
 #include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,6 +43,38 @@ static int parse_number(const char *s, unsigned long max, unsigned long *ret)
     if (errno || *end || v > max)
         return -EINVAL;
     *ret = v;
+    return 0;
+}
+
+int agent_conf_parse_duration(const char *s, unsigned long min, unsigned long max, unsigned *ret)
+{
+    static const struct {
+        char unit;
+        unsigned long mult;
+    } units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}};
+    unsigned long mult = 1, v;
+    char num[24];
+    size_t n = strspn(s, "0123456789");
+
+    if (n == 0 || n >= sizeof(num))
+        return -EINVAL;
+    if (s[n] != '\0') {
+        size_t i = 0;
+
+        while (i < sizeof(units) / sizeof(units[0]) && units[i].unit != s[n])
+            i++;
+        if (i == sizeof(units) / sizeof(units[0]) || s[n + 1] != '\0')
+            return -EINVAL;
+        mult = units[i].mult;
+    }
+    memcpy(num, s, n);
+    num[n] = '\0';
+    if (parse_number(num, max / mult, &v) < 0)
+        return -ERANGE;
+    v *= mult;
+    if (v < min)
+        return -ERANGE;
+    *ret = (unsigned)v;
     return 0;
 }
 
@@ -92,215 +126,371 @@ bool agent_id_list_allows(const agent_id_list_t *l, uid_t uid, gid_t gid, const 
     return false;
 }
 
-/* Appends every word of `value` through `add`. */
-static int for_each_word(char *value, int (*add)(void *ctx, const char *word), void *ctx)
-{
-    char *save = NULL;
-    int r;
+/* --- the settings: one row each, {section, name, parser, field} --- */
 
-    for (char *w = strtok_r(value, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save))
-        if ((r = add(ctx, w)) < 0)
-            return r;
-    return 0;
+typedef enum { SEC_NONE = 0, SEC_AGENT = 1, SEC_TOKEN = 2, SEC_KEY = 4 } section_t;
+
+typedef struct setting setting_t;
+
+/* A parser reads value into the field at s->field of the section's struct
+ * (agent_conf_t, agent_token_conf_t or agent_key_policy_t). 0, -ENOMEM, or
+ * -EINVAL with a sentence in why (what is wrong with the value, and what
+ * is expected). */
+typedef int (*setting_parse_fn)(const setting_t *s, void *base, char *value, char *why,
+                                size_t why_size);
+
+struct setting {
+    const char *name;
+    section_t section;
+    setting_parse_fn parse;
+    size_t field;
+    /* a second field: the count of a list (parse_paths), or a bool set
+     * when the setting is given (AUX_NONE: none) */
+    size_t aux;
+    unsigned long min, max; /* numbers and durations */
+    bool repeats;           /* a list: each line adds to it */
+};
+
+#define AUX_NONE SIZE_MAX
+#define FIELD(base, member) ((void *)((char *)(base) + (member)))
+#define YEAR_S (86400ul * 365)
+
+static void set_aux(const setting_t *s, void *base)
+{
+    if (s->aux != AUX_NONE)
+        *(bool *)FIELD(base, s->aux) = true;
 }
 
-typedef struct word_ctx {
-    agent_id_list_t *ids;
-    char ***strs;
-    size_t *n_strs;
-    const char *bad; /* the word that failed */
-} word_ctx_t;
-
-static int add_user(void *p, const char *w)
+static int parse_string(const setting_t *s, void *base, char *value, char *why, size_t why_size)
 {
-    word_ctx_t *c = p;
-    uid_t uid, *n;
+    char **dst = FIELD(base, s->field), *d;
 
-    if (agent_conf_lookup_user(w, &uid) < 0) {
-        c->bad = w;
-        return -ENOENT;
-    }
-    n = realloc(c->ids->uids, (c->ids->n_uids + 1) * sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    n[c->ids->n_uids++] = uid;
-    c->ids->uids = n;
-    return 0;
-}
-
-static int add_group(void *p, const char *w)
-{
-    word_ctx_t *c = p;
-    gid_t gid, *n;
-
-    if (agent_conf_lookup_group(w, &gid) < 0) {
-        c->bad = w;
-        return -ENOENT;
-    }
-    n = realloc(c->ids->gids, (c->ids->n_gids + 1) * sizeof(*n));
-    if (!n)
-        return -ENOMEM;
-    n[c->ids->n_gids++] = gid;
-    c->ids->gids = n;
-    return 0;
-}
-
-static int add_str(void *p, const char *w)
-{
-    word_ctx_t *c = p;
-    char **n, *dup;
-
-    if (w[0] != '/') {
-        c->bad = w;
+    if (!value[0]) {
+        snprintf(why, why_size, "%s is empty", s->name);
         return -EINVAL;
     }
-    dup = strdup(w);
-    n = dup ? realloc(*c->strs, (*c->n_strs + 1) * sizeof(*n)) : NULL;
-    if (!n) {
-        free(dup);
-        return -ENOMEM;
-    }
-    n[(*c->n_strs)++] = dup;
-    *c->strs = n;
-    return 0;
-}
-
-static int replace_str(char **dst, const char *v)
-{
-    char *d = strdup(v);
-
-    if (!d)
+    if (!(d = strdup(value)))
         return -ENOMEM;
     free(*dst);
     *dst = d;
     return 0;
 }
 
-typedef enum { SEC_NONE, SEC_AGENT, SEC_TOKEN, SEC_KEY } section_t;
-
-static int parse_line(agent_conf_t *c, section_t sec, char *key, char *value, const char **why,
-                      const char **bad)
+static int parse_path(const setting_t *s, void *base, char *value, char *why, size_t why_size)
 {
-    word_ctx_t w = {0};
-    unsigned long n;
-    int r;
-
-    if (sec == SEC_AGENT && strcmp(key, "module") == 0) {
-        w.strs = &c->modules;
-        w.n_strs = &c->n_modules;
-        *why = "module must be an absolute path";
-        r = for_each_word(value, add_str, &w);
-    } else if (sec == SEC_AGENT && strcmp(key, "pin-source") == 0) {
-        r = replace_str(&c->pin_source, value);
-    } else if (sec == SEC_TOKEN && strcmp(key, "pin-source") == 0) {
-        r = replace_str(&c->tokens[c->n_tokens - 1].pin_source, value);
-    } else if (sec == SEC_AGENT && strcmp(key, "max-clients") == 0) {
-        *why = "max-clients must be a number from 1 to 65536";
-        r = parse_number(value, 65536, &n);
-        if (r == 0 && n == 0)
-            r = -EINVAL;
-        if (r == 0)
-            c->max_clients = (unsigned)n;
-    } else if (sec == SEC_AGENT && strcmp(key, "max-clients-per-user") == 0) {
-        *why = "max-clients-per-user must be a number from 1 to 65536";
-        r = parse_number(value, 65536, &n);
-        if (r == 0 && n == 0)
-            r = -EINVAL;
-        if (r == 0)
-            c->max_clients_per_user = (unsigned)n;
-    } else if (sec == SEC_AGENT && strcmp(key, "auth-timeout") == 0) {
-        *why = "auth-timeout must be a number of seconds from 1 to 3600";
-        r = parse_number(value, 3600, &n);
-        if (r == 0 && n == 0)
-            r = -EINVAL;
-        if (r == 0)
-            c->auth_timeout_s = (unsigned)n;
-    } else if (sec == SEC_AGENT && strcmp(key, "client-idle-timeout") == 0) {
-        *why = "client-idle-timeout must be a number of seconds (0: never)";
-        r = parse_number(value, 86400 * 365, &n);
-        if (r == 0)
-            c->client_idle_s = (unsigned)n;
-    } else if (sec == SEC_AGENT && strcmp(key, "idle-exit") == 0) {
-        *why = "idle-exit must be a number of seconds (0: never)";
-        r = parse_number(value, 86400 * 365, &n);
-        if (r == 0) {
-            c->idle_exit_s = (unsigned)n;
-            c->idle_exit_set = true;
-        }
-    } else if (sec == SEC_AGENT && strcmp(key, "pinentry") == 0) {
-        *why = "pinentry must be an absolute path";
-        r = value[0] == '/' ? replace_str(&c->pinentry, value) : -EINVAL;
-    } else if (sec == SEC_AGENT &&
-               (strcmp(key, "cache-idle") == 0 || strcmp(key, "cache-max") == 0 ||
-                strcmp(key, "poll-interval") == 0)) {
-        *why = "expected a number of seconds";
-        r = parse_number(value, 86400 * 365, &n);
-        if (r == 0 && key[0] == 'p' && n == 0)
-            r = -EINVAL;
-        if (r == 0)
-            *(key[0] == 'p'   ? &c->poll_interval_s
-              : key[6] == 'i' ? &c->cache_idle_s
-                              : &c->cache_max_s) = (unsigned)n;
-    } else if (sec == SEC_AGENT && strcmp(key, "always-auth") == 0) {
-        *why = "always-auth must be prompt or stored";
-        r = strcmp(value, "prompt") == 0 || strcmp(value, "stored") == 0 ? 0 : -EINVAL;
-        c->always_auth_prompt = strcmp(value, "prompt") == 0;
-        c->always_auth_set = true;
-    } else if (sec == SEC_AGENT && strcmp(key, "audit") == 0) {
-        *why = "audit must be all, refusals or none";
-        r = 0;
-        if (strcmp(value, "all") == 0)
-            c->audit = AGENT_AUDIT_ALL;
-        else if (strcmp(value, "refusals") == 0)
-            c->audit = AGENT_AUDIT_REFUSALS;
-        else if (strcmp(value, "none") == 0)
-            c->audit = AGENT_AUDIT_NONE;
-        else
-            r = -EINVAL;
-    } else if ((sec == SEC_AGENT || sec == SEC_KEY) &&
-               (strcmp(key, "allow-users") == 0 || strcmp(key, "allow-groups") == 0)) {
-        bool users = key[6] == 'u';
-
-        w.ids = sec == SEC_AGENT ? &c->allow : &c->keys[c->n_keys - 1].allow;
-        if (sec == SEC_KEY)
-            c->keys[c->n_keys - 1].has_ids = true;
-        *why = users ? "no such user" : "no such group";
-        r = for_each_word(value, users ? add_user : add_group, &w);
-    } else if (sec == SEC_AGENT && (strcmp(key, "allow-unlock-users") == 0 ||
-                                    strcmp(key, "allow-unlock-groups") == 0)) {
-        bool users = strcmp(key, "allow-unlock-users") == 0;
-
-        w.ids = &c->allow_unlock;
-        *why = users ? "no such user" : "no such group";
-        r = for_each_word(value, users ? add_user : add_group, &w);
-    } else if (sec == SEC_KEY && strcmp(key, "allow-exe") == 0) {
-        w.strs = &c->keys[c->n_keys - 1].exes;
-        w.n_strs = &c->keys[c->n_keys - 1].n_exes;
-        *why = "allow-exe takes absolute paths";
-        r = for_each_word(value, add_str, &w);
-    } else {
-        *why = sec == SEC_NONE ? "setting outside a section" : "unknown setting here";
-        *bad = key;
+    if (value[0] != '/') {
+        snprintf(why, why_size, "%s = '%s': expected an absolute path", s->name, value);
         return -EINVAL;
     }
-    if (w.bad)
-        *bad = w.bad;
-    return r;
+    return parse_string(s, base, value, why, why_size);
 }
 
-static int open_section(agent_conf_t *c, char *head, section_t *sec)
+/* Appends every word of value (split at blanks and commas). */
+static int parse_paths(const setting_t *s, void *base, char *value, char *why, size_t why_size)
 {
+    char ***strs = FIELD(base, s->field), *save = NULL;
+    size_t *n = FIELD(base, s->aux);
+
+    for (char *w = strtok_r(value, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
+        char **nv, *dup;
+
+        if (w[0] != '/') {
+            snprintf(why, why_size, "%s: '%s' is not an absolute path", s->name, w);
+            return -EINVAL;
+        }
+        dup = strdup(w);
+        nv = dup ? realloc(*strs, (*n + 1) * sizeof(*nv)) : NULL;
+        if (!nv) {
+            free(dup);
+            return -ENOMEM;
+        }
+        nv[(*n)++] = dup;
+        *strs = nv;
+    }
+    return 0;
+}
+
+static int parse_ids(const setting_t *s, void *base, char *value, char *why, size_t why_size,
+                     bool users)
+{
+    agent_id_list_t *l = FIELD(base, s->field);
+    char *save = NULL;
+
+    for (char *w = strtok_r(value, " \t,", &save); w; w = strtok_r(NULL, " \t,", &save)) {
+        if (users) {
+            uid_t uid, *nv;
+
+            if (agent_conf_lookup_user(w, &uid) < 0) {
+                snprintf(why, why_size, "%s: no such user '%s'", s->name, w);
+                return -EINVAL;
+            }
+            if (!(nv = realloc(l->uids, (l->n_uids + 1) * sizeof(*nv))))
+                return -ENOMEM;
+            nv[l->n_uids++] = uid;
+            l->uids = nv;
+        } else {
+            gid_t gid, *nv;
+
+            if (agent_conf_lookup_group(w, &gid) < 0) {
+                snprintf(why, why_size, "%s: no such group '%s'", s->name, w);
+                return -EINVAL;
+            }
+            if (!(nv = realloc(l->gids, (l->n_gids + 1) * sizeof(*nv))))
+                return -ENOMEM;
+            nv[l->n_gids++] = gid;
+            l->gids = nv;
+        }
+    }
+    set_aux(s, base);
+    return 0;
+}
+
+static int parse_users(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    return parse_ids(s, base, value, why, why_size, true);
+}
+
+static int parse_groups(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    return parse_ids(s, base, value, why, why_size, false);
+}
+
+static int parse_count(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    unsigned long n;
+
+    if (parse_number(value, s->max, &n) < 0 || n < s->min) {
+        snprintf(why, why_size, "%s = '%s': expected a whole number from %lu to %lu", s->name,
+                 value, s->min, s->max);
+        return -EINVAL;
+    }
+    *(unsigned *)FIELD(base, s->field) = (unsigned)n;
+    set_aux(s, base);
+    return 0;
+}
+
+/* 3600 -> "1h", 90 -> "90s": the largest unit that divides it. */
+static void format_duration(char *buf, size_t size, unsigned long v)
+{
+    if (v == 0)
+        snprintf(buf, size, "0");
+    else if (v % 86400 == 0)
+        snprintf(buf, size, "%lud", v / 86400);
+    else if (v % 3600 == 0)
+        snprintf(buf, size, "%luh", v / 3600);
+    else if (v % 60 == 0)
+        snprintf(buf, size, "%lum", v / 60);
+    else
+        snprintf(buf, size, "%lus", v);
+}
+
+static int parse_duration(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    char lo[24], hi[24];
+    unsigned v;
+    int r = agent_conf_parse_duration(value, s->min, s->max, &v);
+
+    if (r < 0) {
+        format_duration(lo, sizeof(lo), s->min);
+        format_duration(hi, sizeof(hi), s->max);
+        snprintf(why, why_size,
+                 "%s = '%s': %s: expected a duration from %s to %s (seconds, or a number with "
+                 "a unit: 30s, 15m, 8h, 1d)%s",
+                 s->name, value, r == -ERANGE ? "out of range" : "not a duration", lo, hi,
+                 s->min == 0 ? "; 0 means never" : "");
+        return -EINVAL;
+    }
+    *(unsigned *)FIELD(base, s->field) = v;
+    set_aux(s, base);
+    return 0;
+}
+
+static int parse_audit(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    agent_audit_t *a = FIELD(base, s->field);
+
+    if (strcmp(value, "all") == 0)
+        *a = AGENT_AUDIT_ALL;
+    else if (strcmp(value, "refusals") == 0)
+        *a = AGENT_AUDIT_REFUSALS;
+    else if (strcmp(value, "none") == 0)
+        *a = AGENT_AUDIT_NONE;
+    else {
+        snprintf(why, why_size, "%s = '%s': expected all, refusals or none", s->name, value);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int parse_always_auth(const setting_t *s, void *base, char *value, char *why,
+                             size_t why_size)
+{
+    if (strcmp(value, "prompt") != 0 && strcmp(value, "stored") != 0) {
+        snprintf(why, why_size, "%s = '%s': expected prompt or stored", s->name, value);
+        return -EINVAL;
+    }
+    *(bool *)FIELD(base, s->field) = strcmp(value, "prompt") == 0;
+    set_aux(s, base);
+    return 0;
+}
+
+#define A(member) offsetof(agent_conf_t, member)
+#define T(member) offsetof(agent_token_conf_t, member)
+#define K(member) offsetof(agent_key_policy_t, member)
+
+/* Every setting of agent.conf (agent.conf(5) documents each one). */
+static const setting_t settings[] = {
+    {"module", SEC_AGENT, parse_paths, A(modules), A(n_modules), 0, 0, true},
+    {"pin-source", SEC_AGENT, parse_string, A(pin_source), AUX_NONE, 0, 0, false},
+    {"max-clients", SEC_AGENT, parse_count, A(max_clients), AUX_NONE, 1, 65536, false},
+    {"max-clients-per-user", SEC_AGENT, parse_count, A(max_clients_per_user), AUX_NONE, 1, 65536,
+     false},
+    {"auth-timeout", SEC_AGENT, parse_duration, A(auth_timeout_s), AUX_NONE, 1, 3600, false},
+    {"client-idle-timeout", SEC_AGENT, parse_duration, A(client_idle_s), AUX_NONE, 0, YEAR_S,
+     false},
+    {"idle-exit", SEC_AGENT, parse_duration, A(idle_exit_s), A(idle_exit_set), 0, YEAR_S, false},
+    {"pinentry", SEC_AGENT, parse_path, A(pinentry), AUX_NONE, 0, 0, false},
+    {"cache-idle", SEC_AGENT, parse_duration, A(cache_idle_s), AUX_NONE, 0, YEAR_S, false},
+    {"cache-max", SEC_AGENT, parse_duration, A(cache_max_s), AUX_NONE, 0, YEAR_S, false},
+    {"poll-interval", SEC_AGENT, parse_duration, A(poll_interval_s), AUX_NONE, 1, YEAR_S, false},
+    {"always-auth", SEC_AGENT, parse_always_auth, A(always_auth_prompt), A(always_auth_set), 0, 0,
+     false},
+    {"audit", SEC_AGENT, parse_audit, A(audit), AUX_NONE, 0, 0, false},
+    {"audit-file", SEC_AGENT, parse_path, A(audit_file), AUX_NONE, 0, 0, false},
+    {"allow-users", SEC_AGENT, parse_users, A(allow), AUX_NONE, 0, 0, true},
+    {"allow-groups", SEC_AGENT, parse_groups, A(allow), AUX_NONE, 0, 0, true},
+    {"allow-unlock-users", SEC_AGENT, parse_users, A(allow_unlock), AUX_NONE, 0, 0, true},
+    {"allow-unlock-groups", SEC_AGENT, parse_groups, A(allow_unlock), AUX_NONE, 0, 0, true},
+    {"pin-source", SEC_TOKEN, parse_string, T(pin_source), AUX_NONE, 0, 0, false},
+    {"allow-users", SEC_KEY, parse_users, K(allow), K(has_ids), 0, 0, true},
+    {"allow-groups", SEC_KEY, parse_groups, K(allow), K(has_ids), 0, 0, true},
+    {"allow-exe", SEC_KEY, parse_paths, K(exes), K(n_exes), 0, 0, true},
+};
+
+#define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))
+
+static const char *section_name(section_t sec)
+{
+    return sec == SEC_AGENT ? "[agent]" : sec == SEC_TOKEN ? "[token pkcs11:...]"
+                                                           : "[key pkcs11:...]";
+}
+
+typedef struct parser {
+    agent_conf_t conf;
+    section_t sec;
+    void *base;                         /* the current section's struct */
+    char head[256];                     /* for messages: "[agent]", "[key URI]" */
+    unsigned agent_seen[N_SETTINGS];    /* line of each [agent] setting, 0: not yet */
+    unsigned section_seen[N_SETTINGS];  /* the same in the current [token]/[key] */
+} parser_t;
+
+static int parse_setting(parser_t *p, char *key, char *value, unsigned lineno, char *why,
+                         size_t why_size)
+{
+    const setting_t *s = NULL;
+    const char *elsewhere = NULL;
+    unsigned *seen;
+    size_t i;
+
+    for (i = 0; i < N_SETTINGS && !s; i++) {
+        if (strcmp(settings[i].name, key) != 0)
+            continue;
+        if (settings[i].section == p->sec)
+            s = &settings[i];
+        else if (!elsewhere)
+            elsewhere = section_name(settings[i].section);
+    }
+    if (!s && p->sec == SEC_NONE) {
+        snprintf(why, why_size, "'%s' is outside a section (settings follow [agent], "
+                                "[token pkcs11:...] or [key pkcs11:...])", key);
+        return -EINVAL;
+    }
+    if (!s && elsewhere) {
+        snprintf(why, why_size, "'%s' is not a setting of %s: it belongs in %s", key,
+                 section_name(p->sec), elsewhere);
+        return -EINVAL;
+    }
+    if (!s) {
+        snprintf(why, why_size, "unknown setting '%s' in %s", key, section_name(p->sec));
+        return -EINVAL;
+    }
+    i--;
+    seen = p->sec == SEC_AGENT ? &p->agent_seen[i] : &p->section_seen[i];
+    if (*seen && !s->repeats) {
+        snprintf(why, why_size, "%s is set twice in %s (first at line %u); keep one", key,
+                 p->head, *seen);
+        return -EINVAL;
+    }
+    if (!*seen)
+        *seen = lineno;
+    return s->parse(s, p->base, value, why, why_size);
+}
+
+/* A [token URI] or [key URI] header: the URI must be one p11agent reads. */
+static int check_section_uri(const char *head, const char *arg, char *why, size_t why_size)
+{
+    const char *example = strcmp(head, "key") == 0 ? "[key pkcs11:object=web;type=private]"
+                                                   : "[token pkcs11:token=hsm1]";
+    const char *what = strcmp(head, "key") == 0 ? "keys" : "tokens";
+    int r;
+
+    if (!arg) {
+        snprintf(why, why_size, "[%s] needs a pkcs11: URI naming the %s it applies to, e.g. %s",
+                 head, what, example);
+        return -EINVAL;
+    }
+    if (strncmp(arg, "pkcs11:", 7) != 0) {
+        snprintf(why, why_size,
+                 "[%s %s]: '%s' is not a pkcs11: URI; a [%s] section names the %s it applies "
+                 "to with one, e.g. %s",
+                 head, arg, arg, head, what, example);
+        return -EINVAL;
+    }
+    r = tok_uri_check(arg);
+    if (r == TOK_ERR_NO_MEMORY)
+        return -ENOMEM;
+    if (r != TOK_OK) {
+        snprintf(why, why_size,
+                 "[%s %s]: the URI does not parse or has an attribute p11agent does not know "
+                 "(RFC 7512: pkcs11:token=...;object=...;type=private)",
+                 head, arg);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static int open_section(parser_t *p, char *head, char *why, size_t why_size)
+{
+    agent_conf_t *c = &p->conf;
     char *arg = strchr(head, ' ');
+    int r;
 
     if (arg) {
         *arg++ = '\0';
         arg = trim(arg);
+        if (!*arg)
+            arg = NULL;
     }
-    if (strcmp(head, "agent") == 0 && !arg) {
-        *sec = SEC_AGENT;
+    snprintf(p->head, sizeof(p->head), "[%s%s%s]", head, arg ? " " : "", arg ? arg : "");
+    memset(p->section_seen, 0, sizeof(p->section_seen));
+    if (strcmp(head, "agent") == 0) {
+        if (arg) {
+            snprintf(why, why_size, "[agent] takes no argument (got '%s')", arg);
+            return -EINVAL;
+        }
+        p->sec = SEC_AGENT;
+        p->base = c;
         return 0;
     }
-    if (strcmp(head, "token") == 0 && arg && strncmp(arg, "pkcs11:", 7) == 0) {
+    if (strcmp(head, "token") != 0 && strcmp(head, "key") != 0) {
+        snprintf(why, why_size,
+                 "unknown section [%s] (expected [agent], [token pkcs11:...] or [key pkcs11:...])",
+                 head);
+        return -EINVAL;
+    }
+    if ((r = check_section_uri(head, arg, why, why_size)) < 0)
+        return r;
+    if (strcmp(head, "token") == 0) {
         agent_token_conf_t *n = realloc(c->tokens, (c->n_tokens + 1) * sizeof(*n));
 
         if (!n)
@@ -309,41 +499,38 @@ static int open_section(agent_conf_t *c, char *head, section_t *sec)
         memset(&n[c->n_tokens], 0, sizeof(*n));
         if (!(n[c->n_tokens].uri = strdup(arg)))
             return -ENOMEM;
-        c->n_tokens++;
-        *sec = SEC_TOKEN;
+        p->base = &n[c->n_tokens++];
+        p->sec = SEC_TOKEN;
         return 0;
     }
-    if (strcmp(head, "key") == 0 && arg && strncmp(arg, "pkcs11:", 7) == 0) {
-        agent_key_policy_t *n = realloc(c->keys, (c->n_keys + 1) * sizeof(*n));
+    agent_key_policy_t *n = realloc(c->keys, (c->n_keys + 1) * sizeof(*n));
 
-        if (!n)
-            return -ENOMEM;
-        c->keys = n;
-        memset(&n[c->n_keys], 0, sizeof(*n));
-        if (!(n[c->n_keys].uri = strdup(arg)))
-            return -ENOMEM;
-        c->n_keys++;
-        *sec = SEC_KEY;
-        return 0;
-    }
-    return -EINVAL;
+    if (!n)
+        return -ENOMEM;
+    c->keys = n;
+    memset(&n[c->n_keys], 0, sizeof(*n));
+    if (!(n[c->n_keys].uri = strdup(arg)))
+        return -ENOMEM;
+    p->base = &n[c->n_keys++];
+    p->sec = SEC_KEY;
+    return 0;
 }
 
 int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char **errmsg)
 {
-    agent_conf_t c = {0};
-    section_t sec = SEC_NONE;
+    parser_t *p = calloc(1, sizeof(*p));
     char *copy = strdup(text), *save = NULL, *line;
     unsigned lineno = 0;
     int r = 0;
 
-    if (!copy)
-        return -ENOMEM;
+    if (!copy || !p) {
+        r = -ENOMEM;
+        goto out;
+    }
     /* strsep keeps empty lines, so line numbers stay right */
     save = copy;
     while ((line = strsep(&save, "\n")) != NULL) {
-        char *s, *eq, *hash;
-        const char *why = "syntax error", *bad = NULL;
+        char *s, *eq, *hash, why[512] = "";
 
         lineno++;
         if ((hash = strchr(line, '#')) != NULL)
@@ -362,50 +549,38 @@ int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char
                 goto out;
             }
             *end = '\0';
-            r = open_section(&c, trim(s + 1), &sec);
-            if (r < 0) {
-                agent_set_errmsg(errmsg,
-                                 "%s:%u: unknown section [%s] (expected [agent], "
-                                 "[token pkcs11:...] or [key pkcs11:...])",
-                                 name, lineno, s + 1);
-                goto out;
-            }
-            continue;
-        }
-        eq = strchr(s, '=');
-        if (!eq) {
+            r = open_section(p, trim(s + 1), why, sizeof(why));
+        } else if ((eq = strchr(s, '=')) != NULL) {
+            *eq = '\0';
+            r = parse_setting(p, trim(s), trim(eq + 1), lineno, why, sizeof(why));
+        } else {
             r = -EINVAL;
-            agent_set_errmsg(errmsg, "%s:%u: expected 'name = value'", name, lineno);
-            goto out;
+            snprintf(why, sizeof(why), "expected 'name = value'");
         }
-        *eq = '\0';
-        r = parse_line(&c, sec, trim(s), trim(eq + 1), &why, &bad);
         if (r == -ENOMEM)
             goto out;
         if (r < 0) {
-            agent_set_errmsg(errmsg, "%s:%u: %s%s%s%s", name, lineno, why, bad ? " ('" : "",
-                             bad ? bad : "", bad ? "')" : "");
+            agent_set_errmsg(errmsg, "%s:%u: %s", name, lineno, why);
             goto out;
         }
     }
-    if (name && !(c.path = strdup(name))) {
+    if (name && !(p->conf.path = strdup(name))) {
         r = -ENOMEM;
         goto out;
     }
-    *ret = c;
-    memset(&c, 0, sizeof(c));
+    *ret = p->conf;
+    memset(&p->conf, 0, sizeof(p->conf));
 out:
     if (r == -ENOMEM)
         agent_set_errmsg(errmsg, "%s: out of memory", name);
-    agent_conf_clear(&c);
+    if (p)
+        agent_conf_clear(&p->conf);
+    free(p);
     free(copy);
     return r;
 }
 
-/* agent.conf names the modules the agent loads and the pinentry it runs:
- * only a regular file that no one but the agent's user (or root) can
- * change is trusted. Checked on the open file, so it cannot be swapped. */
-static int check_conf_file(int fd, const char *path, char **errmsg)
+int agent_conf_check_file(int fd, const char *path, const char *what, char **errmsg)
 {
     uid_t me = geteuid();
     struct stat st;
@@ -422,17 +597,16 @@ static int check_conf_file(int fd, const char *path, char **errmsg)
     }
     if (st.st_uid != me && st.st_uid != 0) {
         agent_set_errmsg(errmsg, "refusing %s: it is owned by uid %lu, not by the agent's user "
-                                 "(uid %lu) or root, and it names the modules and programs the "
-                                 "agent runs; chown it to uid %lu or root",
-                         path, (unsigned long)st.st_uid, (unsigned long)me, (unsigned long)me);
+                                 "(uid %lu) or root, and %s; chown it to uid %lu or root",
+                         path, (unsigned long)st.st_uid, (unsigned long)me, what,
+                         (unsigned long)me);
         return -EPERM;
     }
     if (st.st_mode & 022) {
         agent_set_errmsg(errmsg, "refusing %s: it is writable by %s (owner uid %lu, mode %04o), "
-                                 "and it names the modules and programs the agent runs; "
-                                 "chmod go-w %s",
+                                 "and %s; chmod go-w %s",
                          path, (st.st_mode & 002) ? "every user" : "its group",
-                         (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), path);
+                         (unsigned long)st.st_uid, (unsigned)(st.st_mode & 07777), what, path);
         return -EPERM;
     }
     return 0;
@@ -455,7 +629,10 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
         agent_set_errmsg(errmsg, "cannot read %s: %s", path, strerror(errno));
         return r;
     }
-    r = check_conf_file(fd, path, errmsg);
+    /* agent.conf names the modules the agent loads and the pinentry it
+     * runs: checked on the open file, so it cannot be swapped. */
+    r = agent_conf_check_file(fd, path, "it names the modules and programs the agent runs",
+                              errmsg);
     if (r < 0) {
         close(fd);
         return r;
@@ -509,6 +686,7 @@ void agent_conf_clear(agent_conf_t *c)
     strv_free(c->modules, c->n_modules);
     free(c->pin_source);
     free(c->pinentry);
+    free(c->audit_file);
     id_list_clear(&c->allow);
     id_list_clear(&c->allow_unlock);
     for (size_t i = 0; i < c->n_tokens; i++) {

@@ -1,39 +1,19 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
  * agent.conf: $XDG_CONFIG_HOME/p11agent/agent.conf (per-user mode) or
- * /etc/p11agent/agent.conf (--system). An INI file:
- *
- *   [agent]
- *   module = /usr/lib/softhsm/libsofthsm2.so   # may repeat; default: p11-kit
- *   pin-source = file:/etc/p11agent/pin        # default for every token
- *   max-clients = 256                          # connections served at once
- *   max-clients-per-user = 128                 # of them, per uid (at most max-clients)
- *   auth-timeout = 5                           # seconds to authenticate and send a call
- *   client-idle-timeout = 0                    # close clients idle this long (0: never)
- *   allow-users = nginx haproxy                # --system: who may connect
- *   allow-groups = ssl-cert
- *   allow-unlock-users = alice                 # --system: who may Lock/Unlock besides
- *   allow-unlock-groups = hsm-admins           #   the agent's user and root
- *   audit = all | refusals | none              # default: all
- *   idle-exit = 600                            # socket-activated: exit when idle
- *   pinentry = /usr/bin/pinentry               # the PIN prompt (Assuan)
- *   cache-idle = 900                           # log out after 15 min unused (0: never)
- *   cache-max = 28800                          # log out 8 h after login (0: never)
- *   always-auth = prompt | stored              # CKA_ALWAYS_AUTHENTICATE keys
- *   poll-interval = 2                          # seconds between slot checks
- *
- *   [token pkcs11:token=hsm1]                  # a token (URI of token attributes)
- *   pin-source = credential:hsm1-pin
- *
- *   [key pkcs11:object=web;type=private]       # policy for matching keys
- *   allow-users = www-data
- *   allow-groups = www-data
- *   allow-exe = /usr/sbin/nginx /usr/bin/openssl
+ * /etc/p11agent/agent.conf (--system). An INI file with an [agent] section,
+ * [token pkcs11:URI] sections (a PIN source per token) and [key pkcs11:URI]
+ * sections (who may use matching keys). Every setting is one row of the
+ * table in conf.c; agent.conf(5) (packaging/man/agent.conf.5) documents each.
  *
  * A key with no [key] section may be used by every admitted client; a key
  * matched by a [key] section only by the clients that section allows (any
  * allow-users/allow-groups match, AND allow-exe when given). When several
  * sections match a key, the first one in the file applies.
+ *
+ * Durations are seconds, or a number with a unit (30s, 15m, 8h, 1d). A
+ * setting given twice in one section is an error, except the lists
+ * (module, allow-*), where each line adds to the list.
  *
  * Connection limits: a connection that has not yet authenticated and sent
  * its first method call takes no client slot (at most 64 such, past which
@@ -91,6 +71,7 @@ typedef struct agent_conf {
     agent_id_list_t allow;
     agent_id_list_t allow_unlock; /* Lock/Unlock besides the owner and root */
     agent_audit_t audit;
+    char *audit_file;  /* audit lines also go here, or NULL */
     agent_token_conf_t *tokens;
     size_t n_tokens;
     agent_key_policy_t *keys;
@@ -103,6 +84,15 @@ int agent_conf_load(const char *path, bool required, agent_conf_t *ret, char **e
 /* Parses config text (for tests); `name` is used in messages. */
 int agent_conf_parse(const char *text, const char *name, agent_conf_t *ret, char **errmsg);
 void agent_conf_clear(agent_conf_t *c);
+/* A duration: seconds, or digits and one unit s, m, h or d ("90", "15m").
+ * 0, -EINVAL (not a duration) or -ERANGE (outside min..max seconds). */
+int agent_conf_parse_duration(const char *s, unsigned long min, unsigned long max, unsigned *ret);
+
+/* Is the file open on fd one the agent may trust: a regular file owned by
+ * the agent's user or root and writable by no one else? what says why it
+ * matters, for the message ("it names the modules ..."). 0, or -EINVAL /
+ * -EPERM / -errno with *errmsg naming path, owner and mode and the fix. */
+int agent_conf_check_file(int fd, const char *path, const char *what, char **errmsg);
 
 /* Resolves a user or group name (or a number) to its id. */
 int agent_conf_lookup_user(const char *name, uid_t *ret);

@@ -25,7 +25,11 @@ void agent_log_init(const char *spec)
     static const struct {
         const char *name;
         unsigned bit;
-    } cats[] = {{"bus", AGENT_DBG_BUS}, {"sign", AGENT_DBG_SIGN}, {"pin", AGENT_DBG_PIN}};
+    } cats[] = {{"bus", AGENT_DBG_BUS},
+                {"sign", AGENT_DBG_SIGN},
+                {"pin", AGENT_DBG_PIN},
+                {"pkcs11", AGENT_DBG_PKCS11},
+                {"all", ~0u}};
     char buf[256], *save = NULL;
 
     debug_mask = 0;
@@ -33,11 +37,15 @@ void agent_log_init(const char *spec)
         return;
     snprintf(buf, sizeof(buf), "%s", spec);
     for (char *tok = strtok_r(buf, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save)) {
-        if (strcmp(tok, "all") == 0)
-            debug_mask = ~0u;
-        for (size_t i = 0; i < sizeof(cats) / sizeof(cats[0]); i++)
-            if (strcmp(tok, cats[i].name) == 0)
-                debug_mask |= cats[i].bit;
+        size_t i = 0;
+
+        while (i < sizeof(cats) / sizeof(cats[0]) && strcmp(tok, cats[i].name) != 0)
+            i++;
+        if (i < sizeof(cats) / sizeof(cats[0]))
+            debug_mask |= cats[i].bit;
+        else
+            agent_warn("unknown debug category '%s' ignored (known: bus, sign, pin, pkcs11, all)",
+                       tok);
     }
 }
 

@@ -12,6 +12,7 @@
  * way.
  */
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,7 +179,10 @@ typedef struct token_view {
     char label[64];
     unsigned long flags;
     bool logged_in, pin_pad;
-    const agent_pin_source_t *src;
+    /* A copy of the token's pin source (src.path points into src_path): a
+     * reload may replace the configured one while this login reads it. */
+    agent_pin_source_t src;
+    char src_path[PATH_MAX];
 } token_view_t;
 
 static tok_token_t *token_by_uri_locked(agent_t *a, const char *uri)
@@ -204,7 +208,16 @@ static bool view_token(agent_t *a, const char *uri, token_view_t *v)
         v->flags = tok_token_flags(t);
         v->logged_in = tok_token_logged_in(t);
         v->pin_pad = tok_token_has_pin_pad(t);
-        v->src = agent_pin_source_for_locked(a, t);
+        const agent_pin_source_t *src = agent_pin_source_for_locked(a, t);
+
+        v->src = *src;
+        v->src.path = NULL;
+        if (src->path && strlen(src->path) < sizeof(v->src_path)) {
+            memcpy(v->src_path, src->path, strlen(src->path) + 1);
+            v->src.path = v->src_path;
+        } else if (src->path) {
+            v->src.kind = AGENT_PIN_NONE; /* cannot be opened anyway */
+        }
     }
     pthread_rwlock_unlock(&a->keys_lock);
     return t != NULL;
@@ -325,9 +338,9 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
             tried_cache = true;
             p = st->cached.buf;
             len = st->cached.len;
-        } else if (!final_try && !tried_file && v.src->kind != AGENT_PIN_NONE) {
+        } else if (!final_try && !tried_file && v.src.kind != AGENT_PIN_NONE) {
             tried_file = true;
-            r = agent_pin_source_read(v.src, &pin, &id, &why);
+            r = agent_pin_source_read(&v.src, &pin, &id, &why);
             if (r < 0) {
                 agent_warn("token '%s': %s", v.label, why ? why : "PIN source unreadable");
                 free(why);
@@ -338,7 +351,7 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
                 agent_set_errmsg(errmsg,
                                  "token '%s' rejected the PIN in %s; not retrying it until the "
                                  "file changes",
-                                 v.label, v.src->path);
+                                 v.label, v.src.path);
                 if (req->no_prompt || !agent_can_prompt(a))
                     return TOK_ERR_PIN_INCORRECT;
                 continue;
@@ -424,10 +437,10 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
             st->rejected = id;
             agent_err("token '%s': PIN incorrect (from %s); it will not be tried again until "
                       "the file changes%s",
-                      v.label, v.src->path, tries_note(flags));
+                      v.label, v.src.path, tries_note(flags));
             agent_set_errmsg(errmsg,
                              "token '%s' rejected the PIN from %s (PIN incorrect); not retrying",
-                             v.label, v.src->path);
+                             v.label, v.src.path);
             if (req->no_prompt || !agent_can_prompt(a))
                 return r;
             break;
@@ -530,10 +543,10 @@ int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret
         r = agent_secret_new(ret, st->cached.buf, st->cached.len);
         goto out;
     }
-    if (v.src->kind != AGENT_PIN_NONE && !(v.flags & CKF_USER_PIN_FINAL_TRY)) {
+    if (v.src.kind != AGENT_PIN_NONE && !(v.flags & CKF_USER_PIN_FINAL_TRY)) {
         agent_pin_id_t id;
 
-        r = agent_pin_source_read(v.src, ret, &id, &why);
+        r = agent_pin_source_read(&v.src, ret, &id, &why);
         if (r == 0 && st->pin_rejected && same_pin_id(&st->rejected, &id)) {
             agent_secret_free(ret);
             r = -EPERM;

@@ -50,15 +50,17 @@ static void usage(FILE *f)
             "      --system            system mode: socket /run/p11agent/agent.sock, clients\n"
             "                          admitted by allow-users/allow-groups in the config,\n"
             "                          PIN files readable by other users refused\n"
-            "      --idle-exit SECONDS when started by socket activation, exit after this\n"
+            "      --idle-exit TIME    when started by socket activation, exit after this\n"
             "                          long with no client and no token logged in\n"
-            "                          (default 600; 0: never)\n"
-            "  -d, --debug CATS        debug logging: bus,sign,pin,pkcs11 or all (also\n"
-            "                          P11AGENT_DEBUG)\n"
+            "                          (seconds or 30s, 15m, 8h, 1d; default 10m; 0: never)\n"
+            "  -d, --debug CATS        debug logging: bus,sign,pin,pkcs11 or all, a comma-\n"
+            "                          separated list (the same as P11AGENT_DEBUG=CATS)\n"
             "  -h, --help              show this help\n"
             "  -V, --version           show the version\n"
             "\n"
-            "Signals: SIGTERM/SIGINT stop the agent, SIGHUP rescans the tokens.\n");
+            "Signals: SIGTERM/SIGINT stop the agent; SIGHUP reloads agent.conf (a file that\n"
+            "does not parse is refused and the settings in force stay) and rescans the\n"
+            "tokens. Settings: agent.conf(5).\n");
 }
 
 /* The token layer's word on a module's bad answers (hostile text escaped). */
@@ -75,7 +77,8 @@ static void on_signal(void *userdata, int fd, short revents)
     if (read(fd, &si, sizeof(si)) != sizeof(si))
         return;
     if (si.ssi_signo == SIGHUP) {
-        agent_info("SIGHUP: rescanning tokens");
+        agent_info("SIGHUP: reloading agent.conf and rescanning tokens");
+        agent_reload_conf(a);
         agent_rescan(a);
         return;
     }
@@ -249,7 +252,6 @@ int main(int argc, char **argv)
     const char *debug = getenv("P11AGENT_DEBUG");
     bool foreground = false;
     const char *config_path = NULL;
-    bool idle_exit_given = false;
     char *default_config = NULL;
     agent_t a;
     struct rlimit no_core = {0, 0};
@@ -296,6 +298,7 @@ int main(int argc, char **argv)
                 free(errmsg);
                 return EXIT_FAILURE;
             }
+            a.cli_pin_source = true;
             break;
         case 'd':
             debug = optarg;
@@ -309,19 +312,17 @@ int main(int argc, char **argv)
         case 'P':
             free(a.pinentry);
             a.pinentry = strdup(optarg);
+            a.cli_pinentry = true;
             break;
-        case 'I': {
-            char *end;
-            unsigned long v = strtoul(optarg, &end, 10);
-
-            if (!*optarg || *end || v > 86400ul * 365) {
-                fprintf(stderr, "p11agentd: --idle-exit takes a number of seconds\n");
+        case 'I':
+            if (agent_conf_parse_duration(optarg, 0, 86400ul * 365, &a.idle_exit_s) < 0) {
+                fprintf(stderr, "p11agentd: --idle-exit '%s': expected a duration from 0 to 365d "
+                                "(seconds, or a number with a unit: 30s, 15m, 8h, 1d)\n",
+                        optarg);
                 return EXIT_FAILURE;
             }
-            a.idle_exit_s = (unsigned)v;
-            idle_exit_given = true;
+            a.cli_idle_exit = true;
             break;
-        }
         case 'h':
             usage(stdout);
             return EXIT_SUCCESS;
@@ -338,6 +339,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return EXIT_FAILURE;
     }
+    /* One list for both: the token layer reads P11AGENT_DEBUG for pkcs11. */
+    if (debug && setenv("P11AGENT_DEBUG", debug, 1) < 0) {
+        fprintf(stderr, "p11agentd: out of memory\n");
+        return EXIT_FAILURE;
+    }
     agent_log_init(debug);
 
     if (!config_path) {
@@ -352,9 +358,12 @@ int main(int argc, char **argv)
                  asprintf(&default_config, "%s/.config/p11agent/agent.conf", home) < 0)
             default_config = NULL;
     }
-    r = agent_conf_load(config_path ? config_path : default_config ? default_config : "/nonexistent",
-                        config_path != NULL, &a.conf, &errmsg);
-    free(default_config);
+    a.cli_modules = n_modules > 0;
+    a.conf_path = config_path ? strdup(config_path) : default_config;
+    default_config = NULL;
+    a.conf_required = config_path != NULL;
+    r = agent_conf_load(a.conf_path ? a.conf_path : "/nonexistent", a.conf_required, &a.conf,
+                        &errmsg);
     if (r < 0) {
         agent_err("%s", errmsg ? errmsg : "cannot read the configuration");
         goto out; /* frees what the options allocated */
@@ -363,15 +372,11 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < a.conf.n_modules && n_modules < MAX_MODULES; i++)
             modules[n_modules++] = a.conf.modules[i];
     }
+    a.socket_activated = socket_activated();
     if (agent_apply_conf(&a, &errmsg) < 0) {
         agent_err("%s", errmsg ? errmsg : "bad configuration");
         goto out; /* frees what the options allocated */
     }
-    a.socket_activated = socket_activated();
-    if (!idle_exit_given && !a.conf.idle_exit_set)
-        a.idle_exit_s = 600;
-    if (!a.socket_activated)
-        a.idle_exit_s = 0; /* nobody would start us again */
     if (!a.socket_path)
         a.socket_path = a.system_mode ? strdup("/run/p11agent/agent.sock")
                                       : bus_default_socket_path();

@@ -187,21 +187,33 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
     return 0;
 }
 
-bool agent_peer_admitted(const agent_t *a, const agent_client_t *c)
+bool agent_peer_admitted(agent_t *a, const agent_client_t *c)
 {
+    bool ok;
+
     if (c->uid == a->owner)
         return true;
     if (!a->system_mode)
         return false;
-    return c->uid == 0 ||
-           agent_id_list_allows(&a->conf.allow, c->uid, c->gid, c->groups, c->n_groups);
+    if (c->uid == 0)
+        return true;
+    /* a reload replaces a->conf under the write lock */
+    pthread_rwlock_rdlock(&a->keys_lock);
+    ok = agent_id_list_allows(&a->conf.allow, c->uid, c->gid, c->groups, c->n_groups);
+    pthread_rwlock_unlock(&a->keys_lock);
+    return ok;
 }
 
-bool agent_may_lock_unlock(const agent_t *a, const agent_client_t *c)
+bool agent_may_lock_unlock(agent_t *a, const agent_client_t *c)
 {
+    bool ok;
+
     if (c->via_session_bus || c->uid == a->owner || c->uid == 0)
         return true;
-    return agent_id_list_allows(&a->conf.allow_unlock, c->uid, c->gid, c->groups, c->n_groups);
+    pthread_rwlock_rdlock(&a->keys_lock);
+    ok = agent_id_list_allows(&a->conf.allow_unlock, c->uid, c->gid, c->groups, c->n_groups);
+    pthread_rwlock_unlock(&a->keys_lock);
+    return ok;
 }
 
 bool agent_key_allowed_locked(const agent_t *a, size_t i, const agent_client_t *c, char *why,

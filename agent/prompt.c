@@ -6,6 +6,7 @@
  * pinentry sends back is read into locked memory and wiped.
  */
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
@@ -33,9 +34,9 @@ bool agent_can_prompt(agent_t *a)
     bool have;
 
     pthread_mutex_lock(&a->prompter_lock);
-    have = a->prompter_name != NULL;
+    have = a->prompter_name != NULL || a->pinentry != NULL;
     pthread_mutex_unlock(&a->prompter_lock);
-    return have || a->pinentry != NULL;
+    return have;
 }
 
 int agent_prompter_register(agent_t *a, const char *name, const char *path)
@@ -414,18 +415,24 @@ static void describe(const agent_prompt_t *p, char *desc, size_t size)
 
 static int open_pinentry(agent_t *a, const agent_prompt_t *p, assuan_t *as, char **errmsg)
 {
-    char tty[128], opt[256], desc[1024];
+    char tty[128], opt[256], desc[1024], prog[PATH_MAX];
     const char *term = getenv("TERM");
     int r;
 
     *as = (assuan_t){.pid = -1, .to = -1, .from = -1};
+    /* a reload (SIGHUP) may replace a->pinentry: use a copy */
+    pthread_mutex_lock(&a->prompter_lock);
+    snprintf(prog, sizeof(prog), "%s", a->pinentry ? a->pinentry : "");
+    pthread_mutex_unlock(&a->prompter_lock);
+    if (!prog[0])
+        return -ENOENT;
     r = agent_secret_new(&as->buf, "", 0);
     if (r < 0)
         return r;
     as->deadline_ms = agent_now_ms() + PROMPT_TIMEOUT_MS;
-    r = spawn(a->pinentry, as);
+    r = spawn(prog, as);
     if (r < 0) {
-        if (errmsg && asprintf(errmsg, "cannot run %s: %s", a->pinentry, strerror(-r)) < 0)
+        if (errmsg && asprintf(errmsg, "cannot run %s: %s", prog, strerror(-r)) < 0)
             *errmsg = NULL;
         agent_secret_free(&as->buf);
         return r;
@@ -444,7 +451,7 @@ static int open_pinentry(agent_t *a, const agent_prompt_t *p, assuan_t *as, char
     if (r == 0)
         r = send_escaped(as, "SETDESC", desc);
     if (r < 0 && errmsg && asprintf(errmsg, "%s did not speak the pinentry protocol (%s)",
-                                    a->pinentry, strerror(-r)) < 0)
+                                    prog, strerror(-r)) < 0)
         *errmsg = NULL;
     return r;
 }
@@ -460,8 +467,6 @@ int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, c
     r = prompt_bus(a, p, ret, errmsg);
     if (r != -ENOENT)
         return r;
-    if (!a->pinentry)
-        return -ENOENT;
     r = open_pinentry(a, p, &as, errmsg);
     if (r < 0)
         goto out;

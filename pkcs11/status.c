@@ -152,7 +152,16 @@ bool tok_debug_enabled_from_env(void)
 {
     const char *e = getenv("P11AGENT_DEBUG");
 
-    return e != NULL && (strstr(e, "pkcs11") != NULL || strstr(e, "all") != NULL);
+    /* the words of a list split at commas and spaces, as the agent reads it */
+    while (e != NULL && *e != '\0') {
+        size_t n = strcspn(e, ", ");
+
+        if ((n == 6 && strncmp(e, "pkcs11", 6) == 0) || (n == 3 && strncmp(e, "all", 3) == 0))
+            return true;
+        e += n;
+        e += strspn(e, ", ");
+    }
+    return false;
 }
 
 void tok_debug_print(const char *func, const char *fmt, ...)

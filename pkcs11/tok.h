@@ -147,6 +147,9 @@ int tok_find_keys(const tok_ctx_t *ctx, const char *uri, const tok_key_t ***ret,
 
 /* Tokens matching a URI (token attributes only). Same ownership as above. */
 int tok_find_tokens(const tok_ctx_t *ctx, const char *uri, tok_token_t ***ret, size_t *ret_n);
+/* Does the URI parse (RFC 7512, as the two above read it)? TOK_OK,
+ * TOK_ERR_ARGS or TOK_ERR_NO_MEMORY. */
+int tok_uri_check(const char *uri);
 
 const char *tok_token_label(const tok_token_t *t);
 /* pkcs11:model=..;manufacturer=..;serial=..;token=.. */

@@ -68,6 +68,19 @@ static int parse_uri(const char *s, P11KitUri **ret)
     return TOK_OK;
 }
 
+int tok_uri_check(const char *uri)
+{
+    P11KitUri *u = NULL;
+    int r = parse_uri(uri, &u);
+
+    if (r != TOK_OK)
+        return r;
+    /* an attribute p11-kit does not know makes the URI match nothing */
+    r = p11_kit_uri_any_unrecognized(u) ? TOK_ERR_ARGS : TOK_OK;
+    p11_kit_uri_free(u);
+    return r;
+}
+
 static bool match_module(P11KitUri *u, const tok_module_t *m)
 {
     const char *name = p11_kit_uri_get_module_name(u);

@@ -37,6 +37,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     free(err);
     err = NULL;
+    /* audit-file would create the file the input names: parsed above,
+     * not opened here (agent_audit_open has its unit test) */
+    free(conf.audit_file);
+    conf.audit_file = NULL;
     if (agent_init(&a) == 0) {
         a.conf = conf;
         agent_apply_conf(&a, &err);

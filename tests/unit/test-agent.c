@@ -314,16 +314,17 @@ static void test_agent_conf_errors_name_file_and_line(void **state)
 {
     expect_conf_error("[agent]\nmax-clients = many\n", "bad.conf:2: max-clients");
     expect_conf_error("[agent]\nmax-clients = 0\n", "bad.conf:2:");
-    expect_conf_error("module = /x.so\n", "bad.conf:1: setting outside a section");
-    expect_conf_error("[agent]\n\n\nfrobnicate = 1\n", "bad.conf:4: unknown setting here ('frobnicate')");
-    expect_conf_error("[agent]\nallow-users = no-such-user-p11agent\n", "no such user ('no-such-user-p11agent')");
+    expect_conf_error("module = /x.so\n", "bad.conf:1: 'module' is outside a section");
+    expect_conf_error("[agent]\n\n\nfrobnicate = 1\n", "bad.conf:4: unknown setting 'frobnicate' in [agent]");
+    expect_conf_error("[agent]\nallow-users = no-such-user-p11agent\n", "allow-users: no such user 'no-such-user-p11agent'");
     expect_conf_error("[agent]\nallow-groups = no-such-group-p11agent\n", "no such group");
-    expect_conf_error("[key pkcs11:object=x]\nallow-exe = openssl\n", "absolute paths ('openssl')");
-    expect_conf_error("[key object=x]\n", "unknown section");
+    expect_conf_error("[key pkcs11:object=x]\nallow-exe = openssl\n", "allow-exe: 'openssl' is not an absolute path");
+    expect_conf_error("[key object=x]\n", "'object=x' is not a pkcs11: URI");
     expect_conf_error("[agent\n", "section header");
     expect_conf_error("[agent]\nthis line has no equals\n", "bad.conf:2: expected 'name = value'");
-    expect_conf_error("[agent]\naudit = sometimes\n", "audit must be");
-    expect_conf_error("[token pkcs11:token=a]\nallow-exe = /bin/sh\n", "unknown setting here");
+    expect_conf_error("[agent]\naudit = sometimes\n", "audit = 'sometimes': expected all, refusals or none");
+    expect_conf_error("[token pkcs11:token=a]\nallow-exe = /bin/sh\n",
+                      "'allow-exe' is not a setting of [token pkcs11:...]: it belongs in [key");
 }
 
 static void test_agent_conf_missing_file(void **state)
@@ -485,13 +486,13 @@ static void test_agent_conf_connection_limits(void **state)
     assert_int_equal(c.client_idle_s, 600);
     agent_conf_clear(&c);
 
-    expect_conf_error("[agent]\nmax-clients-per-user = 0\n", "bad.conf:2: max-clients-per-user must be");
-    expect_conf_error("[agent]\nmax-clients-per-user = lots\n", "max-clients-per-user must be");
-    expect_conf_error("[agent]\nauth-timeout = 0\n", "bad.conf:2: auth-timeout must be");
-    expect_conf_error("[agent]\nauth-timeout = 3601\n", "auth-timeout must be");
-    expect_conf_error("[agent]\nauth-timeout = -1\n", "auth-timeout must be");
-    expect_conf_error("[agent]\nclient-idle-timeout = 1h\n", "client-idle-timeout must be");
-    expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "unknown setting here");
+    expect_conf_error("[agent]\nmax-clients-per-user = 0\n", "bad.conf:2: max-clients-per-user = '0': expected a whole number from 1 to 65536");
+    expect_conf_error("[agent]\nmax-clients-per-user = lots\n", "max-clients-per-user = 'lots'");
+    expect_conf_error("[agent]\nauth-timeout = 0\n", "bad.conf:2: auth-timeout = '0': out of range");
+    expect_conf_error("[agent]\nauth-timeout = 3601\n", "from 1s to 1h");
+    expect_conf_error("[agent]\nauth-timeout = -1\n", "auth-timeout = '-1': not a duration");
+    expect_conf_error("[agent]\nclient-idle-timeout = 1y\n", "client-idle-timeout = '1y': not a duration");
+    expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "it belongs in [agent]");
 }
 
 static void test_agent_pin_source_credential_and_strict(void **state)
@@ -613,7 +614,7 @@ static void test_agent_log_cut_keeps_utf8(void **state)
 
 static void audit_evil(void *arg)
 {
-    agent_t a = {.audit = AGENT_AUDIT_ALL};
+    agent_t a = {.audit = AGENT_AUDIT_ALL, .audit_fd = -1};
     agent_client_t c = {.uid = 1000, .pid = 42};
 
     snprintf(c.exe, sizeof(c.exe), "%s", (const char *)arg);
@@ -910,6 +911,268 @@ static void test_agent_prompt_percent_decoding(void **state)
     free(err);
 }
 
+static char *read_all(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    char *buf = calloc(1, 65536);
+    size_t n;
+
+    assert_non_null(f);
+    assert_non_null(buf);
+    n = fread(buf, 1, 65535, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+static size_t count_lines(const char *s)
+{
+    size_t n = 0;
+
+    for (; *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+static void test_agent_conf_durations_take_units(void **state)
+{
+    static const struct {
+        const char *setting;
+        size_t field;
+    } durations[] = {
+        {"cache-idle", offsetof(agent_conf_t, cache_idle_s)},
+        {"cache-max", offsetof(agent_conf_t, cache_max_s)},
+        {"idle-exit", offsetof(agent_conf_t, idle_exit_s)},
+        {"poll-interval", offsetof(agent_conf_t, poll_interval_s)},
+        {"auth-timeout", offsetof(agent_conf_t, auth_timeout_s)},
+        {"client-idle-timeout", offsetof(agent_conf_t, client_idle_s)},
+    };
+    static const struct {
+        const char *value;
+        unsigned seconds;
+    } values[] = {{"30", 30}, {"30s", 30}, {"15m", 900}, {"1h", 3600}, {"8h", 28800},
+                  {"1d", 86400}};
+
+    for (size_t i = 0; i < sizeof(durations) / sizeof(durations[0]); i++) {
+        for (size_t j = 0; j < sizeof(values) / sizeof(values[0]); j++) {
+            agent_conf_t c = {0};
+            char text[128], *err = NULL;
+            bool fits = strcmp(durations[i].setting, "auth-timeout") != 0 ||
+                        values[j].seconds <= 3600;
+
+            snprintf(text, sizeof(text), "[agent]\n%s = %s\n", durations[i].setting,
+                     values[j].value);
+            if (!fits) {
+                expect_conf_error(text, "out of range: expected a duration from 1s to 1h");
+                continue;
+            }
+            if (agent_conf_parse(text, "t.conf", &c, &err) != 0)
+                fail_msg("%s: %s", text, err);
+            assert_int_equal(*(unsigned *)((char *)&c + durations[i].field), values[j].seconds);
+            agent_conf_clear(&c);
+        }
+    }
+    expect_conf_error("[agent]\ncache-idle = 15 m\n", "cache-idle = '15 m': not a duration");
+    expect_conf_error("[agent]\ncache-idle = 1w\n", "cache-idle = '1w': not a duration");
+    expect_conf_error("[agent]\ncache-idle = m\n", "not a duration");
+    expect_conf_error("[agent]\ncache-idle = 366d\n",
+                      "bad.conf:2: cache-idle = '366d': out of range: expected a duration from "
+                      "0 to 365d");
+    expect_conf_error("[agent]\ncache-max = 99999999999999999999d\n", "out of range");
+    expect_conf_error("[agent]\npoll-interval = 0\n", "poll-interval = '0': out of range");
+
+    /* the command line's --idle-exit reads the same way */
+    unsigned v = 0;
+    assert_int_equal(agent_conf_parse_duration("10m", 0, 86400, &v), 0);
+    assert_int_equal(v, 600);
+    assert_int_equal(agent_conf_parse_duration("2d", 0, 86400, &v), -ERANGE);
+    assert_int_equal(agent_conf_parse_duration("", 0, 86400, &v), -EINVAL);
+    assert_int_equal(agent_conf_parse_duration("5ss", 0, 86400, &v), -EINVAL);
+}
+
+static void test_agent_conf_numbers_name_setting_value_range(void **state)
+{
+    expect_conf_error("[agent]\nmax-clients = many\n",
+                      "bad.conf:2: max-clients = 'many': expected a whole number from 1 to 65536");
+    expect_conf_error("[agent]\nmax-clients = 65537\n",
+                      "max-clients = '65537': expected a whole number from 1 to 65536");
+    expect_conf_error("[agent]\nmax-clients-per-user = 0\n",
+                      "max-clients-per-user = '0': expected a whole number from 1 to 65536");
+    expect_conf_error("[agent]\nalways-auth = maybe\n",
+                      "always-auth = 'maybe': expected prompt or stored");
+    expect_conf_error("[agent]\npinentry = pinentry-gtk\n",
+                      "pinentry = 'pinentry-gtk': expected an absolute path");
+    expect_conf_error("[agent]\naudit-file = audit.log\n",
+                      "audit-file = 'audit.log': expected an absolute path");
+}
+
+static void test_agent_conf_duplicate_names_both_lines(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    expect_conf_error("[agent]\ncache-idle = 5m\n# a comment\ncache-idle = 10m\n",
+                      "bad.conf:4: cache-idle is set twice in [agent] (first at line 2)");
+    /* a second [agent] section is the same section */
+    expect_conf_error("[agent]\naudit = all\n[key pkcs11:object=a]\n[agent]\naudit = none\n",
+                      "bad.conf:5: audit is set twice in [agent] (first at line 2)");
+    expect_conf_error("[token pkcs11:token=a]\npin-source = file:/a\npin-source = file:/b\n",
+                      "bad.conf:3: pin-source is set twice in [token pkcs11:token=a] (first at "
+                      "line 2)");
+    /* the same name in another section, or in the next [token], is not a repeat */
+    assert_int_equal(agent_conf_parse("[agent]\npin-source = file:/a\n"
+                                      "[token pkcs11:token=a]\npin-source = file:/b\n"
+                                      "[token pkcs11:token=b]\npin-source = file:/c\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.n_tokens, 2);
+    assert_string_equal(c.tokens[1].pin_source, "file:/c");
+    agent_conf_clear(&c);
+    /* lists may repeat: each line adds */
+    assert_int_equal(agent_conf_parse("[agent]\nmodule = /a.so\nmodule = /b.so /c.so\n"
+                                      "allow-users = 0\nallow-users = 1\nallow-groups = 0\n"
+                                      "allow-groups = 2\nallow-unlock-users = 0\n"
+                                      "allow-unlock-users = 3\n"
+                                      "[key pkcs11:object=a]\nallow-exe = /x\nallow-exe = /y\n"
+                                      "allow-users = 0\nallow-users = 1\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.n_modules, 3);
+    assert_string_equal(c.modules[2], "/c.so");
+    assert_int_equal(c.allow.n_uids, 2);
+    assert_int_equal(c.allow.n_gids, 2);
+    assert_int_equal(c.allow_unlock.n_uids, 2);
+    assert_int_equal(c.keys[0].n_exes, 2);
+    assert_int_equal(c.keys[0].allow.n_uids, 2);
+    agent_conf_clear(&c);
+}
+
+static void test_agent_conf_section_uri_errors(void **state)
+{
+    expect_conf_error("[agent]\n[key notauri]\n",
+                      "bad.conf:2: [key notauri]: 'notauri' is not a pkcs11: URI; a [key] "
+                      "section names the keys it applies to with one");
+    expect_conf_error("[token hsm1]\n", "bad.conf:1: [token hsm1]: 'hsm1' is not a pkcs11: URI");
+    expect_conf_error("[key]\n", "[key] needs a pkcs11: URI naming the keys");
+    expect_conf_error("[token ]\n", "[token] needs a pkcs11: URI naming the tokens");
+    /* a typo in an attribute would make the policy select no key */
+    expect_conf_error("[key pkcs11:objekt=web]\n",
+                      "[key pkcs11:objekt=web]: the URI does not parse or has an attribute");
+    expect_conf_error("[agent x]\n", "[agent] takes no argument");
+    expect_conf_error("[agents]\n", "unknown section [agents]");
+}
+
+static void test_agent_conf_audit_file(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\naudit-file = /var/log/p11agent/audit.log\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_string_equal(c.audit_file, "/var/log/p11agent/audit.log");
+    agent_conf_clear(&c);
+    assert_null(c.audit_file);
+
+    /* opened: created 0600, appended to */
+    char *path = NULL, *moved = NULL, *link = NULL, *text;
+    agent_client_t cl = {.uid = 1000, .pid = 42};
+    struct stat st;
+    agent_t a;
+    int fd;
+
+    assert_true(asprintf(&path, "%s/audit.log", tmpdir) > 0);
+    assert_true(asprintf(&moved, "%s/audit.log.1", tmpdir) > 0);
+    assert_true(asprintf(&link, "%s/audit-link.log", tmpdir) > 0);
+    assert_int_equal(agent_init(&a), 0);
+    a.audit = AGENT_AUDIT_ALL;
+    fd = agent_audit_open(path, &err);
+    assert_true(fd >= 0);
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
+    agent_audit_set_fd(&a, fd, strdup(path));
+    snprintf(cl.exe, sizeof(cl.exe), "/usr/bin/openssl");
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "ok", 12);
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "denied", 0);
+    /* rotation: moved away, reopened (SIGHUP): the next line goes to the new file */
+    assert_int_equal(rename(path, moved), 0);
+    fd = agent_audit_open(path, &err);
+    assert_true(fd >= 0);
+    agent_audit_set_fd(&a, fd, strdup(path));
+    agent_audit(&a, &cl, "unlock", "pkcs11:token=t", NULL, NULL, "ok", 0);
+    text = read_all(moved);
+    assert_int_equal(count_lines(text), 2);
+    assert_non_null(strstr(text, "event=sign key=\"pkcs11:object=k\" mechanism=ecdsa/sha256 "
+                                 "uid=1000 pid=42 exe=\"/usr/bin/openssl\" result=\"ok\" "
+                                 "duration_us=12\n"));
+    assert_non_null(strstr(text, "result=\"denied\""));
+    assert_int_equal(strncmp(text, "time=", 5), 0);
+    free(text);
+    text = read_all(path);
+    assert_int_equal(count_lines(text), 1);
+    assert_non_null(strstr(text, "event=unlock key=\"pkcs11:token=t\""));
+    free(text);
+    /* refusals only: an ok signature is not written */
+    a.audit = AGENT_AUDIT_REFUSALS;
+    agent_audit(&a, &cl, "sign", "pkcs11:object=k", "ecdsa", "sha256", "ok", 12);
+    text = read_all(path);
+    assert_int_equal(count_lines(text), 1);
+    free(text);
+    agent_done(&a);
+
+    /* a symlink is not followed; a file others may write is refused */
+    assert_int_equal(symlink(moved, link), 0);
+    assert_int_equal(agent_audit_open(link, &err), -ELOOP);
+    assert_non_null(strstr(err, link));
+    assert_non_null(strstr(err, "symbolic link"));
+    chmod(path, 0620);
+    assert_int_equal(agent_audit_open(path, &err), -EPERM);
+    assert_non_null(strstr(err, "writable by its group"));
+    assert_non_null(strstr(err, "audit records"));
+    free(err);
+    free(path);
+    free(moved);
+    free(link);
+}
+
+static void log_init_unknown(void *arg)
+{
+    agent_log_init(arg);
+}
+
+/* --debug and P11AGENT_DEBUG go through agent_log_init: the same list. */
+static void test_agent_log_debug_categories(void **state)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } cats[] = {{"bus", AGENT_DBG_BUS},
+                {"sign", AGENT_DBG_SIGN},
+                {"pin", AGENT_DBG_PIN},
+                {"pkcs11", AGENT_DBG_PKCS11}};
+    char *out;
+
+    for (size_t i = 0; i < sizeof(cats) / sizeof(cats[0]); i++) {
+        agent_log_init(cats[i].name);
+        for (size_t j = 0; j < sizeof(cats) / sizeof(cats[0]); j++)
+            assert_int_equal(agent_debug_enabled(cats[j].bit), i == j);
+    }
+    agent_log_init("all");
+    for (size_t j = 0; j < sizeof(cats) / sizeof(cats[0]); j++)
+        assert_true(agent_debug_enabled(cats[j].bit));
+    agent_log_init("sign, pkcs11");
+    assert_true(agent_debug_enabled(AGENT_DBG_SIGN));
+    assert_true(agent_debug_enabled(AGENT_DBG_PKCS11));
+    assert_false(agent_debug_enabled(AGENT_DBG_BUS));
+    out = capture_stderr(log_init_unknown, (void *)"bus,pkcs12");
+    assert_non_null(strstr(out, "unknown debug category 'pkcs12' ignored (known: bus, sign, pin, "
+                                "pkcs11, all)"));
+    assert_true(agent_debug_enabled(AGENT_DBG_BUS));
+    free(out);
+    agent_log_init(NULL);
+    assert_false(agent_debug_enabled(AGENT_DBG_PKCS11));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -938,6 +1201,12 @@ int main(void)
         cmocka_unit_test(test_agent_limits_room_max_clients),
         cmocka_unit_test(test_agent_conf_connection_limits),
         cmocka_unit_test(test_agent_prompt_percent_decoding),
+        cmocka_unit_test(test_agent_conf_durations_take_units),
+        cmocka_unit_test(test_agent_conf_numbers_name_setting_value_range),
+        cmocka_unit_test(test_agent_conf_duplicate_names_both_lines),
+        cmocka_unit_test(test_agent_conf_section_uri_errors),
+        cmocka_unit_test(test_agent_conf_audit_file),
+        cmocka_unit_test(test_agent_log_debug_categories),
     };
 
     return cmocka_run_group_tests(tests, setup, teardown);
