@@ -222,8 +222,15 @@ static void install_locked(agent_t *a, agent_conf_t *c, conf_live_t *l)
     a->auth_timeout_s = n->auth_timeout_s ? n->auth_timeout_s : AGENT_AUTH_TIMEOUT_DEFAULT_S;
     a->client_idle_s = n->client_idle_s;
     a->audit = n->audit;
-    a->cache_idle_s = n->cache_idle_s;
-    a->cache_max_s = n->cache_max_s;
+    /* Defaults: a desktop login (and its PIN) ends after an hour unused or
+     * a working day, as gpg-agent users expect a TTL; a system agent's
+     * PINs come from files or credentials: its logins stay. */
+    a->cache_idle_s = n->cache_idle_set ? n->cache_idle_s
+                      : a->system_mode  ? 0
+                                        : AGENT_CACHE_IDLE_DEFAULT_S;
+    a->cache_max_s = n->cache_max_set ? n->cache_max_s
+                     : a->system_mode ? 0
+                                      : AGENT_CACHE_MAX_DEFAULT_S;
     a->always_auth_prompt = n->always_auth_set ? n->always_auth_prompt : true;
     a->poll_interval_s = n->poll_interval_s ? n->poll_interval_s : 2;
     if (!a->cli_idle_exit)

@@ -194,6 +194,9 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* PIN cache and login lifetime of a per-user agent (system mode: 0, never) */
+#define AGENT_CACHE_IDLE_DEFAULT_S 3600
+#define AGENT_CACHE_MAX_DEFAULT_S (12 * 3600)
 /* max-clients-per-user when not set (at most max-clients). */
 #define AGENT_MAX_CLIENTS_PER_USER_DEFAULT 128
 /* Connections not yet authenticated or without a first call: at most this

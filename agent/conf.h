@@ -65,6 +65,8 @@ typedef struct agent_conf {
     char *pinentry;
     unsigned cache_idle_s;
     unsigned cache_max_s;
+    bool cache_idle_set; /* given in the file (else the mode's default) */
+    bool cache_max_set;
     bool always_auth_prompt;
     bool always_auth_set;
     unsigned poll_interval_s;

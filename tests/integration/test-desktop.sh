@@ -69,6 +69,15 @@ case_tokens_shows_login() {
 }
 tap_case "p11agentctl tokens (and --json) shows the login and the cached PIN" case_tokens_shows_login
 
+case_default_cache_idle() {
+	# no cache settings in agent.conf: a per-user login ends after 1 h unused
+	local left
+	left=$(ctl tokens | sed -n 's/^ *login expires: in \([0-9]*\) s$/\1/p')
+	echo "login expires in $left s"
+	[ -n "$left" ] && [ "$left" -gt 3500 ] && [ "$left" -le 3600 ]
+}
+tap_case "default PIN cache: a per-user login expires 1 h after its last use" case_default_cache_idle
+
 case_lock_then_prompt_again() {
 	ctl lock --all | grep -q "locked 1 token" || return 1
 	ctl tokens | grep -q "state: logged-out$" || { ctl tokens >&2; return 1; }
