@@ -26,6 +26,7 @@ int agent_init(agent_t *a)
     pthread_rwlockattr_destroy(&attr);
     pthread_mutex_init(&a->login_lock, NULL);
     pthread_mutex_init(&a->prompter_lock, NULL);
+    pthread_mutex_init(&a->confirm_lock, NULL);
     pthread_mutex_init(&a->audit_lock, NULL);
     a->audit_fd = -1;
     a->token_states = calloc(AGENT_MAX_TOKENS, sizeof(*a->token_states));
@@ -53,6 +54,9 @@ void agent_done(agent_t *a)
     free(a->prompter_name);
     free(a->prompter_path);
     pthread_mutex_destroy(&a->prompter_lock);
+    for (size_t i = 0; i < AGENT_MAX_CONFIRMED; i++)
+        free(a->confirmed[i].key_uri);
+    pthread_mutex_destroy(&a->confirm_lock);
     agent_audit_set_fd(a, -1, NULL);
     pthread_mutex_destroy(&a->audit_lock);
     agent_conf_clear(&a->conf);

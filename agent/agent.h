@@ -194,6 +194,8 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* keys whose confirmation is remembered at once (the oldest is forgotten) */
+#define AGENT_MAX_CONFIRMED 64
 /* PIN cache and login lifetime of a per-user agent (system mode: 0, never) */
 #define AGENT_CACHE_IDLE_DEFAULT_S 3600
 #define AGENT_CACHE_MAX_DEFAULT_S (12 * 3600)
@@ -281,6 +283,13 @@ typedef struct agent {
     agent_client_t bus_client; /* requests from the session bus */
     int64_t refusal_log_ms;    /* rate limit of refusal lines (clients_lock) */
     unsigned refusals_unlogged;
+
+    /* Recent confirmations of keys with confirm = DURATION (confirm.c). */
+    pthread_mutex_t confirm_lock;
+    struct agent_confirmed {
+        char *key_uri;
+        int64_t until_ms;
+    } confirmed[AGENT_MAX_CONFIRMED];
 
     atomic_uint_fast64_t signatures;
     atomic_uint_fast64_t sign_failures;
@@ -422,6 +431,7 @@ typedef struct agent_prompt {
     const char *error;          /* shown above the prompt on a retry */
     unsigned long token_flags;  /* CKF_USER_PIN_COUNT_LOW / FINAL_TRY warnings */
     bool context_specific;      /* the PIN for one signature */
+    bool confirm;               /* a yes/no question: may the client use the key? */
 } agent_prompt_t;
 
 bool agent_can_prompt(agent_t *a);
@@ -434,6 +444,16 @@ void agent_prompter_unregister(agent_t *a, const char *name);
  * -E2BIG (the PIN typed is over PIN_MAX bytes), -ETIMEDOUT, another -errno;
  * *errmsg says which. */
 int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, char **errmsg);
+/* Asks the person whether p->client may use p->key_label (pinentry
+ * CONFIRM): 0 allowed, -ECANCELED refused, -ENOENT no pinentry, another
+ * negative errno when the prompt failed (*errmsg says how). */
+int agent_prompt_confirm(agent_t *a, const agent_prompt_t *p, char **errmsg);
+
+/* agent/confirm.c: [key] confirm = yes | DURATION. Has the person allowed
+ * this key within the last `window_s` seconds (0: never counts)? */
+bool agent_confirm_fresh(agent_t *a, const char *key_uri, unsigned window_s);
+/* Records an allowed use (window_s 0: nothing to record). */
+void agent_confirm_record(agent_t *a, const char *key_uri, unsigned window_s);
 /* Tells the user to use the reader's PIN pad: a session-bus signal and a
  * pinentry message that stays up until agent_prompt_notice_end(). */
 pid_t agent_prompt_notice_begin(agent_t *a, const agent_prompt_t *p);

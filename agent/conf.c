@@ -334,6 +334,29 @@ static int parse_always_auth(const setting_t *s, void *base, char *value, char *
     return 0;
 }
 
+/* confirm = yes | no | DURATION (once per DURATION) */
+static int parse_confirm(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    agent_key_policy_t *k = base;
+    unsigned v;
+
+    if (strcmp(value, "yes") == 0 || strcmp(value, "no") == 0) {
+        k->confirm = value[0] == 'y';
+        k->confirm_s = 0;
+        return 0;
+    }
+    if (agent_conf_parse_duration(value, 1, 86400, &v) < 0) {
+        snprintf(why, why_size,
+                 "%s = '%s': expected yes (every use), no, or a duration from 1s to 1d (one "
+                 "confirmation covers the uses in that time)",
+                 s->name, value);
+        return -EINVAL;
+    }
+    k->confirm = true;
+    k->confirm_s = v;
+    return 0;
+}
+
 #define A(member) offsetof(agent_conf_t, member)
 #define T(member) offsetof(agent_token_conf_t, member)
 #define K(member) offsetof(agent_key_policy_t, member)
@@ -366,6 +389,7 @@ static const setting_t settings[] = {
     {"allow-users", SEC_KEY, parse_users, K(allow), K(has_ids), 0, 0, true},
     {"allow-groups", SEC_KEY, parse_groups, K(allow), K(has_ids), 0, 0, true},
     {"allow-exe", SEC_KEY, parse_paths, K(exes), K(n_exes), 0, 0, true},
+    {"confirm", SEC_KEY, parse_confirm, K(confirm), AUX_NONE, 0, 0, false},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

@@ -49,6 +49,10 @@ typedef struct agent_key_policy {
     bool has_ids;      /* allow-users or allow-groups given */
     char **exes;
     size_t n_exes;
+    /* confirm = yes | DURATION: the person allows each use (0) or one use
+     * per DURATION seconds (pinentry CONFIRM); confirm = no: never asked */
+    bool confirm;
+    unsigned confirm_s;
 } agent_key_policy_t;
 
 typedef struct agent_conf {

@@ -218,10 +218,11 @@ static int64_t now_us(void)
 }
 
 /* What a signature waits for before it can be made. */
-typedef enum { NEED_NOTHING, NEED_LOGIN, NEED_AUTH } need_t;
+typedef enum { NEED_NOTHING, NEED_LOGIN, NEED_AUTH, NEED_CONFIRM } need_t;
 
 typedef struct sign_need {
     need_t what;
+    unsigned confirm_s; /* NEED_CONFIRM: how long an "allow" counts */
     char *token_uri;
     char *key_uri;
     char *key_label;
@@ -255,9 +256,10 @@ enum { SIGN_REPLIED = 0, SIGN_NEEDS = 1 };
  * -ENOMEM (nothing for the client could be built; *ret_reply untouched). */
 static int sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
                        const bus_sign_params_t *bp, const uint8_t *data, size_t len,
-                       const tok_auth_t *auth, bool may_need, sign_need_t *need,
+                       const tok_auth_t *auth, bool may_need, bool confirmed, sign_need_t *need,
                        DBusMessage **ret_reply)
 {
+    const agent_key_policy_t *pol;
     agent_t *a = c->agent;
     char why_denied[768];
     tok_sign_params_t tp = {0};
@@ -284,6 +286,19 @@ static int sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
                             "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
                             c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
         goto out;
+    }
+    /* confirm = yes | DURATION: the person allows this use first (the
+     * prompt runs without the lock; then this is called again, confirmed) */
+    pol = (size_t)idx < a->n_key_policies ? a->key_policies[idx] : NULL;
+    if (pol && pol->confirm && !confirmed && !agent_confirm_fresh(a, key->uri, pol->confirm_s)) {
+        if (!may_need) {
+            reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
+            goto out;
+        }
+        if (!set_need(need, NEED_CONFIRM, key))
+            return -ENOMEM;
+        need->confirm_s = pol->confirm_s;
+        return SIGN_NEEDS;
     }
     h = tok_hash_from_name(bp->hash);
     m = tok_hash_from_name(bp->mgf1_hash);
@@ -350,6 +365,37 @@ out:
     return SIGN_REPLIED;
 }
 
+/* Asks the person (pinentry CONFIRM) whether c may use the key of need;
+ * no lock held. 0 allowed (recorded for confirm = DURATION), else negative
+ * with *why saying why not. */
+static int confirm_use(agent_client_t *c, const sign_need_t *need, char **why)
+{
+    agent_t *a = c->agent;
+    agent_prompt_t p = {.key_label = need->key_label, .key_uri = need->key_uri, .client = c,
+                        .confirm = true};
+    char *label = NULL;
+    int r;
+
+    pthread_rwlock_rdlock(&a->keys_lock);
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok) && !label; i++)
+        if (strcmp(tok_token_uri(tok_ctx_token(a->tok, i)), need->token_uri) == 0)
+            label = strdup(tok_token_label(tok_ctx_token(a->tok, i)));
+    pthread_rwlock_unlock(&a->keys_lock);
+    p.token_label = label;
+    r = agent_can_prompt(a) ? agent_prompt_confirm(a, &p, why) : -ENOENT;
+    free(label);
+    if (r == 0) {
+        agent_info("the use of key '%s' by uid %ld pid %ld was confirmed", need->key_uri,
+                   (long)c->uid, (long)c->pid);
+        agent_confirm_record(a, need->key_uri, need->confirm_s);
+    } else if (!*why) {
+        agent_set_errmsg(why, "%s", r == -ECANCELED ? "the person denied it"
+                                    : r == -ENOENT  ? "no pinentry is configured to ask"
+                                                    : "the confirmation prompt failed");
+    }
+    return r;
+}
+
 static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
                              DBusMessage **ret_reply)
 {
@@ -362,6 +408,7 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
     agent_secret_t pin = {0};
     tok_auth_t auth, *authp = NULL;
     sign_need_t need = {0};
+    bool confirmed = false;
     int r;
 
     r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
@@ -373,13 +420,14 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
                                     "parameters and data)");
     if (r < 0 && !reply)
         goto oom;
-    /* At most: a login, then the PIN for this signature, then the signature. */
-    for (int round = 0; !reply && round < 3; round++) {
+    /* At most: the person's confirmation, a login, then the PIN for this
+     * signature, then the signature. */
+    for (int round = 0; !reply && round < 4; round++) {
         agent_login_req_t req;
         char *why = NULL;
 
         pthread_rwlock_rdlock(&a->keys_lock);
-        r = sign_locked(c, msg, uri, &bp, data, len, authp, round < 2, &need, &reply);
+        r = sign_locked(c, msg, uri, &bp, data, len, authp, round < 3, confirmed, &need, &reply);
         pthread_rwlock_unlock(&a->keys_lock);
         if (r < 0)
             goto oom;
@@ -388,6 +436,24 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
         /* SIGN_NEEDS: no agent lock held from here: prompts may take a while */
         req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
                                   .key_label = need.key_label, .client = c};
+        if (need.what == NEED_CONFIRM) {
+            r = confirm_use(c, &need, &why);
+            if (r == 0) {
+                confirmed = true;
+            } else {
+                agent_audit(a, c, "sign", need.key_uri, bus_sig_alg_name(bp.alg), bp.hash,
+                            "not confirmed", 0);
+                reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' may be used only when the "
+                                    "person confirms it: %s", need.key_uri,
+                                    why ? why : "refused");
+                free(why);
+                if (!reply)
+                    goto oom;
+                break;
+            }
+            free(why);
+            continue;
+        }
         if (need.what == NEED_LOGIN)
             r = agent_login(a, &req, &why);
         else {

@@ -400,6 +400,14 @@ static void describe(const agent_prompt_t *p, char *desc, size_t size)
     if (c && !c->via_session_bus && c->pid > 0)
         snprintf(who, sizeof(who), "\nRequested by %s (pid %ld).", exe ? exe + 1 : "a program",
                  (long)c->pid);
+    if (p->confirm) {
+        snprintf(desc, size,
+                 "Allow %s (pid %ld, uid %ld) to sign with key \"%s\" on token \"%s\"?",
+                 exe ? exe + 1 : "a program", c ? (long)c->pid : -1L, c ? (long)c->uid : -1L,
+                 p->key_label && p->key_label[0] ? p->key_label : (p->key_uri ? p->key_uri : "?"),
+                 p->token_label ? p->token_label : "?");
+        return;
+    }
     snprintf(desc, size, "%s for token \"%s\"%s%s%s.%s%s",
              p->context_specific ? "Enter the PIN to sign once" : "Please enter the PIN",
              p->token_label ? p->token_label : "?",
@@ -496,6 +504,30 @@ int agent_prompt_pin(agent_t *a, const agent_prompt_t *p, agent_secret_t *ret, c
     }
     (void)transact(&as, "BYE", NULL);
     *ret = pin;
+out:
+    assuan_close(&as);
+    return r;
+}
+
+int agent_prompt_confirm(agent_t *a, const agent_prompt_t *p, char **errmsg)
+{
+    assuan_t as;
+    int r;
+
+    r = open_pinentry(a, p, &as, errmsg);
+    if (r < 0)
+        goto out;
+    r = send_escaped(&as, "SETOK", "Allow");
+    if (r == 0)
+        r = send_escaped(&as, "SETCANCEL", "Deny");
+    if (r == 0)
+        r = transact(&as, "CONFIRM", NULL);
+    if (r < 0 && r != -ECANCELED && errmsg && !*errmsg &&
+        asprintf(errmsg, "%s", r == -ETIMEDOUT ? "the confirmation prompt timed out"
+                                               : "the confirmation prompt failed") < 0)
+        *errmsg = NULL;
+    if (r == 0)
+        (void)transact(&as, "BYE", NULL);
 out:
     assuan_close(&as);
     return r;

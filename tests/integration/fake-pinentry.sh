@@ -5,6 +5,8 @@
 # FAKE_PINENTRY_LOG: every command received is appended here (GETPIN
 #   answers are not logged).
 # FAKE_PINENTRY_COUNT: a file counting GETPIN requests across runs.
+# FAKE_PINENTRY_CONFIRM: a file; while it says "no", CONFIRM is answered
+#   with a cancellation (the person pressed Deny); otherwise it allows.
 set -u
 log=${FAKE_PINENTRY_LOG:-/dev/null}
 count_file=${FAKE_PINENTRY_COUNT:-}
@@ -24,6 +26,13 @@ while IFS= read -r line; do
 			echo "ERR 83886179 Operation cancelled <Pinentry>"
 		else
 			echo "D $pin"
+			echo "OK"
+		fi
+		;;
+	CONFIRM)
+		if [ -n "${FAKE_PINENTRY_CONFIRM:-}" ] && [ "$(cat "$FAKE_PINENTRY_CONFIRM" 2>/dev/null)" = no ]; then
+			echo "ERR 83886179 Operation cancelled <Pinentry>"
+		else
 			echo "OK"
 		fi
 		;;

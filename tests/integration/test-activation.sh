@@ -112,4 +112,50 @@ PY
 	grep -qx "READY=1" "$T/notify.out" || { cat "$T/notify.out" >&2; return 1; }
 }
 tap_case "the agent tells systemd READY=1 (sd_notify) once it listens" case_sd_notify_ready
+
+case_sd_notify_status_says_cannot_sign() {
+	rm -f "$T/notify.sock"
+	python3 - "$T/notify.sock" >"$T/notify2.out" 2>&1 <<'PY' &
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(sys.argv[1])
+s.settimeout(20)
+print(s.recv(512).decode())
+PY
+	local py=$!
+	for _ in $(seq 50); do [ -S "$T/notify.sock" ] && break; sleep 0.1; done
+	echo 000000 >"$T/pin.wrong"
+	NOTIFY_SOCKET=$T/notify.sock agent_start "$T/pin.wrong" || return 1
+	wait "$py"
+	agent_stop || return 1
+	cat "$T/notify2.out"
+	grep -qx "READY=1" "$T/notify2.out" &&
+		grep -q "^STATUS=cannot sign yet: token 'p11agent-test' is not logged in" "$T/notify2.out" &&
+		grep -q "ready, but token 'p11agent-test' is not logged in" "$T/agent.log"
+}
+tap_case "a wrong PIN file: READY comes with STATUS= saying which token cannot sign, and a log line" \
+	case_sd_notify_status_says_cannot_sign
+
+case_detached_leaves_terminal() {
+	# the "terminal" is a file: nothing is written to it once the agent
+	# detached, not even the audit line of a signature
+	local sock=$T/detached.sock rc=0 pid
+	env -u OPENSSL_CONF "$P11AGENTD" --module "$MODULE" --socket "$sock" \
+		--pin-source "file:$T/pin" >"$T/tty.out" 2>"$T/tty.err" </dev/null || rc=$?
+	[ "$rc" -eq 0 ] || { echo "detaching p11agentd exited $rc" >&2; cat "$T/tty.err" >&2; return 1; }
+	pid=$(with_timeout 10 "$P11AGENTCTL" --socket "$sock" status | sed -n 's/^agent: .*(pid \([0-9]*\))$/\1/p')
+	[ -n "$pid" ] || return 1
+	local before
+	before=$(wc -c <"$T/tty.err")
+	head -c 32 /dev/urandom >"$T/det.dgst"
+	with_timeout 30 env OPENSSL_CONF="$CNF" P11AGENT_SOCKET="$sock" openssl pkeyutl -sign \
+		-inkey "$(uri p256)" -in "$T/det.dgst" -out "$T/det.sig" || rc=1
+	kill -TERM "$pid"
+	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	! kill -0 "$pid" 2>/dev/null || { echo "detached agent still running" >&2; kill -KILL "$pid"; return 1; }
+	cat "$T/tty.err"
+	[ "$rc" -eq 0 ] && [ "$(wc -c <"$T/tty.err")" -eq "$before" ] && [ ! -s "$T/tty.out" ] ||
+		{ echo "the detached agent wrote to its terminal after detaching" >&2; return 1; }
+}
+tap_case "a detached agent writes nothing more to the terminal that started it" case_detached_leaves_terminal
 tap_done

@@ -231,4 +231,46 @@ case_pinentry_tty() {
 }
 tap_case "a real pinentry (pinentry-tty under tmux) on the client's terminal" case_pinentry_tty
 agent_stop
+# --- [key] confirm: the person allows each use, or one per DURATION -----------
+case_confirm_each_use() {
+	local n rc=0
+	mkdir -p "$T/config/p11agent"
+	printf '%s\n' "[key pkcs11:object=p256;type=private]" "confirm = yes" \
+		"[key pkcs11:object=p384;type=private]" "confirm = 3s" >"$T/config/p11agent/agent.conf"
+	chmod 0600 "$T/config/p11agent/agent.conf"
+	export FAKE_PINENTRY_CONFIRM=$T/confirm.answer
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	desktop_agent "$PIN" || return 1
+	sign "$T/c1.sig" && sign "$T/c2.sig" || return 1
+	n=$(grep -c '^CONFIRM$' "$FAKE_PINENTRY_LOG")
+	[ "$n" = 2 ] || { echo "confirm = yes asked $n times for 2 signatures" >&2; return 1; }
+	grep -q "^SETDESC Allow openssl (pid [0-9]*, uid $(id -u)) to sign with key \"p256\"" \
+		"$FAKE_PINENTRY_LOG" || { cat "$FAKE_PINENTRY_LOG" >&2; return 1; }
+	# the person says no: Denied, no signature
+	echo no >"$FAKE_PINENTRY_CONFIRM"
+	sign "$T/c3.sig" 2>"$T/c3.err" || rc=$?
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	[ "$rc" -ne 0 ] || { echo "signed though the person pressed Deny" >&2; return 1; }
+	[ "$rc" -ne 0 ] && grep -q "only when the person confirms it: the person denied it" \
+		"$T/c3.err" || { cat "$T/c3.err" >&2; return 1; }
+	grep -q 'result="not confirmed"' "$T/agent.log" || return 1
+	# confirm = 3s: one confirmation covers the uses in 3 s
+	: >"$FAKE_PINENTRY_LOG"
+	sign "$T/c4.sig" p384 && sign "$T/c5.sig" p384 || return 1
+	n=$(grep -c '^CONFIRM$' "$FAKE_PINENTRY_LOG")
+	[ "$n" = 1 ] || { echo "confirm = 3s asked $n times for 2 quick signatures" >&2; return 1; }
+	sleep 3.2
+	sign "$T/c6.sig" p384 || return 1
+	n=$(grep -c '^CONFIRM$' "$FAKE_PINENTRY_LOG")
+	[ "$n" = 2 ] || { echo "confirm = 3s did not ask again after 3 s ($n)" >&2; return 1; }
+	# keys without confirm are never asked about
+	: >"$FAKE_PINENTRY_LOG"
+	sign "$T/c7.sig" rsa2048 || return 1
+	! grep -q '^CONFIRM$' "$FAKE_PINENTRY_LOG"
+}
+tap_case "[key] confirm = yes asks for every use (Deny refuses), confirm = 3s once per 3 s" \
+	case_confirm_each_use
+agent_stop
+rm -f "$T/config/p11agent/agent.conf"
+
 tap_done

@@ -1047,6 +1047,31 @@ static void test_agent_conf_duplicate_names_both_lines(void **state)
     agent_conf_clear(&c);
 }
 
+static void test_agent_conf_key_confirm(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[key pkcs11:object=a]\nconfirm = yes\n"
+                                      "[key pkcs11:object=b]\nconfirm = 10m\n"
+                                      "[key pkcs11:object=c]\nconfirm = no\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.n_keys, 3);
+    assert_true(c.keys[0].confirm);
+    assert_int_equal(c.keys[0].confirm_s, 0);
+    assert_true(c.keys[1].confirm);
+    assert_int_equal(c.keys[1].confirm_s, 600);
+    assert_false(c.keys[2].confirm);
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[key pkcs11:object=a]\nconfirm = sometimes\n", "t.conf",
+                                      &c, &err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "confirm = 'sometimes': expected yes"));
+    free(err);
+    agent_conf_clear(&c);
+}
+
 static void test_agent_conf_section_uri_errors(void **state)
 {
     expect_conf_error("[agent]\n[key notauri]\n",
@@ -1205,6 +1230,7 @@ int main(void)
         cmocka_unit_test(test_agent_conf_numbers_name_setting_value_range),
         cmocka_unit_test(test_agent_conf_duplicate_names_both_lines),
         cmocka_unit_test(test_agent_conf_section_uri_errors),
+        cmocka_unit_test(test_agent_conf_key_confirm),
         cmocka_unit_test(test_agent_conf_audit_file),
         cmocka_unit_test(test_agent_log_debug_categories),
     };
