@@ -96,16 +96,24 @@ case_idle_exit() {
 }
 tap_case "socket activation: idle with no token logged in, the agent exits (status 0)" case_idle_exit
 
-case_sd_notify_ready() {
-	python3 - "$T/notify.sock" >"$T/notify.out" 2>&1 <<'PY' &
+# notify_listen OUT: a NOTIFY_SOCKET at $T/notify.sock that writes the
+# first datagram it gets to OUT; sets NOTIFY_PID once it listens.
+notify_listen() {
+	rm -f "$T/notify.sock"
+	python3 - "$T/notify.sock" >"$1" 2>&1 <<'PY' &
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 s.bind(sys.argv[1])
 s.settimeout(20)
-print(s.recv(256).decode())
+print(s.recv(512).decode())
 PY
-	local py=$!
+	NOTIFY_PID=$!
 	for _ in $(seq 50); do [ -S "$T/notify.sock" ] && break; sleep 0.1; done
+}
+
+case_sd_notify_ready() {
+	notify_listen "$T/notify.out"
+	local py=$NOTIFY_PID
 	NOTIFY_SOCKET=$T/notify.sock agent_start || return 1
 	wait "$py"
 	agent_stop
@@ -114,16 +122,8 @@ PY
 tap_case "the agent tells systemd READY=1 (sd_notify) once it listens" case_sd_notify_ready
 
 case_sd_notify_status_says_cannot_sign() {
-	rm -f "$T/notify.sock"
-	python3 - "$T/notify.sock" >"$T/notify2.out" 2>&1 <<'PY' &
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-s.settimeout(20)
-print(s.recv(512).decode())
-PY
-	local py=$!
-	for _ in $(seq 50); do [ -S "$T/notify.sock" ] && break; sleep 0.1; done
+	notify_listen "$T/notify2.out"
+	local py=$NOTIFY_PID
 	echo 000000 >"$T/pin.wrong"
 	NOTIFY_SOCKET=$T/notify.sock agent_start "$T/pin.wrong" || return 1
 	wait "$py"
