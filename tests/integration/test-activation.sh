@@ -148,13 +148,14 @@ case_detached_leaves_terminal() {
 	local before
 	before=$(wc -c <"$T/tty.err")
 	head -c 32 /dev/urandom >"$T/det.dgst"
-	with_timeout 30 env OPENSSL_CONF="$CNF" P11AGENT_SOCKET="$sock" openssl pkeyutl -sign \
-		-inkey "$(uri p256)" -in "$T/det.dgst" -out "$T/det.sig" || rc=1
+	P11AGENT_SOCKET=$sock client pkeyutl -sign -inkey "$(uri p256)" -in "$T/det.dgst" \
+		-out "$T/det.sig" || { echo "the client could not sign through the detached agent" >&2; rc=1; }
 	kill -TERM "$pid"
 	for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 	! kill -0 "$pid" 2>/dev/null || { echo "detached agent still running" >&2; kill -KILL "$pid"; return 1; }
 	cat "$T/tty.err"
-	[ "$rc" -eq 0 ] && [ "$(wc -c <"$T/tty.err")" -eq "$before" ] && [ ! -s "$T/tty.out" ] ||
+	[ "$rc" -eq 0 ] || return 1
+	[ "$(wc -c <"$T/tty.err")" -eq "$before" ] && [ ! -s "$T/tty.out" ] ||
 		{ echo "the detached agent wrote to its terminal after detaching" >&2; return 1; }
 }
 tap_case "a detached agent writes nothing more to the terminal that started it" case_detached_leaves_terminal
