@@ -18,7 +18,8 @@ FAILED=0
 INSTALLED=0
 cleanup() {
 	if [ "$INSTALLED" -eq 1 ]; then
-		DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p11agent >/dev/null 2>&1 || true
+		DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p11agent >/dev/null 2>&1 ||
+			echo "# cleanup: apt-get purge p11agent failed; remove the package by hand" >&2
 	fi
 	rm -rf -- "$W"
 }
@@ -92,6 +93,17 @@ if [ "$INSTALLED" -eq 1 ] && (cd "$W" && env -u P11AGENTD -u P11AGENTCTL -u P11A
 	ok "demo.sh --installed: $(grep '^mTLS handshake OK' "$W/demo.log" | cut -c1-90)..."
 else
 	not_ok "demo.sh --installed: mTLS handshake through the installed agent" "$W/demo.log"
+fi
+
+# the package leaves again (the EXIT trap purges only after an abort)
+if [ "$INSTALLED" -eq 1 ]; then
+	if DEBIAN_FRONTEND=noninteractive apt-get purge -y -q p11agent >"$W/purge.log" 2>&1 &&
+		[ ! -e /usr/bin/p11agentd ]; then
+		INSTALLED=0
+		ok "apt-get purge p11agent removes it again"
+	else
+		not_ok "apt-get purge p11agent removes it again" "$W/purge.log"
+	fi
 fi
 
 # 5. RPM

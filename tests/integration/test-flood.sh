@@ -201,6 +201,15 @@ coproc HOLD { exec env OPENSSL_CONF="$CNF" ${IT_PRELOAD:+LD_PRELOAD="$IT_PRELOAD
 IT_BG_PIDS+=("$HOLD_PID")
 read -r -t 30 HOLD_LOADED <&"${HOLD[0]}"
 [ "$HOLD_LOADED" = loaded ] || tap_bail "holdsign did not load the key: $(cat "$T/holdsign.err")"
+# hold_end: release holdsign (EOF on its stdin); it must exit 0
+hold_end() {
+	local st=0 pid=${HOLD_PID:-}
+	[ -n "$pid" ] || { IT_AGENT_BAD+=("holdsign ended before it was released"); return; }
+	exec {HOLD[1]}>&-
+	wait "$pid" || st=$?
+	[ "$st" -eq 0 ] || IT_AGENT_BAD+=("holdsign (pid $HOLD_PID) ended with status $st")
+}
+
 hold_sign() {
 	local line
 	echo sign >&"${HOLD[1]}" || return 1
@@ -238,8 +247,7 @@ case_per_user() {
 }
 tap_case "system mode: uid 0 over max-clients-per-user = 4 loses its idle connections (logged), $U2 and root's real clients sign" \
 	case_per_user
-exec {HOLD[1]}>&-
-wait "$HOLD_PID" 2>/dev/null || true
+hold_end
 tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
 
 # --- (d) client-idle-timeout ----------------------------------------------------
@@ -267,7 +275,6 @@ case_idle_timeout() {
 }
 tap_case "client-idle-timeout = 1: an idle client is closed and signs again transparently" \
 	case_idle_timeout
-exec {HOLD[1]}>&-
-wait "$HOLD_PID" 2>/dev/null || true
+hold_end
 tap_case "agent alive, exits 0, no sanitizer report" agent_exits_clean
 tap_done
