@@ -44,6 +44,11 @@ static const OSSL_ALGORITHM prov_signature[] = {
     { NULL, NULL, NULL, NULL },
 };
 
+static const OSSL_ALGORITHM prov_asym_cipher[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", prov_rsa_asym_cipher_functions),
+    { NULL, NULL, NULL, NULL },
+};
+
 static const OSSL_ALGORITHM prov_store[] = {
     ALG("pkcs11", prov_store_functions),
     { NULL, NULL, NULL, NULL },
@@ -248,6 +253,8 @@ static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_i
         return prov_keymgmt;
     case OSSL_OP_SIGNATURE:
         return prov_signature;
+    case OSSL_OP_ASYM_CIPHER:
+        return prov_asym_cipher;
     case OSSL_OP_STORE:
         return prov_store;
     case OSSL_OP_DECODER:
