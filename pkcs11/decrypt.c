@@ -66,8 +66,10 @@ static int prepare(const tok_key_t *key, const tok_decrypt_params_t *p, size_t l
             tok_set_errmsg(errmsg, "unknown OAEP hash for key '%s'", key->uri);
             return TOK_ERR_ARGS;
         }
+        /* CKZ_DATA_SPECIFIED is the only source PKCS#11 defines, with or
+         * without a label (an empty one) */
+        op->oaep.source = CKZ_DATA_SPECIFIED;
         if (p->label_len > 0) {
-            op->oaep.source = CKZ_DATA_SPECIFIED;
             op->oaep.pSourceData = (void *)p->label;
             op->oaep.ulSourceDataLen = p->label_len;
         }
