@@ -136,6 +136,11 @@ int tok_decrypt(const tok_key_t *key, const tok_decrypt_params_t *p, const uint8
         return TOK_ERR_ARGS;
     t = key->token;
     k = (key->bits + 7) / 8;
+    if (t->f->C_DecryptInit == NULL || t->f->C_Decrypt == NULL) {
+        tok_set_errmsg(errmsg, "the module of token '%s' has no C_Decrypt (key '%s')", t->label,
+                       key->uri);
+        return TOK_ERR_MECHANISM;
+    }
     r = prepare(key, p, len, &op, errmsg);
     if (r != TOK_OK)
         return r;
