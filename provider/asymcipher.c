@@ -504,7 +504,7 @@ static int asym_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
         if (!agent_decrypt(a, BUS_DEC_RSA_RAW, in, inlen, &plain, &plain_len))
             goto out;
         if (plain_len != k) { /* the agent always answers k bytes; public */
-            prov_raise(a->ctx, PROV_R_BAD_SIGNATURE,
+            prov_raise(a->ctx, PROV_R_BAD_PLAINTEXT,
                        "p11agent: the agent returned %zu bytes of raw RSA for a %zu-byte key",
                        plain_len, k);
             goto out;
@@ -523,7 +523,7 @@ static int asym_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
     if (!agent_decrypt(a, alg, in, inlen, &plain, &plain_len))
         goto out;
     if (plain_len > k || plain_len > outsize) {
-        prov_raise(a->ctx, plain_len > k ? PROV_R_BAD_SIGNATURE : PROV_R_BUFFER_TOO_SMALL,
+        prov_raise(a->ctx, plain_len > k ? PROV_R_BAD_PLAINTEXT : PROV_R_BUFFER_TOO_SMALL,
                    "p11agent: a %zu-byte plaintext does not fit %s", plain_len,
                    plain_len > k ? "the key" : "the buffer");
         goto out;

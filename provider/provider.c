@@ -98,6 +98,7 @@ static const OSSL_ITEM prov_reason_strings[] = {
     { PROV_R_NOT_INITIALIZED, "operation not initialized" },
     { PROV_R_BAD_SIGNATURE, "malformed signature from agent" },
     { PROV_R_AMBIGUOUS, "the URI matches several keys" },
+    { PROV_R_BAD_PLAINTEXT, "malformed plaintext from agent" },
     { 0, NULL },
 };
 

@@ -37,6 +37,7 @@ enum {
     PROV_R_NOT_INITIALIZED = 10,
     PROV_R_BAD_SIGNATURE = 11, /* the agent returned something odd */
     PROV_R_AMBIGUOUS = 12,     /* a URI that matches several keys where one is needed */
+    PROV_R_BAD_PLAINTEXT = 13, /* the agent's decryption has an impossible length */
 };
 
 
