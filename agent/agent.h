@@ -371,6 +371,7 @@ typedef struct agent_key_use {
                size_t *ret_len, char **why);
     void *arg;
     bool secret_result; /* the result is wiped wherever it was held */
+    bool decrypt;       /* prompts (confirm, PIN for one use) say "decrypt" */
     atomic_uint_fast64_t *ok_count;
     atomic_uint_fast64_t *fail_count;
 } agent_key_use_t;
@@ -428,6 +429,7 @@ typedef struct agent_login_req {
     bool final_try_ok;            /* the person accepts trying pin at the final try */
     unsigned lifetime_s;          /* Unlock: this login ends after so long (0: cache settings) */
     bool no_prompt;               /* stored PINs only */
+    bool decrypt;                 /* for a decryption (the prompt says so) */
 } agent_login_req_t;
 
 /* Logs in to the token (no agent lock held by the caller): the cached PIN,
@@ -475,6 +477,7 @@ typedef struct agent_prompt {
     unsigned long token_flags;  /* CKF_USER_PIN_COUNT_LOW / FINAL_TRY warnings */
     bool context_specific;      /* the PIN for one signature */
     bool confirm;               /* a yes/no question: may the client use the key? */
+    bool decrypt;               /* the use is a decryption, not a signature */
 } agent_prompt_t;
 
 bool agent_can_prompt(agent_t *a);

@@ -61,7 +61,7 @@ int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *m
     decrypt_use_t du = {0};
     agent_key_use_t u = {.event = "decrypt", .verb = "decrypting",
                          .permitted = decrypt_permitted, .run = run_decrypt, .arg = &du,
-                         .secret_result = true, .ok_count = &a->decryptions,
+                         .secret_result = true, .decrypt = true, .ok_count = &a->decryptions,
                          .fail_count = &a->decrypt_failures};
     DBusMessage *reply = NULL;
     int r, h = 0, m = 0;

@@ -367,11 +367,11 @@ out:
 /* Asks the person (pinentry CONFIRM) whether c may use the key of need;
  * no lock held. 0 allowed (recorded for confirm = DURATION), else negative
  * with *why saying why not. */
-static int confirm_use(agent_client_t *c, const use_need_t *need, char **why)
+static int confirm_use(agent_client_t *c, const use_need_t *need, bool decrypt, char **why)
 {
     agent_t *a = c->agent;
     agent_prompt_t p = {.key_label = need->key_label, .key_uri = need->key_uri, .client = c,
-                        .confirm = true};
+                        .confirm = true, .decrypt = decrypt};
     char *label = NULL;
     int r;
 
@@ -421,9 +421,10 @@ int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const ag
             break;
         /* USE_NEEDS: no agent lock held from here: prompts may take a while */
         req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
-                                  .key_label = need.key_label, .client = c};
+                                  .key_label = need.key_label, .client = c,
+                                  .decrypt = u->decrypt};
         if (need.what == NEED_CONFIRM) {
-            r = confirm_use(c, &need, &why);
+            r = confirm_use(c, &need, u->decrypt, &why);
             if (r == 0) {
                 confirmed = true;
             } else {

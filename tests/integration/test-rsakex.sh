@@ -49,13 +49,15 @@ done
 
 AGENT_CONF=$T/agent.conf
 AUDIT=$T/audit.log
-# conf yes|no: agent.conf with decrypt = $1 for rsakex (written whole)
+# conf yes|no [LINE]: agent.conf with decrypt = $1 for rsakex, and LINE in
+# its section (written whole)
 conf() {
 	cat >"$AGENT_CONF.new" <<EOF
 [agent]
 audit-file = $AUDIT
 [key pkcs11:object=rsakex]
 decrypt = $1
+${2:-}
 EOF
 	chmod 0600 "$AGENT_CONF.new"
 	mv "$AGENT_CONF.new" "$AGENT_CONF"
@@ -73,7 +75,10 @@ hup() {
 	return 1
 }
 conf yes
-IT_AGENT_ARGS=(--config "$AGENT_CONF")
+# the fake pinentry answers confirm = yes prompts (allow, unless the file says no)
+export FAKE_PINENTRY_LOG=$T/pinentry.log FAKE_PINENTRY_CONFIRM=$T/confirm.answer
+echo yes >"$FAKE_PINENTRY_CONFIRM"
+IT_AGENT_ARGS=(--config "$AGENT_CONF" --pinentry "$IT_LIB_DIR/fake-pinentry.sh")
 agent_start "$T/pin" || tap_bail "p11agentd did not start"
 prog_env
 
@@ -152,6 +157,36 @@ case_denied() {
 }
 tap_case "token RSA key, decrypt = no: the handshake fails with decrypt_error; the agent's log names key and setting" \
 	case_denied
+
+# confirm = yes applies to decryptions as to signatures: the person is
+# asked (the prompt says "decrypt"), a Deny refuses the decryption
+case_confirm() {
+	local rc=0
+	echo secret >"$T/msg"
+	plain pkeyutl -encrypt -pubin -inkey "$T/rsakex.pub" -in "$T/msg" -out "$T/msg.enc" ||
+		return 1
+	conf yes "confirm = yes" && hup || return 1
+	: >"$FAKE_PINENTRY_LOG"
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	client pkeyutl -decrypt -inkey "$(uri rsakex)" -in "$T/msg.enc" -out "$T/msg.dec" ||
+		rc=1
+	echo no >"$FAKE_PINENTRY_CONFIRM"
+	if [ "$rc" -eq 0 ] && client pkeyutl -decrypt -inkey "$(uri rsakex)" -in "$T/msg.enc" \
+		-out "$T/msg.dec2" 2>"$T/denied-confirm.err"; then
+		echo "decrypted though the person pressed Deny" >&2
+		rc=1
+	fi
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	conf yes && hup || return 1
+	[ "$rc" -eq 0 ] || return 1
+	cmp "$T/msg" "$T/msg.dec" || { echo "the plaintext differs" >&2; return 1; }
+	grep -q "^SETDESC Allow openssl (pid [0-9]*, uid $(id -u)) to decrypt with key \"rsakex\"" \
+		"$FAKE_PINENTRY_LOG" || { cat "$FAKE_PINENTRY_LOG" >&2; echo "no decrypt prompt" >&2; return 1; }
+	grep -q "only when the person confirms it: the person denied it" "$T/denied-confirm.err" ||
+		{ cat "$T/denied-confirm.err" >&2; return 1; }
+}
+tap_case "confirm = yes: a decryption waits for the person (the prompt says decrypt); Deny refuses it" \
+	case_confirm
 
 # probes NAME KEYARG CERT: each ROBOT probe against a fresh s_server
 # holding the key; the answers in $T/probes-NAME.txt
