@@ -12,9 +12,10 @@
  * this setting (the handshake then ends with decrypt_error, which is also
  * what a server configured without those suites would avoid altogether).
  *
- * A padding error of "rsa-pkcs1" comes back as InvalidArgs: a client
- * decrypting TLS premaster secrets must not use it (that is a Bleichenbacher
- * oracle, through the error and through the token's timing). The provider
+ * A padding error of "rsa-pkcs1" comes back as an error (InvalidArgs for
+ * CKR_ENCRYPTED_DATA_INVALID, Device for SoftHSM's CKR_GENERAL_ERROR): a
+ * client decrypting TLS premaster secrets must not use it (that is a
+ * Bleichenbacher oracle, through the error and through the token's timing). The provider
  * asks for "rsa-raw" (CKM_RSA_X_509) in TLS mode and unpads in constant time
  * itself, see provider/asymcipher.c.
  */

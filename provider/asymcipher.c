@@ -276,11 +276,23 @@ static const OSSL_PARAM *asym_settable_ctx_params(void *vctx, void *provctx)
     return asym_params;
 }
 
+/* As above, but the label is handed out by pointer (OSSL_PARAM_set_octet_ptr,
+ * as EVP_PKEY_CTX_get0_rsa_oaep_label asks for it). */
+static const OSSL_PARAM asym_gettable[] = {
+    OSSL_PARAM_utf8_string(OSSL_ASYM_CIPHER_PARAM_PAD_MODE, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_ASYM_CIPHER_PARAM_OAEP_DIGEST, NULL, 0),
+    OSSL_PARAM_utf8_string(OSSL_ASYM_CIPHER_PARAM_MGF1_DIGEST, NULL, 0),
+    OSSL_PARAM_octet_ptr(OSSL_ASYM_CIPHER_PARAM_OAEP_LABEL, NULL, 0),
+    OSSL_PARAM_uint(OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, NULL),
+    OSSL_PARAM_uint(OSSL_ASYM_CIPHER_PARAM_TLS_NEGOTIATED_VERSION, NULL),
+    OSSL_PARAM_END,
+};
+
 static const OSSL_PARAM *asym_gettable_ctx_params(void *vctx, void *provctx)
 {
     (void)vctx;
     (void)provctx;
-    return asym_params;
+    return asym_gettable;
 }
 
 static const char *pad_name(int pad)

@@ -1757,6 +1757,19 @@ static void test_provider_decrypt_pkcs1_oaep_raw(void **state)
     assert_true(EVP_PKEY_CTX_ctrl_str(pctx, "rsa_padding_mode", "oaep") > 0);
     assert_true(EVP_PKEY_CTX_ctrl_str(pctx, "rsa_oaep_md", "sha256") > 0);
     assert_int_equal(EVP_PKEY_CTX_set0_rsa_oaep_label(pctx, OPENSSL_strdup("label"), 5), 1);
+    {
+        unsigned char *got = NULL;
+        char name[32];
+        int pad = 0;
+
+        /* what was set reads back, as the default provider's would */
+        assert_int_equal(EVP_PKEY_CTX_get0_rsa_oaep_label(pctx, &got), 5);
+        assert_memory_equal(got, "label", 5);
+        assert_true(EVP_PKEY_CTX_get_rsa_padding(pctx, &pad) > 0);
+        assert_int_equal(pad, RSA_PKCS1_OAEP_PADDING);
+        assert_int_equal(EVP_PKEY_CTX_get_rsa_oaep_md_name(pctx, name, sizeof(name)), 1);
+        assert_true(strcmp(name, "SHA2-256") == 0 || strcmp(name, "SHA256") == 0);
+    }
     ptlen = sizeof(pt);
     assert_int_equal(EVP_PKEY_decrypt(pctx, pt, &ptlen, ct, ctlen), 1);
     assert_int_equal(ptlen, sizeof(secret));
