@@ -109,6 +109,8 @@ allow-exe = /usr/sbin/nginx /usr/bin/openssl
     "minimal.conf": "[agent]\nmodule = /usr/lib/softhsm/libsofthsm2.so\n",
     "refusals.conf": "[agent]\naudit = refusals\nalways-auth = stored\n\n[key pkcs11:]\nallow-users = 0\n",
     "bad.conf": "[agent]\nmax-clients = many\n[nonsense\n",
+    "server-keys.conf": "[key pkcs11:object=web;type=private]\ndecrypt = yes\nconfirm = 5m\n"
+                        "[key pkcs11:]\ndecrypt = no\n",
 }
 
 
