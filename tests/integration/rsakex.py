@@ -67,6 +67,8 @@ def encoded_block(kind, k, pms):
 class Conn:
     def __init__(self, host, port):
         self.s = socket.create_connection((host, port), timeout=20)
+        # each record goes out at once (no Nagle wait for the server's ACK)
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = b""
 
     def send_record(self, rtype, payload):
