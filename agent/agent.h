@@ -351,8 +351,8 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
 DBusMessage *agent_error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
         __attribute__((format(printf, 3, 4)));
 
-/* One use of a key (Sign, Decrypt), with the checks every use makes, in
- * this order: the key exists, the client may use it (allow-users/groups,
+/* agent/keyuse.c: one use of a key (Sign, Decrypt), with the checks every
+ * use makes, in this order: the key exists, the client may use it (allow-users/groups,
  * allow-exe, then `permitted`), the person confirms (confirm =), a login
  * and a context-specific PIN when needed, then `run`. Each outcome is
  * counted, audited and logged under `event`. */
