@@ -168,11 +168,15 @@ typedef struct agent_client {
      * (only this client's thread touches it). */
     struct {
         bool set;
+        const char *event; /* static: "sign", "decrypt" */
         const char *alg;  /* static */
         char hash[16];
         char key[512];
         long long duration_us;
     } pending_audit;
+    /* The reply about to be sent holds a secret (a plaintext): flushed,
+     * then wiped before it is freed (only this client's thread touches it). */
+    bool wipe_reply;
 } agent_client_t;
 
 /* Fills c's credentials from its socket: uid, gid, pid, groups, and the
@@ -293,6 +297,8 @@ typedef struct agent {
 
     atomic_uint_fast64_t signatures;
     atomic_uint_fast64_t sign_failures;
+    atomic_uint_fast64_t decryptions;
+    atomic_uint_fast64_t decrypt_failures;
 } agent_t;
 
 int agent_init(agent_t *a);
@@ -340,6 +346,44 @@ unsigned agent_max_clients_per_user(const agent_t *a);
 
 /* agent/handlers.c: the method table, used by server.c */
 DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMessage *msg);
+/* An error reply; its text (any bytes: URIs, labels) is made valid UTF-8
+ * and cut at a character boundary. NULL only when out of memory. */
+DBusMessage *agent_error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+
+/* agent/keyuse.c: one use of a key (Sign, Decrypt), with the checks every
+ * use makes, in this order: the key exists, the client may use it (allow-users/groups,
+ * allow-exe, then `permitted`), the person confirms (confirm =), a login
+ * and a context-specific PIN when needed, then `run`. Each outcome is
+ * counted, audited and logged under `event`. */
+typedef struct agent_key_use {
+    const char *event;  /* static: "sign", "decrypt" (audit records, log lines) */
+    const char *verb;   /* static: "signing", "decrypting" (messages) */
+    const char *alg;    /* the wire algorithm name, for the audit */
+    const char *hash;   /* "" or a hash name, for the audit */
+    /* NULL, or an extra check under keys_lock (pol may be NULL: no [key]
+     * section): false refuses the use with a sentence in why. */
+    bool (*permitted)(const agent_t *a, const tok_key_t *key, const agent_key_policy_t *pol,
+                      char *why, size_t why_size);
+    /* Does the work (keys_lock held for reading): TOK_OK with *ret malloc'd,
+     * or a TOK_ERR_* with *why a malloc'd sentence (or NULL). */
+    int (*run)(void *arg, const tok_key_t *key, const tok_auth_t *auth, uint8_t **ret,
+               size_t *ret_len, char **why);
+    void *arg;
+    bool secret_result; /* the result is wiped wherever it was held */
+    bool decrypt;       /* prompts (confirm, PIN for one use) say "decrypt" */
+    atomic_uint_fast64_t *ok_count;
+    atomic_uint_fast64_t *fail_count;
+} agent_key_use_t;
+/* Runs u for the key uri names and builds the reply (an `ay` of the result,
+ * or an error naming key, token and cause). 0 with *ret_reply set, or
+ * -ENOMEM when no reply could be built. No agent lock held by the caller. */
+int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const agent_key_use_t *u,
+                  DBusMessage **ret_reply);
+
+/* agent/decrypt.c: the Decrypt method */
+int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                         DBusMessage **ret_reply);
 
 /* agent/policy.c */
 /* May this peer connect at all? (per-user: the owner; system: root, the
@@ -385,6 +429,7 @@ typedef struct agent_login_req {
     bool final_try_ok;            /* the person accepts trying pin at the final try */
     unsigned lifetime_s;          /* Unlock: this login ends after so long (0: cache settings) */
     bool no_prompt;               /* stored PINs only */
+    bool decrypt;                 /* for a decryption (the prompt says so) */
 } agent_login_req_t;
 
 /* Logs in to the token (no agent lock held by the caller): the cached PIN,
@@ -432,6 +477,7 @@ typedef struct agent_prompt {
     unsigned long token_flags;  /* CKF_USER_PIN_COUNT_LOW / FINAL_TRY warnings */
     bool context_specific;      /* the PIN for one signature */
     bool confirm;               /* a yes/no question: may the client use the key? */
+    bool decrypt;               /* the use is a decryption, not a signature */
 } agent_prompt_t;
 
 bool agent_can_prompt(agent_t *a);

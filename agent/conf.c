@@ -334,6 +334,18 @@ static int parse_always_auth(const setting_t *s, void *base, char *value, char *
     return 0;
 }
 
+/* A yes/no setting into a bool field. */
+static int parse_yes_no(const setting_t *s, void *base, char *value, char *why, size_t why_size)
+{
+    if (strcmp(value, "yes") != 0 && strcmp(value, "no") != 0) {
+        snprintf(why, why_size, "%s = '%s': expected yes or no", s->name, value);
+        return -EINVAL;
+    }
+    *(bool *)FIELD(base, s->field) = value[0] == 'y';
+    set_aux(s, base);
+    return 0;
+}
+
 /* confirm = yes | no | DURATION (once per DURATION) */
 static int parse_confirm(const setting_t *s, void *base, char *value, char *why, size_t why_size)
 {
@@ -390,6 +402,7 @@ static const setting_t settings[] = {
     {"allow-groups", SEC_KEY, parse_groups, K(allow), K(has_ids), 0, 0, true},
     {"allow-exe", SEC_KEY, parse_paths, K(exes), K(n_exes), 0, 0, true},
     {"confirm", SEC_KEY, parse_confirm, K(confirm), AUX_NONE, 0, 0, false},
+    {"decrypt", SEC_KEY, parse_yes_no, K(decrypt), AUX_NONE, 0, 0, false},
 };
 
 #define N_SETTINGS (sizeof(settings) / sizeof(settings[0]))

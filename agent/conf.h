@@ -53,6 +53,9 @@ typedef struct agent_key_policy {
      * per DURATION seconds (pinentry CONFIRM); confirm = no: never asked */
     bool confirm;
     unsigned confirm_s;
+    /* decrypt = yes: Decrypt (RSA) is allowed besides Sign; default no, see
+     * agent/decrypt.c for why */
+    bool decrypt;
 } agent_key_policy_t;
 
 typedef struct agent_conf {

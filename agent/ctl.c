@@ -192,9 +192,10 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
         printf(",\"pid\":%u,\"socket\":", s.pid);
         json_str(c->socket_path);
         printf(",\"tokens\":%u,\"keys\":%u,\"clients\":%u,\"signatures\":%llu,"
-               "\"sign_failures\":%llu}\n",
+               "\"sign_failures\":%llu,\"decryptions\":%llu,\"decrypt_failures\":%llu}\n",
                s.tokens, s.keys, s.clients, (unsigned long long)s.signatures,
-               (unsigned long long)s.sign_failures);
+               (unsigned long long)s.sign_failures, (unsigned long long)s.decryptions,
+               (unsigned long long)s.decrypt_failures);
         bus_status_clear(&s);
         return 0;
     }
@@ -203,6 +204,8 @@ static int cmd_status(ctl_t *c, int argc, char **argv)
     printf("tokens: %u\nkeys: %u\nclients: %u\n", s.tokens, s.keys, s.clients);
     printf("signatures: %llu\nsign-failures: %llu\n", (unsigned long long)s.signatures,
            (unsigned long long)s.sign_failures);
+    printf("decryptions: %llu\ndecrypt-failures: %llu\n", (unsigned long long)s.decryptions,
+           (unsigned long long)s.decrypt_failures);
     bus_status_clear(&s);
     return 0;
 }

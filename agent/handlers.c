@@ -18,8 +18,7 @@
 #include "text.h"
 #include "pinmax.h"
 
-static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
+#define error_reply agent_error_reply
 
 /* The longest error text a client gets: a URI or two and a reason fit well. */
 #define ERROR_TEXT_MAX 2048
@@ -28,7 +27,7 @@ static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt
  * paths: any bytes). Formatted without a fixed cut, then made valid UTF-8 and
  * cut at a character boundary: libdbus aborts the whole agent on a string
  * that is not UTF-8. NULL only when out of memory. */
-static DBusMessage *error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
+DBusMessage *agent_error_reply(DBusMessage *msg, bus_err_t err, const char *fmt, ...)
 {
     DBusMessage *reply = NULL;
     char *text = NULL, *safe = NULL;
@@ -172,228 +171,18 @@ static int agent_handle_find_keys(agent_client_t *c, DBusConnection *conn, DBusM
     return reply_out(reply, ret_reply);
 }
 
-/* Finds the one key a Sign names: its canonical URI (the fast path: that is
- * what FindKeys returned), else any URI that matches exactly one key.
- * Returns its index, or -1 with *ret_err set. */
-static ssize_t lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
-                                 DBusMessage **ret_err)
+typedef struct sign_use {
+    tok_sign_params_t tp;
+    const uint8_t *data;
+    size_t len;
+} sign_use_t;
+
+static int run_sign(void *arg, const tok_key_t *key, const tok_auth_t *auth, uint8_t **ret,
+                    size_t *ret_len, char **why)
 {
-    const tok_key_t **keys = NULL;
-    ssize_t found = -1;
-    size_t n = 0;
-    int r;
+    sign_use_t *s = arg;
 
-    for (size_t i = 0; i < tok_ctx_n_keys(a->tok); i++)
-        if (strcmp(tok_ctx_key(a->tok, i)->uri, uri) == 0)
-            return (ssize_t)i;
-    r = tok_find_keys(a->tok, uri, &keys, &n);
-    if (r == TOK_ERR_ARGS)
-        *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
-    else if (r < 0)
-        *ret_err = error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
-                               tok_strerror(r));
-    else if (n == 0)
-        *ret_err = error_reply(msg, BUS_ERR_NO_SUCH_KEY,
-                               "no key matches '%s' (the agent holds %zu keys on %zu tokens; "
-                               "list them with 'p11agentctl keys')",
-                               uri, tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
-    else if (n > 1)
-        *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS,
-                               "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri,
-                               n);
-    else
-        for (size_t i = 0; i < tok_ctx_n_keys(a->tok) && found < 0; i++)
-            if (tok_ctx_key(a->tok, i) == keys[0])
-                found = (ssize_t)i;
-    free(keys);
-    return found;
-}
-
-static int64_t now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-/* What a signature waits for before it can be made. */
-typedef enum { NEED_NOTHING, NEED_LOGIN, NEED_AUTH, NEED_CONFIRM } need_t;
-
-typedef struct sign_need {
-    need_t what;
-    unsigned confirm_s; /* NEED_CONFIRM: how long an "allow" counts */
-    char *token_uri;
-    char *key_uri;
-    char *key_label;
-} sign_need_t;
-
-static void sign_need_clear(sign_need_t *n)
-{
-    free(n->token_uri);
-    free(n->key_uri);
-    free(n->key_label);
-    memset(n, 0, sizeof(*n));
-}
-
-static bool set_need(sign_need_t *n, need_t what, const tok_key_t *key)
-{
-    sign_need_clear(n);
-    n->what = what;
-    n->token_uri = strdup(tok_token_uri(key->token));
-    n->key_uri = strdup(key->uri);
-    n->key_label = strdup(key->label ? key->label : "");
-    return n->token_uri && n->key_uri && n->key_label;
-}
-
-/* sign_locked's results besides negative errno */
-enum { SIGN_REPLIED = 0, SIGN_NEEDS = 1 };
-
-/* Signs with the key the request names; keys_lock is held for reading.
- * Returns SIGN_REPLIED with *ret_reply set (the signature or an error for
- * the client), SIGN_NEEDS with *need set when a login or a PIN for this
- * signature must come first (obtained without the lock, then retried), or
- * -ENOMEM (nothing for the client could be built; *ret_reply untouched). */
-static int sign_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
-                       const bus_sign_params_t *bp, const uint8_t *data, size_t len,
-                       const tok_auth_t *auth, bool may_need, bool confirmed, sign_need_t *need,
-                       DBusMessage **ret_reply)
-{
-    const agent_key_policy_t *pol;
-    agent_t *a = c->agent;
-    char why_denied[768];
-    tok_sign_params_t tp = {0};
-    const tok_key_t *key;
-    DBusMessage *reply = NULL;
-    uint8_t *sig = NULL;
-    size_t sig_len = 0;
-    char *why = NULL;
-    int64_t t0 = now_us();
-    ssize_t idx;
-    int r, h, m;
-
-    idx = lookup_key_locked(a, msg, uri, &reply);
-    if (idx < 0) {
-        agent_audit(a, c, "sign", uri, bus_sig_alg_name(bp->alg), bp->hash, "no such key", 0);
-        goto out;
-    }
-    key = tok_ctx_key(a->tok, (size_t)idx);
-    if (!agent_key_allowed_locked(a, (size_t)idx, c, why_denied, sizeof(why_denied))) {
-        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash, "denied", 0);
-        agent_warn("denied key '%s' to uid %ld pid %ld: %s", key->uri, (long)c->uid,
-                   (long)c->pid, why_denied);
-        reply = error_reply(msg, BUS_ERR_DENIED,
-                            "this client (uid %ld, %s) may not use key '%s': %s", (long)c->uid,
-                            c->exe[0] ? c->exe : "unknown program", key->uri, why_denied);
-        goto out;
-    }
-    /* confirm = yes | DURATION: the person allows this use first (the
-     * prompt runs without the lock; then this is called again, confirmed) */
-    pol = (size_t)idx < a->n_key_policies ? a->key_policies[idx] : NULL;
-    if (pol && pol->confirm && !confirmed && !agent_confirm_fresh(a, key->uri, pol->confirm_s)) {
-        if (!may_need) {
-            reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
-            goto out;
-        }
-        if (!set_need(need, NEED_CONFIRM, key))
-            return -ENOMEM;
-        need->confirm_s = pol->confirm_s;
-        return SIGN_NEEDS;
-    }
-    h = tok_hash_from_name(bp->hash);
-    m = tok_hash_from_name(bp->mgf1_hash);
-    if (h < 0 || m < 0) {
-        reply = error_reply(msg, BUS_ERR_UNSUPPORTED, "hash '%s' is not supported for key '%s'",
-                            h < 0 ? bp->hash : bp->mgf1_hash, key->uri);
-        goto out;
-    }
-    tp.alg = (tok_sig_alg_t)bp->alg;
-    tp.hash = (tok_hash_t)h;
-    tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
-    tp.salt_len = bp->salt_len;
-
-    if (key->always_auth && !auth && may_need && tok_token_logged_in(key->token))
-        return set_need(need, NEED_AUTH, key) ? SIGN_NEEDS : -ENOMEM;
-    r = tok_sign_auth(key, &tp, data, len, key->always_auth ? auth : NULL, &sig, &sig_len, &why);
-    if ((r == TOK_ERR_NOT_LOGGED_IN || r == TOK_ERR_AUTH_REQUIRED) && may_need) {
-        free(why);
-        return set_need(need, r == TOK_ERR_NOT_LOGGED_IN ? NEED_LOGIN : NEED_AUTH, key)
-                       ? SIGN_NEEDS
-                       : -ENOMEM;
-    }
-    if (r == TOK_ERR_PIN_INCORRECT && auth)
-        agent_auth_pin_rejected(a, tok_token_uri(key->token));
-    if (r < 0) {
-        agent_audit(a, c, "sign", key->uri, bus_sig_alg_name(bp->alg), bp->hash,
-                    why ? why : tok_strerror(r), now_us() - t0);
-        reply = error_reply(msg, agent_err_from_tok(r),
-                            "signing with key '%s' on token '%s' failed: %s", key->uri,
-                            tok_token_label(key->token), why ? why : tok_strerror(r));
-        free(why);
-        goto out;
-    }
-    agent_token_used(a, tok_token_uri(key->token));
-    agent_debug(AGENT_DBG_SIGN, "signed with '%s' (%s%s%s), %zu bytes in, %zu out, %lld us",
-                key->uri, bus_sig_alg_name(bp->alg), bp->hash[0] ? "/" : "", bp->hash, len,
-                sig_len, (long long)(now_us() - t0));
-    reply = dbus_message_new_method_return(msg);
-    if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig,
-                                           (int)sig_len, DBUS_TYPE_INVALID)) {
-        dbus_message_unref(reply);
-        reply = NULL;
-    }
-    free(sig);
-    if (!reply) {
-        /* signed, but the answer cannot be built: an error, not a NULL
-         * that the caller would take for "needs a PIN" */
-        agent_err("out of memory replying with a signature by key '%s'", key->uri);
-        reply = error_reply(msg, BUS_ERR_NO_MEMORY,
-                            "the agent ran out of memory sending the signature of key '%s'",
-                            key->uri);
-        goto out;
-    }
-    /* the record is written after the reply is sent (agent_dispatch) */
-    c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
-    c->pending_audit.alg = bus_sig_alg_name(bp->alg);
-    snprintf(c->pending_audit.hash, sizeof(c->pending_audit.hash), "%s", bp->hash);
-    snprintf(c->pending_audit.key, sizeof(c->pending_audit.key), "%s", key->uri);
-    c->pending_audit.duration_us = now_us() - t0;
-out:
-    if (!reply)
-        return -ENOMEM;
-    *ret_reply = reply;
-    return SIGN_REPLIED;
-}
-
-/* Asks the person (pinentry CONFIRM) whether c may use the key of need;
- * no lock held. 0 allowed (recorded for confirm = DURATION), else negative
- * with *why saying why not. */
-static int confirm_use(agent_client_t *c, const sign_need_t *need, char **why)
-{
-    agent_t *a = c->agent;
-    agent_prompt_t p = {.key_label = need->key_label, .key_uri = need->key_uri, .client = c,
-                        .confirm = true};
-    char *label = NULL;
-    int r;
-
-    pthread_rwlock_rdlock(&a->keys_lock);
-    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok) && !label; i++)
-        if (strcmp(tok_token_uri(tok_ctx_token(a->tok, i)), need->token_uri) == 0)
-            label = strdup(tok_token_label(tok_ctx_token(a->tok, i)));
-    pthread_rwlock_unlock(&a->keys_lock);
-    p.token_label = label;
-    r = agent_can_prompt(a) ? agent_prompt_confirm(a, &p, why) : -ENOENT;
-    free(label);
-    if (r == 0) {
-        agent_info("the use of key '%s' by uid %ld pid %ld was confirmed", need->key_uri,
-                   (long)c->uid, (long)c->pid);
-        agent_confirm_record(a, need->key_uri, need->confirm_s);
-    } else if (!*why) {
-        agent_set_errmsg(why, "%s", r == -ECANCELED ? "the person denied it"
-                                    : r == -ENOENT  ? "no pinentry is configured to ask"
-                                                    : "the confirmation prompt failed");
-    }
-    return r;
+    return tok_sign_auth(key, &s->tp, s->data, s->len, auth, ret, ret_len, why);
 }
 
 static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
@@ -401,102 +190,41 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
 {
     agent_t *a = c->agent;
     const char *uri;
-    const uint8_t *data;
-    size_t len;
     bus_sign_params_t bp;
+    sign_use_t su = {0};
+    agent_key_use_t u = {.event = "sign", .verb = "signing", .run = run_sign, .arg = &su,
+                         .ok_count = &a->signatures, .fail_count = &a->sign_failures};
     DBusMessage *reply = NULL;
-    agent_secret_t pin = {0};
-    tok_auth_t auth, *authp = NULL;
-    sign_need_t need = {0};
-    bool confirmed = false;
-    int r;
+    int r, h, m;
 
-    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
+    (void)conn;
+    r = bus_parse_sign_call(msg, &uri, &bp, &su.data, &su.len);
     if (r == BUS_ERR_UNSUPPORTED)
         reply = error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
                                     "ecdsa or eddsa)");
     else if (r < 0)
         reply = error_reply(msg, r, "malformed Sign request (expected key URI, algorithm, "
                                     "parameters and data)");
-    if (r < 0 && !reply)
-        goto oom;
-    /* At most: the person's confirmation, a login, then the PIN for this
-     * signature, then the signature. */
-    for (int round = 0; !reply && round < 4; round++) {
-        agent_login_req_t req;
-        char *why = NULL;
-
-        pthread_rwlock_rdlock(&a->keys_lock);
-        r = sign_locked(c, msg, uri, &bp, data, len, authp, round < 3, confirmed, &need, &reply);
-        pthread_rwlock_unlock(&a->keys_lock);
-        if (r < 0)
-            goto oom;
-        if (r == SIGN_REPLIED)
-            break;
-        /* SIGN_NEEDS: no agent lock held from here: prompts may take a while */
-        req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
-                                  .key_label = need.key_label, .client = c};
-        if (need.what == NEED_CONFIRM) {
-            r = confirm_use(c, &need, &why);
-            if (r == 0) {
-                confirmed = true;
-            } else {
-                agent_audit(a, c, "sign", need.key_uri, bus_sig_alg_name(bp.alg), bp.hash,
-                            "not confirmed", 0);
-                reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' may be used only when the "
-                                    "person confirms it: %s", need.key_uri,
-                                    why ? why : "refused");
-                free(why);
-                if (!reply)
-                    goto oom;
-                break;
-            }
-            free(why);
-            continue;
-        }
-        if (need.what == NEED_LOGIN)
-            r = agent_login(a, &req, &why);
-        else {
-            agent_secret_free(&pin);
-            r = agent_auth_pin(a, &req, &pin, &why) < 0 ? TOK_ERR_NOT_LOGGED_IN : TOK_OK;
-            auth = (tok_auth_t){.pin = pin.buf, .pin_len = pin.len};
-            authp = &auth;
-        }
-        if (r < 0) {
-            agent_audit(a, c, "sign", need.key_uri, bus_sig_alg_name(bp.alg), bp.hash,
-                        why ? why : tok_strerror(r), 0);
-            reply = error_reply(msg, agent_err_from_tok(r),
-                                "signing with key '%s' failed: %s", need.key_uri,
-                                why ? why : tok_strerror(r));
-            if (!reply) {
-                free(why);
-                goto oom;
-            }
-        }
-        free(why);
-    }
-    r = 0;
-    if (!reply) { /* three rounds and still a need: cannot happen, but never hang */
-        reply = error_reply(msg, BUS_ERR_FAILED, "signing with key '%s' did not complete",
-                            need.key_uri ? need.key_uri : uri);
-        if (!reply)
-            goto oom;
-    }
-    goto out;
-oom:
-    r = -ENOMEM;
-out:
-    agent_secret_free(&pin);
-    sign_need_clear(&need);
-    if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
-        atomic_fetch_add(&a->signatures, 1);
-    else
+    if (r < 0) {
         atomic_fetch_add(&a->sign_failures, 1);
-    if (r == 0)
-        *ret_reply = reply;
-    else if (reply)
-        dbus_message_unref(reply);
-    return r;
+        return reply_out(reply, ret_reply);
+    }
+    h = tok_hash_from_name(bp.hash);
+    m = tok_hash_from_name(bp.mgf1_hash);
+    if (h < 0 || m < 0) {
+        atomic_fetch_add(&a->sign_failures, 1);
+        return reply_out(error_reply(msg, BUS_ERR_UNSUPPORTED,
+                                     "hash '%s' is not supported for key '%s'",
+                                     h < 0 ? bp.hash : bp.mgf1_hash, uri),
+                         ret_reply);
+    }
+    su.tp.alg = (tok_sig_alg_t)bp.alg;
+    su.tp.hash = (tok_hash_t)h;
+    su.tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
+    su.tp.salt_len = bp.salt_len;
+    u.alg = bus_sig_alg_name(bp.alg);
+    u.hash = bp.hash;
+    return agent_use_key(c, msg, uri, &u, ret_reply);
 }
 
 static int agent_handle_list_tokens(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
@@ -760,6 +488,8 @@ static int agent_handle_status(agent_client_t *c, DBusConnection *conn, DBusMess
         .pid = (uint32_t)getpid(),
         .signatures = atomic_load(&a->signatures),
         .sign_failures = atomic_load(&a->sign_failures),
+        .decryptions = atomic_load(&a->decryptions),
+        .decrypt_failures = atomic_load(&a->decrypt_failures),
     };
     DBusMessage *reply = dbus_message_new_method_return(msg);
 
@@ -864,6 +594,7 @@ static const struct {
     {BUS_IFACE, "ListKeys", "", agent_handle_list_keys},
     {BUS_IFACE, "FindKeys", "s", agent_handle_find_keys},
     {BUS_IFACE, "Sign", "ssa{sv}ay", agent_handle_sign},
+    {BUS_IFACE, "Decrypt", "ssa{sv}ay", agent_handle_decrypt},
     {BUS_IFACE, "Status", "", agent_handle_status},
     {BUS_IFACE, "ListTokens", "", agent_handle_list_tokens},
     {BUS_IFACE, "Unlock", "say", agent_handle_unlock},
@@ -902,11 +633,18 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
         } else {
             if (!dbus_message_get_no_reply(msg))
                 dbus_connection_send(conn, reply, NULL);
+            if (c->wipe_reply) {
+                /* a plaintext: written out, then wiped before libdbus frees it */
+                c->wipe_reply = false;
+                dbus_connection_flush(conn);
+                bus_wipe_bytes_arg(reply, 0);
+            }
             dbus_message_unref(reply);
         }
         if (c->pending_audit.set) {
             c->pending_audit.set = false;
-            agent_audit(c->agent, c, "sign", c->pending_audit.key, c->pending_audit.alg,
+            agent_audit(c->agent, c, c->pending_audit.event, c->pending_audit.key,
+                        c->pending_audit.alg,
                         c->pending_audit.hash, "ok", c->pending_audit.duration_us);
         }
         if (c->stop_after_reply) {

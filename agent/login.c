@@ -269,6 +269,7 @@ static void fill_prompt(agent_prompt_t *p, const agent_login_req_t *req, const t
             .error = error,
             .token_flags = v->flags,
             .context_specific = context,
+            .decrypt = req->decrypt,
     };
 }
 

@@ -402,14 +402,17 @@ static void describe(const agent_prompt_t *p, char *desc, size_t size)
                  (long)c->pid);
     if (p->confirm) {
         snprintf(desc, size,
-                 "Allow %s (pid %ld, uid %ld) to sign with key \"%s\" on token \"%s\"?",
+                 "Allow %s (pid %ld, uid %ld) to %s with key \"%s\" on token \"%s\"?",
                  exe ? exe + 1 : "a program", c ? (long)c->pid : -1L, c ? (long)c->uid : -1L,
+                 p->decrypt ? "decrypt" : "sign",
                  p->key_label && p->key_label[0] ? p->key_label : (p->key_uri ? p->key_uri : "?"),
                  p->token_label ? p->token_label : "?");
         return;
     }
     snprintf(desc, size, "%s for token \"%s\"%s%s%s.%s%s",
-             p->context_specific ? "Enter the PIN to sign once" : "Please enter the PIN",
+             p->context_specific ? (p->decrypt ? "Enter the PIN to decrypt once"
+                                               : "Enter the PIN to sign once")
+                                 : "Please enter the PIN",
              p->token_label ? p->token_label : "?",
              p->key_label && p->key_label[0] ? " to use key \"" : "",
              p->key_label && p->key_label[0] ? p->key_label : "",

@@ -9,6 +9,7 @@
  *   ListKeys()                         -> a(ssusssayayu) keys
  *   FindKeys(s uri)                    -> a(ssusssayayu) keys
  *   Sign(s key_uri, s algorithm, a{sv} params, ay data) -> ay signature
+ *   Decrypt(s key_uri, s algorithm, a{sv} params, ay data) -> ay plaintext
  *   Status()                           -> a{sv}
  *   ListTokens()                       -> a(sssuxu) tokens
  *   Unlock(s token_uri, ay pin)        -> ()   log in (p11agentctl unlock)
@@ -162,6 +163,43 @@ int bus_client_sign_call(DBusConnection *conn, DBusMessage *call, int timeout_ms
 int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_t *ret_params,
                         const uint8_t **ret_data, size_t *ret_len);
 
+/* Decryption algorithms, as sent on the wire (RSA keys only). */
+typedef enum bus_dec_alg {
+    BUS_DEC_RSA_PKCS1 = 1, /* "rsa-pkcs1": CKM_RSA_PKCS (PKCS#1 v1.5 type 2) */
+    BUS_DEC_RSA_OAEP = 2,  /* "rsa-oaep": CKM_RSA_PKCS_OAEP; "hash", "mgf1-hash", "label" */
+    BUS_DEC_RSA_RAW = 3,   /* "rsa-raw": CKM_RSA_X_509; exactly the modulus size in and
+                              out (the provider's constant-time TLS unpadding) */
+} bus_dec_alg_t;
+
+const char *bus_dec_alg_name(bus_dec_alg_t a);
+/* 0 if unknown */
+bus_dec_alg_t bus_dec_alg_from_name(const char *name);
+
+/* Longest ciphertext and OAEP label a Decrypt carries: an RSA-16384
+ * modulus; a label longer than that is refused. */
+#define BUS_DECRYPT_MAX_DATA 2048
+#define BUS_DECRYPT_MAX_LABEL 2048
+
+typedef struct bus_decrypt_params {
+    bus_dec_alg_t alg;
+    char hash[16];         /* OAEP: "sha1" (default), "sha224", ... "sha512" */
+    char mgf1_hash[16];    /* OAEP; "" means same as hash */
+    const uint8_t *label;  /* OAEP label, NULL/0 for none; parsed: points into msg */
+    size_t label_len;
+} bus_decrypt_params_t;
+
+/* Builds a Decrypt call; NULL when out of memory or on bad input (URI not
+ * UTF-8, data or label too long, unknown algorithm). */
+DBusMessage *bus_new_decrypt_call(const char *uri, const bus_decrypt_params_t *p,
+                                  const uint8_t *data, size_t len);
+/* Parses one. On success *ret_uri, ret_params->label and *ret_data point
+ * into msg (valid while msg lives). BUS_ERR_INVALID_ARGS on a malformed
+ * message (wrong types, a name too long, data empty or longer than
+ * BUS_DECRYPT_MAX_DATA), BUS_ERR_UNSUPPORTED for an unknown algorithm. */
+int bus_parse_decrypt_call(DBusMessage *msg, const char **ret_uri,
+                           bus_decrypt_params_t *ret_params, const uint8_t **ret_data,
+                           size_t *ret_len);
+
 /* --- client side: private peer-to-peer connection to the agent --- */
 
 /* The socket path a client uses: $P11AGENT_SOCKET, else `configured` if
@@ -190,9 +228,20 @@ int bus_client_sign(DBusConnection *conn, const char *uri, const bus_sign_params
                     const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_sig,
                     size_t *ret_sig_len, char **errmsg);
 
+/* Decrypts with the key. *ret_plain is malloc'd and holds a secret: the
+ * caller wipes it (OPENSSL_cleanse/explicit_bzero) before free(); the reply
+ * message is wiped before it is freed. The plaintext may be empty (PKCS#1 /
+ * OAEP of an empty message). BUS_OK or a BUS_ERR_* (the agent's, or
+ * INVALID_ARGS/NO_MEMORY/NOT_RUNNING/PROTOCOL locally). */
+int bus_client_decrypt(DBusConnection *conn, const char *uri, const bus_decrypt_params_t *p,
+                       const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_plain,
+                       size_t *ret_len, char **errmsg);
+
 /* Status: a{sv} with at least "version" s, "tokens" u, "keys" u,
  * "signatures" t (count of successful signatures since start),
- * "sign-failures" t, "clients" u, "pid" u. Parsed into this struct. */
+ * "sign-failures" t, "clients" u, "pid" u; "decryptions" t and
+ * "decrypt-failures" t (0 from an agent too old to send them). Parsed into
+ * this struct. */
 typedef struct bus_status {
     char *version;
     uint32_t pid;
@@ -201,6 +250,8 @@ typedef struct bus_status {
     uint32_t clients;
     uint64_t signatures;
     uint64_t sign_failures;
+    uint64_t decryptions;
+    uint64_t decrypt_failures;
 } bus_status_t;
 void bus_status_clear(bus_status_t *s);
 int bus_append_status(DBusMessage *msg, const bus_status_t *s);

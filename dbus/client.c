@@ -540,3 +540,58 @@ int bus_client_lock(DBusConnection *conn, const char *token_uri, bool forget_onl
         dbus_message_unref(reply);
     return r;
 }
+
+int bus_client_decrypt(DBusConnection *conn, const char *uri, const bus_decrypt_params_t *p,
+                       const uint8_t *data, size_t len, int timeout_ms, uint8_t **ret_plain,
+                       size_t *ret_len, char **errmsg)
+{
+    DBusMessage *msg, *reply = NULL;
+    DBusMessageIter it, sub;
+    const uint8_t *plain = NULL;
+    uint8_t *copy;
+    int n = 0, r;
+
+    if (!uri || !p || !ret_plain || !ret_len || !uri_ok(uri, errmsg))
+        return BUS_ERR_INVALID_ARGS;
+    msg = bus_new_decrypt_call(uri, p, data, len);
+    if (!msg) {
+        set_errmsg(errmsg, "cannot build a decryption request (algorithm %d, %zu bytes, "
+                           "label %zu bytes)", (int)p->alg, len, p->label_len);
+        return BUS_ERR_INVALID_ARGS;
+    }
+    r = call(conn, msg, timeout_ms, &reply, errmsg);
+    dbus_message_unref(msg);
+    if (r < 0)
+        goto out;
+    if (strcmp(dbus_message_get_signature(reply), "ay") != 0 ||
+        !dbus_message_iter_init(reply, &it)) {
+        r = BUS_ERR_PROTOCOL;
+        set_errmsg(errmsg, "malformed decryption reply from the agent");
+        goto out;
+    }
+    dbus_message_iter_recurse(&it, &sub);
+    dbus_message_iter_get_fixed_array(&sub, &plain, &n);
+    /* the agent never returns more than the ciphertext's length */
+    if (n < 0 || (size_t)n > BUS_DECRYPT_MAX_DATA) {
+        r = BUS_ERR_PROTOCOL;
+        set_errmsg(errmsg, "a %d-byte plaintext from the agent is longer than any RSA key", n);
+        goto out;
+    }
+    copy = malloc(n > 0 ? (size_t)n : 1);
+    if (!copy) {
+        r = BUS_ERR_NO_MEMORY;
+        set_errmsg(errmsg, "out of memory");
+        goto out;
+    }
+    if (n > 0)
+        memcpy(copy, plain, (size_t)n);
+    *ret_plain = copy;
+    *ret_len = (size_t)n;
+    r = BUS_OK;
+out:
+    if (reply) {
+        bus_wipe_bytes_arg(reply, 0); /* the plaintext is a secret */
+        dbus_message_unref(reply);
+    }
+    return r;
+}

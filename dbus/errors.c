@@ -127,3 +127,30 @@ bus_sig_alg_t bus_sig_alg_from_name(const char *name)
             return alg_table[i].alg;
     return 0;
 }
+
+static const struct {
+    bus_dec_alg_t alg;
+    const char *name;
+} dec_table[] = {
+    {BUS_DEC_RSA_PKCS1, "rsa-pkcs1"},
+    {BUS_DEC_RSA_OAEP, "rsa-oaep"},
+    {BUS_DEC_RSA_RAW, "rsa-raw"},
+};
+
+const char *bus_dec_alg_name(bus_dec_alg_t a)
+{
+    for (size_t i = 0; i < N_ELEMENTS(dec_table); i++)
+        if (dec_table[i].alg == a)
+            return dec_table[i].name;
+    return NULL;
+}
+
+bus_dec_alg_t bus_dec_alg_from_name(const char *name)
+{
+    if (name == NULL)
+        return 0;
+    for (size_t i = 0; i < N_ELEMENTS(dec_table); i++)
+        if (strcmp(dec_table[i].name, name) == 0)
+            return dec_table[i].alg;
+    return 0;
+}

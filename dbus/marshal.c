@@ -424,6 +424,113 @@ int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_
     return BUS_OK;
 }
 
+DBusMessage *bus_new_decrypt_call(const char *uri, const bus_decrypt_params_t *p,
+                                  const uint8_t *data, size_t len)
+{
+    DBusMessage *msg;
+    DBusMessageIter it, dict, entry, var;
+    const char *alg = bus_dec_alg_name(p->alg);
+    const char *hash = p->hash, *mgf1 = p->mgf1_hash, *lkey = "label";
+
+    if (!alg || !uri || !text_utf8_valid(uri, strlen(uri)) || len == 0 ||
+        len > BUS_DECRYPT_MAX_DATA || p->label_len > BUS_DECRYPT_MAX_LABEL ||
+        (p->label == NULL && p->label_len > 0) || !memchr(p->hash, 0, sizeof(p->hash)) ||
+        !memchr(p->mgf1_hash, 0, sizeof(p->mgf1_hash)))
+        return NULL;
+    msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Decrypt");
+    if (!msg)
+        return NULL;
+    dbus_message_iter_init_append(msg, &it);
+    if (!dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &uri) ||
+        !dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &alg) ||
+        !dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict))
+        goto oom;
+    if (p->alg == BUS_DEC_RSA_OAEP) {
+        if ((hash[0] && !append_dict_entry(&dict, "hash", DBUS_TYPE_STRING, &hash)) ||
+            (mgf1[0] && !append_dict_entry(&dict, "mgf1-hash", DBUS_TYPE_STRING, &mgf1)))
+            goto oom_dict;
+        if (p->label_len > 0) {
+            if (!dbus_message_iter_open_container(&dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry))
+                goto oom_dict;
+            if (!dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &lkey) ||
+                !dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, "ay", &var)) {
+                dbus_message_iter_abandon_container(&dict, &entry);
+                goto oom_dict;
+            }
+            if (!bus_append_bytes(&var, p->label, p->label_len)) {
+                dbus_message_iter_abandon_container(&entry, &var);
+                dbus_message_iter_abandon_container(&dict, &entry);
+                goto oom_dict;
+            }
+            if (!dbus_message_iter_close_container(&entry, &var)) {
+                dbus_message_iter_abandon_container(&dict, &entry);
+                goto oom_dict;
+            }
+            if (!dbus_message_iter_close_container(&dict, &entry))
+                goto oom_dict;
+        }
+    }
+    if (!dbus_message_iter_close_container(&it, &dict) || !bus_append_bytes(&it, data, len))
+        goto oom;
+    return msg;
+oom_dict:
+    dbus_message_iter_abandon_container(&it, &dict);
+oom:
+    dbus_message_unref(msg);
+    return NULL;
+}
+
+int bus_parse_decrypt_call(DBusMessage *msg, const char **ret_uri,
+                           bus_decrypt_params_t *ret_params, const uint8_t **ret_data,
+                           size_t *ret_len)
+{
+    DBusMessageIter it, dict, var;
+    const char *key, *uri, *alg;
+    bus_decrypt_params_t p = {0};
+    const uint8_t *data;
+    size_t len;
+
+    if (strcmp(dbus_message_get_signature(msg), "ssa{sv}ay") != 0 ||
+        !dbus_message_iter_init(msg, &it))
+        return BUS_ERR_INVALID_ARGS;
+    dbus_message_iter_get_basic(&it, &uri);
+    dbus_message_iter_next(&it);
+    dbus_message_iter_get_basic(&it, &alg);
+    dbus_message_iter_next(&it);
+    p.alg = bus_dec_alg_from_name(alg);
+    if (p.alg == 0)
+        return BUS_ERR_UNSUPPORTED;
+    dbus_message_iter_recurse(&it, &dict);
+    while (dict_next(&dict, &key, &var)) {
+        int vtype = dbus_message_iter_get_arg_type(&var);
+
+        if (strcmp(key, "hash") == 0 || strcmp(key, "mgf1-hash") == 0) {
+            const char *v;
+
+            if (vtype != DBUS_TYPE_STRING)
+                return BUS_ERR_INVALID_ARGS;
+            dbus_message_iter_get_basic(&var, &v);
+            if (copy_name(key[0] == 'h' ? p.hash : p.mgf1_hash, sizeof(p.hash), v) < 0)
+                return BUS_ERR_INVALID_ARGS;
+        } else if (strcmp(key, "label") == 0) {
+            if (get_bytes(&var, &p.label, &p.label_len) < 0 ||
+                p.label_len > BUS_DECRYPT_MAX_LABEL)
+                return BUS_ERR_INVALID_ARGS;
+        }
+        /* Unknown parameters are ignored: newer clients may send more. */
+    }
+    dbus_message_iter_next(&it);
+    if (get_bytes(&it, &data, &len) < 0 || len == 0 || len > BUS_DECRYPT_MAX_DATA)
+        return BUS_ERR_INVALID_ARGS;
+    if (p.alg != BUS_DEC_RSA_OAEP && (p.hash[0] || p.mgf1_hash[0] || p.label_len))
+        return BUS_ERR_INVALID_ARGS; /* parameters only OAEP takes */
+    *ret_uri = uri;
+    *ret_params = p;
+    *ret_data = data;
+    *ret_len = len;
+    return BUS_OK;
+}
+
 void bus_status_clear(bus_status_t *s)
 {
     if (!s)
@@ -438,6 +545,7 @@ int bus_append_status(DBusMessage *msg, const bus_status_t *s)
     const char *version = s->version;
     dbus_uint32_t pid = s->pid, tokens = s->tokens, keys = s->keys, clients = s->clients;
     dbus_uint64_t sigs = s->signatures, fails = s->sign_failures;
+    dbus_uint64_t decs = s->decryptions, dfails = s->decrypt_failures;
 
     dbus_message_iter_init_append(msg, &it);
     if (!dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict))
@@ -448,7 +556,9 @@ int bus_append_status(DBusMessage *msg, const bus_status_t *s)
         !append_dict_entry(&dict, "keys", DBUS_TYPE_UINT32, &keys) ||
         !append_dict_entry(&dict, "clients", DBUS_TYPE_UINT32, &clients) ||
         !append_dict_entry(&dict, "signatures", DBUS_TYPE_UINT64, &sigs) ||
-        !append_dict_entry(&dict, "sign-failures", DBUS_TYPE_UINT64, &fails)) {
+        !append_dict_entry(&dict, "sign-failures", DBUS_TYPE_UINT64, &fails) ||
+        !append_dict_entry(&dict, "decryptions", DBUS_TYPE_UINT64, &decs) ||
+        !append_dict_entry(&dict, "decrypt-failures", DBUS_TYPE_UINT64, &dfails)) {
         dbus_message_iter_abandon_container(&it, &dict);
         return BUS_ERR_NO_MEMORY;
     }
@@ -495,6 +605,10 @@ int bus_parse_status(DBusMessage *msg, bus_status_t *ret)
                 s.signatures = v;
             else if (strcmp(key, "sign-failures") == 0)
                 s.sign_failures = v;
+            else if (strcmp(key, "decryptions") == 0)
+                s.decryptions = v;
+            else if (strcmp(key, "decrypt-failures") == 0)
+                s.decrypt_failures = v;
         }
     }
     *ret = s;

@@ -448,6 +448,37 @@ int bus_pool_sign(bus_pool_t *c, const char *uri, const bus_sign_params_t *p,
     return r;
 }
 
+typedef struct decrypt_args {
+    const char *uri;
+    const bus_decrypt_params_t *p;
+    const uint8_t *data;
+    size_t len;
+    uint8_t *plain;
+    size_t plain_len;
+} decrypt_args_t;
+
+static int op_decrypt(DBusConnection *conn, void *arg, char **errmsg)
+{
+    decrypt_args_t *a = arg;
+
+    return bus_client_decrypt(conn, a->uri, a->p, a->data, a->len, BUS_CALL_TIMEOUT_MS,
+                              &a->plain, &a->plain_len, errmsg);
+}
+
+int bus_pool_decrypt(bus_pool_t *c, const char *uri, const bus_decrypt_params_t *p,
+                     const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                     char **errmsg)
+{
+    decrypt_args_t a = {.uri = uri, .p = p, .data = data, .len = len};
+    int r = bus_pool_call(c, op_decrypt, &a, errmsg);
+
+    if (r == BUS_OK) {
+        *ret_plain = a.plain;
+        *ret_len = a.plain_len;
+    }
+    return r;
+}
+
 void bus_pool_free(bus_pool_t *c)
 {
     if (c == NULL)

@@ -41,6 +41,11 @@ int bus_pool_call(bus_pool_t *p, bus_pool_op_fn op, void *arg, char **errmsg);
  * per-pool cache of templates, see bus_new_sign_template). */
 int bus_pool_find_keys(bus_pool_t *p, const char *uri, bus_key_info_t **ret_keys, size_t *ret_n,
                        char **errmsg);
+/* Decrypt through the pool (idempotent: retried once after a reconnect).
+ * *ret_plain as in bus_client_decrypt: the caller wipes and frees it. */
+int bus_pool_decrypt(bus_pool_t *p, const char *uri, const bus_decrypt_params_t *params,
+                     const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                     char **errmsg);
 int bus_pool_sign(bus_pool_t *p, const char *uri, const bus_sign_params_t *params,
                   const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
                   char **errmsg);

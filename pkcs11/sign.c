@@ -178,7 +178,7 @@ static int prepare(const tok_key_t *key, const tok_sign_params_t *p, const uint8
 }
 
 /* Marks the token logged out (its private handles are gone). */
-static void lost_login(tok_token_t *t)
+void tok_token_lost_login(tok_token_t *t)
 {
     pthread_mutex_lock(&t->lock);
     t->logged_in = false;
@@ -187,7 +187,7 @@ static void lost_login(tok_token_t *t)
 }
 
 /* Finds the private key again by CKA_ID; 0 if it is not there. */
-static CK_OBJECT_HANDLE refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
+CK_OBJECT_HANDLE tok_key_refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
 {
     tok_token_t *t = ki->k.token;
     CK_OBJECT_HANDLE h = tok_find_private_by_id(t, s, ki->k.id, ki->k.id_len);
@@ -284,7 +284,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
     have_session = true;
     if (h == CK_INVALID_HANDLE) {
         refound = true;
-        h = refind(ki, s);
+        h = tok_key_refind(ki, s);
     }
     if (h == CK_INVALID_HANDLE)
         rv = CKR_KEY_HANDLE_INVALID;
@@ -305,7 +305,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
         if (refound)
             break;
         refound = true;
-        h = refind(ki, s);
+        h = tok_key_refind(ki, s);
     }
     if (rv != CKR_OK) {
         tok_debug(t->ctx, "%s with %s: %s", op.mech_name, key->uri, p11_kit_strerror(rv));
@@ -317,16 +317,16 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
             /* the key wants its context-specific login, the session's is fine */
             r = TOK_ERR_AUTH_REQUIRED;
         } else if (rv == CKR_USER_NOT_LOGGED_IN) {
-            lost_login(t);
+            tok_token_lost_login(t);
         } else if (rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT) {
-            lost_login(t);
+            tok_token_lost_login(t);
         } else if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID) {
             CK_SESSION_INFO si;
 
             /* Not there: gone, or hidden because the login was lost. */
             if (t->f->C_GetSessionInfo(s, &si) == CKR_OK && si.state != CKS_RO_USER_FUNCTIONS &&
                 si.state != CKS_RW_USER_FUNCTIONS && tok_token_login_required(t)) {
-                lost_login(t);
+                tok_token_lost_login(t);
                 r = TOK_ERR_NOT_LOGGED_IN;
             } else {
                 r = TOK_ERR_NO_KEY;

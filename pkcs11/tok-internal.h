@@ -143,6 +143,13 @@ CK_OBJECT_HANDLE tok_find_private_by_id(tok_token_t *t, CK_SESSION_HANDLE s, con
 void tok_token_find_handles(tok_token_t *t, CK_SESSION_HANDLE s);
 /* After logout or loss of login: forgets handles found through login. */
 void tok_token_forget_login_locked(tok_token_t *t);
+
+/* sign.c, shared with decrypt.c */
+/* Marks the token logged out (its private handles are gone). Takes t->lock. */
+void tok_token_lost_login(tok_token_t *t);
+/* Finds the key's private object again by CKA_ID and records the handle;
+ * CK_INVALID_HANDLE if it is not there. Takes t->lock. */
+CK_OBJECT_HANDLE tok_key_refind(tok_key_int_t *ki, CK_SESSION_HANDLE s);
 /* Makes session copies of the token's keys that have a handle but no copy. */
 void tok_token_make_copies(tok_token_t *t, CK_SESSION_HANDLE s);
 /* Session s is closing: its session objects (key copies) go with it. */

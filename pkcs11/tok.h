@@ -195,6 +195,39 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
                   size_t len, const tok_auth_t *auth, uint8_t **ret_sig, size_t *ret_sig_len,
                   char **errmsg);
 
+/* RSA decryption (pkcs11/decrypt.c). */
+typedef enum tok_dec_alg {
+    TOK_DEC_RSA_PKCS1 = 1, /* CKM_RSA_PKCS: PKCS#1 v1.5 type 2 */
+    TOK_DEC_RSA_OAEP = 2,  /* CKM_RSA_PKCS_OAEP with hash, mgf1 hash, label */
+    TOK_DEC_RSA_RAW = 3,   /* CKM_RSA_X_509: the modulus-sized integer, unpadded */
+} tok_dec_alg_t;
+
+typedef struct tok_decrypt_params {
+    tok_dec_alg_t alg;
+    tok_hash_t hash;      /* OAEP; NONE means SHA-1 (the PKCS#1 default) */
+    tok_hash_t mgf1_hash; /* OAEP; NONE means same as hash */
+    const uint8_t *label; /* OAEP label, NULL/0 for none */
+    size_t label_len;
+} tok_decrypt_params_t;
+
+/*
+ * Decrypts with an RSA key (C_DecryptInit + C_Decrypt; a context-specific
+ * login in between when auth is not NULL). data is 1 to the modulus size
+ * bytes (rsa-raw: shorter input is taken as the same integer). The output is
+ * never longer than the modulus, whatever the module says: *ret_plain is
+ * malloc'd, holds a secret, and the caller wipes it before free(). For
+ * TOK_DEC_RSA_RAW it is exactly the modulus size (a module that drops
+ * leading zero bytes is right-aligned). Returns TOK_OK or: TOK_ERR_ARGS
+ * (bad input, or the ciphertext does not decrypt: CKR_ENCRYPTED_DATA_INVALID
+ * / LEN_RANGE), TOK_ERR_MECHANISM (the token or key cannot decrypt with
+ * it: no mechanism, CKA_DECRYPT false), TOK_ERR_NOT_LOGGED_IN,
+ * TOK_ERR_AUTH_REQUIRED, TOK_ERR_TOKEN_REMOVED, TOK_ERR_DEVICE, ... with
+ * *errmsg naming key, token and cause.
+ */
+int tok_decrypt(const tok_key_t *key, const tok_decrypt_params_t *p, const uint8_t *data,
+                size_t len, const tok_auth_t *auth, uint8_t **ret_plain, size_t *ret_len,
+                char **errmsg);
+
 /*
  * Did the set of present tokens change since the last tok_ctx_scan()? Cheap
  * (C_GetSlotList + C_GetTokenInfo per slot); safe while other threads sign.

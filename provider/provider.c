@@ -44,6 +44,11 @@ static const OSSL_ALGORITHM prov_signature[] = {
     { NULL, NULL, NULL, NULL },
 };
 
+static const OSSL_ALGORITHM prov_asym_cipher[] = {
+    ALG("RSA:rsaEncryption:1.2.840.113549.1.1.1", prov_rsa_asym_cipher_functions),
+    { NULL, NULL, NULL, NULL },
+};
+
 static const OSSL_ALGORITHM prov_store[] = {
     ALG("pkcs11", prov_store_functions),
     { NULL, NULL, NULL, NULL },
@@ -93,6 +98,7 @@ static const OSSL_ITEM prov_reason_strings[] = {
     { PROV_R_NOT_INITIALIZED, "operation not initialized" },
     { PROV_R_BAD_SIGNATURE, "malformed signature from agent" },
     { PROV_R_AMBIGUOUS, "the URI matches several keys" },
+    { PROV_R_BAD_PLAINTEXT, "malformed plaintext from agent" },
     { 0, NULL },
 };
 
@@ -248,6 +254,8 @@ static const OSSL_ALGORITHM *prov_query_operation(void *provctx, int operation_i
         return prov_keymgmt;
     case OSSL_OP_SIGNATURE:
         return prov_signature;
+    case OSSL_OP_ASYM_CIPHER:
+        return prov_asym_cipher;
     case OSSL_OP_STORE:
         return prov_store;
     case OSSL_OP_DECODER:

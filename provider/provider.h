@@ -37,6 +37,7 @@ enum {
     PROV_R_NOT_INITIALIZED = 10,
     PROV_R_BAD_SIGNATURE = 11, /* the agent returned something odd */
     PROV_R_AMBIGUOUS = 12,     /* a URI that matches several keys where one is needed */
+    PROV_R_BAD_PLAINTEXT = 13, /* the agent's decryption has an impossible length */
 };
 
 
@@ -161,6 +162,9 @@ int prov_parse_saltlen(const OSSL_PARAM *p, int *ret_saltlen);
 int prov_pss_salt_bytes(int saltlen, int mod_bits, int md_len);
 /* Maps an EVP_MD to the wire name ("sha256", ...); NULL if unsupported. */
 const char *prov_md_wire_name(const EVP_MD *md);
+/* MD5-SHA1 (TLS 1.0/1.1): the agent signs its 36 bytes as raw PKCS#1 v1.5
+ * ("rsa-pkcs1" with hash ""), since it has no DigestInfo. */
+bool prov_md_is_md5_sha1(const EVP_MD *md);
 
 /* DER AlgorithmIdentifier of a signature. md may be NULL for EdDSA.
  * For PSS, salt_bytes is the effective salt length and mgf1 the MGF1 digest.
@@ -174,6 +178,18 @@ typedef enum prov_sig_scheme {
 } prov_sig_scheme_t;
 size_t prov_algorithm_id(prov_sig_scheme_t scheme, const EVP_MD *md, const EVP_MD *mgf1,
                          int salt_bytes, uint8_t *buf, size_t cap);
+
+/* --- asymmetric cipher (asymcipher.c): RSA decryption through the agent --- */
+
+extern const OSSL_DISPATCH prov_rsa_asym_cipher_functions[];
+/* The TLS premaster from a raw RSA result em (k bytes), in constant time:
+ * em's 48 last bytes when em is 00 02 <non-zero padding> 00 and they start
+ * with client_version (or alt_version when non-zero), otherwise random.
+ * Always writes out; 0 only when k is too small to hold a premaster
+ * (public). Exposed for unit tests. */
+int prov_tls_premaster_unpad(uint8_t out[48], const uint8_t *em, size_t k,
+                             const uint8_t random[48], unsigned int client_version,
+                             unsigned int alt_version);
 
 /* --- store (store.c) --- */
 

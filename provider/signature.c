@@ -160,6 +160,14 @@ static int sig_set_md(sig_ctx_t *s, EVP_MD **slot, const char *name)
     if (*slot != NULL && EVP_MD_is_a(*slot, name))
         return 1;
     md = EVP_MD_fetch(s->ctx->libctx, name, NULL);
+    /* MD5-SHA1 (TLS 1.0/1.1 ServerKeyExchange and CertificateVerify) is
+     * signed as raw PKCS#1 v1.5 over the 36 bytes, without DigestInfo; only
+     * as the message digest of RSA, never as MGF1. */
+    if (md != NULL && slot == &s->md && s->alg == SIG_ALG_RSA && prov_md_is_md5_sha1(md)) {
+        EVP_MD_free(*slot);
+        *slot = md;
+        return 1;
+    }
     if (md == NULL || prov_md_wire_name(md) == NULL) {
         prov_raise(s->ctx, PROV_R_UNSUPPORTED, "p11agent: digest %s is not supported", name);
         EVP_MD_free(md);
@@ -492,10 +500,11 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
     uint8_t *out = NULL;
     size_t out_len = 0;
     char *msg = NULL;
+    bool md5sha1 = s->md != NULL && prov_md_is_md5_sha1(s->md);
     int r, ok = 0;
 
     if (s->md != NULL) {
-        hash = prov_md_wire_name(s->md);
+        hash = md5sha1 ? "" : prov_md_wire_name(s->md);
         if (hash == NULL)
             return 0; /* checked when set */
         if (len != (size_t)EVP_MD_get_size(s->md)) {
@@ -514,6 +523,11 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
                 prov_raise(s->ctx, PROV_R_BAD_PARAM, "p11agent: RSA-PSS needs a digest");
                 return 0;
             }
+            if (md5sha1) {
+                prov_raise(s->ctx, PROV_R_UNSUPPORTED,
+                           "p11agent: MD5-SHA1 is signed only with PKCS#1 v1.5, not PSS");
+                return 0;
+            }
             p.alg = BUS_SIG_RSA_PSS;
             p.salt_len = sig_pss_salt(s);
             if (p.salt_len < 0) {
@@ -524,7 +538,7 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
             snprintf(p.mgf1_hash, sizeof(p.mgf1_hash), "%s", prov_md_wire_name(mgf1));
         } else {
             p.alg = BUS_SIG_RSA_PKCS1;
-            if (s->md == NULL && len + 11 > (size_t)key->max_size) {
+            if ((s->md == NULL || md5sha1) && len + 11 > (size_t)key->max_size) {
                 prov_raise(s->ctx, PROV_R_BAD_PARAM,
                            "p11agent: %zu bytes are too long for PKCS#1 padding", len);
                 return 0;

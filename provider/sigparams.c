@@ -157,6 +157,11 @@ static const md_entry_t *md_lookup(const EVP_MD *md)
     return NULL;
 }
 
+bool prov_md_is_md5_sha1(const EVP_MD *md)
+{
+    return md != NULL && EVP_MD_is_a(md, "MD5-SHA1") && EVP_MD_get_size(md) == 36;
+}
+
 const char *prov_md_wire_name(const EVP_MD *md)
 {
     const md_entry_t *e = md_lookup(md);

@@ -21,6 +21,7 @@
  *         type (% -> ATTR_TYPES[]), lie, length (2 bytes LE), value bytes
  * Later calls: C_Login and C_Sign read one selector byte each (% -> their
  * CK_RV tables); C_Sign then a lie byte, a length (2 bytes) and the bytes.
+ * C_DecryptInit and C_Decrypt are C_SignInit and C_Sign.
  */
 #include <stdbool.h>
 #include <stdlib.h>
@@ -68,7 +69,7 @@ static const CK_RV LOGIN_RVS[] = {
 static const CK_RV SIGN_RVS[] = {
     CKR_OK, CKR_USER_NOT_LOGGED_IN, CKR_DEVICE_REMOVED, CKR_BUFFER_TOO_SMALL, CKR_DEVICE_ERROR,
     CKR_KEY_HANDLE_INVALID, CKR_MECHANISM_INVALID, CKR_SESSION_CLOSED, CKR_DATA_LEN_RANGE,
-    CKR_FUNCTION_FAILED, CKR_OK, CKR_OK,
+    CKR_FUNCTION_FAILED, CKR_OK, CKR_OK, CKR_ENCRYPTED_DATA_INVALID,
 };
 #define N(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -749,6 +750,11 @@ FAKEP11_EXPORT CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ret)
     fake_functions.C_FindObjectsFinal = fake_find_objects_final;
     fake_functions.C_SignInit = fake_sign_init;
     fake_functions.C_Sign = fake_sign;
+    /* C_Decrypt answers from the input as C_Sign does (same selector, lie,
+     * length and bytes): lengths beyond the modulus, short buffers, odd
+     * return values */
+    fake_functions.C_DecryptInit = fake_sign_init;
+    fake_functions.C_Decrypt = fake_sign;
     fake_functions.C_WaitForSlotEvent = fake_wait_for_slot_event;
     *ret = &fake_functions;
     return CKR_OK;

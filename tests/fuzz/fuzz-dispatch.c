@@ -37,8 +37,11 @@ static const char *const configs[] = {
     "[key pkcs11:type=private]\nallow-users = 0\n",
     "[agent]\naudit = refusals\n[token pkcs11:]\npin-source = file:/nonexistent/pin\n",
     NULL, /* [agent] pin-source = file:<pin_file> (built at start) */
+    NULL, /* the same, and decrypt = yes for every key: Decrypt reaches the token */
 };
+#define N_CONFIGS (sizeof(configs) / sizeof(configs[0]))
 static char pin_config[128];
+static char decrypt_config[192];
 
 static void remove_pin_file(void)
 {
@@ -76,6 +79,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     close(fd);
     atexit(remove_pin_file);
     snprintf(pin_config, sizeof(pin_config), "[agent]\npin-source = file:%s\n", pin_file);
+    snprintf(decrypt_config, sizeof(decrypt_config),
+             "[agent]\npin-source = file:%s\n[key pkcs11:]\ndecrypt = yes\n", pin_file);
     agent_log_init(getenv("P11AGENT_DEBUG"));
     return 0;
 }
@@ -128,8 +133,10 @@ static char *uri_arg(agent_t *a)
 }
 
 static const char *const algs[] = { "rsa-pkcs1", "rsa-pss", "ecdsa", "eddsa" };
+static const char *const dec_algs[] = { "rsa-pkcs1", "rsa-oaep", "rsa-raw" };
 static const char *const hashes[] = { "", "sha1", "sha224", "sha256", "sha384", "sha512" };
 static const char *const param_names[] = { "hash", "mgf1-hash", "salt-length", "other" };
+static const char *const dec_param_names[] = { "hash", "mgf1-hash", "label", "other" };
 
 static bool append_string(DBusMessageIter *it, const char *s)
 {
@@ -146,8 +153,16 @@ static bool append_bytes(DBusMessageIter *it, size_t max)
     return bus_append_bytes(it, p, n);
 }
 
-/* Sign parameters: known names with the right or wrong variant types. */
+/* Sign (or Decrypt) parameters: known names with the right or wrong
+ * variant types; Decrypt's "label" also as the `ay` it should be. */
+static bool append_params_named(DBusMessageIter *it, const char *const names[4]);
+
 static bool append_params(DBusMessageIter *it)
+{
+    return append_params_named(it, param_names);
+}
+
+static bool append_params_named(DBusMessageIter *it, const char *const names[4])
 {
     DBusMessageIter dict, entry, var;
     size_t n = fakep11_u8() % 5;
@@ -155,7 +170,7 @@ static bool append_params(DBusMessageIter *it)
 
     for (size_t i = 0; ok && i < n; i++) {
         uint8_t k = fakep11_u8(), t = fakep11_u8();
-        const char *name = param_names[k % 4], *sv = hashes[(k >> 2) % 6];
+        const char *name = names[k % 4], *sv = hashes[(k >> 2) % 6];
         dbus_int32_t iv = (int8_t)fakep11_u8();
         dbus_uint32_t uv = (uint32_t)iv;
         char *raw = NULL;
@@ -176,6 +191,11 @@ static bool append_params(DBusMessageIter *it)
                  && dbus_message_iter_append_basic(&var, DBUS_TYPE_UINT32, &uv);
             break;
         case 3:
+            if (strcmp(name, "label") == 0) {
+                ok = dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, "ay", &var)
+                     && append_bytes(&var, 2100);
+                break;
+            }
             raw = raw_string(40);
             ok = raw && dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, "s", &var)
                  && append_string(&var, raw);
@@ -192,15 +212,16 @@ static bool append_params(DBusMessageIter *it)
 
 static const char *const members[] = {
     "ListKeys", "FindKeys", "Sign", "Status", "ListTokens", "Unlock", "Lock",
-    "RegisterPrompter", "UnregisterPrompter", "Introspect", "Bogus",
+    "RegisterPrompter", "UnregisterPrompter", "Introspect", "Bogus", "Decrypt",
 };
+#define N_MEMBERS (sizeof(members) / sizeof(members[0]))
 static const char *const ifaces[] = {
     BUS_IFACE, NULL, DBUS_INTERFACE_INTROSPECTABLE, "org.example.Other",
 };
 
 static DBusMessage *structured_call(agent_t *a, agent_client_t *c)
 {
-    uint8_t m = fakep11_u8() % 11, f = fakep11_u8();
+    uint8_t m = fakep11_u8() % N_MEMBERS, f = fakep11_u8();
     DBusMessage *msg = dbus_message_new_method_call(NULL, BUS_PATH, ifaces[(f >> 4) % 4],
                                                     members[m]);
     DBusMessageIter it;
@@ -218,6 +239,11 @@ static DBusMessage *structured_call(agent_t *a, agent_client_t *c)
         s2 = (fakep11_u8() & 7) ? strdup(algs[fakep11_u8() % 4]) : raw_string(16);
         ok = (s1 = uri_arg(a)) && s2 && append_string(&it, s1) && append_string(&it, s2)
              && append_params(&it) && append_bytes(&it, 600);
+        break;
+    case 11: /* Decrypt ssa{sv}ay */
+        s2 = (fakep11_u8() & 7) ? strdup(dec_algs[fakep11_u8() % 3]) : raw_string(16);
+        ok = (s1 = uri_arg(a)) && s2 && append_string(&it, s1) && append_string(&it, s2)
+             && append_params_named(&it, dec_param_names) && append_bytes(&it, 2100);
         break;
     case 5: /* Unlock say */
         ok = (s1 = uri_arg(a)) && append_string(&it, s1) && append_bytes(&it, 300);
@@ -263,6 +289,7 @@ static void parse_as_replies(DBusMessage *msg)
     bus_token_info_t *toks = NULL;
     bus_status_t st = { 0 };
     bus_sign_params_t p;
+    bus_decrypt_params_t dp;
     const char *uri;
     const uint8_t *data;
     size_t n = 0, len;
@@ -275,6 +302,7 @@ static void parse_as_replies(DBusMessage *msg)
     if (bus_parse_status(msg, &st) == BUS_OK)
         bus_status_clear(&st);
     bus_parse_sign_call(msg, &uri, &p, &data, &len);
+    bus_parse_decrypt_call(msg, &uri, &dp, &data, &len);
     if (dbus_message_get_type(msg) == DBUS_MESSAGE_TYPE_ERROR)
         (void)bus_err_from_name(dbus_message_get_error_name(msg));
 }
@@ -285,6 +313,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     agent_client_t c = { 0 };
     char *err = NULL;
     const char *cfg;
+    size_t n_cfg;
     const uint8_t *exe;
     size_t exe_len;
     agent_t a;
@@ -297,8 +326,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         agent_done(&a);
         return 0;
     }
-    cfg = configs[fakep11_u8() % 5];
-    if (agent_conf_parse(cfg ? cfg : pin_config, "fuzz.conf", &a.conf, &err) < 0
+    n_cfg = fakep11_u8() % N_CONFIGS;
+    cfg = configs[n_cfg] ? configs[n_cfg] : n_cfg == N_CONFIGS - 1 ? decrypt_config : pin_config;
+    if (agent_conf_parse(cfg, "fuzz.conf", &a.conf, &err) < 0
         || agent_apply_conf(&a, &err) < 0)
         abort();
     pthread_rwlock_wrlock(&a.keys_lock);

@@ -109,6 +109,8 @@ allow-exe = /usr/sbin/nginx /usr/bin/openssl
     "minimal.conf": "[agent]\nmodule = /usr/lib/softhsm/libsofthsm2.so\n",
     "refusals.conf": "[agent]\naudit = refusals\nalways-auth = stored\n\n[key pkcs11:]\nallow-users = 0\n",
     "bad.conf": "[agent]\nmax-clients = many\n[nonsense\n",
+    "server-keys.conf": "[key pkcs11:object=web;type=private]\ndecrypt = yes\nconfirm = 5m\n"
+                        "[key pkcs11:]\ndecrypt = no\n",
 }
 
 
@@ -310,6 +312,10 @@ def dbus_seeds(ms):
     b.dict_sv([("hash", ("s", "sha256")), ("mgf1-hash", ("s", "sha256")), ("salt-length", ("i", 32))])
     b.ay(b"\x22" * 32)
     msgs["sign-pss"] = method_call("Sign", "ssa{sv}ay", b.b)
+    b = Body(); b.s(key_uri); b.s("rsa-oaep")
+    b.dict_sv([("hash", ("s", "sha256")), ("mgf1-hash", ("s", "sha1"))])
+    b.ay(b"\x33" * 256)
+    msgs["decrypt-oaep"] = method_call("Decrypt", "ssa{sv}ay", b.b)
     b = Body(); b.s(""); b.ay(b"1234")
     msgs["unlock"] = method_call("Unlock", "say", b.b)
     b = Body(); b.s("pkcs11:"); b.u32(1)
@@ -327,6 +333,13 @@ def dbus_seeds(ms):
     write("dispatch", "structured-sign", ms["rsa"] + b"\x01" + exe
           + b"\x01\x02\x00" + b"\x00" + b"\x01\x00" + b"\x02" + b"\x0c\x00\x00"
           + b"\x00" * 8 + sign_answer(0, 256))
+    # Decrypt (rsa-raw) of the RSA key with decrypt = yes for every key
+    # (config 5); the module answers 256 bytes
+    b = Body(); b.s("pkcs11:token=fuzz;object=rsa;type=private"); b.s("rsa-raw"); b.dict_sv([])
+    b.ay(b"\x44" * 256)
+    raw = method_call("Decrypt", "ssa{sv}ay", b.b)
+    write("dispatch", "raw-decrypt-rsa", ms["rsa"] + b"\x05" + exe + b"\x00"
+          + struct.pack("<H", len(raw)) + raw + b"\x00" * 4 + sign_answer(0, 256))
     write("dispatch", "structured-unlock", ms["ec-login"] + b"\x04" + exe
           + b"\x01\x05\x00\x02\x04" + b"1234" + b"\x00" + b"\x00" + b"\x01\x02\x00\x00\x01\x00"
           + b"\x02" + b"\x0c\x00\x00" + b"\x00" * 8 + sign_answer(0, 64))

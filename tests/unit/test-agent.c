@@ -1072,6 +1072,37 @@ static void test_agent_conf_key_confirm(void **state)
     agent_conf_clear(&c);
 }
 
+static void test_agent_conf_key_decrypt(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    (void)state;
+    assert_int_equal(agent_conf_parse("[key pkcs11:object=a]\ndecrypt = yes\n"
+                                      "[key pkcs11:object=b]\ndecrypt = no\n"
+                                      "[key pkcs11:object=c]\nconfirm = yes\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.n_keys, 3);
+    assert_true(c.keys[0].decrypt);
+    assert_false(c.keys[1].decrypt);
+    assert_false(c.keys[2].decrypt); /* the default: off */
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[key pkcs11:object=a]\ndecrypt = tls\n", "t.conf", &c,
+                                      &err),
+                     -EINVAL);
+    assert_non_null(strstr(err, "t.conf:2"));
+    assert_non_null(strstr(err, "decrypt = 'tls': expected yes or no"));
+    free(err);
+    agent_conf_clear(&c);
+    /* a [key] setting, not an [agent] one */
+    err = NULL;
+    assert_int_equal(agent_conf_parse("[agent]\ndecrypt = yes\n", "t.conf", &c, &err), -EINVAL);
+    assert_non_null(err);
+    free(err);
+    agent_conf_clear(&c);
+}
+
 static void test_agent_conf_section_uri_errors(void **state)
 {
     expect_conf_error("[agent]\n[key notauri]\n",
@@ -1231,6 +1262,7 @@ int main(void)
         cmocka_unit_test(test_agent_conf_duplicate_names_both_lines),
         cmocka_unit_test(test_agent_conf_section_uri_errors),
         cmocka_unit_test(test_agent_conf_key_confirm),
+        cmocka_unit_test(test_agent_conf_key_decrypt),
         cmocka_unit_test(test_agent_conf_audit_file),
         cmocka_unit_test(test_agent_log_debug_categories),
     };

@@ -283,10 +283,155 @@ static void test_bus_sign_call_rejects_bad_input(void **state)
     dbus_message_unref(msg);
 }
 
+static void test_bus_decrypt_call_round_trip(void **state)
+{
+    uint8_t ct[256], label[3] = {'l', 0, 'b'};
+    bus_decrypt_params_t p = {.alg = BUS_DEC_RSA_OAEP, .hash = "sha256", .mgf1_hash = "sha1",
+                              .label = label, .label_len = sizeof(label)};
+    bus_decrypt_params_t q;
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    DBusMessage *msg, *back;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(ct); i++)
+        ct[i] = (uint8_t)(i * 13);
+    msg = bus_new_decrypt_call("pkcs11:object=d", &p, ct, sizeof(ct));
+    assert_non_null(msg);
+    assert_string_equal(dbus_message_get_member(msg), "Decrypt");
+    back = wire(msg);
+    assert_int_equal(bus_parse_decrypt_call(back, &uri, &q, &data, &len), BUS_OK);
+    assert_string_equal(uri, "pkcs11:object=d");
+    assert_int_equal(q.alg, BUS_DEC_RSA_OAEP);
+    assert_string_equal(q.hash, "sha256");
+    assert_string_equal(q.mgf1_hash, "sha1");
+    assert_int_equal(q.label_len, sizeof(label));
+    assert_memory_equal(q.label, label, sizeof(label));
+    assert_int_equal(len, sizeof(ct));
+    assert_memory_equal(data, ct, sizeof(ct));
+    dbus_message_unref(back);
+    dbus_message_unref(msg);
+
+    /* raw and PKCS#1 carry no parameters (OAEP ones are not even sent) */
+    p.alg = BUS_DEC_RSA_RAW;
+    msg = bus_new_decrypt_call("pkcs11:object=d", &p, ct, 1);
+    assert_non_null(msg);
+    assert_int_equal(bus_parse_decrypt_call(msg, &uri, &q, &data, &len), BUS_OK);
+    assert_int_equal(q.alg, BUS_DEC_RSA_RAW);
+    assert_string_equal(q.hash, "");
+    assert_int_equal(q.label_len, 0);
+    dbus_message_unref(msg);
+
+    /* refused when building: empty or oversized data, long label, unknown
+     * algorithm, a URI that is not UTF-8 */
+    p.alg = BUS_DEC_RSA_PKCS1;
+    assert_null(bus_new_decrypt_call("pkcs11:", &p, ct, 0));
+    assert_null(bus_new_decrypt_call("pkcs11:", &p, ct, BUS_DECRYPT_MAX_DATA + 1));
+    assert_null(bus_new_decrypt_call("pkcs11:object=\xff", &p, ct, 16));
+    p.alg = 0;
+    assert_null(bus_new_decrypt_call("pkcs11:", &p, ct, 16));
+    p.alg = BUS_DEC_RSA_OAEP;
+    p.label_len = BUS_DECRYPT_MAX_LABEL + 1;
+    assert_null(bus_new_decrypt_call("pkcs11:", &p, ct, 16));
+}
+
+/* A Decrypt call built by hand: algorithm, one parameter, data length. */
+static DBusMessage *raw_decrypt_call(const char *alg, const char *key, int type, const void *val,
+                                     size_t data_len)
+{
+    static uint8_t d[BUS_DECRYPT_MAX_DATA + 8];
+    DBusMessage *msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Decrypt");
+    DBusMessageIter it, dict, entry, var;
+    const char *uri = "pkcs11:object=z";
+    const uint8_t *dp = d;
+    char sig[3] = {(char)type, 0, 0};
+
+    if (type == DBUS_TYPE_ARRAY)
+        sig[1] = DBUS_TYPE_BYTE;
+    dbus_message_iter_init_append(msg, &it);
+    dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &uri);
+    dbus_message_iter_append_basic(&it, DBUS_TYPE_STRING, &alg);
+    dbus_message_iter_open_container(&it, DBUS_TYPE_ARRAY, "{sv}", &dict);
+    if (key) {
+        dbus_message_iter_open_container(&dict, DBUS_TYPE_DICT_ENTRY, NULL, &entry);
+        dbus_message_iter_append_basic(&entry, DBUS_TYPE_STRING, &key);
+        dbus_message_iter_open_container(&entry, DBUS_TYPE_VARIANT, sig, &var);
+        if (type == DBUS_TYPE_ARRAY) {
+            DBusMessageIter arr;
+            const uint8_t *lp = d;
+
+            dbus_message_iter_open_container(&var, DBUS_TYPE_ARRAY, "y", &arr);
+            dbus_message_iter_append_fixed_array(&arr, DBUS_TYPE_BYTE, &lp, *(const int *)val);
+            dbus_message_iter_close_container(&var, &arr);
+        } else {
+            dbus_message_iter_append_basic(&var, type, val);
+        }
+        dbus_message_iter_close_container(&entry, &var);
+        dbus_message_iter_close_container(&dict, &entry);
+    }
+    dbus_message_iter_close_container(&it, &dict);
+    dbus_message_append_args(msg, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &dp, (int)data_len,
+                             DBUS_TYPE_INVALID);
+    return msg;
+}
+
+static void test_bus_decrypt_call_rejects_bad_input(void **state)
+{
+    const char *uri;
+    const uint8_t *data;
+    size_t len;
+    bus_decrypt_params_t q;
+    DBusMessage *msg;
+    int small = 4, big = BUS_DECRYPT_MAX_LABEL + 1;
+    const struct {
+        const char *alg, *key;
+        int type;
+        const void *val;
+        size_t data_len;
+        int want;
+    } cases[] = {
+        {"rsa-pss", NULL, 0, NULL, 256, BUS_ERR_UNSUPPORTED},       /* a signature alg */
+        {"rsa-pkcs1", NULL, 0, NULL, 0, BUS_ERR_INVALID_ARGS},      /* no data */
+        {"rsa-raw", NULL, 0, NULL, BUS_DECRYPT_MAX_DATA + 1, BUS_ERR_INVALID_ARGS},
+        {"rsa-oaep", "hash", DBUS_TYPE_INT32, &(dbus_int32_t){5}, 256, BUS_ERR_INVALID_ARGS},
+        {"rsa-oaep", "label", DBUS_TYPE_STRING, &(const char *){"l"}, 256, BUS_ERR_INVALID_ARGS},
+        {"rsa-oaep", "hash", DBUS_TYPE_STRING,
+         &(const char *){"sha256-with-a-name-far-too-long"}, 256, BUS_ERR_INVALID_ARGS},
+        {"rsa-pkcs1", "hash", DBUS_TYPE_STRING, &(const char *){"sha1"}, 256,
+         BUS_ERR_INVALID_ARGS},                                    /* OAEP-only parameter */
+        {"rsa-raw", "future-param", DBUS_TYPE_INT32, &(dbus_int32_t){1}, 256, BUS_OK},
+        {"rsa-pkcs1", NULL, 0, NULL, BUS_DECRYPT_MAX_DATA, BUS_OK},
+    };
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        msg = raw_decrypt_call(cases[i].alg, cases[i].key, cases[i].type, cases[i].val,
+                               cases[i].data_len);
+        assert_int_equal(bus_parse_decrypt_call(msg, &uri, &q, &data, &len), cases[i].want);
+        dbus_message_unref(msg);
+    }
+    /* labels: up to BUS_DECRYPT_MAX_LABEL bytes */
+    msg = raw_decrypt_call("rsa-oaep", "label", DBUS_TYPE_ARRAY, &small, 256);
+    assert_int_equal(bus_parse_decrypt_call(msg, &uri, &q, &data, &len), BUS_OK);
+    assert_int_equal(q.label_len, 4);
+    dbus_message_unref(msg);
+    msg = raw_decrypt_call("rsa-oaep", "label", DBUS_TYPE_ARRAY, &big, 256);
+    assert_int_equal(bus_parse_decrypt_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+    /* the Sign signature under another name is still checked */
+    msg = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Decrypt");
+    dbus_message_append_args(msg, DBUS_TYPE_STRING, &(const char *){"pkcs11:"},
+                             DBUS_TYPE_INVALID);
+    assert_int_equal(bus_parse_decrypt_call(msg, &uri, &q, &data, &len), BUS_ERR_INVALID_ARGS);
+    dbus_message_unref(msg);
+}
+
 static void test_bus_status_round_trip(void **state)
 {
     bus_status_t in = {.version = "1.2.3", .pid = 42, .tokens = 2, .keys = 9, .clients = 3,
-                       .signatures = 1ull << 40, .sign_failures = 5};
+                       .signatures = 1ull << 40, .sign_failures = 5, .decryptions = 7,
+                       .decrypt_failures = 1ull << 33};
     bus_status_t out = {0};
     DBusMessage *msg = new_reply(), *back;
 
@@ -300,6 +445,8 @@ static void test_bus_status_round_trip(void **state)
     assert_int_equal(out.clients, 3);
     assert_true(out.signatures == (1ull << 40));
     assert_int_equal(out.sign_failures, 5);
+    assert_int_equal(out.decryptions, 7);
+    assert_true(out.decrypt_failures == (1ull << 33));
     bus_status_clear(&out);
     dbus_message_unref(back);
     dbus_message_unref(msg);
@@ -512,6 +659,8 @@ int main(void)
         cmocka_unit_test(test_bus_sign_call_round_trip),
         cmocka_unit_test(test_bus_sign_template_copies_equal_direct_call),
         cmocka_unit_test(test_bus_sign_call_rejects_bad_input),
+        cmocka_unit_test(test_bus_decrypt_call_round_trip),
+        cmocka_unit_test(test_bus_decrypt_call_rejects_bad_input),
         cmocka_unit_test(test_bus_status_round_trip),
         cmocka_unit_test(test_bus_tokens_round_trip),
         cmocka_unit_test(test_bus_socket_path_precedence),

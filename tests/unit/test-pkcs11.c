@@ -1004,6 +1004,106 @@ static void test_pkcs11_session_copy_fallback(void **state)
     sign_and_verify("ed25519", (tok_sign_params_t){ .alg = TOK_SIG_EDDSA }, 50);
 }
 
+/* Encrypts in with the token key's public half (software). */
+static size_t pub_encrypt(const tok_key_t *k, int pad, const uint8_t *in, size_t inlen,
+                          uint8_t *out)
+{
+    EVP_PKEY *pk = key_pkey(k);
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(NULL, pk, NULL);
+    size_t outlen = 512;
+
+    assert_int_equal(EVP_PKEY_encrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, pad), 1);
+    assert_int_equal(EVP_PKEY_encrypt(pctx, out, &outlen, in, inlen), 1);
+    EVP_PKEY_CTX_free(pctx);
+    EVP_PKEY_free(pk);
+    return outlen;
+}
+
+static void test_pkcs11_decrypt_rsa(void **state)
+{
+    static const uint8_t secret[48] = "forty-eight bytes, like a TLS premaster secret";
+    const tok_key_t *k = key_by_label("rsa");
+    uint8_t ct[512], *pt = NULL;
+    size_t ctlen, ptlen = 0;
+    char *msg = NULL;
+
+    (void)state;
+    ensure_login();
+    ctlen = pub_encrypt(k, RSA_PKCS1_PADDING, secret, sizeof(secret), ct);
+    assert_int_equal(tok_decrypt(k, &(tok_decrypt_params_t){ .alg = TOK_DEC_RSA_PKCS1 }, ct,
+                                 ctlen, NULL, &pt, &ptlen, NULL),
+                     TOK_OK);
+    assert_int_equal(ptlen, sizeof(secret));
+    assert_memory_equal(pt, secret, sizeof(secret));
+    free(pt);
+
+    /* raw: the whole padded block, modulus-sized */
+    assert_int_equal(tok_decrypt(k, &(tok_decrypt_params_t){ .alg = TOK_DEC_RSA_RAW }, ct, ctlen,
+                                 NULL, &pt, &ptlen, NULL),
+                     TOK_OK);
+    assert_int_equal(ptlen, 256);
+    assert_int_equal(pt[0], 0);
+    assert_int_equal(pt[1], 2);
+    assert_memory_equal(pt + 256 - sizeof(secret), secret, sizeof(secret));
+    free(pt);
+
+    /* OAEP (SHA-1, the only one SoftHSM has) */
+    ctlen = pub_encrypt(k, RSA_PKCS1_OAEP_PADDING, secret, sizeof(secret), ct);
+    assert_int_equal(tok_decrypt(k, &(tok_decrypt_params_t){ .alg = TOK_DEC_RSA_OAEP }, ct,
+                                 ctlen, NULL, &pt, &ptlen, NULL),
+                     TOK_OK);
+    assert_int_equal(ptlen, sizeof(secret));
+    assert_memory_equal(pt, secret, sizeof(secret));
+    free(pt);
+
+    /* an OAEP block read as PKCS#1: the token says it does not decrypt
+     * (SoftHSM: CKR_GENERAL_ERROR; others CKR_ENCRYPTED_DATA_INVALID), the
+     * error names key and cause, and the login and sessions survive */
+    pt = NULL;
+    assert_int_equal(tok_decrypt(k, &(tok_decrypt_params_t){ .alg = TOK_DEC_RSA_PKCS1 }, ct,
+                                 ctlen, NULL, &pt, &ptlen, &msg),
+                     TOK_ERR_DEVICE);
+    assert_null(pt);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, k->uri));
+    assert_non_null(strstr(msg, "CKM_RSA_PKCS"));
+    free(msg);
+    assert_true(tok_token_logged_in(test_token()));
+    ctlen = pub_encrypt(k, RSA_PKCS1_PADDING, secret, sizeof(secret), ct);
+    assert_int_equal(tok_decrypt(k, &(tok_decrypt_params_t){ .alg = TOK_DEC_RSA_PKCS1 }, ct,
+                                 ctlen, NULL, &pt, &ptlen, NULL),
+                     TOK_OK);
+    free(pt);
+}
+
+static void test_pkcs11_decrypt_bad_input(void **state)
+{
+    const tok_key_t *rsa = key_by_label("rsa"), *ec = key_by_label("p256");
+    uint8_t ct[300] = { 1 }, *pt = NULL;
+    size_t ptlen = 0;
+    char *msg = NULL;
+    tok_decrypt_params_t p = { .alg = TOK_DEC_RSA_PKCS1 };
+
+    (void)state;
+    ensure_login();
+    /* longer than the modulus, empty, NULL: refused before the token */
+    assert_int_equal(tok_decrypt(rsa, &p, ct, 257, NULL, &pt, &ptlen, &msg), TOK_ERR_ARGS);
+    assert_non_null(strstr(msg, "does not fit"));
+    free(msg);
+    assert_int_equal(tok_decrypt(rsa, &p, ct, 0, NULL, &pt, &ptlen, NULL), TOK_ERR_ARGS);
+    assert_int_equal(tok_decrypt(rsa, &p, NULL, 10, NULL, &pt, &ptlen, NULL), TOK_ERR_ARGS);
+    /* an EC key does not decrypt */
+    msg = NULL;
+    assert_int_equal(tok_decrypt(ec, &p, ct, 32, NULL, &pt, &ptlen, &msg), TOK_ERR_MECHANISM);
+    assert_non_null(strstr(msg, "not an RSA key"));
+    free(msg);
+    /* unknown algorithm */
+    p.alg = 99;
+    assert_int_equal(tok_decrypt(rsa, &p, ct, 256, NULL, &pt, &ptlen, NULL), TOK_ERR_ARGS);
+    assert_null(pt);
+}
+
 int main(void)
 {
     const struct CMUnitTest pure[] = {
@@ -1027,6 +1127,8 @@ int main(void)
         cmocka_unit_test(test_pkcs11_sign_eddsa),
         cmocka_unit_test(test_pkcs11_sign_bad_input),
         cmocka_unit_test(test_pkcs11_sign_missing_mechanism_message),
+        cmocka_unit_test(test_pkcs11_decrypt_rsa),
+        cmocka_unit_test(test_pkcs11_decrypt_bad_input),
         cmocka_unit_test(test_pkcs11_sign_threads),
         cmocka_unit_test(test_pkcs11_rescan_keeps_login),
         cmocka_unit_test(test_pkcs11_session_copy_fallback),

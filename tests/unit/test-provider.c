@@ -89,6 +89,8 @@ static struct {
     int connections;      /* accepted so far */
     bus_sign_params_t last;
     size_t last_len;
+    int decrypts;
+    bus_decrypt_params_t last_dec; /* label: not kept (points into a freed message) */
 } fake;
 
 static int fake_signs(void)
@@ -272,6 +274,60 @@ static DBusMessage *fake_sign(DBusMessage *msg)
     return reply;
 }
 
+/* Decrypt with the software key: rsa-pkcs1, rsa-oaep (hash, mgf1, label)
+ * and rsa-raw (no padding), as a token would. */
+static DBusMessage *fake_decrypt(DBusMessage *msg)
+{
+    const char *uri = NULL;
+    const uint8_t *data = NULL;
+    bus_decrypt_params_t p;
+    uint8_t out[1024];
+    const uint8_t *outp = out;
+    size_t len = 0, outlen = sizeof(out);
+    EVP_PKEY_CTX *pctx;
+    DBusMessage *reply;
+    int pad, ok;
+
+    if (bus_parse_decrypt_call(msg, &uri, &p, &data, &len) < 0)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
+    pthread_mutex_lock(&fake_lock);
+    fake.last_dec = p;
+    fake.last_dec.label = NULL;
+    pthread_mutex_unlock(&fake_lock);
+    if (strcmp(uri, URI_RSA) != 0)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
+    pad = p.alg == BUS_DEC_RSA_OAEP  ? RSA_PKCS1_OAEP_PADDING
+          : p.alg == BUS_DEC_RSA_RAW ? RSA_NO_PADDING
+                                     : RSA_PKCS1_PADDING;
+    pctx = EVP_PKEY_CTX_new_from_pkey(NULL, fake_keys[0].soft, NULL);
+    ok = pctx != NULL && EVP_PKEY_decrypt_init(pctx) == 1 &&
+         EVP_PKEY_CTX_set_rsa_padding(pctx, pad) == 1;
+    if (ok && p.alg == BUS_DEC_RSA_OAEP) {
+        const char *h = p.hash[0] ? wire_to_ossl(p.hash) : "SHA1";
+        const char *m = p.mgf1_hash[0] ? wire_to_ossl(p.mgf1_hash) : h;
+
+        ok = EVP_PKEY_CTX_set_rsa_oaep_md_name(pctx, h, NULL) == 1 &&
+             EVP_PKEY_CTX_set_rsa_mgf1_md_name(pctx, m, NULL) == 1;
+        if (ok && p.label_len > 0) {
+            void *l = OPENSSL_memdup(p.label, p.label_len);
+
+            ok = l != NULL && EVP_PKEY_CTX_set0_rsa_oaep_label(pctx, l, (int)p.label_len) == 1;
+        }
+    }
+    ok = ok && EVP_PKEY_decrypt(pctx, out, &outlen, data, len) == 1;
+    EVP_PKEY_CTX_free(pctx);
+    if (!ok)
+        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS),
+                                      "CKR_ENCRYPTED_DATA_INVALID");
+    pthread_mutex_lock(&fake_lock);
+    fake.decrypts++;
+    pthread_mutex_unlock(&fake_lock);
+    reply = dbus_message_new_method_return(msg);
+    dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &outp, (int)outlen,
+                             DBUS_TYPE_INVALID);
+    return reply;
+}
+
 /* --- the fake agent's D-Bus side: a libdbus server on a temporary
  * socket, driven by the agent's poll loop in a thread of its own --- */
 
@@ -295,6 +351,8 @@ static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, 
         reply = fake_find_keys(msg);
     else if (dbus_message_is_method_call(msg, BUS_IFACE, "Sign"))
         reply = fake_sign(msg);
+    else if (dbus_message_is_method_call(msg, BUS_IFACE, "Decrypt"))
+        reply = fake_decrypt(msg);
     else
         return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
     dbus_connection_send(conn, reply, NULL);
@@ -1644,6 +1702,249 @@ static void test_provider_decoder_no_agent_call_without_ref(void **state)
     OSSL_LIB_CTX_free(lctx);
 }
 
+/* ------------------------------------------------------------------ */
+/* RSA decryption (asymcipher.c) and MD5-SHA1 signatures               */
+/* ------------------------------------------------------------------ */
+
+/* Encrypts in with the software key's public half (default provider). */
+static size_t soft_encrypt(int pad, const char *oaep_md, const char *label,
+                           const unsigned char *in, size_t inlen, unsigned char *out)
+{
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(NULL, fake_keys[0].soft, NULL);
+    size_t outlen = 512;
+
+    assert_non_null(pctx);
+    assert_int_equal(EVP_PKEY_encrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, pad), 1);
+    if (oaep_md != NULL)
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_oaep_md_name(pctx, oaep_md, NULL), 1);
+    if (label != NULL)
+        assert_int_equal(EVP_PKEY_CTX_set0_rsa_oaep_label(pctx, OPENSSL_strdup(label),
+                                                          (int)strlen(label)), 1);
+    assert_int_equal(EVP_PKEY_encrypt(pctx, out, &outlen, in, inlen), 1);
+    EVP_PKEY_CTX_free(pctx);
+    return outlen;
+}
+
+static void test_provider_decrypt_pkcs1_oaep_raw(void **state)
+{
+    static const unsigned char secret[] = "the premaster of a file transfer";
+    unsigned char ct[512], pt[512];
+    size_t ctlen, ptlen;
+    EVP_PKEY *key = NULL;
+    EVP_PKEY_CTX *pctx;
+
+    (void)state;
+    load_uri(URI_RSA, &key, NULL);
+
+    /* PKCS#1 v1.5 */
+    ctlen = soft_encrypt(RSA_PKCS1_PADDING, NULL, NULL, secret, sizeof(secret), ct);
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_decrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_decrypt(pctx, NULL, &ptlen, ct, ctlen), 1);
+    assert_int_equal(ptlen, 256);
+    ptlen = sizeof(pt);
+    assert_int_equal(EVP_PKEY_decrypt(pctx, pt, &ptlen, ct, ctlen), 1);
+    assert_int_equal(ptlen, sizeof(secret));
+    assert_memory_equal(pt, secret, sizeof(secret));
+    assert_int_equal(fake.last_dec.alg, BUS_DEC_RSA_PKCS1);
+    EVP_PKEY_CTX_free(pctx);
+
+    /* OAEP with SHA-256 and a label, set as openssl pkeyutl -pkeyopt does */
+    ctlen = soft_encrypt(RSA_PKCS1_OAEP_PADDING, "SHA256", "label", secret, sizeof(secret), ct);
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_decrypt_init(pctx), 1);
+    assert_true(EVP_PKEY_CTX_ctrl_str(pctx, "rsa_padding_mode", "oaep") > 0);
+    assert_true(EVP_PKEY_CTX_ctrl_str(pctx, "rsa_oaep_md", "sha256") > 0);
+    assert_int_equal(EVP_PKEY_CTX_set0_rsa_oaep_label(pctx, OPENSSL_strdup("label"), 5), 1);
+    {
+        unsigned char *got = NULL;
+        char name[32];
+        int pad = 0;
+
+        /* what was set reads back, as the default provider's would */
+        assert_int_equal(EVP_PKEY_CTX_get0_rsa_oaep_label(pctx, &got), 5);
+        assert_memory_equal(got, "label", 5);
+        assert_true(EVP_PKEY_CTX_get_rsa_padding(pctx, &pad) > 0);
+        assert_int_equal(pad, RSA_PKCS1_OAEP_PADDING);
+        assert_int_equal(EVP_PKEY_CTX_get_rsa_oaep_md_name(pctx, name, sizeof(name)), 1);
+        assert_true(strcmp(name, "SHA2-256") == 0 || strcmp(name, "SHA256") == 0);
+    }
+    ptlen = sizeof(pt);
+    assert_int_equal(EVP_PKEY_decrypt(pctx, pt, &ptlen, ct, ctlen), 1);
+    assert_int_equal(ptlen, sizeof(secret));
+    assert_memory_equal(pt, secret, sizeof(secret));
+    assert_int_equal(fake.last_dec.alg, BUS_DEC_RSA_OAEP);
+    assert_string_equal(fake.last_dec.hash, "sha256");
+    assert_string_equal(fake.last_dec.mgf1_hash, "sha256");
+    assert_int_equal(fake.last_dec.label_len, 5);
+    EVP_PKEY_CTX_free(pctx);
+
+    /* the wrong label: the agent's error, named, not a plaintext */
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_decrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_OAEP_PADDING), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_oaep_md_name(pctx, "SHA256", NULL), 1);
+    ptlen = sizeof(pt);
+    assert_true(EVP_PKEY_decrypt(pctx, pt, &ptlen, ct, ctlen) <= 0);
+    assert_true(errors_contain(URI_RSA));
+    EVP_PKEY_CTX_free(pctx);
+
+    /* no padding: the raw integer, modulus-sized (a PKCS#1 block here) */
+    ctlen = soft_encrypt(RSA_PKCS1_PADDING, NULL, NULL, secret, sizeof(secret), ct);
+    pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    assert_int_equal(EVP_PKEY_decrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_NO_PADDING), 1);
+    ptlen = sizeof(pt);
+    assert_int_equal(EVP_PKEY_decrypt(pctx, pt, &ptlen, ct, ctlen), 1);
+    assert_int_equal(ptlen, 256);
+    assert_int_equal(pt[0], 0);
+    assert_int_equal(pt[1], 2);
+    assert_memory_equal(pt + 256 - sizeof(secret), secret, sizeof(secret));
+    assert_int_equal(fake.last_dec.alg, BUS_DEC_RSA_RAW);
+    EVP_PKEY_CTX_free(pctx);
+    EVP_PKEY_free(key);
+}
+
+/* TLS premaster decryption as libssl does it (tls_process_cke_rsa). */
+static int tls_decrypt(EVP_PKEY *key, const unsigned char *ct, size_t ctlen, unsigned int version,
+                       unsigned char out[48])
+{
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(plibctx, key, NULL);
+    OSSL_PARAM params[2];
+    size_t outlen = 48;
+    int r;
+
+    assert_int_equal(EVP_PKEY_decrypt_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_WITH_TLS_PADDING), 1);
+    params[0] = OSSL_PARAM_construct_uint(OSSL_ASYM_CIPHER_PARAM_TLS_CLIENT_VERSION, &version);
+    params[1] = OSSL_PARAM_construct_end();
+    assert_int_equal(EVP_PKEY_CTX_set_params(pctx, params), 1);
+    r = EVP_PKEY_decrypt(pctx, out, &outlen, ct, ctlen);
+    EVP_PKEY_CTX_free(pctx);
+    if (r == 1)
+        assert_int_equal(outlen, 48);
+    return r;
+}
+
+static void test_provider_decrypt_tls_implicit_rejection(void **state)
+{
+    unsigned char pms[48], em[256], ct[512], out[48], out2[48];
+    size_t ctlen;
+    EVP_PKEY *key = NULL;
+
+    (void)state;
+    load_uri(URI_RSA, &key, NULL);
+    pms[0] = 0x03;
+    pms[1] = 0x03;
+    for (size_t i = 2; i < sizeof(pms); i++)
+        pms[i] = (unsigned char)(i * 7);
+
+    /* a good premaster comes back, through rsa-raw */
+    ctlen = soft_encrypt(RSA_PKCS1_PADDING, NULL, NULL, pms, sizeof(pms), ct);
+    assert_int_equal(tls_decrypt(key, ct, ctlen, 0x0303, out), 1);
+    assert_memory_equal(out, pms, 48);
+    assert_int_equal(fake.last_dec.alg, BUS_DEC_RSA_RAW);
+
+    /* the wrong version: success, 48 random bytes, different each time */
+    assert_int_equal(tls_decrypt(key, ct, ctlen, 0x0302, out), 1);
+    assert_int_equal(tls_decrypt(key, ct, ctlen, 0x0302, out2), 1);
+    assert_memory_not_equal(out, pms, 48);
+    assert_memory_not_equal(out, out2, 48);
+
+    /* a bad padding (block type 01): success with random bytes too */
+    memset(em, 0xff, sizeof(em));
+    em[0] = 0;
+    em[1] = 1;
+    em[256 - 49] = 0;
+    memcpy(em + 256 - 48, pms, 48);
+    ctlen = soft_encrypt(RSA_NO_PADDING, NULL, NULL, em, sizeof(em), ct);
+    assert_int_equal(tls_decrypt(key, ct, ctlen, 0x0303, out), 1);
+    assert_memory_not_equal(out, pms, 48);
+    EVP_PKEY_free(key);
+}
+
+/* The unpadding itself, on every flaw ROBOT probes. */
+static void test_provider_tls_premaster_unpad(void **state)
+{
+    unsigned char em[128], good[128], rnd[48], out[48];
+    const size_t k = sizeof(em), z = k - 49;
+
+    (void)state;
+    memset(rnd, 0xee, sizeof(rnd));
+    memset(good, 0x5a, sizeof(good));
+    good[0] = 0;
+    good[1] = 2;
+    good[z] = 0;
+    good[z + 1] = 3;
+    good[z + 2] = 3;
+    for (size_t i = z + 3; i < k; i++)
+        good[i] = (unsigned char)i;
+
+    assert_int_equal(prov_tls_premaster_unpad(out, good, k, rnd, 0x0303, 0), 1);
+    assert_memory_equal(out, good + z + 1, 48);
+    /* alt_version (SSL_OP_TLS_ROLLBACK_BUG) is accepted too */
+    assert_int_equal(prov_tls_premaster_unpad(out, good, k, rnd, 0x0302, 0x0303), 1);
+    assert_memory_equal(out, good + z + 1, 48);
+
+    static const struct {
+        size_t at;
+        unsigned char v;
+    } flaws[] = {
+        {0, 1},         /* leading byte not zero */
+        {1, 1},         /* block type 01 */
+        {2, 0},         /* a zero inside the padding */
+        {9, 0},         /* ... the last of the eight minimum bytes */
+        {z - 1, 0},     /* premaster one byte too long (the zero earlier) */
+        {z, 0x5a},      /* no zero separator: 47 bytes or none */
+        {z + 1, 2},     /* wrong major version */
+        {z + 2, 1},     /* wrong minor version */
+    };
+    for (size_t f = 0; f < sizeof(flaws) / sizeof(flaws[0]); f++) {
+        memcpy(em, good, k);
+        em[flaws[f].at] = flaws[f].v;
+        memset(out, 0, sizeof(out));
+        assert_int_equal(prov_tls_premaster_unpad(out, em, k, rnd, 0x0303, 0), 1);
+        assert_memory_equal(out, rnd, 48);
+    }
+    /* a modulus too small to hold padding and premaster: refused */
+    assert_int_equal(prov_tls_premaster_unpad(out, good, 58, rnd, 0x0303, 0), 0);
+}
+
+/* TLS 1.0/1.1 ServerKeyExchange: MD5-SHA1, raw PKCS#1 v1.5 over 36 bytes. */
+static void test_provider_md5_sha1_signature(void **state)
+{
+    const fake_key_t *fk = fake_by_uri(URI_RSA);
+    sigopts_t o = {.md = "MD5-SHA1"};
+    unsigned char *sig;
+    size_t siglen;
+    EVP_PKEY *key = NULL;
+    EVP_MD_CTX *m;
+    EVP_PKEY_CTX *pctx = NULL;
+
+    (void)state;
+    load_uri(URI_RSA, &key, NULL);
+    sig = digest_sign(plibctx, key, &o, message, sizeof(message), &siglen, NULL, NULL);
+    assert_int_equal(fake.last.alg, BUS_SIG_RSA_PKCS1);
+    assert_string_equal(fake.last.hash, "");
+    assert_int_equal(fake.last_len, 36);
+    assert_true(digest_verify(fk->soft, &o, message, sizeof(message), sig, siglen));
+    free(sig);
+
+    /* never with PSS */
+    m = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestSignInit_ex(m, &pctx, "MD5-SHA1", plibctx, NULL, key, NULL), 1);
+    assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
+    siglen = 0;
+    assert_int_equal(EVP_DigestSign(m, NULL, &siglen, message, sizeof(message)), 1);
+    sig = malloc(siglen);
+    assert_true(EVP_DigestSign(m, sig, &siglen, message, sizeof(message)) <= 0);
+    assert_true(errors_contain("MD5-SHA1"));
+    free(sig);
+    EVP_MD_CTX_free(m);
+    EVP_PKEY_free(key);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1656,6 +1957,10 @@ int main(void)
         cmocka_unit_test(test_provider_algorithm_id_pss_matches_default),
         cmocka_unit_test(test_provider_pss_sends_salt_and_mgf1),
         cmocka_unit_test(test_provider_pkey_sign_prehashed_and_raw),
+        cmocka_unit_test(test_provider_decrypt_pkcs1_oaep_raw),
+        cmocka_unit_test(test_provider_decrypt_tls_implicit_rejection),
+        cmocka_unit_test(test_provider_tls_premaster_unpad),
+        cmocka_unit_test(test_provider_md5_sha1_signature),
         cmocka_unit_test(test_provider_key_params_match_software_key),
         cmocka_unit_test(test_provider_cert_matches_key),
         cmocka_unit_test(test_provider_export_refuses_private),

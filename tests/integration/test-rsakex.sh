@@ -1,0 +1,251 @@
+#!/bin/bash
+# openssl s_server with a token RSA key answers as it does with the same
+# key type in a file (issue 12, server keys):
+#  - TLS_RSA_* key exchange (AES128-SHA, TLS 1.2): the premaster secret is
+#    decrypted by the agent when the key's [key] section says decrypt = yes
+#    (counted and audited as a decryption); with decrypt = no the
+#    handshake fails cleanly and the agent's log names the key and the
+#    setting;
+#  - a flawed premaster (Bleichenbacher/ROBOT probes: wrong block type, no
+#    zero, zero in the padding, wrong version, 47 or 49 bytes) gets the same
+#    answer as from a software key: bad_record_mac at Finished, never an
+#    earlier, distinct alert; a correct one is accepted;
+#  - TLS 1.0 and 1.1 with ECDHE-RSA: the ServerKeyExchange is signed over
+#    MD5-SHA1 (raw PKCS#1 v1.5 by the agent).
+# The token key "rsakex" is made here with CKA_DECRYPT (mktoken's keys only
+# sign).
+. "$(dirname "$0")/lib-prog.sh"
+
+it_setup
+RSAKEX_PY=$IT_LIB_DIR/rsakex.py
+PIN=$(cat "$T/pin")
+P11=(pkcs11-tool --module "$MODULE" --token-label "$P11AGENT_TEST_TOKEN")
+"${P11[@]}" --login --pin "$PIN" --keypairgen --key-type rsa:2048 --id 0a --label rsakex \
+	--usage-sign --usage-decrypt --sensitive >"$T/keygen.log" 2>&1 ||
+	{ tap_diag <"$T/keygen.log"; tap_bail "cannot make the rsakex key"; }
+"${P11[@]}" --read-object --type pubkey --id 0a -o "$T/rsakex.der" >>"$T/keygen.log" 2>&1 ||
+	tap_bail "cannot read the rsakex public key"
+plain pkey -pubin -inform DER -in "$T/rsakex.der" -out "$T/rsakex.pub" ||
+	tap_bail "rsakex public key"
+
+# certificates: the token key and a software RSA key, CN=rsakex / soft-rsa
+cat >"$T/srv.ext" <<'EOF'
+[srv]
+basicConstraints = critical, CA:false
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = DNS:localhost, IP:127.0.0.1
+EOF
+plain genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$T/soft-rsa.key" ||
+	tap_bail "genpkey"
+plain pkey -in "$T/soft-rsa.key" -pubout -out "$T/soft-rsa.pub" || tap_bail "pkey"
+for k in rsakex soft-rsa; do
+	plain req -new -key "$T/soft-rsa.key" -subj "/O=p11agent tests/CN=$k" -out "$T/$k.csr" &&
+		plain x509 -req -in "$T/$k.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" \
+			-set_serial "0x$(openssl rand -hex 8)" -days 30 -sha256 \
+			-extfile "$T/srv.ext" -extensions srv -force_pubkey "$T/$k.pub" \
+			-out "$T/$k.pem" 2>"$T/$k.x509.err" || tap_bail "certificate for $k"
+done
+
+AGENT_CONF=$T/agent.conf
+AUDIT=$T/audit.log
+# conf yes|no [LINE]: agent.conf with decrypt = $1 for rsakex, and LINE in
+# its section (written whole)
+conf() {
+	cat >"$AGENT_CONF.new" <<EOF
+[agent]
+audit-file = $AUDIT
+[key pkcs11:object=rsakex]
+decrypt = $1
+${2:-}
+EOF
+	chmod 0600 "$AGENT_CONF.new"
+	mv "$AGENT_CONF.new" "$AGENT_CONF"
+}
+# hup: SIGHUP, then wait (bounded) for the agent to log the reload
+hup() {
+	local before i
+	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
+	kill -HUP "$AGENT_PID" || return 1
+	for ((i = 0; i < 100; i++)); do
+		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && return 0
+		sleep 0.1
+	done
+	echo "the agent logged no reload outcome within 10 s" >&2
+	return 1
+}
+conf yes
+# the fake pinentry answers confirm = yes prompts (allow, unless the file says no)
+export FAKE_PINENTRY_LOG=$T/pinentry.log FAKE_PINENTRY_CONFIRM=$T/confirm.answer
+echo yes >"$FAKE_PINENTRY_CONFIRM"
+IT_AGENT_ARGS=(--config "$AGENT_CONF" --pinentry "$IT_LIB_DIR/fake-pinentry.sh")
+agent_start "$T/pin" || tap_bail "p11agentd did not start"
+prog_env
+
+# decryptions: N from "decryptions: N" of p11agentctl status
+decryptions() {
+	with_timeout 10 "$P11AGENTCTL" --socket "$SOCK" status |
+		sed -n 's/^decryptions:[[:space:]]*\([0-9][0-9]*\)$/\1/p'
+}
+
+# server NAME KEYARG CERT CONNECTIONS [ARGS...]: s_server (the provider
+# loaded) on a free port for CONNECTIONS connections; sets PORT
+server() {
+	local name=$1 keyarg=$2 cert=$3 n=$4
+	shift 4
+	PORT=$(free_port)
+	bg "$name" "${PROG_ENV[@]}" openssl s_server -accept "127.0.0.1:$PORT" -naccept "$n" -www \
+		-cert "$cert" -key "$keyarg" "$@"
+	wait_listen "$PORT" "$BG_PID" || { cat "$T/$name.log" >&2; return 1; }
+}
+
+# connect NAME ARGS...: a software-only s_client that sends a line and
+# quits; its output in $T/NAME.out. Status of s_client.
+connect() {
+	local name=$1
+	shift
+	echo hello | plain s_client -connect "127.0.0.1:$PORT" -servername localhost \
+		-CAfile "$T/ca.pem" -verify_return_error "$@" >"$T/$name.out" 2>&1
+}
+
+# rsakex_ok KEYARG CERT NAME: a TLS 1.2 AES128-SHA handshake completes
+rsakex_ok() {
+	local keyarg=$1 cert=$2 name=$3
+	server "srv-$name" "$keyarg" "$cert" 1 -tls1_2 || return 1
+	if ! connect "$name" -tls1_2 -cipher AES128-SHA; then
+		cat "$T/$name.out" "$T/srv-$name.log" >&2
+		return 1
+	fi
+	stop_pid "$BG_PID" || true
+	grep -Eq '^ *Cipher *: AES128-SHA$' "$T/$name.out" &&
+		grep -q 'Verify return code: 0 (ok)' "$T/$name.out" ||
+		{ cat "$T/$name.out" >&2; echo "no verified AES128-SHA session" >&2; return 1; }
+}
+
+case_soft() {
+	rsakex_ok "$T/soft-rsa.key" "$T/soft-rsa.pem" soft
+}
+tap_case "harness: software RSA server key, TLS 1.2 AES128-SHA (RSA key exchange)" case_soft
+
+case_token() {
+	local before after
+	before=$(decryptions) || return 1
+	rsakex_ok "$(uri rsakex)" "$T/rsakex.pem" token || return 1
+	after=$(decryptions) || return 1
+	echo "decryptions: $before -> $after"
+	[ "$after" -ge $((before + 1)) ] || { echo "the agent counted no decryption" >&2; return 1; }
+	grep -q 'event=decrypt key="[^"]*object=rsakex[^"]*" mechanism=rsa-raw .*result="ok"' \
+		"$AUDIT" || { cat "$AUDIT" >&2; echo "no audit record of the decryption" >&2; return 1; }
+}
+tap_case "token RSA key, decrypt = yes: TLS 1.2 AES128-SHA handshake; a decryption counted and audited" \
+	case_token
+
+case_denied() {
+	local rc=0
+	conf no && hup || return 1
+	server srv-denied "$(uri rsakex)" "$T/rsakex.pem" 1 -tls1_2 || return 1
+	connect denied -tls1_2 -cipher AES128-SHA || rc=$?
+	stop_pid "$BG_PID" || true
+	conf yes && hup || return 1
+	[ "$rc" -ne 0 ] || { cat "$T/denied.out" >&2; echo "the handshake succeeded" >&2; return 1; }
+	grep -q 'alert decrypt error' "$T/denied.out" ||
+		{ cat "$T/denied.out" >&2; echo "the client saw no decrypt_error alert" >&2; return 1; }
+	grep -q "denied key '[^']*object=rsakex[^']*' .*(decrypt): decryption with key .* is off: .*'decrypt = yes'" \
+		"$T/agent.log" || { echo "no agent log line naming the key and decrypt = yes" >&2; return 1; }
+	grep -q "decrypting with .*object=rsakex.*decrypt = yes" "$T/srv-denied.log" ||
+		{ cat "$T/srv-denied.log" >&2; echo "s_server's error does not say why" >&2; return 1; }
+}
+tap_case "token RSA key, decrypt = no: the handshake fails with decrypt_error; the agent's log names key and setting" \
+	case_denied
+
+# confirm = yes applies to decryptions as to signatures: the person is
+# asked (the prompt says "decrypt"), a Deny refuses the decryption
+case_confirm() {
+	local rc=0
+	echo secret >"$T/msg"
+	plain pkeyutl -encrypt -pubin -inkey "$T/rsakex.pub" -in "$T/msg" -out "$T/msg.enc" ||
+		return 1
+	conf yes "confirm = yes" && hup || return 1
+	: >"$FAKE_PINENTRY_LOG"
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	client pkeyutl -decrypt -inkey "$(uri rsakex)" -in "$T/msg.enc" -out "$T/msg.dec" ||
+		rc=1
+	echo no >"$FAKE_PINENTRY_CONFIRM"
+	if [ "$rc" -eq 0 ] && client pkeyutl -decrypt -inkey "$(uri rsakex)" -in "$T/msg.enc" \
+		-out "$T/msg.dec2" 2>"$T/denied-confirm.err"; then
+		echo "decrypted though the person pressed Deny" >&2
+		rc=1
+	fi
+	echo yes >"$FAKE_PINENTRY_CONFIRM"
+	conf yes && hup || return 1
+	[ "$rc" -eq 0 ] || return 1
+	cmp "$T/msg" "$T/msg.dec" || { echo "the plaintext differs" >&2; return 1; }
+	grep -q "^SETDESC Allow openssl (pid [0-9]*, uid $(id -u)) to decrypt with key \"rsakex\"" \
+		"$FAKE_PINENTRY_LOG" || { cat "$FAKE_PINENTRY_LOG" >&2; echo "no decrypt prompt" >&2; return 1; }
+	grep -q "only when the person confirms it: the person denied it" "$T/denied-confirm.err" ||
+		{ cat "$T/denied-confirm.err" >&2; return 1; }
+}
+tap_case "confirm = yes: a decryption waits for the person (the prompt says decrypt); Deny refuses it" \
+	case_confirm
+
+# probes NAME KEYARG CERT: each ROBOT probe against a fresh s_server
+# holding the key; the answers in $T/probes-NAME.txt
+KINDS="good bad-type no-zero zero-in-pad bad-version short long"
+probes() {
+	local name=$1 keyarg=$2 cert=$3 kind n
+	n=$(wc -w <<<"$KINDS")
+	server "srv-probe-$name" "$keyarg" "$cert" "$n" -tls1_2 -cipher AES128-SHA || return 1
+	: >"$T/probes-$name.txt"
+	for kind in $KINDS; do
+		echo "$kind: $(with_timeout 30 python3 "$RSAKEX_PY" 127.0.0.1 "$PORT" "$cert" "$kind" 2>&1)" \
+			>>"$T/probes-$name.txt"
+	done
+	stop_pid "$BG_PID" || true
+	cat "$T/probes-$name.txt"
+}
+expected_probes() {
+	local kind
+	for kind in $KINDS; do
+		if [ "$kind" = good ]; then echo "good: accepted"; else echo "$kind: alert 20"; fi
+	done
+}
+
+case_probes_soft() {
+	probes soft "$T/soft-rsa.key" "$T/soft-rsa.pem" || return 1
+	diff <(expected_probes) "$T/probes-soft.txt"
+}
+tap_case "harness: ROBOT probes against a software key: good accepted, every flaw bad_record_mac" \
+	case_probes_soft
+
+case_probes_token() {
+	probes token "$(uri rsakex)" "$T/rsakex.pem" || return 1
+	diff "$T/probes-soft.txt" "$T/probes-token.txt" ||
+		{ echo "the token key answers the probes unlike the software key" >&2; return 1; }
+}
+tap_case "ROBOT probes against the token key: the same answers as the software key (implicit rejection)" \
+	case_probes_token
+
+# legacy PROTO: ECDHE-RSA with the token key, the ServerKeyExchange signed
+# over MD5-SHA1 (TLS 1.0/1.1)
+legacy() {
+	local proto=$1 name
+	name=$([ "$proto" = tls1 ] && echo TLSv1 || proto_name "$proto")
+	sig_mark || return 1
+	server "srv-$proto" "$(uri rsakex)" "$T/rsakex.pem" 1 "-$proto" \
+		-cipher 'ECDHE-RSA-AES128-SHA@SECLEVEL=0' || return 1
+	if ! connect "$proto" "-$proto" -cipher 'ECDHE-RSA-AES128-SHA@SECLEVEL=0'; then
+		cat "$T/$proto.out" "$T/srv-$proto.log" >&2
+		return 1
+	fi
+	stop_pid "$BG_PID" || true
+	grep -Eq "^ *Protocol *: $name\$" "$T/$proto.out" &&
+		grep -Eq '^ *Cipher *: ECDHE-RSA-AES128-SHA$' "$T/$proto.out" ||
+		{ cat "$T/$proto.out" >&2; echo "not an ECDHE-RSA $proto session" >&2; return 1; }
+	sig_signed
+}
+for proto in tls1 tls1_1; do
+	tap_case "token RSA key, $proto ECDHE-RSA: ServerKeyExchange signed over MD5-SHA1" \
+		legacy "$proto"
+done
+
+tap_done
