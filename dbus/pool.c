@@ -24,6 +24,17 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
+ * Signing channel: on each pooled connection the first Sign asks the agent
+ * for a signing channel (OpenChannel, dbus/channel.h) and signs over it from
+ * then on: key URIs bound to handles once, then one small frame each way per
+ * signature. An agent without channels (UnknownMethod) or a request the
+ * channel cannot carry (a long message, a hash it has no index for) signs
+ * with the D-Bus Sign call; P11AGENT_CHANNEL=0 in the environment when the
+ * pool is made forces D-Bus Sign (for comparison). The channel belongs to
+ * its connection: it closes with it, a child abandons it with it (closing
+ * its inherited fd), and a channel that breaks (the agent restarted)
+ * fails the call as Disconnected, which reconnects and retries as above.
+ *
  * The socket path is resolved once, when the pool is made (the provider
  * starts, the module is initialised): nginx workers sign with a scrubbed
  * environment.
@@ -31,6 +42,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -38,10 +50,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "channel.h"
 #include "pool.h"
 
 /* At most this many connections per process. A thread takes an idle one,
@@ -62,6 +76,9 @@ typedef struct pool_slot {
     ino_t ino;
     unsigned users;           /* threads using it now */
     int64_t opened_ms;        /* when it was opened (monotonic) */
+    int chan_fd;              /* its signing channel's fd, or -1 (for a child) */
+    dev_t chan_dev;
+    ino_t chan_ino;
 } pool_slot_t;
 
 /* Sign-call templates (dbus/: bus_new_sign_template): per key URI and
@@ -85,6 +102,8 @@ struct bus_pool {
     int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
     int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
                                  retried; 0: not restarting */
+    bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
+    dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
@@ -106,8 +125,13 @@ bus_pool_t *bus_pool_new(char *socket_path)
     /* libdbus >= 1.7 does this itself; harmless and cheap to repeat. */
     (void)dbus_threads_init_default();
     c->socket_path = socket_path;
-    for (size_t i = 0; i < POOL_MAX; i++)
+    for (size_t i = 0; i < POOL_MAX; i++) {
         c->slots[i].fd = -1;
+        c->slots[i].chan_fd = -1;
+    }
+    c->chan_slot = -1;
+    c->use_channel = !(getenv("P11AGENT_CHANNEL") && strcmp(getenv("P11AGENT_CHANNEL"), "0") == 0) &&
+                     dbus_connection_allocate_data_slot(&c->chan_slot);
     atomic_store(&c->owner, (int)getpid());
     atomic_store(&c->claim, (int)getpid());
     return c;
@@ -129,9 +153,13 @@ static void client_abandon_inherited(bus_pool_t *c)
         if (s->conn != NULL && s->fd >= 0 && fstat(s->fd, &st) == 0 && S_ISSOCK(st.st_mode)
             && st.st_dev == s->dev && st.st_ino == s->ino)
             close(s->fd);
+        if (s->conn != NULL && s->chan_fd >= 0 && fstat(s->chan_fd, &st) == 0 &&
+            S_ISSOCK(st.st_mode) && st.st_dev == s->chan_dev && st.st_ino == s->chan_ino)
+            close(s->chan_fd);
         /* The object (and its memory) is leaked on purpose. */
         s->conn = NULL;
         s->fd = -1;
+        s->chan_fd = -1;
         s->users = 0;
     }
     c->lost_until_ms = 0;
@@ -234,6 +262,7 @@ retry:
             goto out;
         s->conn = conn;
         s->fd = -1;
+        s->chan_fd = -1;
         s->users = 0;
         s->opened_ms = now_ms();
         if (dbus_connection_get_unix_fd(conn, &fd) && fd >= 0 && fstat(fd, &st) == 0) {
@@ -284,6 +313,7 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
             bus_client_close(s->conn);
             s->conn = NULL;
             s->fd = -1;
+            s->chan_fd = -1;
             s->users = 0;
         } else if (c->lost_until_ms != 0 && s->opened_ms >= c->lost_since_ms) {
             c->lost_until_ms = 0; /* the agent is back */
@@ -418,11 +448,288 @@ typedef struct sign_args {
     size_t sig_len;
 } sign_args_t;
 
+/* The signing channel of one pooled connection (its libdbus data, freed
+ * with it). lock serialises the threads sharing the connection. */
+typedef struct pool_chan {
+    pthread_mutex_t lock;
+    int state;          /* CHAN_UNTRIED, CHAN_OPEN, CHAN_NONE */
+    int fd;
+    uint32_t next_id;
+    struct {
+        char *uri;
+        uint32_t handle;
+    } binds[BUS_CHAN_MAX_HANDLES];
+    unsigned n_binds;
+    uint8_t out[sizeof(bus_chan_req_hdr_t) + BUS_CHAN_MAX_PAYLOAD];
+    uint8_t in[sizeof(bus_chan_rep_hdr_t) + BUS_CHAN_MAX_PAYLOAD];
+} pool_chan_t;
+
+enum { CHAN_UNTRIED, CHAN_OPEN, CHAN_NONE };
+/* chan_sign: sign over D-Bus instead */
+#define CHAN_UNAVAILABLE 1
+
+static void chan_free(void *data)
+{
+    pool_chan_t *ch = data;
+
+    if (ch->fd >= 0)
+        close(ch->fd);
+    for (unsigned i = 0; i < ch->n_binds; i++)
+        free(ch->binds[i].uri);
+    pthread_mutex_destroy(&ch->lock);
+    free(ch);
+}
+
+/* The channel record of conn, made on first use (NULL: out of memory). */
+static pool_chan_t *chan_of(bus_pool_t *c, DBusConnection *conn)
+{
+    pool_chan_t *ch;
+
+    pthread_mutex_lock(&c->lock);
+    ch = dbus_connection_get_data(conn, c->chan_slot);
+    if (!ch) {
+        ch = calloc(1, sizeof(*ch));
+        if (ch) {
+            pthread_mutex_init(&ch->lock, NULL);
+            ch->fd = -1;
+            if (!dbus_connection_set_data(conn, c->chan_slot, ch, chan_free)) {
+                pthread_mutex_destroy(&ch->lock);
+                free(ch);
+                ch = NULL;
+            }
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return ch;
+}
+
+/* The channel stops being used on this connection (ch->lock held). */
+static void chan_drop_locked(pool_chan_t *ch)
+{
+    if (ch->fd >= 0)
+        close(ch->fd);
+    ch->fd = -1;
+    ch->state = CHAN_NONE;
+}
+
+/* OpenChannel on conn (ch->lock held): CHAN_OPEN, or CHAN_NONE for an agent
+ * that offers none; an error the Sign call would get as well (the agent is
+ * gone, refused this client, is at its limit) is returned as is. */
+static int chan_open_locked(bus_pool_t *c, DBusConnection *conn, pool_chan_t *ch, char **errmsg)
+{
+    DBusMessage *call, *reply;
+    DBusError err;
+    int fd = -1, r = BUS_OK;
+    struct stat st;
+
+    call = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "OpenChannel");
+    if (!call)
+        return BUS_ERR_NO_MEMORY;
+    dbus_error_init(&err);
+    reply = dbus_connection_send_with_reply_and_block(conn, call, BUS_CALL_TIMEOUT_MS, &err);
+    dbus_message_unref(call);
+    if (!reply) {
+        r = bus_err_from_name(err.name);
+        if (r == BUS_ERR_DISCONNECTED || r == BUS_ERR_NOT_RUNNING || r == BUS_ERR_DENIED ||
+            r == BUS_ERR_BUSY) {
+            if (errmsg && asprintf(errmsg, "%s", err.message ? err.message : bus_err_str(r)) < 0)
+                *errmsg = NULL;
+        } else {
+            ch->state = CHAN_NONE; /* an older agent: UnknownMethod */
+            r = BUS_OK;
+        }
+        dbus_error_free(&err);
+        return r;
+    }
+    if (!dbus_message_get_args(reply, &err, DBUS_TYPE_UNIX_FD, &fd, DBUS_TYPE_INVALID)) {
+        dbus_error_free(&err);
+        fd = -1;
+    }
+    dbus_message_unref(reply);
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        ch->state = CHAN_NONE;
+        return BUS_OK;
+    }
+    ch->fd = fd;
+    ch->state = CHAN_OPEN;
+    /* a forked child closes it with the connection's socket */
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < POOL_MAX; i++) {
+        if (c->slots[i].conn == conn) {
+            c->slots[i].chan_fd = fd;
+            c->slots[i].chan_dev = st.st_dev;
+            c->slots[i].chan_ino = st.st_ino;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return BUS_OK;
+}
+
+/* One request and its reply on the channel (ch->lock held): BUS_OK with
+ * *ret_hdr and *ret_data (in ch->in), or BUS_ERR_DISCONNECTED (the agent
+ * closed it), BUS_ERR_TIMEOUT or BUS_ERR_PROTOCOL; after an error the
+ * channel is dropped. */
+static int chan_roundtrip_locked(pool_chan_t *ch, size_t out_len, uint32_t id, uint8_t op,
+                                 bus_chan_rep_hdr_t *ret_hdr, const uint8_t **ret_data,
+                                 char **errmsg)
+{
+    size_t done = 0, have = 0;
+    const char *why = NULL;
+    int r = BUS_ERR_DISCONNECTED;
+
+    while (done < out_len) {
+        ssize_t w = send(ch->fd, ch->out + done, out_len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        struct pollfd p = {.fd = ch->fd, .events = POLLOUT};
+
+        if (w > 0) {
+            done += (size_t)w;
+        } else if (w < 0 && errno == EINTR) {
+            continue;
+        } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (poll(&p, 1, BUS_CALL_TIMEOUT_MS) <= 0) {
+                r = BUS_ERR_TIMEOUT;
+                why = "the agent does not read its signing channel";
+                goto fail;
+            }
+        } else {
+            why = "the agent closed the signing channel";
+            goto fail;
+        }
+    }
+    for (;;) {
+        struct pollfd p = {.fd = ch->fd, .events = POLLIN};
+        long n = bus_chan_parse_reply(ch->in, have, ret_hdr, ret_data);
+        ssize_t got;
+
+        if (n > 0) {
+            if (ret_hdr->id != id || ret_hdr->op != op || (size_t)n != have) {
+                r = BUS_ERR_PROTOCOL;
+                why = "the agent answered another request on the signing channel";
+                goto fail;
+            }
+            return BUS_OK;
+        }
+        if (n < 0) {
+            r = BUS_ERR_PROTOCOL;
+            why = "a malformed reply on the signing channel";
+            goto fail;
+        }
+        if (poll(&p, 1, BUS_CALL_TIMEOUT_MS) == 0) {
+            r = BUS_ERR_TIMEOUT;
+            why = "no reply from the agent on the signing channel";
+            goto fail;
+        }
+        got = recv(ch->fd, ch->in + have, sizeof(ch->in) - have, MSG_DONTWAIT);
+        if (got > 0)
+            have += (size_t)got;
+        else if (got == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+            why = "the agent closed the signing channel";
+            goto fail;
+        }
+    }
+fail:
+    chan_drop_locked(ch);
+    if (errmsg && asprintf(errmsg, "%s", why) < 0)
+        *errmsg = NULL;
+    return r;
+}
+
+/* An error status from the agent: its text as *errmsg. */
+static int chan_status(const bus_chan_rep_hdr_t *h, const uint8_t *data, char **errmsg)
+{
+    if (errmsg && !(*errmsg = strndup((const char *)data, h->len)))
+        return BUS_ERR_NO_MEMORY;
+    return h->status < 0 ? h->status : BUS_ERR_FAILED;
+}
+
+/* Signs over conn's channel (opened on first use): BUS_OK, a BUS_ERR_* as
+ * the D-Bus Sign would give it, or CHAN_UNAVAILABLE (sign over D-Bus). */
+static int chan_sign(bus_pool_t *c, DBusConnection *conn, sign_args_t *a, char **errmsg)
+{
+    pool_chan_t *ch = chan_of(c, conn);
+    bus_chan_rep_hdr_t h;
+    const uint8_t *data;
+    uint32_t handle = 0, id;
+    long n;
+    int r = CHAN_UNAVAILABLE;
+
+    if (!ch)
+        return CHAN_UNAVAILABLE;
+    pthread_mutex_lock(&ch->lock);
+    if (ch->state == CHAN_UNTRIED) {
+        r = chan_open_locked(c, conn, ch, errmsg);
+        if (r < 0)
+            goto out;
+        r = CHAN_UNAVAILABLE;
+    }
+    if (ch->state != CHAN_OPEN)
+        goto out;
+    for (unsigned i = 0; i < ch->n_binds && !handle; i++)
+        if (strcmp(ch->binds[i].uri, a->uri) == 0)
+            handle = ch->binds[i].handle;
+    if (!handle) {
+        if (ch->n_binds == BUS_CHAN_MAX_HANDLES)
+            goto out; /* more keys than a channel binds: D-Bus */
+        id = ++ch->next_id;
+        n = bus_chan_encode_bind(ch->out, id, a->uri);
+        if (n < 0)
+            goto out;
+        r = chan_roundtrip_locked(ch, (size_t)n, id, BUS_CHAN_OP_BIND, &h, &data, errmsg);
+        if (r < 0)
+            goto out;
+        if (h.status != 0) {
+            r = chan_status(&h, data, errmsg);
+            goto out;
+        }
+        ch->binds[ch->n_binds].uri = strdup(a->uri);
+        if (!ch->binds[ch->n_binds].uri) {
+            r = BUS_ERR_NO_MEMORY;
+            goto out;
+        }
+        handle = ch->binds[ch->n_binds++].handle = h.handle;
+    }
+    id = ++ch->next_id;
+    n = bus_chan_encode_sign(ch->out, id, handle, a->p, a->data, a->len);
+    if (n < 0) {
+        r = CHAN_UNAVAILABLE;
+        goto out;
+    }
+    r = chan_roundtrip_locked(ch, (size_t)n, id, BUS_CHAN_OP_SIGN, &h, &data, errmsg);
+    if (r < 0)
+        goto out;
+    if (h.status != 0) {
+        r = chan_status(&h, data, errmsg);
+        goto out;
+    }
+    a->sig = malloc(h.len ? h.len : 1);
+    if (!a->sig) {
+        r = BUS_ERR_NO_MEMORY;
+        goto out;
+    }
+    memcpy(a->sig, data, h.len);
+    a->sig_len = h.len;
+    r = BUS_OK;
+out:
+    pthread_mutex_unlock(&ch->lock);
+    return r;
+}
+
 static int op_sign(DBusConnection *conn, void *arg, char **errmsg)
 {
     sign_args_t *a = arg;
-    DBusMessage *msg = sign_call(a->client, a->uri, a->p, a->data, a->len);
+    DBusMessage *msg;
     int r;
+
+    /* the channel, unless the request cannot go on one */
+    if (a->client->use_channel && a->len <= BUS_CHAN_MAX_PAYLOAD &&
+        bus_chan_hash_index(a->p->hash) >= 0 && bus_chan_hash_index(a->p->mgf1_hash) >= 0) {
+        r = chan_sign(a->client, conn, a, errmsg);
+        if (r != CHAN_UNAVAILABLE)
+            return r;
+    }
+    msg = sign_call(a->client, a->uri, a->p, a->data, a->len);
 
     if (!msg) {
         if (errmsg && asprintf(errmsg, "cannot build a signature request (%zu bytes)", a->len) < 0)
@@ -496,6 +803,8 @@ void bus_pool_free(bus_pool_t *c)
             dbus_message_unref(c->tmpl[i].msg);
         free(c->tmpl[i].uri);
     }
+    if (c->chan_slot >= 0)
+        dbus_connection_free_data_slot(&c->chan_slot);
     free(c->socket_path);
     free(c);
 }
