@@ -1,5 +1,6 @@
 #!/bin/bash
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
+#          [--algs LIST] [--only sign]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -24,6 +25,7 @@ ROUNDS=3
 SOAK=0
 MANY=0
 JSON=""
+EXTRA=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--seconds) SECONDS_EACH=$2; shift 2 ;;
@@ -33,7 +35,9 @@ while [ $# -gt 0 ]; do
 	--many-keys) MANY=1; shift ;;
 	--no-many-keys) MANY=0; shift ;;
 	--json) JSON=$2; shift 2 ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]" >&2
+	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
+	--only) EXTRA+=(--only "$2"); shift 2 ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--algs LIST] [--only sign]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -169,7 +173,7 @@ export P11BENCH_DIR=$P11AGENT_TEST_DIR P11BENCH_TOKEN=$P11AGENT_TEST_TOKEN \
 	P11BENCH_CNF=$T/openssl.cnf P11BENCH_OPENSSL=$(command -v openssl) \
 	P11AGENT_SOCKET=$SOCK OPENSSL_CONF=/dev/null
 "$P11BENCH" run --seconds "$SECONDS_EACH" --rounds "$ROUNDS" --runs "$RUNS" --soak "$SOAK" \
-	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}"
+	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}" "${EXTRA[@]}"
 rc=$?
 if [ "$rc" -ne 0 ]; then
 	echo "bench.sh: p11bench failed ($rc); agent log:" >&2

@@ -196,6 +196,8 @@ static void section_sign(bench_t *b)
 
     snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     for (size_t ai = 0; ai < sizeof(algs) / sizeof(algs[0]); ai++) {
+        if (b->algs && !strstr(b->algs, bench_alg_name(algs[ai])))
+            continue;
         for (int c = 0; c < 3; c++) {
             sign_row_t *rows = &b->sign[b->nsign];
             acc_t acc[M_COUNT] = { 0 };
@@ -223,7 +225,8 @@ static void section_sign(bench_t *b)
 
                     if (rows[m].st.unavailable || acc[m].error != NULL)
                         continue;
-                    run_round(b, wargv, rows[m].procs, m == M_AGENT || m == M_AGENT_BUS,
+                    run_round(b, wargv, rows[m].procs,
+                              m == M_AGENT || m == M_AGENT_DBUS || m == M_AGENT_BUS,
                               &acc[m], NULL, NULL);
                 }
             }
@@ -622,7 +625,8 @@ static double loadavg(void)
 static int usage(void)
 {
     fprintf(stderr, "usage: p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] "
-                    "[--json PATH] [--mem-socket SOCK]\n       p11bench worker sign|tls|rtt ARGS...\n");
+                    "[--json PATH] [--mem-socket SOCK]\n"
+                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only sign]\n       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
 
@@ -674,6 +678,10 @@ int main(int argc, char **argv)
             b->json_path = argv[++i];
         else if (strcmp(argv[i], "--mem-socket") == 0)
             b->mem_socket = argv[++i];
+        else if (strcmp(argv[i], "--algs") == 0)
+            b->algs = argv[++i];
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "sign") == 0 && ++i)
+            b->sign_only = true;
         else
             return usage();
     }
@@ -712,10 +720,12 @@ int main(int argc, char **argv)
     b->load_start = loadavg();
     section_sign(b);
     section_rtt(b);
-    section_first(b);
-    section_pkeyutl(b);
-    section_tls(b);
-    section_memory(b);
+    if (!b->sign_only) {
+        section_first(b);
+        section_pkeyutl(b);
+        section_tls(b);
+        section_memory(b);
+    }
 
     b->load_end = loadavg();
     b->rss_end_kib = bench_rss_kib(b->agent_pid);
