@@ -125,7 +125,9 @@ tap_case "hostile frames (unknown handle, op, algorithm, lengths, magic, NUL, ba
 
 case_stall() {
 	local spid rc=0
-	python3 "$CHANRAW" stall "$SOCK" 30 >"$T/stall.out" 2>&1 &
+	# stalled until killed below: a client it blocked would run into
+	# IT_TIMEOUT meanwhile
+	python3 "$CHANRAW" stall "$SOCK" 600 >"$T/stall.out" 2>&1 &
 	spid=$!
 	for ((i = 0; i < 100; i++)); do
 		grep -q stalled "$T/stall.out" && break
