@@ -483,8 +483,11 @@ static void chan_free(void *data)
 /* The channel record of conn, made on first use (NULL: out of memory). */
 static pool_chan_t *chan_of(bus_pool_t *c, DBusConnection *conn)
 {
-    pool_chan_t *ch;
+    pool_chan_t *ch = dbus_connection_get_data(conn, c->chan_slot);
 
+    /* libdbus guards its data slots; the pool lock only orders the making */
+    if (ch)
+        return ch;
     pthread_mutex_lock(&c->lock);
     ch = dbus_connection_get_data(conn, c->chan_slot);
     if (!ch) {
