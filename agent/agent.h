@@ -356,8 +356,9 @@ bool agent_may_lock_unlock(agent_t *a, const agent_client_t *c);
  * configured and no policy table (out of memory), every key is refused. */
 bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
                               char *why, size_t why_size);
-/* Recomputes key_policies after a scan (keys_lock held for writing). On
- * out of memory the table stays NULL, which refuses every key. */
+/* Recomputes key_policies after a scan or a reload (keys_lock held for
+ * writing), and sets each token's session cap (max-sessions). On out of
+ * memory the table stays NULL, which refuses every key. */
 void agent_policy_update_locked(agent_t *a);
 /* The pin source configured for a token (its [token] section, else the
  * default); never NULL. */
