@@ -30,11 +30,12 @@
  * tok_token_set_max_sessions says otherwise. The pool opens them only as
  * concurrent signatures need them. A network or cloud HSM answers each
  * C_Sign in milliseconds but runs many at once, so the sessions in use
- * bound the rate (32 sessions at 5 ms: 6,400/s); a smart card runs one
- * operation at a time whatever the count, and says how many sessions it
- * allows (ulMaxSessionCount) or answers CKR_SESSION_COUNT, which the pool
- * honours. */
-#define TOK_POOL_MAX_DEFAULT 32
+ * bound the rate (64 sessions at 5 ms: 12,800/s): 64 lets as many clients
+ * sign at once, past which the agent's CPUs are the limit on a small
+ * machine anyway. A smart card runs one operation at a time whatever the
+ * count, and says how many sessions it allows (ulMaxSessionCount) or
+ * answers CKR_SESSION_COUNT, which the pool honours. */
+#define TOK_POOL_MAX_DEFAULT 64
 /* After CKR_SESSION_COUNT, the pool opens no session past the count it had
  * for this long (the token's other users may close theirs meanwhile). */
 #define TOK_POOL_BACKOFF_MS 1000

@@ -165,7 +165,7 @@ bool tok_token_has_pin_pad(const tok_token_t *t);
 
 /*
  * The most sessions the token's pool may open (they are opened only as
- * concurrent signatures need them). n 0: the default, 32; the token's
+ * concurrent signatures need them). n 0: the default, 64; the token's
  * ulMaxSessionCount, when it gives one, lowers it; n is bounded by
  * TOK_MAX_SESSIONS_LIMIT. Takes effect at once: idle sessions past a lower
  * cap close now, busy ones as they come back (the last one stays: it keeps
