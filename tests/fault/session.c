@@ -131,7 +131,7 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApp
     if ((slot = flt_slot_get_locked(slotID)) != NULL) {
         epoch = slot->epoch;
         /* `limit sessions N`: the ones open and the ones being opened */
-        if (0 && flt.session_limit > 0 &&
+        if (flt.session_limit > 0 &&
             live_sessions_locked(slotID) + slot->opening >= flt.session_limit) {
             pthread_mutex_unlock(&flt.mu);
             free(s);
