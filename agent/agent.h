@@ -194,6 +194,8 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* a token's pool sessions idle this long close (the last one stays) */
+#define AGENT_SESSION_IDLE_S 60
 /* keys whose confirmation is remembered at once (the oldest is forgotten) */
 #define AGENT_MAX_CONFIRMED 64
 /* PIN cache and login lifetime of a per-user agent (system mode: 0, never) */

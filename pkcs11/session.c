@@ -55,7 +55,8 @@ int tok_pool_init(tok_token_t *t)
     pthread_condattr_destroy(&ca);
     t->idle_cap = 4;
     t->idle = calloc(t->idle_cap, sizeof(*t->idle));
-    return t->idle != NULL ? TOK_OK : TOK_ERR_NO_MEMORY;
+    t->idle_since_ns = calloc(t->idle_cap, sizeof(*t->idle_since_ns));
+    return t->idle != NULL && t->idle_since_ns != NULL ? TOK_OK : TOK_ERR_NO_MEMORY;
 }
 
 /* Only for a token whose pool was initialised; no session may be checked out. */
@@ -67,6 +68,8 @@ void tok_pool_destroy(tok_token_t *t)
     t->n_idle = 0;
     free(t->idle);
     t->idle = NULL;
+    free(t->idle_since_ns);
+    t->idle_since_ns = NULL;
     pthread_cond_destroy(&t->cond);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->login_lock);
@@ -77,6 +80,7 @@ void tok_pool_destroy(tok_token_t *t)
 static bool idle_room_locked(tok_token_t *t)
 {
     CK_SESSION_HANDLE *n;
+    int64_t *since;
     size_t cap;
 
     if (t->n_open + 1 <= t->idle_cap)
@@ -86,6 +90,10 @@ static bool idle_room_locked(tok_token_t *t)
     if (n == NULL)
         return false;
     t->idle = n;
+    since = realloc(t->idle_since_ns, cap * sizeof(*since));
+    if (since == NULL)
+        return false; /* idle_cap unchanged: both arrays hold at least that */
+    t->idle_since_ns = since;
     t->idle_cap = cap;
     return true;
 }
@@ -181,6 +189,7 @@ void tok_session_put(tok_token_t *t, CK_SESSION_HANDLE s)
         tok_session_drop(t, s);
         return;
     }
+    t->idle_since_ns[t->n_idle] = now_ns();
     t->idle[t->n_idle++] = s;
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
@@ -220,6 +229,56 @@ void tok_token_set_max_sessions(tok_token_t *t, size_t n)
         pthread_mutex_lock(&t->lock);
     }
     pthread_mutex_unlock(&t->lock);
+}
+
+/* Does session s hold session copies of keys (which go with it)? */
+static bool holds_copies_locked(const tok_token_t *t, CK_SESSION_HANDLE s)
+{
+    const tok_ctx_t *ctx = t->ctx;
+
+    for (size_t i = 0; i < ctx->n_keys; i++)
+        if (ctx->keys[i].k.token == t && ctx->keys[i].copy != CK_INVALID_HANDLE &&
+            ctx->keys[i].copy_session == s)
+            return true;
+    return false;
+}
+
+/* Closes the sessions of t idle for idle_s seconds or more, oldest first,
+ * but not the last one open (it keeps the login) nor one holding key
+ * copies. */
+static void trim_token(tok_token_t *t, unsigned idle_s)
+{
+    int64_t before = now_ns() - (int64_t)idle_s * 1000000000;
+    CK_SESSION_HANDLE s;
+    size_t i = 0, closed = 0;
+
+    pthread_mutex_lock(&t->lock);
+    /* the oldest are at the bottom of the stack */
+    while (i < t->n_idle && t->idle_since_ns[i] <= before && t->n_open > 1) {
+        s = t->idle[i];
+        if (holds_copies_locked(t, s)) {
+            i++;
+            continue;
+        }
+        memmove(&t->idle[i], &t->idle[i + 1], (t->n_idle - i - 1) * sizeof(*t->idle));
+        memmove(&t->idle_since_ns[i], &t->idle_since_ns[i + 1],
+                (t->n_idle - i - 1) * sizeof(*t->idle_since_ns));
+        t->n_idle--;
+        pthread_mutex_unlock(&t->lock);
+        tok_session_drop(t, s); /* n_open-- */
+        closed++;
+        pthread_mutex_lock(&t->lock);
+    }
+    if (closed > 0)
+        tok_debug(t->ctx, "closed %zu sessions of '%s' idle for %us; %zu open", closed, t->label,
+                  idle_s, t->n_open);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void tok_ctx_trim_sessions(tok_ctx_t *ctx, unsigned idle_s)
+{
+    for (size_t i = 0; ctx != NULL && i < ctx->n_tokens; i++)
+        trim_token(ctx->tokens[i], idle_s);
 }
 
 size_t tok_token_max_sessions(const tok_token_t *t)

@@ -81,6 +81,8 @@ struct tok_token {
     pthread_cond_t cond;  /* a session came back or a slot freed */
     pthread_mutex_t login_lock; /* one login/logout at a time */
     CK_SESSION_HANDLE *idle; /* idle_cap slots, n_idle of them used */
+    int64_t *idle_since_ns;  /* when each came back (CLOCK_MONOTONIC); the
+                              * most recent last: taken first, trimmed last */
     size_t idle_cap;
     size_t n_idle;
     size_t n_open;       /* idle, in use, and being opened */

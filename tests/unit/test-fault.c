@@ -1600,6 +1600,31 @@ static void test_fault_pool_session_back_on_error(void **state)
     tok_ctx_free(ctx);
 }
 
+/* Sessions a burst opened close once idle long enough: all but the one
+ * holding the login (and the key copies); the token still signs. */
+static void test_fault_pool_trims_idle(void **state)
+{
+    tok_ctx_t *ctx = tok_open();
+    char *err = NULL;
+    long open;
+
+    tok_login(ctx);
+    assert_int_equal(pool_run(ctx, 8, 8), 8);
+    open = state_num("sessions");
+    assert_true(open >= 8);
+    tok_ctx_trim_sessions(ctx, 3600); /* none idle that long */
+    assert_int_equal(state_num("sessions"), open);
+    tok_ctx_trim_sessions(ctx, 0);
+    assert_true(state_num("sessions") <= 2);
+    assert_true(state_num("sessions") >= 1);
+    assert_true(tok_token_logged_in(tok_ctx_token(ctx, 0)));
+    assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+    free(err);
+    /* and grows again */
+    assert_int_equal(pool_run(ctx, 6, 6), 6);
+    tok_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1628,6 +1653,7 @@ int main(void)
         T(test_fault_pool_grows_to_cap),
         T(test_fault_pool_session_count),
         T(test_fault_pool_session_back_on_error),
+        T(test_fault_pool_trims_idle),
         T(test_fault_finalize_wakes_waiter),
 #undef T
     };
