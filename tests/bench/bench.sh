@@ -42,7 +42,7 @@ while [ $# -gt 0 ]; do
 	--no-many-keys) MANY=0; shift ;;
 	--json) JSON=$2; shift 2 ;;
 	--latency-delay) LAT_DELAY=$2; shift 2 ;;
-	--only-latency) ONLY=(--only latency); shift ;;
+	--only-latency) ONLY=(--only latency); MANY=0; shift ;;
 	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--only-latency]" >&2
 	   exit 2 ;;
 	esac
