@@ -250,17 +250,9 @@ static const char *verdict(int met)
     return met == 1 ? "MET" : met == 0 ? "MISSED" : "n/a";
 }
 
-void report_table(bench_t *b)
+/* Sections 1-4 of the table (skipped with --only latency). */
+static void table_sections_1_to_4(bench_t *b)
 {
-    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement in %d interleaved rounds; "
-           "medians of %d runs for fresh processes)\n",
-           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->rounds,
-           b->runs);
-    printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
-           b->load_start > 1.5 || b->load_end > 1.5
-               ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
-               : "");
-
     printf("\n== 1. Signatures: throughput and latency (same SoftHSM token and keys)\n");
     printf("%-14s %-12s %-13s %10s %9s %9s %9s\n", "key", "clients", "method", "sig/s",
            "p50 us", "p99 us", "vs agent");
@@ -330,33 +322,6 @@ void report_table(bench_t *b)
         printf("\n");
     }
 
-    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
-           "(a network HSM), P-256\n", b->lat_delay_ms);
-    printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
-           "p50 us", "p99 us", "vs in-process");
-    for (int i = 0; i < b->nlat; i++) {
-        const lat_row_t *r = &b->lat[i];
-        char shape[32];
-        double ratio = lat_ratio(b, r);
-
-        snprintf(shape, sizeof(shape), "%d proc x %d threads", r->procs, r->threads);
-        if (i > 0 && (r->procs != b->lat[i - 1].procs || r->threads != b->lat[i - 1].threads))
-            printf("\n");
-        if (!r->st.ok) {
-            printf("%-8d %-22s %-13s %s\n", r->procs * r->threads, shape,
-                   bench_method_name(r->method), r->st.error);
-            continue;
-        }
-        printf("%-8d %-22s %-13s %10.0f %9.1f %9.1f", r->procs * r->threads, shape,
-               bench_method_name(r->method), r->st.per_s, r->st.p50_us, r->st.p99_us);
-        if (r->method != M_DIRECT_COPY && !isnan(ratio))
-            printf(" %13.2fx", ratio);
-        printf("\n");
-    }
-    printf("   (vs in-process: the method's throughput over direct-copy's, same clients; "
-           "agent: the provider, at most 8 connections per process; agent-bus: a connection "
-           "per thread)\n");
-
     printf("\n== 4. Agent memory (VmRSS)\n");
     printf("agent (4 keys, 1 token) at start: %ld KiB (anonymous %ld, file-backed %ld; PSS %ld)\n",
            b->rss_start_kib, b->rss_start_anon_kib, b->rss_start_file_kib, b->pss_start_kib);
@@ -390,8 +355,49 @@ void report_table(bench_t *b)
     } else {
         printf("soak: not run (--soak 0)\n");
     }
+}
 
-    printf("\n== Targets (issue 6)\n");
+void report_table(bench_t *b)
+{
+    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement in %d interleaved rounds; "
+           "medians of %d runs for fresh processes)\n",
+           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->rounds,
+           b->runs);
+    printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
+           b->load_start > 1.5 || b->load_end > 1.5
+               ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
+               : "");
+
+    if (!b->only_latency)
+        table_sections_1_to_4(b);
+    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
+           "(a network HSM), P-256\n", b->lat_delay_ms);
+    printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
+           "p50 us", "p99 us", "vs in-process");
+    for (int i = 0; i < b->nlat; i++) {
+        const lat_row_t *r = &b->lat[i];
+        char shape[32];
+        double ratio = lat_ratio(b, r);
+
+        snprintf(shape, sizeof(shape), "%d proc x %d threads", r->procs, r->threads);
+        if (i > 0 && (r->procs != b->lat[i - 1].procs || r->threads != b->lat[i - 1].threads))
+            printf("\n");
+        if (!r->st.ok) {
+            printf("%-8d %-22s %-13s %s\n", r->procs * r->threads, shape,
+                   bench_method_name(r->method), r->st.error);
+            continue;
+        }
+        printf("%-8d %-22s %-13s %10.0f %9.1f %9.1f", r->procs * r->threads, shape,
+               bench_method_name(r->method), r->st.per_s, r->st.p50_us, r->st.p99_us);
+        if (r->method != M_DIRECT_COPY && !isnan(ratio))
+            printf(" %13.2fx", ratio);
+        printf("\n");
+    }
+    printf("   (vs in-process: the method's throughput over direct-copy's, same clients; "
+           "agent: the provider, at most 8 connections per process; agent-bus: a connection "
+           "per thread)\n");
+
+    printf("\n== Targets (issues 6 and 12)\n");
     for (int i = 0; i < b->ntargets; i++) {
         const target_row_t *t = &b->targets[i];
 
