@@ -720,7 +720,8 @@ static int usage(void)
     fprintf(stderr, "usage: p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] "
                     "[--json PATH] [--mem-socket SOCK]\n"
                     "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
-                    "--latency-delay MS | --latency-unavailable WHY] [--only latency]\n"
+                    "--latency-delay MS [--latency-max-sessions N] | --latency-unavailable WHY]\n"
+                    "                    [--only latency]\n"
                     "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
@@ -779,6 +780,8 @@ int main(int argc, char **argv)
             b->lat_module = argv[++i];
         else if (strcmp(argv[i], "--latency-delay") == 0)
             b->lat_delay_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--latency-max-sessions") == 0)
+            b->lat_max_sessions = atoi(argv[++i]);
         else if (strcmp(argv[i], "--latency-unavailable") == 0)
             b->lat_reason = argv[++i];
         else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "latency") == 0)

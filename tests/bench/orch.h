@@ -142,6 +142,7 @@ struct bench {
     const char *lat_module;  /* p11fault.so, for in-process workers */
     const char *lat_reason;  /* why the profile is not measured, or NULL */
     int lat_delay_ms;
+    int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
     bool only_latency;       /* --only latency: skip sections 1-4 */
     lat_row_t lat[16];
     int nlat;

@@ -371,7 +371,11 @@ void report_table(bench_t *b)
     if (!b->only_latency)
         table_sections_1_to_4(b);
     printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
-           "(a network HSM), P-256\n", b->lat_delay_ms);
+           "(a network HSM), P-256; the agent's max-sessions: ", b->lat_delay_ms);
+    if (b->lat_max_sessions > 0)
+        printf("%d\n", b->lat_max_sessions);
+    else
+        printf("default (64)\n");
     printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
            "p50 us", "p99 us", "vs in-process");
     for (int i = 0; i < b->nlat; i++) {
@@ -552,8 +556,9 @@ int report_json(bench_t *b, const char *path)
     } else {
         fputs("    \"soak\": null\n", f);
     }
-    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"key\": \"p256\", \"rows\": [\n",
-            b->lat_delay_ms);
+    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"key\": \"p256\", "
+               "\"agent_max_sessions\": %d, \"rows\": [\n",
+            b->lat_delay_ms, b->lat_max_sessions);
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
 
