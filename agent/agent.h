@@ -198,6 +198,8 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* a token's pool sessions idle this long close (the last one stays) */
+#define AGENT_SESSION_IDLE_S 60
 /* keys whose confirmation is remembered at once (the oldest is forgotten) */
 #define AGENT_MAX_CONFIRMED 64
 /* PIN cache and login lifetime of a per-user agent (system mode: 0, never) */
@@ -400,8 +402,9 @@ bool agent_may_lock_unlock(agent_t *a, const agent_client_t *c);
  * configured and no policy table (out of memory), every key is refused. */
 bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
                               char *why, size_t why_size);
-/* Recomputes key_policies after a scan (keys_lock held for writing). On
- * out of memory the table stays NULL, which refuses every key. */
+/* Recomputes key_policies after a scan or a reload (keys_lock held for
+ * writing), and sets each token's session cap (max-sessions). On out of
+ * memory the table stays NULL, which refuses every key. */
 void agent_policy_update_locked(agent_t *a);
 /* The pin source configured for a token (its [token] section, else the
  * default); never NULL. */

@@ -16,6 +16,7 @@ if [ ! -f build/meson-private/coredata.dat ]; then
 fi
 meson compile -C build >/dev/null || { meson compile -C build; exit 1; }
 
+export P11FAULT_SO=$ROOT/build/tests/fault/p11fault.so # the latency-bound profile
 export P11AGENTD=$ROOT/build/agent/p11agentd
 export P11AGENTCTL=$ROOT/build/agent/p11agentctl
 export P11AGENT_SO=$ROOT/build/provider/p11agent.so

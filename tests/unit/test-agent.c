@@ -495,6 +495,38 @@ static void test_agent_conf_connection_limits(void **state)
     expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "it belongs in [agent]");
 }
 
+static void test_agent_conf_max_sessions(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nmax-sessions = 16\n"
+                                      "[token pkcs11:token=hsm]\nmax-sessions = 2\n"
+                                      "[token pkcs11:token=card]\npin-source = file:/p\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.max_sessions, 16);
+    assert_int_equal(c.n_tokens, 2);
+    assert_int_equal(c.tokens[0].max_sessions, 2);
+    assert_int_equal(c.tokens[1].max_sessions, 0); /* not set: [agent]'s */
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[token pkcs11:token=a]\nmax-sessions = 4096\n", "t.conf",
+                                      &c, &err),
+                     0);
+    assert_int_equal(c.tokens[0].max_sessions, 4096);
+    assert_int_equal(c.max_sessions, 0);
+    agent_conf_clear(&c);
+
+    expect_conf_error("[token pkcs11:token=a]\nmax-sessions = 0\n",
+                      "bad.conf:2: max-sessions = '0': expected a whole number from 1 to 4096");
+    expect_conf_error("[agent]\nmax-sessions = 4097\n",
+                      "max-sessions = '4097': expected a whole number from 1 to 4096");
+    expect_conf_error("[token pkcs11:token=a]\nmax-sessions = 8\nmax-sessions = 9\n",
+                      "max-sessions is set twice");
+    expect_conf_error("[key pkcs11:object=a]\nmax-sessions = 8\n",
+                      "'max-sessions' is not a setting of [key pkcs11:...]");
+}
+
 static void test_agent_pin_source_credential_and_strict(void **state)
 {
     agent_pin_source_t src = {0};
@@ -1256,6 +1288,7 @@ int main(void)
         cmocka_unit_test(test_agent_limits_room_per_user),
         cmocka_unit_test(test_agent_limits_room_max_clients),
         cmocka_unit_test(test_agent_conf_connection_limits),
+        cmocka_unit_test(test_agent_conf_max_sessions),
         cmocka_unit_test(test_agent_prompt_percent_decoding),
         cmocka_unit_test(test_agent_conf_durations_take_units),
         cmocka_unit_test(test_agent_conf_numbers_name_setting_value_range),
