@@ -529,8 +529,9 @@ CK_RV mod_C_GetSlotList(CK_BBOOL present_only, CK_SLOT_ID_PTR list, CK_ULONG_PTR
         return CKR_ARGUMENTS_BAD;
     check_fork();
     /* a length query lists again; the call that fills the list uses the
-     * same state (the usual two calls must agree) */
-    if (list == NULL)
+     * same state (the usual two calls must agree), unless nothing was
+     * listed yet (a program passing a big enough array at once) */
+    if (list == NULL || !mod_g.listed)
         mod_refresh(false);
     rv = mod_enter();
     if (rv != CKR_OK)
