@@ -109,7 +109,7 @@ static void set_name(char dst[16], const char *src)
     size_t n = src ? strlen(src) : 0;
 
     memset(dst, 0, 16);
-    if (n < 16)
+    if (n > 0 && n < 16)
         memcpy(dst, src, n);
 }
 

@@ -114,6 +114,9 @@ static void state_free_locked(void)
     mod_g.n_sessions = 0;
     bus_pool_free(mod_g.pool);
     mod_g.pool = NULL;
+    if (mod_g.provider != NULL)
+        OSSL_PROVIDER_unload(mod_g.provider);
+    mod_g.provider = NULL;
     OSSL_LIB_CTX_free(mod_g.libctx);
     mod_g.libctx = NULL;
     mod_g.initialized = false;
@@ -227,8 +230,9 @@ CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
     sock = socket_from_args(args);
     mod_g.pool = bus_pool_new(sock);
     mod_g.libctx = OSSL_LIB_CTX_new();
-    if (mod_g.pool == NULL || mod_g.libctx == NULL ||
-        OSSL_PROVIDER_load(mod_g.libctx, "default") == NULL) {
+    if (mod_g.libctx != NULL)
+        mod_g.provider = OSSL_PROVIDER_load(mod_g.libctx, "default");
+    if (mod_g.pool == NULL || mod_g.libctx == NULL || mod_g.provider == NULL) {
         state_free_locked();
         rv = CKR_HOST_MEMORY;
         goto out;

@@ -14,6 +14,7 @@
 #include <sys/types.h>
 
 #include <openssl/evp.h>
+#include <openssl/provider.h>
 
 #include "module.h"
 #include "pool.h"
@@ -70,6 +71,7 @@ typedef struct mod_state {
     mod_session_t *sessions;   /* handle = index + 1 */
     size_t n_sessions;
     OSSL_LIB_CTX *libctx;      /* our own: the default provider only */
+    OSSL_PROVIDER *provider;   /* its default provider */
     bool debug;
 } mod_state_t;
 

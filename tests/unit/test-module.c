@@ -1141,6 +1141,30 @@ static void test_module_no_agent(void **state)
     setenv("P11AGENT_SOCKET", srv.socket, 1);
 }
 
+static void test_module_socket_from_init_args(void **state)
+{
+    char arg[200];
+    CK_C_INITIALIZE_ARGS args = {.flags = CKF_OS_LOCKING_OK, .pReserved = arg};
+    CK_ULONG n = 0;
+
+    /* p11-kit's x-init-reserved: "agent-socket=PATH" (no environment) */
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    snprintf(arg, sizeof(arg), "agent-socket=%s", srv.socket);
+    unsetenv("P11AGENT_SOCKET");
+    assert_int_equal(C_GetFunctionList(&f), CKR_OK);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    /* the environment wins over it */
+    setenv("P11AGENT_SOCKET", "/nonexistent/agent.sock", 1);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    setenv("P11AGENT_SOCKET", srv.socket, 1);
+}
+
 static void test_module_interface(void **state)
 {
     struct {
@@ -1182,6 +1206,7 @@ int main(void)
         cmocka_unit_test(test_module_hostile_agent),
         cmocka_unit_test(test_module_slot_stays_when_token_goes),
         cmocka_unit_test(test_module_no_agent),
+        cmocka_unit_test(test_module_socket_from_init_args),
         cmocka_unit_test(test_module_interface),
     };
 
