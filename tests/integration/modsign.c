@@ -174,6 +174,8 @@ static int mode_fork(void)
         open_key(&k2);
         sign_verify(&k2, "child after C_Initialize");
         CHECK(f->C_Finalize(NULL));
+        EVP_PKEY_free(k2.pub);
+        EVP_PKEY_free(k.pub);
         printf("child ok\n");
         exit(0);
     }
@@ -181,6 +183,7 @@ static int mode_fork(void)
         fail("the child failed (status 0x%x)", st);
     sign_verify(&k, "parent after fork");
     CHECK(f->C_Finalize(NULL));
+    EVP_PKEY_free(k.pub);
     printf("parent ok\n");
     return 0;
 }
@@ -240,6 +243,7 @@ static int mode_restart(const char *go)
     wait_file(go);
     sign_verify(&k, "after the restart");
     CHECK(f->C_Finalize(NULL));
+    EVP_PKEY_free(k.pub);
     printf("second\n");
     return 0;
 }
