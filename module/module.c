@@ -227,6 +227,10 @@ CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
         state_free_locked();
     }
     mod_g.debug = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
+    /* p11agentd sets this in itself: should the agent load this module
+     * by a way its guard does not see (a proxy module), the module serves
+     * no token rather than call the agent from inside it */
+    mod_g.inside_agent = getenv("P11AGENT_AGENT_PROCESS") != NULL;
     sock = socket_from_args(args);
     mod_g.pool = bus_pool_new(sock);
     mod_g.libctx = OSSL_LIB_CTX_new();
@@ -458,7 +462,7 @@ void mod_refresh(bool force)
 
     pthread_mutex_lock(&mod_g.refresh_lock);
     pthread_mutex_lock(&mod_g.lock);
-    if (!mod_g.initialized ||
+    if (!mod_g.initialized || mod_g.inside_agent ||
         (!force && mod_g.refreshed_ms != 0 && mod_now_ms() - mod_g.refreshed_ms < STALE_MS)) {
         pthread_mutex_unlock(&mod_g.lock);
         pthread_mutex_unlock(&mod_g.refresh_lock);

@@ -73,6 +73,7 @@ typedef struct mod_state {
     OSSL_LIB_CTX *libctx;      /* our own: the default provider only */
     OSSL_PROVIDER *provider;   /* its default provider */
     bool debug;
+    bool inside_agent;         /* loaded by p11agentd itself: serve nothing */
 } mod_state_t;
 
 extern mod_state_t mod_g;

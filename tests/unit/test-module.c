@@ -1141,6 +1141,26 @@ static void test_module_no_agent(void **state)
     setenv("P11AGENT_SOCKET", srv.socket, 1);
 }
 
+static void test_module_stands_down_inside_agent(void **state)
+{
+    CK_ULONG n = 99;
+    int lists;
+
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    pthread_mutex_lock(&fake_lock);
+    lists = fake.lists;
+    pthread_mutex_unlock(&fake_lock);
+    mod_init();
+    assert_int_equal(f->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    unsetenv("P11AGENT_AGENT_PROCESS");
+    pthread_mutex_lock(&fake_lock);
+    assert_int_equal(fake.lists, lists); /* the agent was not asked */
+    pthread_mutex_unlock(&fake_lock);
+}
+
 static void test_module_socket_from_init_args(void **state)
 {
     char arg[200];
@@ -1207,6 +1227,7 @@ int main(void)
         cmocka_unit_test(test_module_slot_stays_when_token_goes),
         cmocka_unit_test(test_module_no_agent),
         cmocka_unit_test(test_module_socket_from_init_args),
+        cmocka_unit_test(test_module_stands_down_inside_agent),
         cmocka_unit_test(test_module_interface),
     };
 
