@@ -29,6 +29,7 @@
 #include <openssl/provider.h>
 
 #include "state.h"
+#include "text.h"
 
 #define LIST_TIMEOUT_MS 2000
 #define BACKOFF_MS 10000
@@ -59,17 +60,20 @@ int64_t mod_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* One line on stderr, only with P11AGENT_PKCS11_DEBUG set. The line holds
+ * the agent's words (URIs, messages): escaped as a whole. */
 void mod_debug(const char *fn, const char *fmt, ...)
 {
+    char raw[2048], esc[4096];
     va_list ap;
 
     if (!mod_g.debug)
         return;
-    fprintf(stderr, "p11agent-pkcs11: %s: ", fn);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    text_escape(esc, sizeof(esc), raw, strlen(raw));
+    fprintf(stderr, "p11agent-pkcs11: %s: %s\n", fn, esc);
 }
 
 /* ------------------------------------------------------------ state */
@@ -453,7 +457,7 @@ static void slot_set_keys_locked(mod_slot_t *s, const bus_key_info_t *recs, size
     free(seen);
 }
 
-void mod_refresh(bool force)
+void mod_refresh(mod_refresh_mode_t mode)
 {
     list_args_t a = {0};
     bus_pool_t *pool;
@@ -462,8 +466,9 @@ void mod_refresh(bool force)
 
     pthread_mutex_lock(&mod_g.refresh_lock);
     pthread_mutex_lock(&mod_g.lock);
-    if (!mod_g.initialized || mod_g.inside_agent ||
-        (!force && mod_g.refreshed_ms != 0 && mod_now_ms() - mod_g.refreshed_ms < STALE_MS)) {
+    if (!mod_g.initialized || mod_g.inside_agent || (mode == MOD_REFRESH_FIRST && mod_g.listed) ||
+        (mode == MOD_REFRESH_STALE && mod_g.refreshed_ms != 0 &&
+         mod_now_ms() - mod_g.refreshed_ms < STALE_MS)) {
         pthread_mutex_unlock(&mod_g.lock);
         pthread_mutex_unlock(&mod_g.refresh_lock);
         return;
@@ -539,8 +544,7 @@ CK_RV mod_C_GetSlotList(CK_BBOOL present_only, CK_SLOT_ID_PTR list, CK_ULONG_PTR
     /* a length query lists again; the call that fills the list uses the
      * same state (the usual two calls must agree), unless nothing was
      * listed yet (a program passing a big enough array at once) */
-    if (list == NULL || !mod_g.listed)
-        mod_refresh(false);
+    mod_refresh(list == NULL ? MOD_REFRESH_STALE : MOD_REFRESH_FIRST);
     rv = mod_enter();
     if (rv != CKR_OK)
         return rv;
@@ -759,7 +763,7 @@ CK_RV mod_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR re
     if (slot == NULL || reserved != NULL)
         return CKR_ARGUMENTS_BAD;
     check_fork();
-    mod_refresh(true);
+    mod_refresh(MOD_REFRESH_FORCE);
     rv = mod_enter();
     if (rv != CKR_OK)
         return rv;
@@ -785,7 +789,7 @@ CK_RV mod_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR re
         if (take_event_locked(slot))
             break;
         mod_leave();
-        mod_refresh(true);
+        mod_refresh(MOD_REFRESH_FORCE);
         pthread_mutex_lock(&mod_g.lock);
         if (!mod_g.initialized) {
             rv = CKR_CRYPTOKI_NOT_INITIALIZED;

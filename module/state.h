@@ -90,9 +90,16 @@ void mod_debug(const char *fn, const char *fmt, ...) __attribute__((format(print
 CK_RV mod_enter(void);
 #define mod_leave() pthread_mutex_unlock(&mod_g.lock)
 
-/* Lists tokens and keys again (no lock held on entry; takes them). Keeps
- * the old state when the agent cannot be asked. */
-void mod_refresh(bool force);
+/* Lists tokens and keys again (no lock held on entry; takes them): always
+ * (MOD_REFRESH_FORCE), when the last list is older than a second
+ * (MOD_REFRESH_STALE) or only if nothing was listed yet (MOD_REFRESH_FIRST).
+ * Without an agent every token counts as gone; slot IDs stay. */
+typedef enum mod_refresh_mode {
+    MOD_REFRESH_FIRST,
+    MOD_REFRESH_STALE,
+    MOD_REFRESH_FORCE,
+} mod_refresh_mode_t;
+void mod_refresh(mod_refresh_mode_t mode);
 /* Lock held: the session, or NULL. */
 mod_session_t *mod_session_locked(CK_SESSION_HANDLE h);
 /* Lock held: the key of an object handle of a present slot, or NULL. */
