@@ -82,7 +82,13 @@ extern mod_state_t mod_g;
 #define MOD_HANDLE(slot, key, kind) \
     ((CK_OBJECT_HANDLE)(((CK_ULONG)(slot) + 1) << 24 | (CK_ULONG)(key) << 2 | (CK_ULONG)(kind)))
 
+#define MOD_MANUFACTURER "p11agent"
+
 int64_t mod_now_ms(void);
+/* In a forked child: fresh locks, the state kept (every entry point). */
+void mod_check_fork(void);
+/* mod_pad for a C string. */
+void mod_pad_str(CK_UTF8CHAR *field, size_t size, const char *s);
 void mod_debug(const char *fn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Entered by every entry point: CKR_OK with mod_g.lock held, or
