@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # A software TPM as a second token stack (issue 13): the TPM fixture beside
-# mktoken.sh. Source it after lib.sh or lib-prog.sh, call it_setup (or
+# mktoken.sh. Source it after lib-prog.sh (wait_listen, port_listening), call it_setup (or
 # prog_setup), then tpm_setup.
 #
 # tpm_setup [DIR] starts, all private to this test and stopped by lib.sh's
