@@ -223,6 +223,8 @@ agent_start() {
 	local mod=(--module "$MODULE")
 	[ -z "${IT_AGENT_REGISTRY:-}" ] || mod=()
 	[ -n "$IT_PRELOAD" ] && limit=150
+	# every registered module loads (OpenSC, p11-kit-trust, ...): slower
+	[ -z "${IT_AGENT_REGISTRY:-}" ] || limit=$((limit * 4))
 	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
 	[ -S "$SOCK" ] && stale=1
 	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"

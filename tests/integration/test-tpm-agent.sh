@@ -116,8 +116,20 @@ printf '[token pkcs11:token=%s]\npin-source = file:%s\n' "$TPM_TOKEN" "$TPM_DIR/
 chmod 0600 "$XDG_CONFIG_HOME/p11agent/agent.conf"
 agent_start "$T/pin" || tap_bail "p11agentd did not start"
 
+# lockout_counter, max_auth_fail: the TPM's TPM2_PT_LOCKOUT_COUNTER
+# (wrong authorisations counted) and TPM2_PT_MAX_AUTH_FAIL, in decimal.
+tpm_prop() {
+	local v
+	v=$(with_timeout 30 tpm2_getcap properties-variable 2>/dev/null |
+		awk -v p="$1:" '$1 == p { print $2; exit }')
+	[[ $v =~ ^0x[0-9a-fA-F]+$ ]] || { echo "tpm2_getcap gave no $1" >&2; return 1; }
+	echo $((v))
+}
+lockout_counter() { tpm_prop TPM2_PT_LOCKOUT_COUNTER; }
+max_auth_fail() { tpm_prop TPM2_PT_MAX_AUTH_FAIL; }
+
 wrong_pin() {
-	local i logins fails
+	local i logins fails da
 	for i in 1 2 3 4; do
 		if client pkeyutl -sign -inkey "$(tpm_uri p256)" -in "$T/msg.sha256" \
 			-out "$T/wrong-$i.sig" 2>"$T/wrong-$i.err"; then
@@ -133,8 +145,10 @@ wrong_pin() {
 	[ "$logins" -eq 1 ] && [ "$fails" -eq 1 ] ||
 		{ echo "the wrong PIN was tried $logins times (expected once)" >&2; return 1; }
 	[ "$(tpm_state)" = logged-out ] || { echo "TPM token state: $(tpm_state)" >&2; return 1; }
-	# what the TPM counted (dictionary-attack lock-out)
-	with_timeout 30 tpm2_getcap properties-variable 2>&1 | grep -iA1 'LOCKOUT_COUNTER' || true
+	# the TPM itself counted one wrong try (dictionary-attack lock-out)
+	da=$(lockout_counter) || return 1
+	echo "TPM lock-out counter: $da (locks out at $(max_auth_fail))"
+	[ "$da" -eq 1 ] || { echo "the TPM counted $da wrong tries" >&2; return 1; }
 	grep -q "rejected the PIN" "$T/agent.log"
 }
 tap_case "wrong TPM PIN: 4 TPM signatures refused, the PIN tried once (C_Login 1), SoftHSM signs" \
@@ -144,7 +158,7 @@ tap_case "wrong TPM PIN: 4 TPM signatures refused, the PIN tried once (C_Login 1
 # unchanged. The new agent knows nothing of the old one's rejected PIN: it
 # tries the file once at most, never again for the clients' requests.
 restart_logged_out() {
-	local out logins
+	local out logins da
 	agent_stop || return 1
 	agent_start "$T/pin" || return 1
 	out=$(with_timeout 30 "$P11AGENTCTL" --socket "$SOCK" keys) || return 1
@@ -158,6 +172,9 @@ restart_logged_out() {
 	logins=$(count C_Login)
 	echo "TPM C_Login calls after the restart: $logins; state $(tpm_state)"
 	[ "$logins" -le 1 ] || { echo "the wrong PIN was tried $logins times" >&2; return 1; }
+	da=$(lockout_counter) || return 1
+	echo "TPM lock-out counter: $da (locks out at $(max_auth_fail))"
+	[ "$da" -le 2 ] || { echo "the TPM counted $da wrong tries" >&2; return 1; }
 	[ "$(tpm_state)" = logged-out ]
 }
 tap_case "agent restarted with the TPM logged out: keys listed, SoftHSM signs, the wrong PIN tried at most once" \
