@@ -124,7 +124,7 @@ tpm_start_abrmd() {
 	local root=() i
 	[ "$(id -u)" -ne 0 ] || root=(--allow-root)
 	timeout -k 2 $((IT_TIMEOUT * 40)) env DBUS_SESSION_BUS_ADDRESS="$TPM_BUS" \
-		tpm2-abrmd --session "${root[@]}" \
+		"$TPM_ABRMD" --session "${root[@]}" \
 		--tcti="swtpm:host=127.0.0.1,port=$TPM_PORT" \
 		>"$TPM_DIR/abrmd.log" 2>&1 </dev/null &
 	TPM_PIDS+=($!)
@@ -199,10 +199,13 @@ EOF
 tpm_setup() {
 	local tool pin sopin
 	TPM_DIR=${1:-$T/tpm}
-	for tool in swtpm tpm2-abrmd tpm2_ptool dbus-daemon dbus-send pkcs11-tool; do
+	for tool in swtpm tpm2_ptool dbus-daemon dbus-send pkcs11-tool; do
 		command -v "$tool" >/dev/null ||
 			tap_bail "$tool not installed (tests/packages.sh: swtpm swtpm-tools tpm2-abrmd libtpm2-pkcs11-tools)"
 	done
+	# in /usr/sbin, often not in a user's PATH
+	TPM_ABRMD=$(command -v tpm2-abrmd || command -v /usr/sbin/tpm2-abrmd) ||
+		tap_bail "tpm2-abrmd not installed (package tpm2-abrmd)"
 	TPM_MODULE=$(tpm_find_module) ||
 		tap_bail "libtpm2_pkcs11.so not found (package libtpm2-pkcs11-1)"
 	mkdir -p "$TPM_DIR/state" "$TPM_DIR/store" "$TPM_DIR/pub" "$TPM_DIR/certs"

@@ -207,6 +207,14 @@ registry() {
 			{ echo "tpm2-pkcs11 is not registered with p11-kit" >&2; return 1; }
 	fi
 	p11-kit list-modules 2>/dev/null | grep -A3 -E '^(tpm-test|tpm2_pkcs11):' || true
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "not root: the user's registry $XDG_CONFIG_HOME/pkcs11/modules"
+		# p11-kit lists a module registered twice (user, system) once,
+		# under the system's name: its debug output shows what it read
+		P11_KIT_DEBUG=conf p11-kit list-modules 2>&1 >/dev/null |
+			grep -F "reading config file: $XDG_CONFIG_HOME/pkcs11/modules/tpm-test.module" ||
+			{ echo "p11-kit does not read the user's tpm-test.module" >&2; return 1; }
+	fi
 	IT_AGENT_ARGS=()
 	IT_AGENT_REGISTRY=1 agent_start "$T/pin" || return 1
 	out=$(with_timeout 30 "$P11AGENTCTL" --socket "$SOCK" keys) || return 1
