@@ -30,6 +30,7 @@
 # (the EXIT trap does it too).
 
 TPM_TOKEN=p11agent-tpm
+# shellcheck disable=SC2034 # used by the test scripts
 TPM_KEYS="p256 rsa2048"
 TPM_PIDS=()
 
@@ -216,33 +217,37 @@ tpm_setup() {
 	tpm_start_bus || tap_bail "TPM fixture: no private bus"
 	tpm_start_abrmd || tap_bail "TPM fixture: tpm2-abrmd did not start"
 	# tpm2-pkcs11 (in every process that loads it: the agent, pkcs11-tool)
-	# and tpm2-tools reach the TPM through the private resource manager;
-	# the bus address is in the TCTI config, so no process needs
-	# DBUS_SESSION_BUS_ADDRESS pointing at the TPM's bus.
+	# and tpm2-tools reach the TPM through the private resource manager.
 	export TPM2_PKCS11_TCTI="tabrmd:bus_type=session,bus_name=com.intel.tss2.Tabrmd"
 	export TPM2TOOLS_TCTI=$TPM2_PKCS11_TCTI TPM2_PKCS11_STORE=$TPM_DIR/store
-	# tabrmd's TCTI finds the session bus in the environment only
+	# tabrmd's TCTI takes a bus type, not an address: it finds "the
+	# session bus" in DBUS_SESSION_BUS_ADDRESS. So the agent started after
+	# this sees the private bus as its session bus too (and owns
+	# org.p11agent.Agent1 there), which is harmless: nobody else is on it.
 	export DBUS_SESSION_BUS_ADDRESS=$TPM_BUS
 	pin=$(cat "$T/pin")
 	sopin=$(openssl rand -hex 8)
 	printf '%s' "$pin" >"$TPM_DIR/pin"
 	printf '%s' "$sopin" >"$TPM_DIR/so-pin"
 	chmod 0600 "$TPM_DIR/pin" "$TPM_DIR/so-pin"
-	tpm_log "tpm2_ptool init" tpm2_ptool init --path "$TPM_DIR/store" &&
-		tpm_log "tpm2_ptool addtoken" tpm2_ptool addtoken --pid=1 --label="$TPM_TOKEN" \
-			--userpin="$pin" --sopin="$sopin" --path "$TPM_DIR/store" &&
-		tpm_log "tpm2_ptool addkey p256" tpm2_ptool addkey --label="$TPM_TOKEN" \
+	if ! tpm_log "tpm2_ptool init" tpm2_ptool init --path "$TPM_DIR/store" ||
+		! tpm_log "tpm2_ptool addtoken" tpm2_ptool addtoken --pid=1 --label="$TPM_TOKEN" \
+			--userpin="$pin" --sopin="$sopin" --path "$TPM_DIR/store" ||
+		! tpm_log "tpm2_ptool addkey p256" tpm2_ptool addkey --label="$TPM_TOKEN" \
 			--userpin="$pin" --algorithm=ecc256 --key-label=p256 --id=02 \
-			--path "$TPM_DIR/store" &&
-		tpm_log "tpm2_ptool addkey rsa2048" tpm2_ptool addkey --label="$TPM_TOKEN" \
-			--userpin="$pin" --algorithm=rsa2048 --key-label=rsa2048 --id=01 \
 			--path "$TPM_DIR/store" ||
+		! tpm_log "tpm2_ptool addkey rsa2048" tpm2_ptool addkey --label="$TPM_TOKEN" \
+			--userpin="$pin" --algorithm=rsa2048 --key-label=rsa2048 --id=01 \
+			--path "$TPM_DIR/store"; then
 		tap_bail "TPM fixture: tpm2_ptool failed"
+	fi
 	pin="" sopin=""
-	tpm_pubkey p256 02 && tpm_pubkey rsa2048 01 ||
+	if ! tpm_pubkey p256 02 || ! tpm_pubkey rsa2048 01; then
 		tap_bail "TPM fixture: cannot read the TPM keys' public keys"
-	tpm_cert p256 && tpm_cert rsa2048 ||
+	fi
+	if ! tpm_cert p256 || ! tpm_cert rsa2048; then
 		tap_bail "TPM fixture: cannot issue certificates for the TPM keys"
+	fi
 }
 
 # tpm_stop: the resource manager, the bus and swtpm (in that order).

@@ -14,7 +14,7 @@ tpm_setup
 IT_AGENT_ARGS=(--module "$TPM_MODULE")
 agent_start "$T/pin" || tap_bail "p11agentd did not start"
 prog_env
-mkdir -m 0700 -p "$T/refs"
+mkdir -p "$T/refs" && chmod 0700 "$T/refs"
 
 # The TPM's model is "SW   TPM" padded with NULs: the canonical URIs
 # trim the padding (model=SW%20%20%20TPM;), both keys are listed.
