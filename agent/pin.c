@@ -271,7 +271,8 @@ void agent_pin_rejected_save(const agent_t *a, const char *token_uri, const agen
 {
     rejected_rec_t rec;
     char *path = rejected_path(a, token_uri), *tmp = NULL;
-    int fd = -1;
+    bool written;
+    int fd;
 
     if (path == NULL || asprintf(&tmp, "%s.tmp", path) < 0) {
         tmp = NULL;
@@ -285,12 +286,15 @@ void agent_pin_rejected_save(const agent_t *a, const char *token_uri, const agen
     rec.mtime_ns = id->mtime_ns;
     unlink(tmp);
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0 || write(fd, &rec, sizeof(rec)) != (ssize_t)sizeof(rec) || close(fd) != 0 ||
-        rename(tmp, path) != 0) {
-        if (fd < 0)
-            agent_warn("cannot remember the rejected PIN file in %s: %s", tmp, strerror(errno));
-        else
-            agent_warn("cannot remember the rejected PIN file in %s", path);
+    if (fd < 0) {
+        agent_warn("cannot remember the rejected PIN file in %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    written = write(fd, &rec, sizeof(rec)) == (ssize_t)sizeof(rec);
+    if (close(fd) != 0)
+        written = false;
+    if (!written || rename(tmp, path) != 0) {
+        agent_warn("cannot remember the rejected PIN file in %s", path);
         unlink(tmp);
     }
 out:
