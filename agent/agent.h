@@ -452,6 +452,14 @@ int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg);
 int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret, char **errmsg);
 /* The token rejected a PIN from agent_auth_pin: don't offer it again. */
 void agent_auth_pin_rejected(agent_t *a, const char *token_uri);
+
+/* A PIN file the token rejected, remembered across restarts (a TPM counts
+ * each wrong try towards its lock-out): a record per token next to the
+ * socket. load: true and *ret set when one is recorded; save and forget
+ * fail quietly (a warning), the in-memory state still applies. */
+bool agent_pin_rejected_load(const agent_t *a, const char *token_uri, agent_pin_id_t *ret);
+void agent_pin_rejected_save(const agent_t *a, const char *token_uri, const agent_pin_id_t *id);
+void agent_pin_rejected_forget(const agent_t *a, const char *token_uri);
 /* Logs in to every token that needs it and has a PIN source (no lock held). */
 void agent_login_all(agent_t *a);
 /* Log out (unless forget_only) and wipe cached PINs of the tokens matching

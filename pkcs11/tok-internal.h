@@ -178,6 +178,11 @@ void tok_ctx_destroy_copies(tok_ctx_t *ctx);
 void tok_key_clear(tok_key_t *k);
 
 /* uri.c */
+/* A blank-padded CK string field of n bytes as the standard has it: the
+ * text up to the first NUL, then blanks (NUL padding and an early NUL
+ * become blanks). A field starting with NUL is left alone unless
+ * empty_is_blank (then it is all blanks: an empty string). */
+void tok_ck_unpad(unsigned char *s, size_t n, bool empty_is_blank);
 char *tok_uri_for_token(const CK_TOKEN_INFO *info);
 char *tok_uri_for_key(const CK_TOKEN_INFO *info, const tok_key_t *k);
 

@@ -2,6 +2,7 @@
 /* Unit tests of agent/: PIN sources, error mapping, the main loop, pinentry answers. */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -194,6 +195,63 @@ static void test_agent_pin_id_changes_with_file(void **state)
     assert_false(pin_id_equal(&b, &c));
     free(tmp);
     free(path);
+}
+
+/* A rejected PIN file is remembered next to the socket, per token, across
+ * agents; a record that is not ours or not one record is ignored. */
+static void test_agent_pin_rejected_remembered(void **state)
+{
+    static agent_t a;
+    agent_pin_id_t id = {.dev = 7, .ino = 123456, .size = 8, .mtime_ns = 1700000000123456789};
+    agent_pin_id_t got = {0};
+    const char *tok = "pkcs11:model=SW%20%20%20TPM;manufacturer=IBM;serial=0;token=tpm";
+    char *sock = NULL, *cmd = NULL, *rec = NULL;
+    glob_t g;
+
+    assert_true(asprintf(&sock, "%s/agent.sock", tmpdir) > 0);
+    a.socket_path = sock;
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    assert_true(pin_id_equal(&got, &id));
+    /* another token has no record */
+    assert_false(agent_pin_rejected_load(&a, "pkcs11:token=other", &got));
+
+    assert_true(asprintf(&cmd, "%s/pin-rejected-*", tmpdir) > 0);
+    assert_int_equal(glob(cmd, 0, NULL, &g), 0);
+    assert_int_equal(g.gl_pathc, 1);
+    rec = strdup(g.gl_pathv[0]);
+    globfree(&g);
+    /* others may write it: ignored */
+    assert_int_equal(chmod(rec, 0622), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(chmod(rec, 0600), 0);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    /* not one record: ignored */
+    assert_int_equal(truncate(rec, 10), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    /* a symlink: ignored */
+    assert_int_equal(unlink(rec), 0);
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_int_equal(rename(rec, sock), 0);
+    assert_int_equal(symlink(sock, rec), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(unlink(rec), 0);
+    assert_int_equal(unlink(sock), 0);
+
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_forget(&a, tok);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(access(rec, F_OK), -1);
+    /* no socket path: nothing remembered, nothing fails */
+    a.socket_path = NULL;
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_forget(&a, tok);
+    free(rec);
+    free(cmd);
+    free(sock);
 }
 
 static void test_agent_err_from_tok_table(void **state)
@@ -1268,6 +1326,7 @@ int main(void)
         cmocka_unit_test(test_agent_pin_file_reads_first_line),
         cmocka_unit_test(test_agent_pin_file_errors),
         cmocka_unit_test(test_agent_pin_id_changes_with_file),
+        cmocka_unit_test(test_agent_pin_rejected_remembered),
         cmocka_unit_test(test_agent_err_from_tok_table),
         cmocka_unit_test(test_agent_loop_runs_fd_callbacks_until_quit),
         cmocka_unit_test(test_agent_conf_parses_every_section),
