@@ -99,6 +99,7 @@ struct tok_ctx {
     bool debug;
     tok_warn_fn_t warn;
     void *warn_data;
+    char *pending_warn;  /* lines warned before a callback was set ('\n'-separated) */
 };
 
 /* status.c */

@@ -178,7 +178,7 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
         goto err;
     /* bus_socket_path reads $P11AGENT_SOCKET, then the configured path,
      * then the per-user default: once, now. */
-    ctx->client = prov_client_new(bus_socket_path(socket_path));
+    ctx->client = bus_pool_new(bus_socket_path(socket_path));
     if (ctx->client == NULL)
         goto err;
     return ctx;
@@ -191,7 +191,7 @@ void prov_ctx_free(prov_ctx_t *ctx)
 {
     if (ctx == NULL)
         return;
-    prov_client_free(ctx->client);
+    bus_pool_free(ctx->client);
     if (ctx->default_prov != NULL)
         OSSL_PROVIDER_unload(ctx->default_prov);
     OSSL_LIB_CTX_free(ctx->libctx);

@@ -18,6 +18,7 @@
 #include <openssl/evp.h>
 
 #include "bus.h"
+#include "pool.h"
 
 #define PROV_NAME "p11agent"
 #define PROV_PROPS "provider=p11agent"
@@ -38,7 +39,6 @@ enum {
     PROV_R_AMBIGUOUS = 12,     /* a URI that matches several keys where one is needed */
 };
 
-typedef struct prov_client prov_client_t;
 
 typedef struct prov_ctx {
     const OSSL_CORE_HANDLE *handle;
@@ -53,7 +53,7 @@ typedef struct prov_ctx {
      * decoding and public-key work never pick our own algorithms. */
     OSSL_LIB_CTX *libctx;
     OSSL_PROVIDER *default_prov;
-    prov_client_t *client;
+    bus_pool_t *client;       /* the agent client (dbus/pool.h) */
     bool disabled;            /* running inside p11agentd: no operations */
 } prov_ctx_t;
 
@@ -75,21 +75,6 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
                          const char *socket_path, bool disabled);
 void prov_ctx_free(prov_ctx_t *ctx);
-
-/* --- agent client (client.c) --- */
-
-/* Takes ownership of socket_path (malloc'd, may be NULL = no socket known). */
-prov_client_t *prov_client_new(char *socket_path);
-void prov_client_free(prov_client_t *c);
-const char *prov_client_socket(const prov_client_t *c);
-/* FindKeys/Sign through the per-process connection, reconnecting after a
- * fork or an agent restart. Return BUS_OK or a bus_err_t; *errmsg as in
- * bus.h (malloc'd, free()). */
-int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **ret_keys,
-                          size_t *ret_n, char **errmsg);
-int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
-                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
-                     char **errmsg);
 
 /* --- key object (keymgmt.c) --- */
 

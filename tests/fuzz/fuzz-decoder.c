@@ -81,8 +81,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     if (ctx == NULL)
         abort();
     /* no agent: every lookup fails at once, without touching a socket */
-    prov_client_free(ctx->client);
-    ctx->client = prov_client_new(NULL);
+    bus_pool_free(ctx->client);
+    ctx->client = bus_pool_new(NULL);
     if (ctx->client == NULL)
         abort();
     return 0;

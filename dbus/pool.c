@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * The provider's agent client: a small pool of private D-Bus connections
- * per process, opened on first use; a signing thread takes an idle one so
+ * The agent client of the provider and the PKCS#11 module: a small pool
+ * of private D-Bus connections per process, opened on first use; a signing thread takes an idle one so
  * that threads sign in parallel (libdbus connections are thread-safe, so
  * past the pool's size threads share; the mutex only guards the pool).
  *
- * Fork: OpenSSL 3.0 gives providers no fork hook, so every call compares
+ * Fork: OpenSSL 3.0 gives providers no fork hook (and PKCS#11 programs
+ * rarely call C_Initialize again in a child), so every call compares
  * getpid() with the owner of the state. A child never calls into the
  * inherited DBusConnection (its locks may be held by threads that do not
  * exist in the child): it closes the socket fd recorded at connect time,
@@ -23,14 +24,17 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
- * The socket path is resolved once, when the provider starts: nginx
- * workers sign with a scrubbed environment.
+ * The socket path is resolved once, when the pool is made (the provider
+ * starts, the module is initialised): nginx workers sign with a scrubbed
+ * environment.
  */
 #include "config.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,7 +42,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "provider.h"
+#include "pool.h"
 
 /* At most this many connections per process. A thread takes an idle one,
  * or opens a new one while fewer are open; past that, threads share (the
@@ -70,7 +74,7 @@ typedef struct sign_tmpl {
     DBusMessage *msg;
 } sign_tmpl_t;
 
-struct prov_client {
+struct bus_pool {
     pthread_mutex_t tmpl_lock;
     sign_tmpl_t tmpl[TMPL_MAX]; /* guarded by tmpl_lock */
     unsigned tmpl_next;         /* the slot to replace next */
@@ -85,9 +89,9 @@ struct prov_client {
     atomic_int claim;         /* pid resetting the state after a fork */
 };
 
-prov_client_t *prov_client_new(char *socket_path)
+bus_pool_t *bus_pool_new(char *socket_path)
 {
-    prov_client_t *c = calloc(1, sizeof(*c));
+    bus_pool_t *c = calloc(1, sizeof(*c));
 
     if (c == NULL) {
         free(socket_path);
@@ -109,14 +113,14 @@ prov_client_t *prov_client_new(char *socket_path)
     return c;
 }
 
-const char *prov_client_socket(const prov_client_t *c)
+const char *bus_pool_socket(const bus_pool_t *c)
 {
     return c != NULL ? c->socket_path : NULL;
 }
 
 /* Child side of a fork: abandon the parent's connections without touching
  * the DBusConnection objects. */
-static void client_abandon_inherited(prov_client_t *c)
+static void client_abandon_inherited(bus_pool_t *c)
 {
     for (size_t i = 0; i < POOL_MAX; i++) {
         pool_slot_t *s = &c->slots[i];
@@ -133,7 +137,7 @@ static void client_abandon_inherited(prov_client_t *c)
     c->lost_until_ms = 0;
 }
 
-static void client_check_fork(prov_client_t *c)
+static void client_check_fork(bus_pool_t *c)
 {
     int me = (int)getpid();
 
@@ -164,7 +168,7 @@ static int64_t now_ms(void)
 
 /* Picks a slot for this call (lock held): an idle open connection, else a
  * slot to open, else the open one with the fewest users. */
-static pool_slot_t *pick_slot_locked(prov_client_t *c)
+static pool_slot_t *pick_slot_locked(bus_pool_t *c)
 {
     pool_slot_t *idle = NULL, *empty = NULL, *least = NULL;
 
@@ -187,7 +191,7 @@ static pool_slot_t *pick_slot_locked(prov_client_t *c)
 /* Returns a reference to a connection of the pool, opening one if needed.
  * *ret_fresh tells whether it was opened by this call. Release with
  * client_release(). */
-static int client_acquire(prov_client_t *c, DBusConnection **ret_conn, bool *ret_fresh,
+static int client_acquire(bus_pool_t *c, DBusConnection **ret_conn, bool *ret_fresh,
                           char **errmsg)
 {
     DBusConnection *conn = NULL;
@@ -207,7 +211,7 @@ retry:
         if (c->socket_path == NULL) {
             r = BUS_ERR_NOT_RUNNING;
             if (errmsg != NULL)
-                *errmsg = strdup("no agent socket: set P11AGENT_SOCKET or agent-socket");
+                *errmsg = strdup("no agent socket: set P11AGENT_SOCKET or the agent-socket setting");
             goto out;
         }
         r = bus_client_connect(c->socket_path, &conn, errmsg);
@@ -259,7 +263,7 @@ static bool is_connection_error(int r)
  * retried for RECONNECT_WAIT_MS, until a connection opened since answers.
  * The caller still owns its reference. Returns whether the agent counts as
  * restarting now. */
-static bool client_release(prov_client_t *c, DBusConnection *used, int r, bool fresh)
+static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fresh)
 {
     bool conn_err = is_connection_error(r), restarting;
     int64_t now = now_ms();
@@ -293,14 +297,12 @@ static bool client_release(prov_client_t *c, DBusConnection *used, int r, bool f
     return restarting;
 }
 
-typedef int (*client_op_fn)(DBusConnection *conn, void *arg, char **errmsg);
-
 /* Runs op on a pooled connection. errno is left as the caller had it:
  * socket and libdbus calls set it on their way (ENOENT with no agent,
  * EAGAIN after a non-blocking read), and applications that look at errno
  * after an OpenSSL failure (Python's ssl raises FileNotFoundError or
  * BlockingIOError then) must see the OpenSSL error instead. */
-static int client_call(prov_client_t *c, client_op_fn op, void *arg, char **errmsg)
+int bus_pool_call(bus_pool_t *c, bus_pool_op_fn op, void *arg, char **errmsg)
 {
     int r = BUS_ERR_NOT_RUNNING, saved_errno = errno;
 
@@ -352,11 +354,11 @@ static int op_find_keys(DBusConnection *conn, void *arg, char **errmsg)
     return bus_client_find_keys(conn, a->uri, BUS_CALL_TIMEOUT_MS, &a->keys, &a->n, errmsg);
 }
 
-int prov_client_find_keys(prov_client_t *c, const char *uri, bus_key_info_t **ret_keys,
+int bus_pool_find_keys(bus_pool_t *c, const char *uri, bus_key_info_t **ret_keys,
                           size_t *ret_n, char **errmsg)
 {
     find_args_t a = { .uri = uri };
-    int r = client_call(c, op_find_keys, &a, errmsg);
+    int r = bus_pool_call(c, op_find_keys, &a, errmsg);
 
     if (r == BUS_OK) {
         *ret_keys = a.keys;
@@ -373,7 +375,7 @@ static bool same_params(const bus_sign_params_t *a, const bus_sign_params_t *b)
 
 /* A Sign call for uri/p with data: a copy of the cached template, made on
  * first use. NULL on bad arguments or out of memory. */
-static DBusMessage *sign_call(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
+static DBusMessage *sign_call(bus_pool_t *c, const char *uri, const bus_sign_params_t *p,
                               const uint8_t *data, size_t len)
 {
     DBusMessage *msg = NULL;
@@ -407,7 +409,7 @@ static DBusMessage *sign_call(prov_client_t *c, const char *uri, const bus_sign_
 }
 
 typedef struct sign_args {
-    prov_client_t *client;
+    bus_pool_t *client;
     const char *uri;
     const bus_sign_params_t *p;
     const uint8_t *data;
@@ -432,12 +434,12 @@ static int op_sign(DBusConnection *conn, void *arg, char **errmsg)
     return r;
 }
 
-int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t *p,
+int bus_pool_sign(bus_pool_t *c, const char *uri, const bus_sign_params_t *p,
                      const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
                      char **errmsg)
 {
     sign_args_t a = { .client = c, .uri = uri, .p = p, .data = data, .len = len };
-    int r = client_call(c, op_sign, &a, errmsg);
+    int r = bus_pool_call(c, op_sign, &a, errmsg);
 
     if (r == BUS_OK) {
         *ret_sig = a.sig;
@@ -446,7 +448,7 @@ int prov_client_sign(prov_client_t *c, const char *uri, const bus_sign_params_t 
     return r;
 }
 
-void prov_client_free(prov_client_t *c)
+void bus_pool_free(bus_pool_t *c)
 {
     if (c == NULL)
         return;
