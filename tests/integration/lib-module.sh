@@ -4,12 +4,8 @@
 # load the module, the module talks to the test's agent. Source it instead
 # of lib-prog.sh (it sources lib-prog.sh and lib.sh), then call mod_setup.
 #
-# Needs in the environment (meson sets it):
-#   P11AGENT_MODULE        built module/p11agent-pkcs11.so
-# Optional:
-#   P11AGENT_PLAIN_MODULE  the uninstrumented module for the ASan build
-#                          (default: build/module/p11agent-pkcs11.so next to
-#                          this build directory)
+# Needs P11AGENT_MODULE (and P11AGENT_PLAIN_MODULE in the ASan build), see
+# module_for_tools in lib-prog.sh.
 #
 # Adds:
 #   mod_setup              prog_setup, then P11MOD (the module the programs
@@ -24,28 +20,14 @@
 #   cert_uri KEY           pkcs11: URI of KEY's certificate
 . "$(dirname "${BASH_SOURCE[0]}")/lib-prog.sh"
 
-# mod_setup: prog_setup, then the module. Every program here runs
-# unsanitized in the ASan build (GnuTLS programs hang with libasan
-# preloaded, see prog_unsanitized in lib-prog.sh; Firefox, Chromium, NSS's
-# tools and OpenSSH's helpers cannot preload it either): they load the
-# normal build's module, while the agent they talk to is this build's,
-# under ASan and UBSan. Bails out when the module is missing.
+# mod_setup: prog_setup, then P11MOD: the module the programs load
+# (module_for_tools in lib-prog.sh: in the ASan build the normal build's,
+# since none of these programs can run with libasan preloaded), and
+# P11AGENT_SOCKET=$SOCK exported for the module in every program.
 mod_setup() {
-	local build so
-	[ -n "${P11AGENT_MODULE:-}" ] || tap_bail "P11AGENT_MODULE is not set (run through meson test)"
 	prog_setup
-	so=$P11AGENT_MODULE
-	if [ -n "$IT_PRELOAD" ]; then
-		build=$(dirname "$(dirname "$P11AGENT_SO")")
-		so=${P11AGENT_PLAIN_MODULE:-$(dirname "$build")/build/module/p11agent-pkcs11.so}
-		[ -f "$so" ] || tap_bail "ASan build: the programs need an uninstrumented" \
-			"p11agent-pkcs11.so: build $(dirname "$build")/build first or set P11AGENT_PLAIN_MODULE"
-		! ldd "$so" | grep -q 'libasan\.so' ||
-			tap_bail "P11AGENT_PLAIN_MODULE=$so is built with ASan"
-		echo "# ASan build: the programs load $so uninstrumented; the agent runs under ASan"
-	fi
-	[ -f "$so" ] || tap_bail "module not built: $so"
-	P11MOD=$(cd "$(dirname "$so")" && pwd)/$(basename "$so")
+	module_for_tools
+	P11MOD=$(cd "$(dirname "$TOOL_MODULE")" && pwd)/$(basename "$TOOL_MODULE")
 	export P11AGENT_SOCKET=$SOCK
 }
 
