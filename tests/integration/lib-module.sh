@@ -18,6 +18,9 @@
 #                          matches REGEX (the handshake is done); page in
 #                          DIR/page
 #   cert_uri KEY           pkcs11: URI of KEY's certificate
+#   httpd_start DIR ROOT VERSION
+#                          mtls-httpd.py serving ROOT, client certificate
+#                          required, TLS VERSION; requests in DIR/requests.log
 . "$(dirname "${BASH_SOURCE[0]}")/lib-prog.sh"
 
 # mod_setup: prog_setup, then P11MOD: the module the programs load
@@ -97,4 +100,29 @@ fifo_client() {
 	sed -n '/^HTTP\/1.0 200 ok/,$p' "$dir/client.out" >"$dir/page"
 	[ "$rc" -eq 0 ] || tail -n 30 "$dir/client.out" "$dir/client.err" >&2
 	return "$rc"
+}
+
+# httpd_start DIR ROOT VERSION: mtls-httpd.py (a static file server that
+# requires a client certificate issued by the test CA, TLS VERSION 1.2 or
+# 1.3 only, the software server key) serving ROOT on a free port; each
+# request it served is a line "request TLSv1.3 CN=p256 GET /path" in
+# HTTPD_LOG (DIR/requests.log), each failed handshake "handshake-error ...".
+# Unlike s_server -naccept 1 it serves any number of connections (git
+# makes several; browsers open speculative ones). Sets HTTPD_PORT,
+# HTTPD_PID.
+httpd_start() {
+	local dir=$1 root=$2 v=$3 try
+	mkdir -p "$dir"
+	HTTPD_LOG=$dir/requests.log
+	for ((try = 0; try < 5; try++)); do
+		HTTPD_PORT=$(free_port)
+		: >"$HTTPD_LOG"
+		bg httpd python3 "$IT_LIB_DIR/mtls-httpd.py" "$HTTPD_PORT" "$root" \
+			"$T/server.pem" "$T/server.key" "$T/ca.pem" "$v" "$HTTPD_LOG"
+		HTTPD_PID=$BG_PID
+		wait_listen "$HTTPD_PORT" "$HTTPD_PID" && return 0
+		grep -qi 'in use' "$T/httpd.log" || break
+	done
+	cat "$T/httpd.log" >&2
+	return 1
 }

@@ -158,22 +158,6 @@ mkdir -p "$T/git"
 		git -C srv/repo.git update-server-info
 ) >"$T/git/init.log" 2>&1 || { tap_diag <"$T/git/init.log"; tap_bail "git repository setup failed"; }
 
-# httpd_start VERSION: mtls-httpd.py on a free port (HTTPD_PORT, HTTPD_PID).
-httpd_start() {
-	local try
-	for ((try = 0; try < 5; try++)); do
-		HTTPD_PORT=$(free_port)
-		: >"$T/git/httpd-requests.log"
-		bg httpd python3 "$IT_LIB_DIR/mtls-httpd.py" "$HTTPD_PORT" "$T/git/srv" \
-			"$T/server.pem" "$T/server.key" "$T/ca.pem" "$1" "$T/git/httpd-requests.log"
-		HTTPD_PID=$BG_PID
-		wait_listen "$HTTPD_PORT" "$HTTPD_PID" && return 0
-		grep -qi 'in use' "$T/httpd.log" || break
-	done
-	cat "$T/httpd.log" >&2
-	return 1
-}
-
 # git_clone VERSION KEY CERT KEYURI: the clone succeeds, has the commit,
 # every request the server logged came with certificate CN=KEY over
 # TLSv$VERSION, and the agent signed.
@@ -181,20 +165,20 @@ git_clone() {
 	local v=$1 k=$2 cert=$3 key=$4 dest rc=0
 	dest=$T/git/clone-$k-$v-$RANDOM
 	sig_mark || return 1
-	httpd_start "$v" || return 1
+	httpd_start "$T/git" "$T/git/srv" "$v" || return 1
 	# (GIT_SSL_* in the environment would override the configuration)
 	with_timeout "$IT_TIMEOUT" env -u GIT_SSL_CAINFO -u GIT_SSL_CAPATH -u GIT_SSL_CERT \
 		-u GIT_SSL_KEY XDG_CONFIG_HOME="$T/p11kit" HOME="$T/git" GIT_CONFIG_NOSYSTEM=1 GIT_TERMINAL_PROMPT=0 \
 		git -c http.sslCAInfo="$T/ca.pem" -c http.sslCert="$cert" -c http.sslKey="$key" \
 		clone -q "https://localhost:$HTTPD_PORT/repo.git" "$dest" || rc=$?
 	stop_pid "$HTTPD_PID" || true
-	cat "$T/git/httpd-requests.log"
+	cat "$HTTPD_LOG"
 	[ "$rc" -eq 0 ] || { echo "git clone exited with status $rc" >&2; return 1; }
 	[ "$(cat "$dest/hello" 2>/dev/null)" = p11agent ] ||
 		{ echo "the clone has no hello file" >&2; return 1; }
-	grep -q "^request TLSv$v CN=$k GET /repo.git/info/refs" "$T/git/httpd-requests.log" ||
+	grep -q "^request TLSv$v CN=$k GET /repo.git/info/refs" "$HTTPD_LOG" ||
 		{ echo "the server logged no info/refs request with CN=$k over TLSv$v" >&2; return 1; }
-	! grep -v "^request TLSv$v CN=$k " "$T/git/httpd-requests.log" >&2 ||
+	! grep -v "^request TLSv$v CN=$k " "$HTTPD_LOG" >&2 ||
 		{ echo "the server logged other requests or errors (above)" >&2; return 1; }
 	case $k in
 	soft-*) ;;
