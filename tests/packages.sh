@@ -14,6 +14,9 @@ P11AGENT_PACKAGES=(
 	systemd util-linux passwd pinentry-tty tmux
 	# real programs using token keys (tests/integration/test-<program>.sh)
 	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
+	# programs loading p11agent-pkcs11.so (test-gnutls, test-nss,
+	# test-firefox, test-ssh)
+	gnutls-bin wget git libnss3-tools firefox-esr openssh-server openssh-client
 	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
 	debhelper dpkg-dev lintian rpm
 )
