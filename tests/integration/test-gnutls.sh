@@ -125,12 +125,11 @@ for k in $IT_KEYS; do
 	done
 done
 # wget (GnuTLS 3.7.9) sends no Ed25519 client certificate in TLS 1.2, with
-# a software key as well: GnuTLS picks the client certificate from the
-# credentials by the CertificateRequest's certificate types, and in TLS 1.2
-# none of them admits EdDSA (ecdsa_sign is taken for ECDSA only).
-# gnutls-cli chooses its certificate itself in a callback, and there
-# Ed25519 in TLS 1.2 works (above). This case shows the limitation is
-# GnuTLS's: it fails when wget starts sending the certificate.
+# a software key as well; gnutls-cli, which picks its certificate itself in
+# a callback, does Ed25519 in TLS 1.2 (above). Our reading: GnuTLS chooses
+# a certificate from the credentials by the CertificateRequest's
+# certificate types, and takes none of TLS 1.2's for EdDSA. This case
+# shows the limitation is not the module's, and fails once wget sends it.
 wget_no_ed25519_tls12() {
 	local dir=$T/wget-soft-ed25519-tls1_2 rc=0
 	mkdir -p "$dir"
