@@ -107,7 +107,10 @@ ssh_login() {
 		-o UserKnownHostsFile="$S/known_hosts" -o StrictHostKeyChecking=yes -o BatchMode=yes \
 		-o PasswordAuthentication=no -p "$SSHD_PORT" "$ME@127.0.0.1" echo p11agent-ssh-ok) || rc=$?
 	echo "ssh said: $out (status $rc)"
-	[ "$rc" -eq 0 ] && [ "$out" = p11agent-ssh-ok ] || { tail -n 10 "$T/sshd.log" >&2; return 1; }
+	if [ "$rc" -ne 0 ] || [ "$out" != p11agent-ssh-ok ]; then
+		tail -n 10 "$T/sshd.log" >&2
+		return 1
+	fi
 	# sshd may write the line a moment after the session ended
 	for ((i = 0; i < 50; i++)); do
 		[ "$(accepted "$fp")" -gt "$before" ] && break
@@ -142,7 +145,7 @@ agent_setup >"$S/agent-setup.log" 2>&1 || { tap_diag <"$S/agent-setup.log"; tap_
 # (the module needs none): SSH_ASKPASS answers an empty line.
 ssh_add() {
 	local k ok=0
-	SSH_AUTH_SOCK=$S/agent.sock SSH_ASKPASS=$S/askpass SSH_ASKPASS_REQUIRE=force DISPLAY= \
+	SSH_AUTH_SOCK=$S/agent.sock SSH_ASKPASS=$S/askpass SSH_ASKPASS_REQUIRE=force DISPLAY='' \
 		with_timeout "$IT_TIMEOUT" ssh-add -s "$P11MOD" </dev/null || return 1
 	SSH_AUTH_SOCK=$S/agent.sock with_timeout "$IT_TIMEOUT" ssh-add -L >"$S/agent-keys" || return 1
 	cat "$S/agent-keys"
