@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /*
- * p11agent-pkcs11.so: entry points, process state, slots and tokens.
+ * p11agent-pkcs11.so: C_Initialize/C_Finalize/C_GetInfo, the process
+ * state, and listing the agent's tokens and keys (mod_refresh).
  *
  * A guest in other people's programs (GnuTLS and p11-kit-proxy initialise
  * every registered module when a program starts): C_Initialize never talks
@@ -29,15 +30,13 @@
 #include <openssl/provider.h>
 
 #include "state.h"
+#include "text.h"
 
 #define LIST_TIMEOUT_MS 2000
 #define BACKOFF_MS 10000
-/* C_WaitForSlotEvent without CKF_DONT_BLOCK asks the agent this often. */
-#define EVENT_POLL_MS 1000
 /* C_GetSlotList/C_FindObjectsInit list again when the last list is older. */
 #define STALE_MS 1000
 
-#define MOD_MANUFACTURER "p11agent"
 #define MOD_DESCRIPTION "p11agent-pkcs11 agent client"
 
 mod_state_t mod_g = {
@@ -59,17 +58,20 @@ int64_t mod_now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* One line on stderr, only with P11AGENT_PKCS11_DEBUG set. The line holds
+ * the agent's words (URIs, messages): escaped as a whole. */
 void mod_debug(const char *fn, const char *fmt, ...)
 {
+    char raw[2048], esc[4096];
     va_list ap;
 
     if (!mod_g.debug)
         return;
-    fprintf(stderr, "p11agent-pkcs11: %s: ", fn);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(raw, sizeof(raw), fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    text_escape(esc, sizeof(esc), raw, strlen(raw));
+    fprintf(stderr, "p11agent-pkcs11: %s: %s\n", fn, esc);
 }
 
 /* ------------------------------------------------------------ state */
@@ -128,7 +130,7 @@ static void state_free_locked(void)
 
 /* In a forked child: fresh locks (a parent thread may have held them at
  * the fork); the state stays. */
-static void check_fork(void)
+void mod_check_fork(void)
 {
     int me = (int)getpid(), owner = atomic_load(&mod_g.pid);
 
@@ -146,7 +148,7 @@ static void check_fork(void)
 
 CK_RV mod_enter(void)
 {
-    check_fork();
+    mod_check_fork();
     pthread_mutex_lock(&mod_g.lock);
     if (!mod_g.initialized) {
         pthread_mutex_unlock(&mod_g.lock);
@@ -216,7 +218,7 @@ CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
         if (all && !(args->flags & CKF_OS_LOCKING_OK))
             return CKR_CANT_LOCK;
     }
-    check_fork();
+    mod_check_fork();
     pthread_mutex_lock(&mod_g.lock);
     if (mod_g.initialized) {
         if (mod_g.init_pid == (int)getpid()) {
@@ -227,6 +229,10 @@ CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
         state_free_locked();
     }
     mod_g.debug = dbg != NULL && dbg[0] != '\0' && strcmp(dbg, "0") != 0;
+    /* p11agentd sets this in itself: should the agent load this module
+     * by a way its guard does not see (a proxy module), the module serves
+     * no token rather than call the agent from inside it */
+    mod_g.inside_agent = getenv("P11AGENT_AGENT_PROCESS") != NULL;
     sock = socket_from_args(args);
     mod_g.pool = bus_pool_new(sock);
     mod_g.libctx = OSSL_LIB_CTX_new();
@@ -265,7 +271,7 @@ CK_RV mod_C_Finalize(CK_VOID_PTR reserved)
     return CKR_OK;
 }
 
-static void pad(CK_UTF8CHAR *field, size_t size, const char *s)
+void mod_pad_str(CK_UTF8CHAR *field, size_t size, const char *s)
 {
     mod_pad(field, size, (const uint8_t *)s, strlen(s));
 }
@@ -279,8 +285,8 @@ CK_RV mod_C_GetInfo(CK_INFO_PTR info)
     memset(info, 0, sizeof(*info));
     info->cryptokiVersion.major = 2;
     info->cryptokiVersion.minor = 40;
-    pad(info->manufacturerID, sizeof(info->manufacturerID), MOD_MANUFACTURER);
-    pad(info->libraryDescription, sizeof(info->libraryDescription), MOD_DESCRIPTION);
+    mod_pad_str(info->manufacturerID, sizeof(info->manufacturerID), MOD_MANUFACTURER);
+    mod_pad_str(info->libraryDescription, sizeof(info->libraryDescription), MOD_DESCRIPTION);
     info->libraryVersion.major = 0;
     info->libraryVersion.minor = 1;
     return CKR_OK;
@@ -449,7 +455,7 @@ static void slot_set_keys_locked(mod_slot_t *s, const bus_key_info_t *recs, size
     free(seen);
 }
 
-void mod_refresh(bool force)
+void mod_refresh(mod_refresh_mode_t mode)
 {
     list_args_t a = {0};
     bus_pool_t *pool;
@@ -458,8 +464,9 @@ void mod_refresh(bool force)
 
     pthread_mutex_lock(&mod_g.refresh_lock);
     pthread_mutex_lock(&mod_g.lock);
-    if (!mod_g.initialized ||
-        (!force && mod_g.refreshed_ms != 0 && mod_now_ms() - mod_g.refreshed_ms < STALE_MS)) {
+    if (!mod_g.initialized || mod_g.inside_agent || (mode == MOD_REFRESH_FIRST && mod_g.listed) ||
+        (mode == MOD_REFRESH_STALE && mod_g.refreshed_ms != 0 &&
+         mod_now_ms() - mod_g.refreshed_ms < STALE_MS)) {
         pthread_mutex_unlock(&mod_g.lock);
         pthread_mutex_unlock(&mod_g.refresh_lock);
         return;
@@ -520,275 +527,4 @@ out:
     bus_token_info_free_array(a.tokens, a.n_tokens);
     bus_key_info_free_array(a.keys, a.n_keys);
     free(msg);
-}
-
-/* ------------------------------------------------------------ slots */
-
-CK_RV mod_C_GetSlotList(CK_BBOOL present_only, CK_SLOT_ID_PTR list, CK_ULONG_PTR count)
-{
-    CK_ULONG n = 0;
-    CK_RV rv;
-
-    if (count == NULL)
-        return CKR_ARGUMENTS_BAD;
-    check_fork();
-    /* a length query lists again; the call that fills the list uses the
-     * same state (the usual two calls must agree), unless nothing was
-     * listed yet (a program passing a big enough array at once) */
-    if (list == NULL || !mod_g.listed)
-        mod_refresh(false);
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    for (size_t i = 0; i < mod_g.n_slots; i++) {
-        if (present_only && !mod_g.slots[i].present)
-            continue;
-        if (list != NULL && n < *count)
-            list[n] = i;
-        n++;
-    }
-    if (list != NULL && n > *count)
-        rv = CKR_BUFFER_TOO_SMALL;
-    *count = n;
-    mod_leave();
-    return rv;
-}
-
-/* Lock held: the slot, or NULL. */
-static mod_slot_t *slot_locked(CK_SLOT_ID id)
-{
-    return id < mod_g.n_slots ? &mod_g.slots[id] : NULL;
-}
-
-CK_RV mod_C_GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info)
-{
-    mod_slot_t *s;
-    CK_RV rv;
-
-    if (info == NULL)
-        return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    memset(info, 0, sizeof(*info));
-    memcpy(info->slotDescription, s->description, sizeof(info->slotDescription));
-    pad(info->manufacturerID, sizeof(info->manufacturerID), MOD_MANUFACTURER);
-    info->flags = CKF_REMOVABLE_DEVICE | (s->present ? CKF_TOKEN_PRESENT : 0);
-out:
-    mod_leave();
-    return rv;
-}
-
-CK_RV mod_C_GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info)
-{
-    mod_slot_t *s;
-    CK_RV rv;
-
-    if (info == NULL)
-        return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
-    memset(info, 0, sizeof(*info));
-    memcpy(info->label, s->label, sizeof(info->label));
-    memcpy(info->manufacturerID, s->manufacturer, sizeof(info->manufacturerID));
-    memcpy(info->model, s->model, sizeof(info->model));
-    memcpy(info->serialNumber, s->serial, sizeof(info->serialNumber));
-    /* no CKF_LOGIN_REQUIRED: the agent logs in and asks for the PIN */
-    info->flags = CKF_TOKEN_INITIALIZED | CKF_USER_PIN_INITIALIZED;
-    info->ulMaxSessionCount = CK_EFFECTIVELY_INFINITE;
-    info->ulSessionCount = CK_UNAVAILABLE_INFORMATION;
-    info->ulMaxRwSessionCount = CK_EFFECTIVELY_INFINITE;
-    info->ulRwSessionCount = CK_UNAVAILABLE_INFORMATION;
-    info->ulMaxPinLen = 0;
-    info->ulMinPinLen = 0;
-    info->ulTotalPublicMemory = CK_UNAVAILABLE_INFORMATION;
-    info->ulFreePublicMemory = CK_UNAVAILABLE_INFORMATION;
-    info->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
-    info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
-    memset(info->utcTime, ' ', sizeof(info->utcTime));
-out:
-    mod_leave();
-    return rv;
-}
-
-/* Lock held: the mechanisms the slot's keys can use, by bit in the table. */
-static uint64_t slot_mechs_locked(const mod_slot_t *s, uint32_t *ret_min, uint32_t *ret_max,
-                                  const mod_mech_t *only)
-{
-    size_t n_all;
-    const mod_mech_t *all = mod_mech_all(&n_all);
-    uint64_t set = 0;
-    uint32_t lo = 0, hi = 0;
-
-    for (size_t k = 0; k < s->n_keys; k++) {
-        const mod_key_t *key = &s->keys[k];
-
-        if (key->type == BUS_KEY_UNKNOWN)
-            continue;
-        for (size_t i = 0; i < n_all && i < 64; i++) {
-            if (!mod_mech_key_ok(&all[i], key->type, key->flags))
-                continue;
-            set |= 1ull << i;
-            if (only == &all[i]) {
-                if (lo == 0 || key->bits < lo)
-                    lo = key->bits;
-                if (key->bits > hi)
-                    hi = key->bits;
-            }
-        }
-    }
-    if (ret_min)
-        *ret_min = lo;
-    if (ret_max)
-        *ret_max = hi;
-    return set;
-}
-
-CK_RV mod_C_GetMechanismList(CK_SLOT_ID id, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
-{
-    size_t n_all;
-    const mod_mech_t *all = mod_mech_all(&n_all);
-    mod_slot_t *s;
-    uint64_t set;
-    CK_ULONG n = 0;
-    CK_RV rv;
-
-    if (count == NULL)
-        return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
-    set = slot_mechs_locked(s, NULL, NULL, NULL);
-    for (size_t i = 0; i < n_all && i < 64; i++) {
-        if (!(set & (1ull << i)))
-            continue;
-        if (list != NULL && n < *count)
-            list[n] = all[i].type;
-        n++;
-    }
-    if (list != NULL && n > *count)
-        rv = CKR_BUFFER_TOO_SMALL;
-    *count = n;
-out:
-    mod_leave();
-    return rv;
-}
-
-CK_RV mod_C_GetMechanismInfo(CK_SLOT_ID id, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
-{
-    const mod_mech_t *m = mod_mech_find(type);
-    size_t n_all;
-    const mod_mech_t *all = mod_mech_all(&n_all);
-    mod_slot_t *s;
-    uint32_t lo, hi;
-    CK_RV rv;
-
-    if (info == NULL)
-        return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
-    if (m == NULL || !(slot_mechs_locked(s, &lo, &hi, m) & (1ull << (m - all)))) {
-        rv = CKR_MECHANISM_INVALID;
-        goto out;
-    }
-    memset(info, 0, sizeof(*info));
-    info->ulMinKeySize = lo;
-    info->ulMaxKeySize = hi;
-    info->flags = CKF_SIGN;
-    if (m->alg == BUS_SIG_ECDSA)
-        info->flags |= CKF_EC_F_P | CKF_EC_NAMEDCURVE | CKF_EC_UNCOMPRESS;
-out:
-    mod_leave();
-    return rv;
-}
-
-static bool take_event_locked(CK_SLOT_ID *ret)
-{
-    for (size_t i = 0; i < mod_g.n_slots; i++) {
-        if (mod_g.slots[i].event) {
-            mod_g.slots[i].event = false;
-            *ret = i;
-            return true;
-        }
-    }
-    return false;
-}
-
-CK_RV mod_C_WaitForSlotEvent(CK_FLAGS flags, CK_SLOT_ID_PTR slot, CK_VOID_PTR reserved)
-{
-    CK_RV rv;
-
-    if (slot == NULL || reserved != NULL)
-        return CKR_ARGUMENTS_BAD;
-    check_fork();
-    mod_refresh(true);
-    rv = mod_enter();
-    if (rv != CKR_OK)
-        return rv;
-    /* counted as a call in flight for the whole wait: C_Finalize wakes
-     * this thread and waits until it has left */
-    mod_g.calls++;
-    for (;;) {
-        struct timespec until;
-
-        if (take_event_locked(slot))
-            break;
-        if (flags & CKF_DONT_BLOCK) {
-            rv = CKR_NO_EVENT;
-            break;
-        }
-        clock_gettime(CLOCK_REALTIME, &until);
-        until.tv_sec += EVENT_POLL_MS / 1000;
-        pthread_cond_timedwait(&mod_g.cond, &mod_g.lock, &until);
-        if (!mod_g.initialized) {
-            rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-            break;
-        }
-        if (take_event_locked(slot))
-            break;
-        mod_leave();
-        mod_refresh(true);
-        pthread_mutex_lock(&mod_g.lock);
-        if (!mod_g.initialized) {
-            rv = CKR_CRYPTOKI_NOT_INITIALIZED;
-            break;
-        }
-    }
-    mod_call_end_locked();
-    mod_leave();
-    return rv;
 }

@@ -6,8 +6,10 @@
  * declared here: objects built from the agent's key records (objects.c),
  * attribute lookup and template matching by PKCS#11 rules (objects.c), URI
  * attribute parsing (uri.c), mechanisms and signature formats (mech.c).
- * The entry points and the process-wide state are in module.c, slots and
- * sessions in slots.c, signing operations in sign.c.
+ * The exported symbols and the function list are in entry.c; C_Initialize,
+ * the process-wide state and the listing of tokens in module.c; slots,
+ * tokens, mechanisms and slot events in slots.c; sessions, objects and
+ * signatures in session.c.
  */
 #pragma once
 

@@ -202,7 +202,7 @@ CK_RV mod_C_FindObjectsInit(CK_SESSION_HANDLE h, CK_ATTRIBUTE_PTR tmpl, CK_ULONG
 
     if (tmpl == NULL && n > 0)
         return CKR_ARGUMENTS_BAD;
-    mod_refresh(false);
+    mod_refresh(MOD_REFRESH_STALE);
     rv = enter_session(h, &s);
     if (rv != CKR_OK)
         return rv;

@@ -73,6 +73,7 @@ typedef struct mod_state {
     OSSL_LIB_CTX *libctx;      /* our own: the default provider only */
     OSSL_PROVIDER *provider;   /* its default provider */
     bool debug;
+    bool inside_agent;         /* loaded by p11agentd itself: serve nothing */
 } mod_state_t;
 
 extern mod_state_t mod_g;
@@ -81,7 +82,13 @@ extern mod_state_t mod_g;
 #define MOD_HANDLE(slot, key, kind) \
     ((CK_OBJECT_HANDLE)(((CK_ULONG)(slot) + 1) << 24 | (CK_ULONG)(key) << 2 | (CK_ULONG)(kind)))
 
+#define MOD_MANUFACTURER "p11agent"
+
 int64_t mod_now_ms(void);
+/* In a forked child: fresh locks, the state kept (every entry point). */
+void mod_check_fork(void);
+/* mod_pad for a C string. */
+void mod_pad_str(CK_UTF8CHAR *field, size_t size, const char *s);
 void mod_debug(const char *fn, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Entered by every entry point: CKR_OK with mod_g.lock held, or
@@ -89,9 +96,16 @@ void mod_debug(const char *fn, const char *fmt, ...) __attribute__((format(print
 CK_RV mod_enter(void);
 #define mod_leave() pthread_mutex_unlock(&mod_g.lock)
 
-/* Lists tokens and keys again (no lock held on entry; takes them). Keeps
- * the old state when the agent cannot be asked. */
-void mod_refresh(bool force);
+/* Lists tokens and keys again (no lock held on entry; takes them): always
+ * (MOD_REFRESH_FORCE), when the last list is older than a second
+ * (MOD_REFRESH_STALE) or only if nothing was listed yet (MOD_REFRESH_FIRST).
+ * Without an agent every token counts as gone; slot IDs stay. */
+typedef enum mod_refresh_mode {
+    MOD_REFRESH_FIRST,
+    MOD_REFRESH_STALE,
+    MOD_REFRESH_FORCE,
+} mod_refresh_mode_t;
+void mod_refresh(mod_refresh_mode_t mode);
 /* Lock held: the session, or NULL. */
 mod_session_t *mod_session_locked(CK_SESSION_HANDLE h);
 /* Lock held: the key of an object handle of a present slot, or NULL. */

@@ -77,6 +77,9 @@ static int load_registered(tok_ctx_t *ctx, char **errmsg)
         free(path);
     }
     ctx->p11kit_modules[kept] = NULL;
+    /* a module that fails to initialise is taken out of the list and stays
+     * loaded (released, its leaks lose their names: LeakSanitizer then
+     * reports a registered module's own leak as ours) */
     if (p11_kit_modules_initialize(ctx->p11kit_modules, NULL) != CKR_OK) {
         tok_set_errmsg(errmsg, "p11-kit: initialising the registered modules failed: %s",
                        module_message());

@@ -74,9 +74,11 @@ suite build -Dwerror=true
 # instrumented provider (see tests/integration/lib.sh). curl and psql
 # cannot run with libasan preloaded: they load the normal build's provider
 # (P11AGENT_PLAIN_SO, see prog_unsanitized in lib-prog.sh) and talk to the
-# ASan-built agent.
+# ASan-built agent; so do the programs that load the PKCS#11 module
+# (P11AGENT_PLAIN_MODULE, module_for_tools in lib-prog.sh).
 TEST_ARGS=(--timeout-multiplier 3)
-P11AGENT_PLAIN_SO=$ROOT/build/provider/p11agent.so P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
+P11AGENT_PLAIN_SO=$ROOT/build/provider/p11agent.so \
+	P11AGENT_PLAIN_MODULE=$ROOT/build/module/p11agent-pkcs11.so P11AGENT_TEST_TIMEOUT=90 suite build-asan -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false
 
 # libFuzzer targets (tests/fuzz/): clang, ASan+UBSan, coverage; each
 # replays its committed corpus, then fuzzes for a short while (fuzz_seconds).

@@ -273,8 +273,10 @@ prog_unsanitized() {
 # modsign.c) loads the instrumented module itself. Bails out without one.
 module_for_tools() {
 	local build so
-	[ -n "${P11AGENT_MODULE:-}" ] && [ -f "$P11AGENT_MODULE" ] ||
+	if [ -z "${P11AGENT_MODULE:-}" ] || [ ! -f "$P11AGENT_MODULE" ]; then
 		tap_bail "P11AGENT_MODULE is not set or not built: ${P11AGENT_MODULE:-}"
+	fi
+	# shellcheck disable=SC2034 # used by the test scripts
 	TOOL_MODULE=$P11AGENT_MODULE
 	[ -n "$IT_PRELOAD" ] || return 0
 	build=$(dirname "$(dirname "$P11AGENT_MODULE")")
@@ -282,6 +284,7 @@ module_for_tools() {
 	[ -f "$so" ] || tap_bail "ASan build: programs need an uninstrumented p11agent-pkcs11.so:" \
 		"build $(dirname "$build")/build first or set P11AGENT_PLAIN_MODULE"
 	! ldd "$so" | grep -q 'libasan\.so' || tap_bail "P11AGENT_PLAIN_MODULE=$so is built with ASan"
+	# shellcheck disable=SC2034 # used by the test scripts
 	TOOL_MODULE=$so
 	echo "# ASan build: programs load $so; the agent and modsign run under ASan"
 }

@@ -54,8 +54,10 @@ case_slots() {
 	[ "$(grep -c '^Slot ' "$T/L.out")" -eq 1 ] || { echo "not one slot for the one token" >&2; return 1; }
 	token_fields "$T/L.soft" | grep "p11agent-test" -A3 >"$T/fields.soft"
 	token_fields "$T/L.out" >"$T/fields.out"
-	[ -s "$T/fields.out" ] && diff "$T/fields.soft" "$T/fields.out" ||
-		{ echo "the token info differs from SoftHSM's" >&2; return 1; }
+	if [ ! -s "$T/fields.out" ] || ! diff "$T/fields.soft" "$T/fields.out"; then
+		echo "the token info differs from SoftHSM's" >&2
+		return 1
+	fi
 	! grep -q 'login required' "$T/L.out" || { echo "the token asks for a login" >&2; return 1; }
 }
 tap_case "-L: one slot with the real token's label, manufacturer, model and serial; no login required" \
@@ -258,9 +260,16 @@ case_no_agent() {
 	agent_start || return 1
 	agent_kill
 	[ -S "$SOCK" ] || { echo "no stale socket left by SIGKILL" >&2; return 1; }
-	bounded_list "$T/dead.out"
+	bounded_list "$T/dead.out" || return 1
+	# a library prints nothing by default; P11AGENT_PKCS11_DEBUG=1 says why
+	! grep -q 'p11agent-pkcs11' "$T/noagent.out" "$T/dead.out" ||
+		{ echo "the module printed without P11AGENT_PKCS11_DEBUG" >&2; return 1; }
+	P11AGENT_PKCS11_DEBUG=1 tool -L >"$T/debug.out" 2>&1
+	grep "p11agent-pkcs11: .*$SOCK" "$T/debug.out" ||
+		{ echo "P11AGENT_PKCS11_DEBUG=1: no line naming the socket" >&2; cat "$T/debug.out" >&2; return 1; }
 }
-tap_case "stopped agent, killed agent (stale socket): pkcs11-tool -L ends and lists no token" case_no_agent
+tap_case "stopped agent, killed agent (stale socket): pkcs11-tool -L ends, lists no token, prints nothing unless P11AGENT_PKCS11_DEBUG=1" \
+	case_no_agent
 agent_start || tap_bail "p11agentd did not start again"
 
 case_hung_agent() {

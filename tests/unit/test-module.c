@@ -1141,6 +1141,26 @@ static void test_module_no_agent(void **state)
     setenv("P11AGENT_SOCKET", srv.socket, 1);
 }
 
+static void test_module_stands_down_inside_agent(void **state)
+{
+    CK_ULONG n = 99;
+    int lists;
+
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    setenv("P11AGENT_AGENT_PROCESS", "1", 1);
+    pthread_mutex_lock(&fake_lock);
+    lists = fake.lists;
+    pthread_mutex_unlock(&fake_lock);
+    mod_init();
+    assert_int_equal(f->C_GetSlotList(CK_FALSE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    unsetenv("P11AGENT_AGENT_PROCESS");
+    pthread_mutex_lock(&fake_lock);
+    assert_int_equal(fake.lists, lists); /* the agent was not asked */
+    pthread_mutex_unlock(&fake_lock);
+}
+
 static void test_module_socket_from_init_args(void **state)
 {
     char arg[200];
@@ -1187,6 +1207,18 @@ static void test_module_interface(void **state)
     assert_int_equal(C_GetInterface((CK_UTF8CHAR_PTR) "Vendor", NULL, &pi, 0), CKR_ARGUMENTS_BAD);
 }
 
+/* After each test of the entry points: a test that failed half-way must
+ * not leave the module initialised for the next one. */
+static int finalize_quietly(void **state)
+{
+    if (f != NULL)
+        (void)f->C_Finalize(NULL);
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    setenv("P11AGENT_SOCKET", srv.socket, 1);
+    unsetenv("P11AGENT_AGENT_PROCESS");
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1199,14 +1231,15 @@ int main(void)
         cmocka_unit_test(test_module_template_match),
         cmocka_unit_test(test_module_hostile_records),
         cmocka_unit_test(test_module_mech_params),
-        cmocka_unit_test(test_module_init_rules),
-        cmocka_unit_test(test_module_token_info_and_login),
-        cmocka_unit_test(test_module_sign_mechanisms),
-        cmocka_unit_test(test_module_mechanism_list),
-        cmocka_unit_test(test_module_hostile_agent),
-        cmocka_unit_test(test_module_slot_stays_when_token_goes),
-        cmocka_unit_test(test_module_no_agent),
-        cmocka_unit_test(test_module_socket_from_init_args),
+        cmocka_unit_test_teardown(test_module_init_rules, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_token_info_and_login, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_sign_mechanisms, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_mechanism_list, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_hostile_agent, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_slot_stays_when_token_goes, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_no_agent, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_socket_from_init_args, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_stands_down_inside_agent, finalize_quietly),
         cmocka_unit_test(test_module_interface),
     };
 
