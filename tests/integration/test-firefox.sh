@@ -14,14 +14,20 @@
 # Firefox runs as root in CI: headless, it needs nothing for that. It has
 # its own HOME under $T.
 #
-# Chromium is not tested: headless Chromium 156 waits for someone to pick
-# the client certificate (it made the connection, got the
-# CertificateRequest, and hung until killed after 40 s); auto-selection
-# needs the AutoSelectCertificateForUrls policy, which is read only from
-# /etc/chromium/policies/managed/, and a test writes nothing outside $T.
+# Chromium (headless, the module in $HOME/.pki/nssdb, Chromium's NSS
+# database on Linux) waits for a person to pick the client certificate
+# unless the AutoSelectCertificateForUrls policy names one; Chromium reads
+# policies only from /etc/chromium/policies/managed/. The test writes its
+# policy (URL pattern and the certificate's subject CN, so each key type
+# is chosen in turn) under $T and runs Chromium in a mount namespace of its
+# own where $T's directory is bind-mounted on /etc/chromium: nothing
+# outside $T changes. That needs root (CI runs as root; as another user the
+# Chromium cases fail, they are not skipped: unshare --user would give the
+# browser another uid than the agent sees). Chromium as root needs
+# --no-sandbox.
 . "$(dirname "$0")/lib-module.sh"
 
-prog_require firefox-esr certutil modutil python3
+prog_require firefox-esr chromium certutil modutil python3 unshare mount
 mod_setup
 
 mkdir -p "$T/www"
@@ -48,6 +54,12 @@ user_pref("datareporting.policy.dataSubmissionEnabled", false);
 user_pref("toolkit.telemetry.reportingpolicy.firstRun", false);
 EOF
 } >"$T/firefox-setup.log" 2>&1 || { tap_diag <"$T/firefox-setup.log"; tap_bail "Firefox profile setup failed"; }
+{
+	nssdb "$T/chromium/home/.pki/nssdb" &&
+		mkdir -p "$T/chromium/etc/policies/managed" &&
+		cp /etc/chromium/master_preferences "$T/chromium/etc/"
+} >"$T/chromium-setup.log" 2>&1 ||
+	{ tap_diag <"$T/chromium-setup.log"; tap_bail "Chromium NSS database setup failed"; }
 
 firefox_get() {
 	local dir=$1 url=$2
@@ -57,31 +69,56 @@ firefox_get() {
 	[ -s "$dir/page.png" ] || { echo "no screenshot" >&2; return 1; }
 }
 
-# browser_case BROWSER VERSION: BROWSER_get fetches https://localhost:PORT/
-# from mtls-httpd.py (TLS VERSION); sets CASE_KEY to the CN the server saw.
+# chromium_get DIR URL KEY: Chromium's DOM of the page, the policy picking
+# KEY's certificate.
+chromium_get() {
+	local dir=$1 url=$2 k=$3 e=$T/chromium/etc
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "Chromium cases need root: the policy goes in by a bind mount on /etc/chromium" >&2
+		return 1
+	fi
+	printf '{"AutoSelectCertificateForUrls": ["{\\"pattern\\":\\"%s\\",\\"filter\\":{\\"SUBJECT\\":{\\"CN\\":\\"%s\\"}}}"]}\n' \
+		"${url%/}" "$k" >"$e/policies/managed/p11agent.json"
+	cat "$e/policies/managed/p11agent.json"
+	# shellcheck disable=SC2016 # sh -c's own $1 and $@
+	HOME=$T/chromium/home with_timeout $((IT_TIMEOUT * 3)) unshare --mount -- sh -c \
+		'mount --bind "$1" /etc/chromium && shift && exec "$@"' sh "$e" \
+		chromium --headless --no-sandbox --disable-gpu --no-first-run \
+		--user-data-dir="$T/chromium/data" --dump-dom "$url" >"$dir/page" 2>"$dir/browser.log" ||
+		return 1
+	grep -q 'p11agent page' "$dir/page" || { echo "the page is not in the DOM" >&2; return 1; }
+}
+
+# browser_case BROWSER VERSION [KEY]: BROWSER_get fetches https://localhost:PORT/
+# from mtls-httpd.py (TLS VERSION), with KEY when the browser can be told;
+# sets CASE_KEY to the CN the server saw.
 browser_case() {
-	local b=$1 v=$2 dir rc=0
-	dir=$T/$b-$v
+	local b=$1 v=$2 want=${3:-} dir got rc=0
+	dir=$T/$b-$v${want:+-$want}
 	mkdir -p "$dir"
-	CASE_KEY=unknown
 	sig_mark || return 1
 	httpd_start "$dir" "$T/www" "$v" || return 1
-	"${b}_get" "$dir" "https://localhost:$HTTPD_PORT/" || rc=$?
+	"${b}_get" "$dir" "https://localhost:$HTTPD_PORT/" "$want" || rc=$?
 	stop_pid "$HTTPD_PID" || true
 	cat "$HTTPD_LOG"
 	[ "$rc" -eq 0 ] || { echo "$b failed (status $rc):" >&2; tail -n 20 "$dir/browser.log" >&2; return 1; }
-	CASE_KEY=$(sed -n "s#^request TLSv$v CN=\\([^ ]*\\) GET / *\$#\\1#p" "$HTTPD_LOG" | head -n 1)
-	[[ " $IT_KEYS " == *" $CASE_KEY "* ]] ||
+	got=$(sed -n "s#^request TLSv$v CN=\\([^ ]*\\) GET / *\$#\\1#p" "$HTTPD_LOG" | head -n 1)
+	[[ " $IT_KEYS " == *" $got "* ]] ||
 		{ echo "no GET / with a token key's certificate over TLSv$v in the server's log" >&2; return 1; }
-	echo "$b used the token key $CASE_KEY"
+	# the case is named after the key asked for, or else the key taken
+	[ -n "$want" ] || CASE_KEY=$got
+	echo "$b used the token key $got"
+	[ -z "$want" ] || [ "$got" = "$want" ] ||
+		{ echo "the policy named $want, $b used $got" >&2; return 1; }
 	sig_signed 1
 }
 
-# run_case BROWSER VERSION WHAT: a TAP case named after the key the
+# run_case BROWSER VERSION WHAT [KEY]: a TAP case named after the key the
 # browser chose ("p256 TLS 1.3 firefox-esr ..."), as mkmatrix.py reads it.
 run_case() {
 	local log=$T/case-$((TAP_N + 1)).log
-	if browser_case "$1" "$2" >"$log" 2>&1; then
+	CASE_KEY=${4:-unknown}
+	if browser_case "$1" "$2" "${4:-}" >"$log" 2>&1; then
 		tap_ok "$CASE_KEY TLS $2 $3"
 	else
 		tap_not_ok "$CASE_KEY TLS $2 $3" "$log" "$T/agent.log"
@@ -90,6 +127,13 @@ run_case() {
 
 for v in 1.3 1.2; do
 	run_case firefox "$v" "firefox-esr --headless, module in the profile's NSS database"
+done
+
+# NSS has no Ed25519 client authentication (test-nss.sh)
+for k in rsa2048 p256 p384; do
+	for v in 1.3 1.2; do
+		run_case chromium "$v" "chromium --headless, module in ~/.pki/nssdb, policy picks the key" "$k"
+	done
 done
 
 tap_done
