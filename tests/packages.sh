@@ -16,7 +16,7 @@ P11AGENT_PACKAGES=(
 	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
 	# programs loading p11agent-pkcs11.so (test-gnutls, test-nss,
 	# test-firefox, test-ssh)
-	gnutls-bin wget git libnss3-tools firefox-esr openssh-server openssh-client
+	gnutls-bin wget git libnss3-tools firefox-esr chromium openssh-server openssh-client
 	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
 	debhelper dpkg-dev lintian rpm
 )
