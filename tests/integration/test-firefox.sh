@@ -12,7 +12,10 @@
 # rsa2048): the case names the key it took.
 #
 # Firefox runs as root in CI: headless, it needs nothing for that. It has
-# its own HOME under $T.
+# its own HOME under $T. A browser whose handshake failed waits for its own
+# timeout: each run is bounded by twice the client timeout (60 s; a good
+# run takes a few seconds), so a broken module fails every case within
+# meson's timeout.
 #
 # Chromium (headless, the module in $HOME/.pki/nssdb, Chromium's NSS
 # database on Linux) waits for a person to pick the client certificate
@@ -64,7 +67,7 @@ EOF
 firefox_get() {
 	local dir=$1 url=$2
 	(cd "$dir" && HOME=$T/firefox MOZ_CRASHREPORTER_DISABLE=1 \
-		with_timeout $((IT_TIMEOUT * 3)) firefox-esr --headless --profile "$FF_PROFILE" \
+		with_timeout $((IT_TIMEOUT * 2)) firefox-esr --headless --profile "$FF_PROFILE" \
 		--screenshot "$dir/page.png" "$url") >"$dir/browser.log" 2>&1 || return 1
 	[ -s "$dir/page.png" ] || { echo "no screenshot" >&2; return 1; }
 }
@@ -81,7 +84,7 @@ chromium_get() {
 		"${url%/}" "$k" >"$e/policies/managed/p11agent.json"
 	cat "$e/policies/managed/p11agent.json"
 	# shellcheck disable=SC2016 # sh -c's own $1 and $@
-	HOME=$T/chromium/home with_timeout $((IT_TIMEOUT * 3)) unshare --mount -- sh -c \
+	HOME=$T/chromium/home with_timeout $((IT_TIMEOUT * 2)) unshare --mount -- sh -c \
 		'mount --bind "$1" /etc/chromium && shift && exec "$@"' sh "$e" \
 		chromium --headless --no-sandbox --disable-gpu --no-first-run \
 		--user-data-dir="$T/chromium/data" --dump-dom "$url" >"$dir/page" 2>"$dir/browser.log" ||
