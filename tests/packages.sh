@@ -18,6 +18,9 @@ P11AGENT_PACKAGES=(
 	# manager and tpm2-pkcs11 with its tpm2_ptool
 	swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
 	libtpm2-pkcs11-tools
+	# programs loading p11agent-pkcs11.so (test-gnutls, test-nss,
+	# test-firefox, test-ssh)
+	gnutls-bin wget git libnss3-tools firefox-esr chromium openssh-server openssh-client
 	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
 	debhelper dpkg-dev lintian rpm
 )
