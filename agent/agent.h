@@ -201,6 +201,8 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* a token's pool sessions idle this long close (the last one stays) */
+#define AGENT_SESSION_IDLE_S 60
 /* keys whose confirmation is remembered at once (the oldest is forgotten) */
 #define AGENT_MAX_CONFIRMED 64
 /* PIN cache and login lifetime of a per-user agent (system mode: 0, never) */
@@ -423,8 +425,9 @@ bool agent_may_lock_unlock(agent_t *a, const agent_client_t *c);
  * configured and no policy table (out of memory), every key is refused. */
 bool agent_key_allowed_locked(const agent_t *a, size_t key_index, const agent_client_t *c,
                               char *why, size_t why_size);
-/* Recomputes key_policies after a scan (keys_lock held for writing). On
- * out of memory the table stays NULL, which refuses every key. */
+/* Recomputes key_policies after a scan or a reload (keys_lock held for
+ * writing), and sets each token's session cap (max-sessions). On out of
+ * memory the table stays NULL, which refuses every key. */
 void agent_policy_update_locked(agent_t *a);
 /* The pin source configured for a token (its [token] section, else the
  * default); never NULL. */
@@ -472,6 +475,14 @@ int agent_login(agent_t *a, const agent_login_req_t *req, char **errmsg);
 int agent_auth_pin(agent_t *a, const agent_login_req_t *req, agent_secret_t *ret, char **errmsg);
 /* The token rejected a PIN from agent_auth_pin: don't offer it again. */
 void agent_auth_pin_rejected(agent_t *a, const char *token_uri);
+
+/* A PIN file the token rejected, remembered across restarts (a TPM counts
+ * each wrong try towards its lock-out): a record per token next to the
+ * socket. load: true and *ret set when one is recorded; save and forget
+ * fail quietly (a warning), the in-memory state still applies. */
+bool agent_pin_rejected_load(const agent_t *a, const char *token_uri, agent_pin_id_t *ret);
+void agent_pin_rejected_save(const agent_t *a, const char *token_uri, const agent_pin_id_t *id);
+void agent_pin_rejected_forget(const agent_t *a, const char *token_uri);
 /* Logs in to every token that needs it and has a PIN source (no lock held). */
 void agent_login_all(agent_t *a);
 /* Log out (unless forget_only) and wipe cached PINs of the tokens matching

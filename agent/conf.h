@@ -41,6 +41,7 @@ typedef struct agent_id_list {
 typedef struct agent_token_conf {
     char *uri;
     char *pin_source; /* spec, parsed by agent_pin_source_parse */
+    unsigned max_sessions; /* 0: not set here */
 } agent_token_conf_t;
 
 typedef struct agent_key_policy {
@@ -63,6 +64,7 @@ typedef struct agent_conf {
     char **modules;
     size_t n_modules;
     char *pin_source;
+    unsigned max_sessions; /* per token, unless its [token] says; 0: default */
     unsigned max_clients; /* 0: default */
     unsigned max_clients_per_user; /* 0: default */
     unsigned auth_timeout_s;       /* 0: default */

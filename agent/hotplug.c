@@ -86,6 +86,8 @@ void agent_hotplug_tick(agent_t *a)
         return;
     a->last_poll_ms = now;
     pthread_rwlock_rdlock(&a->keys_lock);
+    /* sessions a burst of signatures opened go back to the token */
+    tok_ctx_trim_sessions(a->tok, AGENT_SESSION_IDLE_S);
     r = tok_ctx_tokens_changed(a->tok, &changed);
     if (r == TOK_OK && changed)
         token_list_read_locked(a, &before);

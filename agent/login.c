@@ -2,7 +2,7 @@
 /*
  * Logging in to tokens, retry-safely:
  * - a PIN the token rejected is never offered again (a file's while it is
- *   unchanged; a cached one is wiped);
+ *   unchanged, by this agent or a restarted one; a cached one is wiped);
  * - at CKF_USER_PIN_FINAL_TRY no stored PIN is tried, only one the user types;
  * - one login per token at a time (its state's lock), whatever the number of
  *   clients waiting: those queued behind a successful login find the token
@@ -89,6 +89,8 @@ static agent_token_state_t *state_get(agent_t *a, const char *uri)
         st->token_uri = strdup(uri);
         if (st->token_uri) {
             pthread_mutex_init(&st->lock, NULL);
+            /* a PIN file an earlier agent saw rejected stays rejected */
+            st->pin_rejected = agent_pin_rejected_load(a, uri, &st->rejected);
             atomic_init(&st->has_cached, false);
             atomic_init(&st->login_at_ms, 0);
             atomic_init(&st->login_until_ms, 0);
@@ -406,8 +408,10 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
         if (r == TOK_OK) {
             if (origin == PIN_GIVEN || origin == PIN_PROMPT)
                 cache_pin_locked(st, p, len);
-            if (origin == PIN_FILE)
+            if (origin == PIN_FILE && st->pin_rejected) {
                 st->pin_rejected = false;
+                agent_pin_rejected_forget(a, req->token_uri);
+            }
             st->unlock_failures = 0;
             st->unlock_not_before_ms = 0;
             agent_secret_free(&pin);
@@ -436,6 +440,7 @@ static int login_locked(agent_t *a, agent_token_state_t *st, const agent_login_r
         case PIN_FILE:
             st->pin_rejected = true;
             st->rejected = id;
+            agent_pin_rejected_save(a, req->token_uri, &id);
             agent_err("token '%s': PIN incorrect (from %s); it will not be tried again until "
                       "the file changes%s",
                       v.label, v.src.path, tries_note(flags));

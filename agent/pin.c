@@ -2,12 +2,15 @@
 /* PIN sources and the locked, wiped memory that holds a PIN while it is used. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <openssl/sha.h>
 
 #include "agent.h"
 #include "pinmax.h"
@@ -192,4 +195,118 @@ out:
     if (fd >= 0)
         close(fd);
     return r;
+}
+
+/* --- rejected PIN files, remembered across restarts --------------------- */
+/* A TPM counts every wrong PIN towards its dictionary-attack lock-out (3
+ * tries on swtpm), for all its keys: an agent restarted in a loop must not
+ * offer a PIN file the token rejected once more on every start. The
+ * identity of a rejected file is kept next to the socket (the agent's own
+ * 0700 directory, a tmpfs under /run), one fixed-size record per token,
+ * named by a hash of the token URI. */
+
+#define REJECTED_MAGIC "p11agt-r"
+
+typedef struct rejected_rec {
+    char magic[8];
+    uint64_t dev, ino;
+    int64_t size, mtime_ns;
+} rejected_rec_t;
+
+/* malloc'd path of the record of token_uri; NULL without memory or socket. */
+static char *rejected_path(const agent_t *a, const char *token_uri)
+{
+    unsigned char md[SHA256_DIGEST_LENGTH];
+    char hex[33], *dir, *slash, *path = NULL;
+
+    if (a == NULL || a->socket_path == NULL || token_uri == NULL)
+        return NULL;
+    dir = strdup(a->socket_path);
+    if (dir == NULL)
+        return NULL;
+    slash = strrchr(dir, '/');
+    if (slash == NULL) {
+        free(dir);
+        return NULL;
+    }
+    *slash = '\0';
+    SHA256((const unsigned char *)token_uri, strlen(token_uri), md);
+    for (size_t i = 0; i < 16; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (asprintf(&path, "%s/pin-rejected-%s", dir[0] ? dir : "", hex) < 0)
+        path = NULL;
+    free(dir);
+    return path;
+}
+
+bool agent_pin_rejected_load(const agent_t *a, const char *token_uri, agent_pin_id_t *ret)
+{
+    rejected_rec_t rec;
+    struct stat st;
+    char *path = rejected_path(a, token_uri);
+    bool ok = false;
+    int fd;
+
+    if (path == NULL)
+        return false;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    /* ours, not writable by others, exactly one record */
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == geteuid() &&
+        !(st.st_mode & 022) && st.st_size == (off_t)sizeof(rec) &&
+        read(fd, &rec, sizeof(rec)) == (ssize_t)sizeof(rec) &&
+        memcmp(rec.magic, REJECTED_MAGIC, sizeof(rec.magic)) == 0) {
+        ret->dev = (dev_t)rec.dev;
+        ret->ino = (ino_t)rec.ino;
+        ret->size = (off_t)rec.size;
+        ret->mtime_ns = rec.mtime_ns;
+        ok = true;
+    }
+    if (fd >= 0)
+        close(fd);
+    free(path);
+    return ok;
+}
+
+void agent_pin_rejected_save(const agent_t *a, const char *token_uri, const agent_pin_id_t *id)
+{
+    rejected_rec_t rec;
+    char *path = rejected_path(a, token_uri), *tmp = NULL;
+    bool written;
+    int fd;
+
+    if (path == NULL || asprintf(&tmp, "%s.tmp", path) < 0) {
+        tmp = NULL;
+        goto out;
+    }
+    memset(&rec, 0, sizeof(rec));
+    memcpy(rec.magic, REJECTED_MAGIC, sizeof(rec.magic));
+    rec.dev = (uint64_t)id->dev;
+    rec.ino = (uint64_t)id->ino;
+    rec.size = (int64_t)id->size;
+    rec.mtime_ns = id->mtime_ns;
+    unlink(tmp);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        agent_warn("cannot remember the rejected PIN file in %s: %s", tmp, strerror(errno));
+        goto out;
+    }
+    written = write(fd, &rec, sizeof(rec)) == (ssize_t)sizeof(rec);
+    if (close(fd) != 0)
+        written = false;
+    if (!written || rename(tmp, path) != 0) {
+        agent_warn("cannot remember the rejected PIN file in %s", path);
+        unlink(tmp);
+    }
+out:
+    free(tmp);
+    free(path);
+}
+
+void agent_pin_rejected_forget(const agent_t *a, const char *token_uri)
+{
+    char *path = rejected_path(a, token_uri);
+
+    if (path != NULL)
+        unlink(path);
+    free(path);
 }

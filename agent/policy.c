@@ -273,11 +273,46 @@ static int uri_selects_key(const tok_ctx_t *ctx, const char *uri, const tok_key_
     return hit;
 }
 
+/* Is t one of the tokens the URI selects? -ENOMEM, 0 or 1. */
+static int uri_selects_token(tok_ctx_t *tok, const char *uri, const tok_token_t *t)
+{
+    tok_token_t **toks = NULL;
+    size_t n = 0;
+    bool hit = false;
+    int r = tok_find_tokens(tok, uri, &toks, &n);
+
+    if (r == TOK_ERR_NO_MEMORY)
+        return -ENOMEM;
+    for (size_t i = 0; r == TOK_OK && i < n && !hit; i++)
+        hit = toks[i] == t;
+    free(toks);
+    return hit;
+}
+
+/* Each token's session cap: max-sessions of the first [token] section that
+ * selects it and sets one, else of [agent], else the token layer's default. */
+static void sessions_update_locked(agent_t *a)
+{
+    for (size_t i = 0; i < tok_ctx_n_tokens(a->tok); i++) {
+        tok_token_t *t = tok_ctx_token(a->tok, i);
+        unsigned n = a->conf.max_sessions;
+
+        for (size_t j = 0; j < a->conf.n_tokens; j++)
+            if (a->conf.tokens[j].max_sessions > 0 &&
+                uri_selects_token(a->tok, a->conf.tokens[j].uri, t) > 0) {
+                n = a->conf.tokens[j].max_sessions;
+                break;
+            }
+        tok_token_set_max_sessions(t, n);
+    }
+}
+
 void agent_policy_update_locked(agent_t *a)
 {
     size_t n = tok_ctx_n_keys(a->tok);
     const agent_key_policy_t **p = NULL;
 
+    sessions_update_locked(a);
     free(a->key_policies);
     a->key_policies = NULL;
     a->n_key_policies = 0;

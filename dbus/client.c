@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bus.h"
@@ -203,6 +204,41 @@ void bus_client_close(DBusConnection *conn)
     dbus_connection_unref(conn);
 }
 
+/* A new connection authenticates (EXTERNAL) on its first use, and libdbus
+ * waits for that without a timeout: an agent that accepted the connection
+ * but does not run (SIGSTOPped, hung) would block the call forever. So the
+ * handshake is driven here, bounded by the call's own timeout. BUS_OK,
+ * BUS_ERR_TIMEOUT or BUS_ERR_DISCONNECTED. */
+static int wait_authenticated(DBusConnection *conn, int timeout_ms, char **errmsg)
+{
+    struct timespec start, now;
+
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    while (!dbus_connection_get_is_authenticated(conn)) {
+        long left;
+
+        if (!dbus_connection_get_is_connected(conn)) {
+            set_errmsg(errmsg, "agent disconnected during authentication (p11agentd stopped, "
+                               "refused this user, or already serves its max-clients)");
+            return BUS_ERR_DISCONNECTED;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        left = timeout_ms - ((now.tv_sec - start.tv_sec) * 1000L +
+                             (now.tv_nsec - start.tv_nsec) / 1000000L);
+        if (left <= 0) {
+            set_errmsg(errmsg, "agent did not answer within %d ms (authentication: the agent "
+                               "accepted the connection but does not run)", timeout_ms);
+            return BUS_ERR_TIMEOUT;
+        }
+        if (!dbus_connection_read_write(conn, (int)left) &&
+            !dbus_connection_get_is_authenticated(conn)) {
+            set_errmsg(errmsg, "agent disconnected during authentication");
+            return BUS_ERR_DISCONNECTED;
+        }
+    }
+    return BUS_OK;
+}
+
 /* Sends msg (not consumed) and waits for the reply. */
 static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMessage **ret_reply,
                 char **errmsg)
@@ -220,6 +256,9 @@ static int call(DBusConnection *conn, DBusMessage *msg, int timeout_ms, DBusMess
                            "this user, or already serves its max-clients)");
         return BUS_ERR_DISCONNECTED;
     }
+    r = wait_authenticated(conn, timeout_ms, errmsg);
+    if (r != BUS_OK)
+        return r;
     dbus_error_init(&err);
     reply = dbus_connection_send_with_reply_and_block(conn, msg, timeout_ms, &err);
     if (reply) {

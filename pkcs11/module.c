@@ -2,9 +2,11 @@
 /* Loading and unloading PKCS#11 modules through p11-kit; the context. */
 #include "config.h"
 
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "text.h"
 #include "tok-internal.h"
 
 static const char *module_message(void)
@@ -23,13 +25,63 @@ static void module_read_info(tok_ctx_t *ctx, tok_module_t *m)
         tok_debug(ctx, "C_GetInfo on %s: %s", m->path ? m->path : "module", p11_kit_strerror(rv));
 }
 
+/* The agent never uses its own client, p11agent-pkcs11.so: it would call
+ * itself (each of its calls waiting for the agent that makes it). The
+ * module is known by the marker symbol it exports, looked up in the
+ * library p11-kit has just loaded (RTLD_NOLOAD: nothing new is loaded)
+ * before it is initialised; its p11-kit file says `disable-in: p11agentd`
+ * too, but --module and a hand-written registration bypass that. */
+#define OWN_CLIENT_MARKER "p11agent_pkcs11_client_marker"
+
+static bool is_own_client(tok_ctx_t *ctx, const char *path)
+{
+    void *h;
+    bool own = false;
+
+    if (path == NULL)
+        return false;
+    h = dlopen(path, RTLD_LAZY | RTLD_LOCAL | RTLD_NOLOAD);
+    if (h != NULL) {
+        own = dlsym(h, OWN_CLIENT_MARKER) != NULL;
+        dlclose(h);
+    }
+    if (own) {
+        char esc[512];
+
+        text_escape(esc, sizeof(esc), path, strlen(path));
+        tok_warn(ctx, "module %s refused: it is p11agent-pkcs11.so, the agent's own client "
+                      "(loading it would make the agent call itself); the other modules are used",
+                 esc);
+    }
+    return own;
+}
+
 static int load_registered(tok_ctx_t *ctx, char **errmsg)
 {
-    size_t n = 0;
+    size_t n = 0, kept = 0;
 
-    ctx->p11kit_modules = p11_kit_modules_load_and_initialize(0);
+    ctx->p11kit_modules = p11_kit_modules_load(NULL, 0);
     if (ctx->p11kit_modules == NULL) {
         tok_set_errmsg(errmsg, "p11-kit: loading the registered modules failed: %s",
+                       module_message());
+        return TOK_ERR_MODULE;
+    }
+    for (size_t i = 0; ctx->p11kit_modules[i] != NULL; i++) {
+        CK_FUNCTION_LIST *f = ctx->p11kit_modules[i];
+        char *path = p11_kit_module_get_filename(f);
+
+        if (is_own_client(ctx, path))
+            p11_kit_module_release(f);
+        else
+            ctx->p11kit_modules[kept++] = f;
+        free(path);
+    }
+    ctx->p11kit_modules[kept] = NULL;
+    /* a module that fails to initialise is taken out of the list and stays
+     * loaded (released, its leaks lose their names: LeakSanitizer then
+     * reports a registered module's own leak as ours) */
+    if (p11_kit_modules_initialize(ctx->p11kit_modules, NULL) != CKR_OK) {
+        tok_set_errmsg(errmsg, "p11-kit: initialising the registered modules failed: %s",
                        module_message());
         return TOK_ERR_MODULE;
     }
@@ -70,6 +122,10 @@ static int load_paths(tok_ctx_t *ctx, const char *const *paths, size_t n, char *
         if (f == NULL) {
             tok_set_errmsg(errmsg, "module %s: cannot load: %s", paths[i], module_message());
             return TOK_ERR_MODULE;
+        }
+        if (is_own_client(ctx, paths[i])) {
+            p11_kit_module_release(f);
+            continue;
         }
         rv = p11_kit_module_initialize(f);
         if (rv != CKR_OK) {
@@ -144,6 +200,7 @@ void tok_ctx_free(tok_ctx_t *ctx)
         free(ctx->mods[i].path);
     }
     free(ctx->mods);
+    free(ctx->pending_warn);
     free(ctx);
 }
 

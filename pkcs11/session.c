@@ -15,22 +15,48 @@
 
 #include "tok-internal.h"
 
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static struct timespec ts_of_ns(int64_t ns)
+{
+    return (struct timespec){ .tv_sec = ns / 1000000000, .tv_nsec = ns % 1000000000 };
+}
+
+/* The cap: the configured count (or the default), lowered to the token's
+ * ulMaxSessionCount when it tells one. The pool opens read-only sessions
+ * only, so ulMaxRwSessionCount does not bound it. */
+static size_t pool_cap_locked(const tok_token_t *t)
+{
+    CK_ULONG m = t->info.ulMaxSessionCount;
+    size_t cap = t->want_max > 0 ? t->want_max : TOK_POOL_MAX_DEFAULT;
+
+    if (m != CK_EFFECTIVELY_INFINITE && m != CK_UNAVAILABLE_INFORMATION && m > 0 && m < cap)
+        cap = m;
+    return cap;
+}
+
 int tok_pool_init(tok_token_t *t)
 {
     pthread_condattr_t ca;
-    CK_ULONG m = t->info.ulMaxSessionCount;
 
-    t->max_sessions = TOK_POOL_MAX_DEFAULT;
-    if (m != CK_EFFECTIVELY_INFINITE && m != CK_UNAVAILABLE_INFORMATION && m < t->max_sessions)
-        t->max_sessions = m;
+    t->max_sessions = pool_cap_locked(t);
+    t->full_at = SIZE_MAX;
     pthread_mutex_init(&t->lock, NULL);
     pthread_mutex_init(&t->login_lock, NULL);
     pthread_condattr_init(&ca);
     pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
     pthread_cond_init(&t->cond, &ca);
     pthread_condattr_destroy(&ca);
-    t->idle = calloc(TOK_POOL_MAX_DEFAULT, sizeof(*t->idle));
-    return t->idle != NULL ? TOK_OK : TOK_ERR_NO_MEMORY;
+    t->idle_cap = 4;
+    t->idle = calloc(t->idle_cap, sizeof(*t->idle));
+    t->idle_since_ns = calloc(t->idle_cap, sizeof(*t->idle_since_ns));
+    return t->idle != NULL && t->idle_since_ns != NULL ? TOK_OK : TOK_ERR_NO_MEMORY;
 }
 
 /* Only for a token whose pool was initialised; no session may be checked out. */
@@ -42,39 +68,90 @@ void tok_pool_destroy(tok_token_t *t)
     t->n_idle = 0;
     free(t->idle);
     t->idle = NULL;
+    free(t->idle_since_ns);
+    t->idle_since_ns = NULL;
     pthread_cond_destroy(&t->cond);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->login_lock);
 }
 
+/* Room in the idle array for every session open plus one (a session that
+ * comes back always fits). False when out of memory. */
+static bool idle_room_locked(tok_token_t *t)
+{
+    CK_SESSION_HANDLE *n;
+    int64_t *since;
+    size_t cap;
+
+    if (t->n_open + 1 <= t->idle_cap)
+        return true;
+    cap = t->idle_cap * 2 > t->n_open + 1 ? t->idle_cap * 2 : t->n_open + 1;
+    n = realloc(t->idle, cap * sizeof(*n));
+    if (n == NULL)
+        return false;
+    t->idle = n;
+    since = realloc(t->idle_since_ns, cap * sizeof(*since));
+    if (since == NULL)
+        return false; /* idle_cap unchanged: both arrays hold at least that */
+    t->idle_since_ns = since;
+    t->idle_cap = cap;
+    return true;
+}
+
+/* May the pool open one more session now? */
+static bool may_grow_locked(const tok_token_t *t, int64_t now)
+{
+    if (t->n_open >= t->max_sessions)
+        return false;
+    return t->n_open < t->full_at || now >= t->backoff_until_ns;
+}
+
+/*
+ * An idle session, or a new one while the pool is under its cap, or the
+ * first to come back within TOK_POOL_WAIT_SECONDS. CKR_SESSION_COUNT does
+ * not fail the request: the pool stops growing for TOK_POOL_BACKOFF_MS and
+ * waits for one of its sessions (or, with none open, tries again after the
+ * back-off). TOK_OK, TOK_ERR_BUSY (nothing within the wait),
+ * TOK_ERR_NO_MEMORY, or the status of C_OpenSession's error.
+ */
 int tok_session_get(tok_token_t *t, CK_SESSION_HANDLE *ret)
 {
-    struct timespec deadline;
+    int64_t deadline = now_ns() + (int64_t)TOK_POOL_WAIT_SECONDS * 1000000000, now, wake;
+    struct timespec ts;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     CK_RV rv;
     int r = TOK_OK;
 
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += TOK_POOL_WAIT_SECONDS;
     pthread_mutex_lock(&t->lock);
     for (;;) {
         if (t->n_idle > 0) {
             s = t->idle[--t->n_idle];
             break;
         }
-        if (t->n_open < t->max_sessions) {
+        now = now_ns();
+        if (may_grow_locked(t, now)) {
+            if (!idle_room_locked(t)) {
+                r = TOK_ERR_NO_MEMORY;
+                break;
+            }
             t->n_open++;
             pthread_mutex_unlock(&t->lock);
             rv = t->f->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &s);
             pthread_mutex_lock(&t->lock);
-            if (rv == CKR_OK)
+            if (rv == CKR_OK) {
+                if (t->n_open > t->full_at)
+                    t->full_at = SIZE_MAX; /* the token has room again */
                 break;
+            }
             t->n_open--;
             pthread_cond_signal(&t->cond);
-            tok_debug(t->ctx, "C_OpenSession on '%s': %s", t->label, p11_kit_strerror(rv));
-            if (rv == CKR_SESSION_COUNT && t->n_open > 0) {
-                /* The token allows fewer than it said: wait for ours. */
-                t->max_sessions = t->n_open;
+            tok_debug(t->ctx, "C_OpenSession on '%s' with %zu open: %s", t->label, t->n_open,
+                      p11_kit_strerror(rv));
+            if (rv == CKR_SESSION_COUNT) {
+                /* The token (shared with others, or smaller than it said)
+                 * has no room: wait for one of ours, grow again later. */
+                t->full_at = t->n_open;
+                t->backoff_until_ns = now_ns() + (int64_t)TOK_POOL_BACKOFF_MS * 1000000;
                 continue;
             }
             if (rv == CKR_TOKEN_NOT_PRESENT || rv == CKR_DEVICE_REMOVED) {
@@ -84,10 +161,18 @@ int tok_session_get(tok_token_t *t, CK_SESSION_HANDLE *ret)
             r = tok_status_from_rv(rv);
             break;
         }
-        if (pthread_cond_timedwait(&t->cond, &t->lock, &deadline) == ETIMEDOUT) {
+        if (now >= deadline) {
             r = TOK_ERR_BUSY;
             break;
         }
+        /* a session coming back wakes us; so does the end of a back-off
+         * that keeps the pool from growing */
+        wake = deadline;
+        if (t->n_open < t->max_sessions && t->backoff_until_ns > now &&
+            t->backoff_until_ns < wake)
+            wake = t->backoff_until_ns;
+        ts = ts_of_ns(wake);
+        pthread_cond_timedwait(&t->cond, &t->lock, &ts);
     }
     pthread_mutex_unlock(&t->lock);
     if (r == TOK_OK)
@@ -98,6 +183,13 @@ int tok_session_get(tok_token_t *t, CK_SESSION_HANDLE *ret)
 void tok_session_put(tok_token_t *t, CK_SESSION_HANDLE s)
 {
     pthread_mutex_lock(&t->lock);
+    if (t->n_open > t->max_sessions && t->n_open > 1) {
+        /* the cap went down meanwhile: one fewer */
+        pthread_mutex_unlock(&t->lock);
+        tok_session_drop(t, s);
+        return;
+    }
+    t->idle_since_ns[t->n_idle] = now_ns();
     t->idle[t->n_idle++] = s;
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
@@ -111,6 +203,95 @@ void tok_session_drop(tok_token_t *t, CK_SESSION_HANDLE s)
     t->n_open--;
     pthread_cond_signal(&t->cond);
     pthread_mutex_unlock(&t->lock);
+}
+
+void tok_token_set_max_sessions(tok_token_t *t, size_t n)
+{
+    CK_SESSION_HANDLE s;
+    size_t old;
+
+    if (t == NULL)
+        return;
+    pthread_mutex_lock(&t->lock);
+    old = t->max_sessions;
+    t->want_max = n > TOK_MAX_SESSIONS_LIMIT ? TOK_MAX_SESSIONS_LIMIT : n;
+    t->max_sessions = pool_cap_locked(t);
+    if (t->max_sessions != old)
+        tok_debug(t->ctx, "session pool of '%s': at most %zu (was %zu, %zu open)", t->label,
+                  t->max_sessions, old, t->n_open);
+    pthread_cond_broadcast(&t->cond); /* waiters may open one now */
+    /* Past a lower cap: idle ones close now, busy ones when they come back.
+     * The last one stays (it keeps the login). */
+    while (t->n_open > t->max_sessions && t->n_open > 1 && t->n_idle > 0) {
+        s = t->idle[--t->n_idle];
+        pthread_mutex_unlock(&t->lock);
+        tok_session_drop(t, s);
+        pthread_mutex_lock(&t->lock);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Does session s hold session copies of keys (which go with it)? */
+static bool holds_copies_locked(const tok_token_t *t, CK_SESSION_HANDLE s)
+{
+    const tok_ctx_t *ctx = t->ctx;
+
+    for (size_t i = 0; i < ctx->n_keys; i++)
+        if (ctx->keys[i].k.token == t && ctx->keys[i].copy != CK_INVALID_HANDLE &&
+            ctx->keys[i].copy_session == s)
+            return true;
+    return false;
+}
+
+/* Closes the sessions of t idle for idle_s seconds or more, oldest first,
+ * but not the last one open (it keeps the login) nor one holding key
+ * copies. */
+static void trim_token(tok_token_t *t, unsigned idle_s)
+{
+    int64_t before = now_ns() - (int64_t)idle_s * 1000000000;
+    CK_SESSION_HANDLE s;
+    size_t i = 0, closed = 0;
+
+    pthread_mutex_lock(&t->lock);
+    /* the oldest are at the bottom of the stack */
+    while (i < t->n_idle && t->idle_since_ns[i] <= before && t->n_open > 1) {
+        s = t->idle[i];
+        if (holds_copies_locked(t, s)) {
+            i++;
+            continue;
+        }
+        memmove(&t->idle[i], &t->idle[i + 1], (t->n_idle - i - 1) * sizeof(*t->idle));
+        memmove(&t->idle_since_ns[i], &t->idle_since_ns[i + 1],
+                (t->n_idle - i - 1) * sizeof(*t->idle_since_ns));
+        t->n_idle--;
+        pthread_mutex_unlock(&t->lock);
+        tok_session_drop(t, s); /* n_open-- */
+        closed++;
+        pthread_mutex_lock(&t->lock);
+    }
+    if (closed > 0)
+        tok_debug(t->ctx, "closed %zu sessions of '%s' idle for %us; %zu open", closed, t->label,
+                  idle_s, t->n_open);
+    pthread_mutex_unlock(&t->lock);
+}
+
+void tok_ctx_trim_sessions(tok_ctx_t *ctx, unsigned idle_s)
+{
+    for (size_t i = 0; ctx != NULL && i < ctx->n_tokens; i++)
+        trim_token(ctx->tokens[i], idle_s);
+}
+
+size_t tok_token_max_sessions(const tok_token_t *t)
+{
+    tok_token_t *mt = (tok_token_t *)t;
+    size_t n;
+
+    if (t == NULL)
+        return 0;
+    pthread_mutex_lock(&mt->lock);
+    n = mt->max_sessions;
+    pthread_mutex_unlock(&mt->lock);
+    return n;
 }
 
 int tok_token_login(tok_token_t *t, const char *pin, size_t pin_len)

@@ -279,6 +279,9 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
         goto out;
     }
     r = tok_session_get(t, &s);
+    if (r == TOK_ERR_BUSY)
+        tok_set_errmsg(errmsg, "no session of token '%s' came free within %d s (all %zu busy)",
+                       t->label, TOK_POOL_WAIT_SECONDS, tok_token_max_sessions(t));
     if (r != TOK_OK)
         goto out;
     have_session = true;

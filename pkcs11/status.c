@@ -213,6 +213,16 @@ void tok_ctx_set_warn(tok_ctx_t *ctx, tok_warn_fn_t fn, void *data)
         return;
     ctx->warn = fn;
     ctx->warn_data = data;
+    /* what tok_ctx_new warned about (a refused module) reaches the log now */
+    if (fn != NULL && ctx->pending_warn != NULL) {
+        char *save = NULL;
+
+        for (char *line = strtok_r(ctx->pending_warn, "\n", &save); line != NULL;
+             line = strtok_r(NULL, "\n", &save))
+            fn(data, line);
+        free(ctx->pending_warn);
+        ctx->pending_warn = NULL;
+    }
 }
 
 void tok_warn(tok_ctx_t *ctx, const char *fmt, ...)
@@ -224,6 +234,16 @@ void tok_warn(tok_ctx_t *ctx, const char *fmt, ...)
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
     tok_debug(ctx, "%s", msg);
-    if (ctx != NULL && ctx->warn != NULL)
+    if (ctx != NULL && ctx->warn != NULL) {
         ctx->warn(ctx->warn_data, msg);
+    } else if (ctx != NULL) {
+        /* kept for tok_ctx_set_warn (bounded: a few lines at load time) */
+        size_t old = ctx->pending_warn ? strlen(ctx->pending_warn) : 0;
+        char *p;
+
+        if (old < 16384 && (p = realloc(ctx->pending_warn, old + strlen(msg) + 2)) != NULL) {
+            sprintf(p + old, "%s\n", msg);
+            ctx->pending_warn = p;
+        }
+    }
 }

@@ -26,8 +26,19 @@
 #define CKA_PUBLIC_KEY_INFO 0x129UL
 #endif
 
-/* Sessions a token's pool opens at most, unless the token allows fewer. */
-#define TOK_POOL_MAX_DEFAULT 4
+/* Sessions a token's pool opens at most, unless the token allows fewer or
+ * tok_token_set_max_sessions says otherwise. The pool opens them only as
+ * concurrent signatures need them. A network or cloud HSM answers each
+ * C_Sign in milliseconds but runs many at once, so the sessions in use
+ * bound the rate (64 sessions at 5 ms: 12,800/s): 64 lets as many clients
+ * sign at once, past which the agent's CPUs are the limit on a small
+ * machine anyway. A smart card runs one operation at a time whatever the
+ * count, and says how many sessions it allows (ulMaxSessionCount) or
+ * answers CKR_SESSION_COUNT, which the pool honours. */
+#define TOK_POOL_MAX_DEFAULT 64
+/* After CKR_SESSION_COUNT, the pool opens no session past the count it had
+ * for this long (the token's other users may close theirs meanwhile). */
+#define TOK_POOL_BACKOFF_MS 1000
 /* How long tok_sign waits for a free session before TOK_ERR_BUSY. */
 #define TOK_POOL_WAIT_SECONDS 10
 /* Largest input tok_sign accepts (EdDSA signs the message itself). */
@@ -69,10 +80,18 @@ struct tok_token {
     pthread_mutex_t lock; /* pool, logged_in, info, key handles */
     pthread_cond_t cond;  /* a session came back or a slot freed */
     pthread_mutex_t login_lock; /* one login/logout at a time */
-    CK_SESSION_HANDLE *idle;
+    CK_SESSION_HANDLE *idle; /* idle_cap slots, n_idle of them used */
+    int64_t *idle_since_ns;  /* when each came back (CLOCK_MONOTONIC); the
+                              * most recent last: taken first, trimmed last */
+    size_t idle_cap;
     size_t n_idle;
-    size_t n_open;
-    size_t max_sessions;
+    size_t n_open;       /* idle, in use, and being opened */
+    size_t max_sessions; /* the cap in force: tok_pool_cap_locked */
+    size_t want_max;     /* tok_token_set_max_sessions; 0: TOK_POOL_MAX_DEFAULT */
+    /* CKR_SESSION_COUNT seen with full_at sessions open: no more are opened
+     * before backoff_until_ns (CLOCK_MONOTONIC); SIZE_MAX: not seen */
+    size_t full_at;
+    int64_t backoff_until_ns;
     bool logged_in;
     bool seen; /* scan bookkeeping */
 };
@@ -99,6 +118,7 @@ struct tok_ctx {
     bool debug;
     tok_warn_fn_t warn;
     void *warn_data;
+    char *pending_warn;  /* lines warned before a callback was set ('\n'-separated) */
 };
 
 /* status.c */
@@ -158,6 +178,11 @@ void tok_ctx_destroy_copies(tok_ctx_t *ctx);
 void tok_key_clear(tok_key_t *k);
 
 /* uri.c */
+/* A blank-padded CK string field of n bytes as the standard has it: the
+ * text up to the first NUL, then blanks (NUL padding and an early NUL
+ * become blanks). A field starting with NUL is left alone unless
+ * empty_is_blank (then it is all blanks: an empty string). */
+void tok_ck_unpad(unsigned char *s, size_t n, bool empty_is_blank);
 char *tok_uri_for_token(const CK_TOKEN_INFO *info);
 char *tok_uri_for_key(const CK_TOKEN_INFO *info, const tok_key_t *k);
 

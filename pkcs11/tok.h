@@ -164,6 +164,27 @@ bool tok_token_login_required(const tok_token_t *t);
 bool tok_token_has_pin_pad(const tok_token_t *t);
 
 /*
+ * The most sessions the token's pool may open (they are opened only as
+ * concurrent signatures need them). n 0: the default, 64; the token's
+ * ulMaxSessionCount, when it gives one, lowers it; n is bounded by
+ * TOK_MAX_SESSIONS_LIMIT. Takes effect at once: idle sessions past a lower
+ * cap close now, busy ones as they come back (the last one stays: it keeps
+ * the login). tok_token_max_sessions: the cap in force.
+ */
+#define TOK_MAX_SESSIONS_LIMIT 4096
+void tok_token_set_max_sessions(tok_token_t *t, size_t n);
+size_t tok_token_max_sessions(const tok_token_t *t);
+
+/*
+ * Closes the pool sessions that have been idle for idle_s seconds or more
+ * (a burst of signatures opened them), so that a token shared with other
+ * programs gets them back. Keeps each token's last session (the login) and
+ * the one holding the keys' session copies. Safe while other threads sign;
+ * not concurrently with tok_ctx_scan().
+ */
+void tok_ctx_trim_sessions(tok_ctx_t *ctx, unsigned idle_s);
+
+/*
  * C_Login(CKU_USER). pin may be NULL (PIN pad). CKR_USER_ALREADY_LOGGED_IN is
  * success. On success, finds the private key handles of this token's keys.
  * Does not copy or keep the PIN. Only one login runs per token at a time.

@@ -7,6 +7,48 @@
 
 #include "tok-internal.h"
 
+/* PKCS#11 pads its fixed-size strings with blanks, but some modules pad
+ * with NULs (tpm2-pkcs11's model is "SW   TPM" and eight NULs) or end the
+ * text early with one (tok_ck_string reads them the same way). URIs are
+ * built and compared on the blank-padded form: the text up to the first
+ * NUL, then blanks. So a canonical URI never carries %00, and an old URI
+ * or key-reference file that does (the NULs percent-encoded) still
+ * matches. A field whose first byte is NUL is "not given" in a parsed
+ * P11KitUri and formats as nothing; empty_is_blank says whether such a
+ * field is an empty string (a module's info) or stays as it is (a URI). */
+void tok_ck_unpad(unsigned char *s, size_t n, bool empty_is_blank)
+{
+    size_t end = 0;
+
+    if (s == NULL || n == 0 || (s[0] == '\0' && !empty_is_blank))
+        return;
+    while (end < n && s[end] != '\0')
+        end++;
+    memset(s + end, ' ', n - end);
+}
+
+#define UNPAD(field, blank) tok_ck_unpad((field), sizeof(field), (blank))
+
+static void unpad_token_info(CK_TOKEN_INFO *ti, bool blank)
+{
+    UNPAD(ti->label, blank);
+    UNPAD(ti->manufacturerID, blank);
+    UNPAD(ti->model, blank);
+    UNPAD(ti->serialNumber, blank);
+}
+
+static void unpad_slot_info(CK_SLOT_INFO *si, bool blank)
+{
+    UNPAD(si->slotDescription, blank);
+    UNPAD(si->manufacturerID, blank);
+}
+
+static void unpad_module_info(CK_INFO *mi, bool blank)
+{
+    UNPAD(mi->manufacturerID, blank);
+    UNPAD(mi->libraryDescription, blank);
+}
+
 static char *format_uri(const CK_TOKEN_INFO *info, const tok_key_t *k)
 {
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
@@ -18,6 +60,8 @@ static char *format_uri(const CK_TOKEN_INFO *info, const tok_key_t *k)
     if (u == NULL)
         return NULL;
     memcpy(p11_kit_uri_get_token_info(u), info, sizeof(*info));
+    /* p11-kit trims the blanks, not the NULs */
+    unpad_token_info(p11_kit_uri_get_token_info(u), false);
     if (k != NULL) {
         a = (CK_ATTRIBUTE){ CKA_CLASS, &cls, sizeof(cls) };
         if (p11_kit_uri_set_attribute(u, &a) != P11_KIT_URI_OK)
@@ -64,6 +108,10 @@ static int parse_uri(const char *s, P11KitUri **ret)
         p11_kit_uri_free(u);
         return TOK_ERR_ARGS;
     }
+    /* model=SW%20%20%20TPM%00%00... (as URIs were made before) matches */
+    unpad_module_info(p11_kit_uri_get_module_info(u), false);
+    unpad_slot_info(p11_kit_uri_get_slot_info(u), false);
+    unpad_token_info(p11_kit_uri_get_token_info(u), false);
     *ret = u;
     return TOK_OK;
 }
@@ -85,9 +133,14 @@ static bool match_module(P11KitUri *u, const tok_module_t *m)
 {
     const char *name = p11_kit_uri_get_module_name(u);
     const char *path = p11_kit_uri_get_module_path(u);
+    CK_INFO info;
 
-    if (m->have_info && !p11_kit_uri_match_module_info(u, &m->info))
-        return false;
+    if (m->have_info) {
+        info = m->info;
+        unpad_module_info(&info, true);
+        if (!p11_kit_uri_match_module_info(u, &info))
+            return false;
+    }
     if (name != NULL && (m->name == NULL || strcmp(name, m->name) != 0))
         return false;
     if (path != NULL) {
@@ -104,20 +157,24 @@ static bool match_module(P11KitUri *u, const tok_module_t *m)
 static bool match_token(P11KitUri *u, tok_token_t *t)
 {
     CK_SLOT_ID want_slot = p11_kit_uri_get_slot_id(u);
-    bool ok;
+    CK_SLOT_INFO si;
+    CK_TOKEN_INFO ti;
 
     if (p11_kit_uri_any_unrecognized(u))
         return false;
     if (!match_module(u, t->mod))
         return false;
-    if (!p11_kit_uri_match_slot_info(u, &t->slot_info))
+    si = t->slot_info;
+    unpad_slot_info(&si, true);
+    if (!p11_kit_uri_match_slot_info(u, &si))
         return false;
     if (want_slot != (CK_SLOT_ID)-1 && want_slot != t->slot)
         return false;
     pthread_mutex_lock(&t->lock);
-    ok = p11_kit_uri_match_token_info(u, &t->info);
+    ti = t->info;
     pthread_mutex_unlock(&t->lock);
-    return ok;
+    unpad_token_info(&ti, true);
+    return p11_kit_uri_match_token_info(u, &ti);
 }
 
 static bool match_key(P11KitUri *u, const tok_key_t *k)

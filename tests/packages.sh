@@ -14,6 +14,13 @@ P11AGENT_PACKAGES=(
 	systemd util-linux passwd pinentry-tty tmux
 	# real programs using token keys (tests/integration/test-<program>.sh)
 	nginx haproxy stunnel4 postgresql-15 postgresql-client-15
+	# keys in a TPM (lib-tpm.sh, test-tpm*.sh): swtpm, the resource
+	# manager and tpm2-pkcs11 with its tpm2_ptool
+	swtpm swtpm-tools tpm2-abrmd libtss2-tcti-tabrmd0 libtpm2-pkcs11-1
+	libtpm2-pkcs11-tools
+	# programs loading p11agent-pkcs11.so (test-gnutls, test-nss,
+	# test-firefox, test-ssh)
+	gnutls-bin wget git libnss3-tools firefox-esr chromium openssh-server openssh-client
 	# packaging (tests/test-packaging.sh): the .deb, lintian, the RPM spec
 	debhelper dpkg-dev lintian rpm
 )

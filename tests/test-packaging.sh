@@ -5,7 +5,8 @@
 # is purged again).
 #   1. a `meson setup --prefix DIR` install writes only below DIR
 #   2. bash packaging/build-deb.sh builds the .deb, lintian reports no errors
-#   3. apt-get installs it; the p11agent user exists
+#   3. apt-get installs it; the p11agent user exists; p11-kit loads the
+#      registered PKCS#11 module p11agent-pkcs11.so
 #   4. tests/demo.sh --installed: an mTLS handshake signed by the installed
 #      agent through the installed provider and openssl.cnf snippet
 #   5. bash packaging/build-rpm.sh OUTDIR --nodeps builds the RPM
@@ -57,6 +58,13 @@ prefix_install() {
 		[ -e "$W/dest$W/prefix/$f" ] || { echo "missing: $W/prefix/$f" >&2; return 1; }
 	done
 	find "$W/dest$W/prefix" -name p11agent.so | grep -q . || { echo "provider not installed" >&2; return 1; }
+	find "$W/dest$W/prefix" -path '*/pkcs11/p11agent-pkcs11.so' | grep -q . ||
+		{ echo "PKCS#11 module not installed in \$libdir/pkcs11" >&2; return 1; }
+	# the module file names the module where it was installed
+	local modfile=$W/dest$W/prefix/share/p11-kit/modules/p11agent-pkcs11.module
+	grep -qx "module: $W/prefix/.*/pkcs11/p11agent-pkcs11.so" "$modfile" &&
+		grep -qx 'disable-in: p11agentd' "$modfile" ||
+		{ echo "p11-kit module file missing or wrong: $modfile" >&2; cat "$modfile" >&2; return 1; }
 }
 if prefix_install >"$W/prefix.log" 2>&1; then
 	ok "meson install --prefix DIR writes only below DIR"
@@ -81,6 +89,17 @@ if [ -n "$deb" ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$deb" 
 	else
 		echo "p11agent user: $(getent passwd p11agent || echo missing)" >>"$W/install.log"
 		not_ok "apt-get install: agent and p11agent user" "$W/install.log"
+	fi
+	# the PKCS#11 module, registered with p11-kit by file name (no agent
+	# runs: p11-kit initialises it, it lists no token and does not hang)
+	if [ -f "$(pkg-config p11-kit-1 --variable p11_module_path)/p11agent-pkcs11.so" ] &&
+		grep -qx 'module: p11agent-pkcs11.so' /usr/share/p11-kit/modules/p11agent-pkcs11.module &&
+		timeout 60 p11-kit list-modules >"$W/p11kit.log" 2>&1 &&
+		grep -q '^p11agent-pkcs11: p11agent-pkcs11.so' "$W/p11kit.log"; then
+		ok "the PKCS#11 module is installed and p11-kit list-modules loads it"
+	else
+		cat /usr/share/p11-kit/modules/p11agent-pkcs11.module >>"$W/p11kit.log" 2>&1
+		not_ok "the PKCS#11 module is installed and p11-kit list-modules loads it" "$W/p11kit.log"
 	fi
 else
 	not_ok "apt-get install the package" "$W/install.log"

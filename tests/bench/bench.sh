@@ -1,6 +1,7 @@
 #!/bin/bash
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
-#          [--algs LIST] [--only sign]
+#          [--latency-delay MS] [--latency-max-sessions N] [--only-latency]
+#          [--algs LIST] [--only-sign]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -9,9 +10,16 @@
 #     p11-kit's server and client module are installed;
 #   - with --many-keys: 4 more SoftHSM tokens with 25 P-256 keys each and a
 #     second agent serving them (memory measurement);
-#   - an openssl.cnf loading p11agent.so, for `openssl pkeyutl`.
+#   - an openssl.cnf loading p11agent.so, for `openssl pkeyutl`;
+#   - the latency-bound profile: a third agent on p11fault.so (P11FAULT_SO)
+#     over the same token, every C_Sign delayed by --latency-delay ms (5), a
+#     network HSM; in-process workers load p11fault.so with the same delay.
+#     --latency-max-sessions N gives that agent max-sessions = N (e.g. 4, the
+#     pool's old fixed size, for a before/after comparison).
+#     --only-latency measures only that.
 # Needs P11AGENTD, P11AGENTCTL, P11AGENT_SO, P11BENCH, P11BENCH_FIRST in the
-# environment (meson benchmark and run.sh set them). Everything it starts
+# environment (meson benchmark and run.sh set them), and P11FAULT_SO for the
+# latency-bound profile (without it, that section says unavailable). Everything it starts
 # is stopped on exit; the temp dir is removed unless P11AGENT_TEST_KEEP=1.
 # Exits with p11bench's status: non-zero if an operation failed or a
 # signature did not verify, never because of a timing.
@@ -25,6 +33,9 @@ ROUNDS=3
 SOAK=0
 MANY=0
 JSON=""
+LAT_DELAY=5
+LAT_MAX=""
+ONLY=()
 EXTRA=()
 while [ $# -gt 0 ]; do
 	case $1 in
@@ -35,9 +46,12 @@ while [ $# -gt 0 ]; do
 	--many-keys) MANY=1; shift ;;
 	--no-many-keys) MANY=0; shift ;;
 	--json) JSON=$2; shift 2 ;;
+	--latency-delay) LAT_DELAY=$2; shift 2 ;;
+	--latency-max-sessions) LAT_MAX=$2; shift 2 ;;
+	--only-latency) ONLY=(--only latency); MANY=0; shift ;;
 	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
-	--only) EXTRA+=(--only "$2"); shift 2 ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--algs LIST] [--only sign]" >&2
+	--only-sign) ONLY=(--only sign); MANY=0; shift ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -77,11 +91,14 @@ set -a
 . "$T/tok/env"
 set +a
 
-# agent_start SOCK LOG [SOFTHSM2_CONF]: p11agentd on SOCK; waits until it answers.
+# agent_start SOCK LOG [SOFTHSM2_CONF [MODULE [AGENT_CONF]]]: p11agentd on SOCK;
+# waits until it answers.
 agent_start() {
-	local sock=$1 log=$2 conf=${3:-$SOFTHSM2_CONF} pid i
+	local sock=$1 log=$2 conf=${3:-$SOFTHSM2_CONF} module=${4:-$P11AGENT_TEST_MODULE} pid i
+	local extra=()
+	[ -z "${5:-}" ] || extra=(--config "$5")
 	env -u OPENSSL_CONF SOFTHSM2_CONF="$conf" "$P11AGENTD" --foreground \
-		--module "$P11AGENT_TEST_MODULE" --socket "$sock" \
+		--module "$module" --socket "$sock" "${extra[@]}" \
 		--pin-source "file:$P11AGENT_TEST_PIN_FILE" 2>>"$log" </dev/null &
 	pid=$!
 	PIDS+=("$pid")
@@ -152,6 +169,23 @@ if [ "$MANY" = 1 ]; then
 	MEM_ARGS=(--mem-socket "$T/many.sock")
 fi
 
+# The latency-bound profile: p11fault.so wraps the same SoftHSM token and
+# delays every C_Sign (no state file: its writes would cost both sides).
+LAT_ARGS=(--latency-unavailable "P11FAULT_SO not set (run through meson or run.sh)")
+if [ -n "${P11FAULT_SO:-}" ] && [ -e "$P11FAULT_SO" ]; then
+	echo "delay C_Sign $LAT_DELAY" >"$T/latency.control"
+	export P11FAULT_MODULE=$P11AGENT_TEST_MODULE P11FAULT_CONTROL=$T/latency.control
+	unset P11FAULT_STATE
+	lat_conf=""
+	if [ -n "$LAT_MAX" ]; then
+		lat_conf=$T/latency-agent.conf
+		printf '[agent]\nmax-sessions = %s\n' "$LAT_MAX" >"$lat_conf"
+	fi
+	agent_start "$T/latency.sock" "$T/latency-agent.log" "$SOFTHSM2_CONF" "$P11FAULT_SO" "$lat_conf"
+	LAT_ARGS=(--latency-socket "$T/latency.sock" --latency-module "$P11FAULT_SO"
+		--latency-delay "$LAT_DELAY" ${LAT_MAX:+--latency-max-sessions "$LAT_MAX"})
+fi
+
 cat >"$T/openssl.cnf" <<EOF
 openssl_conf = openssl_init
 [openssl_init]
@@ -173,7 +207,7 @@ export P11BENCH_DIR=$P11AGENT_TEST_DIR P11BENCH_TOKEN=$P11AGENT_TEST_TOKEN \
 	P11BENCH_CNF=$T/openssl.cnf P11BENCH_OPENSSL=$(command -v openssl) \
 	P11AGENT_SOCKET=$SOCK OPENSSL_CONF=/dev/null
 "$P11BENCH" run --seconds "$SECONDS_EACH" --rounds "$ROUNDS" --runs "$RUNS" --soak "$SOAK" \
-	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}" "${EXTRA[@]}"
+	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}" "${LAT_ARGS[@]}" "${ONLY[@]}" "${EXTRA[@]}"
 rc=$?
 if [ "$rc" -ne 0 ]; then
 	echo "bench.sh: p11bench failed ($rc); agent log:" >&2

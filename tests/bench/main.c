@@ -94,11 +94,17 @@ typedef struct acc {
 static int run_round(bench_t *b, char **wargv, int nprocs, bool agent, acc_t *acc,
                      proc_tick_fn tick, void *tick_arg)
 {
-    proc_t procs[2];
-    proc_result_t res[2] = { 0 };
+    proc_t procs[LAT_MAX_PROCS];
+    proc_result_t res[LAT_MAX_PROCS] = { 0 };
     char *err = NULL;
     int started = 0, r = -1;
     int64_t before = -1, after;
+
+    if (nprocs < 1 || nprocs > LAT_MAX_PROCS) {
+        free(acc->error);
+        acc->error = strdup("bad process count");
+        return -1;
+    }
     uint64_t max_ns = 0, ops = 0, sigs;
 
     /* Set up one worker after the other (p11-kit 0.24's server shows 0
@@ -607,6 +613,96 @@ static void section_memory(bench_t *b)
     }
 }
 
+/* --- 5. latency-bound token ---------------------------------------------- */
+
+/* Sets an environment variable for the workers started next; returns the
+ * old value (malloc'd, NULL if unset) for env_restore. */
+static char *env_swap(const char *name, const char *value)
+{
+    const char *old = getenv(name);
+    char *saved = old != NULL ? strdup(old) : NULL;
+
+    setenv(name, value, 1);
+    return saved;
+}
+
+static void env_restore(const char *name, char *saved)
+{
+    if (saved != NULL)
+        setenv(name, saved, 1);
+    else
+        unsetenv(name);
+    free(saved);
+}
+
+/* A network HSM: every C_Sign takes lat_delay_ms (p11fault.so) but many run
+ * at once. 16 and 64 clients sign P-256 through the agent serving
+ * p11fault.so (agent: the provider; agent-bus: one connection per thread)
+ * and in-process through p11fault.so (direct-copy), in the same shapes
+ * (processes x threads), interleaved in rounds. */
+static void section_latency(bench_t *b)
+{
+    static const struct {
+        int procs, threads;
+    } shapes[] = { { 4, 4 }, { 8, 8 } };
+    static const bench_method_t methods[] = { M_AGENT, M_AGENT_BUS, M_DIRECT_COPY };
+    enum { NM = sizeof(methods) / sizeof(methods[0]) };
+    const char *main_socket = b->socket;
+    char *old_sock, *old_mod;
+    char secs[32];
+
+    snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
+    if (b->lat_socket == NULL || b->lat_module == NULL) {
+        for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+            for (int m = 0; m < NM; m++) {
+                lat_row_t *row = &b->lat[b->nlat++];
+
+                row->method = methods[m];
+                row->procs = shapes[si].procs;
+                row->threads = shapes[si].threads;
+                row->st.unavailable = true;
+                row->st.error = bench_strdupf("unavailable: %s",
+                                              b->lat_reason ? b->lat_reason : "no p11fault.so");
+            }
+        return;
+    }
+    /* workers inherit the environment: the slow agent, p11fault.so */
+    old_sock = env_swap("P11AGENT_SOCKET", b->lat_socket);
+    old_mod = env_swap("P11BENCH_MODULE", b->lat_module);
+    b->socket = b->lat_socket;
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        lat_row_t *rows = &b->lat[b->nlat];
+        acc_t acc[NM] = { 0 };
+        char threads[16];
+
+        snprintf(threads, sizeof(threads), "%d", shapes[si].threads);
+        b->nlat += NM;
+        fprintf(stderr, "p11bench: latency-bound token (C_Sign +%d ms), %d clients (%d processes x "
+                        "%d threads)\n", b->lat_delay_ms, shapes[si].procs * shapes[si].threads,
+                shapes[si].procs, shapes[si].threads);
+        for (int r = 0; r < b->rounds; r++)
+            for (int m = 0; m < NM; m++) {
+                char *wargv[] = { (char *)b->self, "worker", "sign", "--method",
+                                  (char *)bench_method_name(methods[m]), "--alg", "p256",
+                                  "--threads", threads, "--seconds", secs, NULL };
+
+                if (acc[m].error == NULL)
+                    run_round(b, wargv, shapes[si].procs,
+                              methods[m] == M_AGENT || methods[m] == M_AGENT_BUS, &acc[m], NULL,
+                              NULL);
+            }
+        for (int m = 0; m < NM; m++) {
+            rows[m].method = methods[m];
+            rows[m].procs = shapes[si].procs;
+            rows[m].threads = shapes[si].threads;
+            acc_finish(b, &acc[m], &rows[m].st);
+        }
+    }
+    b->socket = main_socket;
+    env_restore("P11AGENT_SOCKET", old_sock);
+    env_restore("P11BENCH_MODULE", old_mod);
+}
+
 /* --- main ----------------------------------------------------------------- */
 
 static double loadavg(void)
@@ -626,7 +722,10 @@ static int usage(void)
 {
     fprintf(stderr, "usage: p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] "
                     "[--json PATH] [--mem-socket SOCK]\n"
-                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only sign]\n       p11bench worker sign|tls|rtt ARGS...\n");
+                    "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
+                    "--latency-delay MS [--latency-max-sessions N] | --latency-unavailable WHY]\n"
+                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign]\n"
+                    "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
 
@@ -680,8 +779,20 @@ int main(int argc, char **argv)
             b->mem_socket = argv[++i];
         else if (strcmp(argv[i], "--algs") == 0)
             b->algs = argv[++i];
-        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "sign") == 0 && ++i)
-            b->sign_only = true;
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "sign") == 0)
+            b->sign_only = ++i > 0;
+        else if (strcmp(argv[i], "--latency-socket") == 0)
+            b->lat_socket = argv[++i];
+        else if (strcmp(argv[i], "--latency-module") == 0)
+            b->lat_module = argv[++i];
+        else if (strcmp(argv[i], "--latency-delay") == 0)
+            b->lat_delay_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--latency-max-sessions") == 0)
+            b->lat_max_sessions = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--latency-unavailable") == 0)
+            b->lat_reason = argv[++i];
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "latency") == 0)
+            b->only_latency = ++i > 0;
         else
             return usage();
     }
@@ -718,14 +829,19 @@ int main(int argc, char **argv)
     bus_status_clear(&st);
 
     b->load_start = loadavg();
-    section_sign(b);
-    section_rtt(b);
-    if (!b->sign_only) {
+    if (!b->only_latency) {
+        section_sign(b);
+        section_rtt(b);
+    }
+    if (!b->only_latency && !b->sign_only) {
         section_first(b);
         section_pkeyutl(b);
         section_tls(b);
-        section_memory(b);
     }
+    if (!b->sign_only)
+        section_latency(b);
+    if (!b->only_latency && !b->sign_only)
+        section_memory(b);
 
     b->load_end = loadavg();
     b->rss_end_kib = bench_rss_kib(b->agent_pid);

@@ -55,6 +55,16 @@ typedef struct sign_row {
     stat_row_t st;
 } sign_row_t;
 
+/* The latency-bound profile: the same key on p11fault.so with `delay
+ * C_Sign MS`, many clients (procs x threads) at once. */
+typedef struct lat_row {
+    bench_method_t method;
+    int threads, procs;
+    stat_row_t st;
+} lat_row_t;
+
+#define LAT_MAX_PROCS 8
+
 typedef struct tls_row {
     const char *proto; /* "1.3", "1.2" */
     const char *key;   /* "p256", "rsa2048" */
@@ -129,7 +139,17 @@ struct bench {
     long many_rss_kib, many_anon_kib, many_file_kib, many_pss_kib;
     char *many_error;
 
-    target_row_t targets[16];
+    /* latency-bound profile (section 5) */
+    const char *lat_socket;  /* the agent on p11fault.so, or NULL */
+    const char *lat_module;  /* p11fault.so, for in-process workers */
+    const char *lat_reason;  /* why the profile is not measured, or NULL */
+    int lat_delay_ms;
+    int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
+    bool only_latency;       /* --only latency: skip sections 1-4 */
+    lat_row_t lat[16];
+    int nlat;
+
+    target_row_t targets[20];
     int ntargets;
 };
 

@@ -47,11 +47,6 @@ static const time_row_t *find_time(const bench_t *b, const char *name)
     return NULL;
 }
 
-static const char *clients_of(int threads, int procs)
-{
-    return procs == 2 ? "2 processes" : threads == 2 ? "2 threads" : "1 thread";
-}
-
 static target_row_t *target(bench_t *b, const char *name, const char *goal)
 {
     target_row_t *t = &b->targets[b->ntargets++];
@@ -61,6 +56,51 @@ static target_row_t *target(bench_t *b, const char *name, const char *goal)
     t->ratio = NAN;
     t->met = -1;
     return t;
+}
+
+static const lat_row_t *find_lat(const bench_t *b, bench_method_t m, int threads, int procs)
+{
+    for (int i = 0; i < b->nlat; i++) {
+        const lat_row_t *r = &b->lat[i];
+
+        if (r->method == m && r->threads == threads && r->procs == procs)
+            return r->st.ok ? r : NULL;
+    }
+    return NULL;
+}
+
+/* The rate of a latency-bound row over in-process (direct-copy) in the
+ * same shape; NAN when either is missing. */
+static double lat_ratio(const bench_t *b, const lat_row_t *r)
+{
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs);
+
+    return r->st.ok && d != NULL && d->st.per_s > 0 ? r->st.per_s / d->st.per_s : NAN;
+}
+
+/* latency-bound target: method >= min x in-process, clients procs x threads */
+static void target_lat(bench_t *b, const char *name, bench_method_t m, int threads, int procs,
+                       double min)
+{
+    target_row_t *t = target(b, name, ">= 0.90x");
+    const lat_row_t *r = find_lat(b, m, threads, procs);
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, threads, procs);
+
+    if (r == NULL || d == NULL) {
+        t->measured = strdup(b->lat_reason ? b->lat_reason : "not measured");
+        return;
+    }
+    t->ratio = lat_ratio(b, r);
+    t->met = t->ratio >= min;
+    t->measured = bench_strdupf("%.0f vs %.0f sig/s (%s vs direct-copy, %d processes x %d "
+                                "threads): %.2fx",
+                                r->st.per_s, d->st.per_s, bench_method_name(m), procs, threads,
+                                t->ratio);
+}
+
+static const char *clients_of(int threads, int procs)
+{
+    return procs == 2 ? "2 processes" : threads == 2 ? "2 threads" : "1 thread";
 }
 
 /* throughput target: agent >= min x other */
@@ -169,6 +209,14 @@ void report_targets(bench_t *b)
             t->measured = strdup("not measured");
         }
     }
+    target_lat(b, "latency-bound token (5 ms), 16 clients: agent vs in-process", M_AGENT, 4, 4,
+               0.90);
+    target_lat(b, "latency-bound token (5 ms), 64 clients: agent vs in-process", M_AGENT, 8, 8,
+               0.90);
+    target_lat(b, "latency-bound token (5 ms), 16 clients: agent-bus vs in-process", M_AGENT_BUS,
+               4, 4, 0.90);
+    target_lat(b, "latency-bound token (5 ms), 64 clients: agent-bus vs in-process", M_AGENT_BUS,
+               8, 8, 0.90);
     t = target(b, "agent RSS with 100 keys on 4 tokens", "< 10 MiB");
     if (b->many_keys > 0 && b->many_error == NULL) {
         t->ratio = (double)b->many_rss_kib / 10240.0;
@@ -202,17 +250,9 @@ static const char *verdict(int met)
     return met == 1 ? "MET" : met == 0 ? "MISSED" : "n/a";
 }
 
-void report_table(bench_t *b)
+/* Sections 1-4 of the table (skipped with --only latency). */
+static void table_sections_1_to_4(bench_t *b)
 {
-    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement in %d interleaved rounds; "
-           "medians of %d runs for fresh processes)\n",
-           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->rounds,
-           b->runs);
-    printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
-           b->load_start > 1.5 || b->load_end > 1.5
-               ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
-               : "");
-
     printf("\n== 1. Signatures: throughput and latency (same SoftHSM token and keys)\n");
     printf("%-14s %-12s %-13s %10s %9s %9s %9s\n", "key", "clients", "method", "sig/s",
            "p50 us", "p99 us", "vs agent");
@@ -315,8 +355,53 @@ void report_table(bench_t *b)
     } else {
         printf("soak: not run (--soak 0)\n");
     }
+}
 
-    printf("\n== Targets (issue 6)\n");
+void report_table(bench_t *b)
+{
+    printf("\np11agent benchmark (%s; %ld CPUs; %.3g s per measurement in %d interleaved rounds; "
+           "medians of %d runs for fresh processes)\n",
+           OpenSSL_version(OPENSSL_VERSION), sysconf(_SC_NPROCESSORS_ONLN), b->seconds, b->rounds,
+           b->runs);
+    printf("load average (1 min) at start %.2f, at end %.2f%s\n", b->load_start, b->load_end,
+           b->load_start > 1.5 || b->load_end > 1.5
+               ? ": other work shared the CPUs, compare ratios within a section, not absolutes"
+               : "");
+
+    if (!b->only_latency)
+        table_sections_1_to_4(b);
+    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
+           "(a network HSM), P-256; the agent's max-sessions: ", b->lat_delay_ms);
+    if (b->lat_max_sessions > 0)
+        printf("%d\n", b->lat_max_sessions);
+    else
+        printf("default (64)\n");
+    printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
+           "p50 us", "p99 us", "vs in-process");
+    for (int i = 0; i < b->nlat; i++) {
+        const lat_row_t *r = &b->lat[i];
+        char shape[32];
+        double ratio = lat_ratio(b, r);
+
+        snprintf(shape, sizeof(shape), "%d proc x %d threads", r->procs, r->threads);
+        if (i > 0 && (r->procs != b->lat[i - 1].procs || r->threads != b->lat[i - 1].threads))
+            printf("\n");
+        if (!r->st.ok) {
+            printf("%-8d %-22s %-13s %s\n", r->procs * r->threads, shape,
+                   bench_method_name(r->method), r->st.error);
+            continue;
+        }
+        printf("%-8d %-22s %-13s %10.0f %9.1f %9.1f", r->procs * r->threads, shape,
+               bench_method_name(r->method), r->st.per_s, r->st.p50_us, r->st.p99_us);
+        if (r->method != M_DIRECT_COPY && !isnan(ratio))
+            printf(" %13.2fx", ratio);
+        printf("\n");
+    }
+    printf("   (vs in-process: the method's throughput over direct-copy's, same clients; "
+           "agent: the provider, at most 8 connections per process; agent-bus: a connection "
+           "per thread)\n");
+
+    printf("\n== Targets (issues 6 and 12)\n");
     for (int i = 0; i < b->ntargets; i++) {
         const target_row_t *t = &b->targets[i];
 
@@ -471,7 +556,22 @@ int report_json(bench_t *b, const char *path)
     } else {
         fputs("    \"soak\": null\n", f);
     }
-    fputs("  },\n  \"targets\": [\n", f);
+    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"key\": \"p256\", "
+               "\"agent_max_sessions\": %d, \"rows\": [\n",
+            b->lat_delay_ms, b->lat_max_sessions);
+    for (int i = 0; i < b->nlat; i++) {
+        const lat_row_t *r = &b->lat[i];
+
+        fprintf(f, "    {\"clients\": %d, \"processes\": %d, \"threads\": %d, \"method\": ",
+                r->procs * r->threads, r->procs, r->threads);
+        jstr(f, bench_method_name(r->method));
+        fputs(", ", f);
+        jstat(f, &r->st);
+        fputs(", \"vs_in_process\": ", f);
+        jnum(f, lat_ratio(b, r));
+        fprintf(f, "}%s\n", i + 1 < b->nlat ? "," : "");
+    }
+    fputs("  ]},\n  \"targets\": [\n", f);
     for (int i = 0; i < b->ntargets; i++) {
         const target_row_t *t = &b->targets[i];
 

@@ -44,7 +44,15 @@
  *                                first; MS 0 removes it
  *   reset                        defaults: every slot inserted, no pad, no
  *                                faults, no delays (counters stay)
- *   reset-counters               call counters back to 0
+ *   reset-counters               call counters back to 0 (inflight-max:
+ *                                to the calls running now)
+ *   hold FUNC [SLOT]             every call of FUNC (on SLOT) waits, after
+ *                                its delay, until released
+ *   release FUNC [SLOT] | release all   let them go
+ *   limit sessions N [info]      C_OpenSession on a slot with N sessions of
+ *                                ours open: CKR_SESSION_COUNT; with info,
+ *                                C_GetTokenInfo says ulMaxSessionCount N
+ *   limit sessions off
  *   lie ...                      answers no honest module gives (lie.c):
  *                                sig-len N, huge|grow|garbage ATTR [LABEL...],
  *                                token-label SLOT [off], ATTR off, off
@@ -57,7 +65,9 @@
  *   pid N, generation N, sync WORD, control.errors N, control.last-error TEXT,
  *   sessions N (live ones), slot.ID present|removed, slot.ID.label LABEL,
  *   slot.ID.login-failures N, slot.ID.pin-locked 0|1,
- *   C_Xxx N (calls), C_Xxx.failed N (calls that did not return CKR_OK).
+ *   C_Xxx N (calls), C_Xxx.failed N (calls that did not return CKR_OK),
+ *   C_Xxx.inflight N, C_Xxx.inflight-max N (calls running now, the most at
+ *   once), C_Xxx.held N (waiting in a hold; only while some are).
  */
 #include <ctype.h>
 #include <errno.h>
@@ -402,6 +412,57 @@ static void cmd_delay_locked(const line_t *l)
         s->delay_ms[fn] = ms;
 }
 
+/* hold FUNC [SLOT] | release FUNC [SLOT] | release all */
+static void cmd_hold_locked(const line_t *l)
+{
+    bool hold = strcmp(l->w[0], "hold") == 0;
+    int fn = l->n >= 2 ? flt_fn_lookup(l->w[1]) : -1;
+    flt_slot_t *s;
+
+    if (!hold && l->n == 2 && strcmp(l->w[1], "all") == 0) {
+        memset(flt.hold, 0, sizeof(flt.hold));
+        for (size_t i = 0; i < flt.n_slots; i++)
+            memset(flt.slots[i].hold, 0, sizeof(flt.slots[i].hold));
+        pthread_cond_broadcast(&flt.hold_cv);
+        return;
+    }
+    if (fn < 0 || fn == FLT_FN_C_Initialize || fn == FLT_FN_C_Finalize ||
+        fn == FLT_FN_C_GetFunctionList || fn == FLT_FN_C_WaitForSlotEvent || l->n < 2 ||
+        l->n > 3) {
+        line_error_locked(l, "usage: hold FUNC [SLOT] | release FUNC [SLOT] | release all");
+        return;
+    }
+    if (l->n == 3) {
+        if ((s = slot_arg_locked(l, l->w[2])) != NULL)
+            s->hold[fn] = hold;
+    } else {
+        flt.hold[fn] = hold;
+        for (size_t i = 0; !hold && i < flt.n_slots; i++)
+            flt.slots[i].hold[fn] = false;
+    }
+    if (!hold)
+        pthread_cond_broadcast(&flt.hold_cv);
+}
+
+/* limit sessions N [info] | limit sessions off */
+static void cmd_limit_locked(const line_t *l)
+{
+    unsigned long n = 0;
+
+    if (l->n == 3 && strcmp(l->w[1], "sessions") == 0 && strcmp(l->w[2], "off") == 0) {
+        flt.session_limit = 0;
+        flt.session_limit_info = false;
+        return;
+    }
+    if (l->n < 3 || l->n > 4 || strcmp(l->w[1], "sessions") != 0 || !parse_ulong(l->w[2], &n) ||
+        n == 0 || n > 100000 || (l->n == 4 && strcmp(l->w[3], "info") != 0)) {
+        line_error_locked(l, "usage: limit sessions N [info] | limit sessions off");
+        return;
+    }
+    flt.session_limit = n;
+    flt.session_limit_info = l->n == 4;
+}
+
 static void cmd_lie_locked(const line_t *l)
 {
     char err[200];
@@ -452,6 +513,12 @@ void flt_config_reset_locked(void)
         flt.delay_ms[f] = 0;
         flt.fail_left[f] = 0;
     }
+    memset(flt.hold, 0, sizeof(flt.hold));
+    for (size_t i = 0; i < flt.n_slots; i++)
+        memset(flt.slots[i].hold, 0, sizeof(flt.slots[i].hold));
+    pthread_cond_broadcast(&flt.hold_cv);
+    flt.session_limit = 0;
+    flt.session_limit_info = false;
     cmd_always_auth_locked(&none);
     set_user_pin_locked(NULL);
     flt.max_login_failures = 0;
@@ -474,6 +541,9 @@ static void apply_line_locked(line_t *l)
         { "unlock", cmd_unlock_locked },
         { "fail", cmd_fail_locked },
         { "delay", cmd_delay_locked },
+        { "hold", cmd_hold_locked },
+        { "release", cmd_hold_locked },
+        { "limit", cmd_limit_locked },
         { "lie", cmd_lie_locked },
         { "sync", cmd_sync_locked },
     };
@@ -487,6 +557,7 @@ static void apply_line_locked(line_t *l)
     if (strcmp(l->w[0], "reset-counters") == 0 && l->n == 1) {
         memset(flt.calls, 0, sizeof(flt.calls));
         memset(flt.failed, 0, sizeof(flt.failed));
+        memcpy(flt.inflight_max, flt.inflight, sizeof(flt.inflight_max));
         return;
     }
     for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
@@ -625,6 +696,11 @@ static void state_print_locked(FILE *fp)
             fprintf(fp, "%s %lu\n", flt_fn_names[f], flt.calls[f]);
         if (flt.failed[f] > 0)
             fprintf(fp, "%s.failed %lu\n", flt_fn_names[f], flt.failed[f]);
+        if (flt.inflight_max[f] > 0)
+            fprintf(fp, "%s.inflight %lu\n%s.inflight-max %lu\n", flt_fn_names[f],
+                    flt.inflight[f], flt_fn_names[f], flt.inflight_max[f]);
+        if (flt.held[f] > 0)
+            fprintf(fp, "%s.held %lu\n", flt_fn_names[f], flt.held[f]);
     }
 }
 

@@ -30,6 +30,7 @@ flt_t flt = {
     .event_cv = PTHREAD_COND_INITIALIZER,
     .idle_cv = PTHREAD_COND_INITIALIZER,
     .watch_cv = PTHREAD_COND_INITIALIZER,
+    .hold_cv = PTHREAD_COND_INITIALIZER,
     .io_mu = PTHREAD_MUTEX_INITIALIZER,
     .next_handle = FIRST_HANDLE,
 };
@@ -71,6 +72,8 @@ CK_RV call_begin(call_t *c, flt_fn_t fn, call_kind_t kind, CK_ULONG id)
     c->fn = fn;
     pthread_mutex_lock(&flt.mu);
     flt.calls[fn]++;
+    if (++flt.inflight[fn] > flt.inflight_max[fn])
+        flt.inflight_max[fn] = flt.inflight[fn];
     flt.state_seq++;
     if (!flt.initialized || flt.finalizing) {
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
@@ -132,9 +135,45 @@ CK_RV call_sleep(call_t *c, long ms)
     return call_recheck(c);
 }
 
+static bool held_locked(const call_t *c)
+{
+    const flt_slot_t *s = c->has_slot ? flt_slot_find_locked(c->slot) : NULL;
+
+    return flt.initialized && !flt.finalizing && (flt.hold[c->fn] || (s != NULL && s->hold[c->fn]));
+}
+
+/* Waits while a `hold` covers this call. The control file is checked here
+ * too (every 50 ms), so a release is seen without the watcher thread. */
+static CK_RV call_hold(call_t *c)
+{
+    struct timespec ts;
+    bool waited = false;
+
+    pthread_mutex_lock(&flt.mu);
+    if (held_locked(c)) {
+        waited = true;
+        flt.held[c->fn]++;
+        flt.state_seq++;
+        /* the test reads the state file to see who is waiting */
+        pthread_mutex_unlock(&flt.mu);
+        flt_state_write();
+        pthread_mutex_lock(&flt.mu);
+        while (held_locked(c)) {
+            flt_deadline_after(&ts, 50);
+            pthread_cond_timedwait(&flt.hold_cv, &flt.mu, &ts);
+            flt_control_check_locked();
+        }
+        flt.held[c->fn]--;
+        flt.state_seq++;
+    }
+    pthread_mutex_unlock(&flt.mu);
+    return waited ? call_recheck(c) : CKR_OK;
+}
+
 CK_RV call_delay(call_t *c)
 {
     long ms;
+    CK_RV rv;
 
     pthread_mutex_lock(&flt.mu);
     ms = flt.delay_ms[c->fn];
@@ -145,12 +184,16 @@ CK_RV call_delay(call_t *c)
             ms = s->delay_ms[c->fn];
     }
     pthread_mutex_unlock(&flt.mu);
-    return call_sleep(c, ms);
+    rv = call_sleep(c, ms);
+    if (rv == CKR_OK)
+        rv = call_hold(c);
+    return rv;
 }
 
 CK_RV call_end(call_t *c, CK_RV rv)
 {
     pthread_mutex_lock(&flt.mu);
+    flt.inflight[c->fn]--;
     if (rv != CKR_OK)
         flt.failed[c->fn]++;
     if (c->sess != NULL)
@@ -295,6 +338,7 @@ static CK_RV w_C_Finalize(CK_VOID_PTR pReserved)
     /* wake blocked C_WaitForSlotEvent callers and wait until they left */
     flt.finalizing = true;
     pthread_cond_broadcast(&flt.event_cv);
+    pthread_cond_broadcast(&flt.hold_cv);
     while (flt.n_waiters > 0)
         pthread_cond_wait(&flt.idle_cv, &flt.mu);
     join = flt.watcher_running;

@@ -66,6 +66,8 @@ typedef struct flt_slot {
     unsigned long login_failures; /* consecutive wrong user PINs */
     long delay_ms[FLT_FN_COUNT];  /* per-slot delay; -1: the global one */
     bool lie_label;          /* token label: invalid UTF-8, no padding (lie.c) */
+    bool hold[FLT_FN_COUNT]; /* `hold FUNC SLOT`: calls wait for `release` */
+    unsigned long opening;   /* C_OpenSession calls past the session limit check */
 } flt_slot_t;
 
 /* A session handed out by us. Our handles are never reused; flt maps them
@@ -89,6 +91,7 @@ typedef struct flt {
     pthread_cond_t event_cv;   /* slot events, C_Finalize */
     pthread_cond_t idle_cv;    /* the last blocked waiter left */
     pthread_cond_t watch_cv;   /* stops the watcher */
+    pthread_cond_t hold_cv;    /* a `release`, `reset` or C_Finalize */
 
     CK_FUNCTION_LIST *real;    /* loaded once, never unloaded */
     bool initialized, finalizing;
@@ -128,6 +131,9 @@ typedef struct flt {
     CK_ULONG lie_sig_len;          /* `lie sig-len N`; 0: off (lie.c) */
     struct flt_lie *lies;          /* `lie huge|grow|garbage ATTR [LABEL...]` */
     size_t n_lies;
+    bool hold[FLT_FN_COUNT];       /* `hold FUNC`: every call waits for `release` */
+    unsigned long session_limit;   /* `limit sessions N`: per slot; 0: none */
+    bool session_limit_info;       /* ... and C_GetTokenInfo tells it */
 
     /* sessions [mu] */
     flt_session_t *buckets[FLT_BUCKETS];
@@ -135,6 +141,9 @@ typedef struct flt {
 
     /* counters [mu] */
     unsigned long calls[FLT_FN_COUNT], failed[FLT_FN_COUNT];
+    /* calls running now, the most at once since `reset-counters`, and
+     * those waiting in a `hold` */
+    unsigned long inflight[FLT_FN_COUNT], inflight_max[FLT_FN_COUNT], held[FLT_FN_COUNT];
     unsigned long state_seq;       /* bumped on every change worth writing */
 
     pthread_mutex_t io_mu;         /* one state file writer at a time */

@@ -96,6 +96,17 @@ void flt_session_free_any(flt_session_t *s)
     session_unlink_locked(s);
 }
 
+/* Sessions of ours open on the slot (not those a removal killed). */
+static unsigned long live_sessions_locked(CK_SLOT_ID slot)
+{
+    unsigned long n = 0;
+
+    for (size_t b = 0; b < FLT_BUCKETS; b++)
+        for (const flt_session_t *s = flt.buckets[b]; s != NULL; s = s->next)
+            n += s->linked && !s->gone && s->slot == slot;
+    return n;
+}
+
 static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApplication,
                              CK_NOTIFY Notify, CK_SESSION_HANDLE_PTR phSession)
 {
@@ -117,16 +128,29 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID slotID, CK_FLAGS flags, CK_VOID_PTR pApp
         goto out;
     }
     pthread_mutex_lock(&flt.mu);
-    if ((slot = flt_slot_find_locked(slotID)) != NULL)
+    if ((slot = flt_slot_get_locked(slotID)) != NULL) {
         epoch = slot->epoch;
+        /* `limit sessions N`: the ones open and the ones being opened */
+        if (flt.session_limit > 0 &&
+            live_sessions_locked(slotID) + slot->opening >= flt.session_limit) {
+            pthread_mutex_unlock(&flt.mu);
+            free(s);
+            rv = CKR_SESSION_COUNT;
+            goto out;
+        }
+        slot->opening++;
+    }
     pthread_mutex_unlock(&flt.mu);
     /* callbacks would carry the real handle: not passed on */
     rv = flt.real->C_OpenSession(slotID, flags, NULL, NULL, &real);
+    pthread_mutex_lock(&flt.mu);
+    if ((slot = flt_slot_find_locked(slotID)) != NULL && slot->opening > 0)
+        slot->opening--;
     if (rv != CKR_OK) {
+        pthread_mutex_unlock(&flt.mu);
         free(s);
         goto out;
     }
-    pthread_mutex_lock(&flt.mu);
     s->handle = flt.next_handle++;
     s->real = real;
     s->slot = slotID;

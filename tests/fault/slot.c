@@ -190,6 +190,10 @@ static CK_RV w_C_GetTokenInfo(CK_SLOT_ID slotID, CK_TOKEN_INFO_PTR pInfo)
             pInfo->flags |= CKF_USER_PIN_COUNT_LOW;
         flt_lie_token_info_locked(s, pInfo);
     }
+    if (flt.session_limit > 0 && flt.session_limit_info) {
+        pInfo->ulMaxSessionCount = flt.session_limit;
+        pInfo->ulMaxRwSessionCount = flt.session_limit;
+    }
     pthread_mutex_unlock(&flt.mu);
 out:
     return call_end(&c, rv);

@@ -352,12 +352,41 @@ def dbus_seeds(ms):
           + b"\x01\x06\x00\x01\x01" + b"\x01\x03\x00" + b"\x01\x04\x00" + b"\x01\x00\x00")
 
 
+def module_seeds():
+    """fuzz-module: a key record (layout at the top of fuzz-module.c) and
+    an ECDSA signature after it."""
+    def rec(kt, bits, flags, uri, label, spki, cert, sig=b""):
+        f = b""
+        for v in (uri, label, spki, cert):
+            f += struct.pack(">H", len(v)) + v
+        return bytes([kt]) + struct.pack(">H", bits) + bytes([flags]) + f + sig
+
+    def spki_of(k):
+        return k.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    uri = "pkcs11:model=M;manufacturer=Maker;serial=1;token=t;id=%{:02x};object={};type=private"
+    rk = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    write("module", "rsa", rec(1, 2048, 3, uri.format(1, "rsa").encode(), b"rsa", spki_of(rk),
+                               cert_for(rk, rk.public_key())))
+    for name, curve, bits in (("p256", ec.SECP256R1(), 256), ("p384", ec.SECP384R1(), 384)):
+        k = ec.generate_private_key(curve)
+        sig = k.sign(b"fuzz", ec.ECDSA(hashes.SHA256()))
+        write("module", name, rec(2, bits, 4, uri.format(2, name).encode(), name.encode(),
+                                  spki_of(k), cert_for(k, k.public_key()), sig))
+    ed = ed25519.Ed25519PrivateKey.generate()
+    write("module", "ed25519", rec(3, 256, 8, uri.format(4, "ed").encode(), b"ed", spki_of(ed),
+                                   cert_for(ed, ed.public_key())))
+    write("module", "no-cert-binary-id", rec(3, 256, 8,
+          b"pkcs11:token=t;id=%00%ff%00;object=x", b"", spki_of(ed), b""))
+
+
 def main():
     keyref_seeds()
     conf_seeds()
     ms = models()
     tok_seeds(ms)
     dbus_seeds(ms)
+    module_seeds()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,8 @@
 #                            libasan preload (array PROG_ENV)
 #   prog_unsanitized PROG    under ASan: PROG (curl, psql) runs without
 #                            libasan, with the normal build's provider
+#   module_for_tools         TOOL_MODULE: the p11agent-pkcs11.so programs
+#                            load (under ASan: the normal build's)
 #   ref_make KEY             $T/refs/KEY.pem, a key-reference file (0600)
 #   srv_certs                $T/srv/KEY.pem: serverAuth certificates for
 #                            the token keys (SAN localhost, 127.0.0.1)
@@ -260,6 +262,31 @@ prog_unsanitized() {
 	PROG_ENV=(env OPENSSL_CONF="$T/openssl-plain.cnf")
 	echo "# ASan build: $1 runs without ASan (a libasan preload hangs it in setlocale)" \
 		"and loads $so; the agent runs under ASan"
+}
+
+# module_for_tools: sets TOOL_MODULE, the p11agent-pkcs11.so that programs
+# load (pkcs11-tool, GnuTLS, NSS, ssh): $P11AGENT_MODULE. In the ASan build
+# those programs run without libasan (as prog_unsanitized explains) and load
+# the normal build's module, $P11AGENT_PLAIN_MODULE, by default
+# build/module/p11agent-pkcs11.so next to this build directory; the agent
+# runs under ASan, and a program of ours built here (tests/integration/
+# modsign.c) loads the instrumented module itself. Bails out without one.
+module_for_tools() {
+	local build so
+	if [ -z "${P11AGENT_MODULE:-}" ] || [ ! -f "$P11AGENT_MODULE" ]; then
+		tap_bail "P11AGENT_MODULE is not set or not built: ${P11AGENT_MODULE:-}"
+	fi
+	# shellcheck disable=SC2034 # used by the test scripts
+	TOOL_MODULE=$P11AGENT_MODULE
+	[ -n "$IT_PRELOAD" ] || return 0
+	build=$(dirname "$(dirname "$P11AGENT_MODULE")")
+	so=${P11AGENT_PLAIN_MODULE:-$(dirname "$build")/build/module/p11agent-pkcs11.so}
+	[ -f "$so" ] || tap_bail "ASan build: programs need an uninstrumented p11agent-pkcs11.so:" \
+		"build $(dirname "$build")/build first or set P11AGENT_PLAIN_MODULE"
+	! ldd "$so" | grep -q 'libasan\.so' || tap_bail "P11AGENT_PLAIN_MODULE=$so is built with ASan"
+	# shellcheck disable=SC2034 # used by the test scripts
+	TOOL_MODULE=$so
+	echo "# ASan build: programs load $so; the agent and modsign run under ASan"
 }
 
 # --- nginx (test-nginx, test-nginx-load) ---------------------------------

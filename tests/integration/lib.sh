@@ -217,9 +217,14 @@ EOF
 # it listens. A socket file left by a killed agent stays in place: the new
 # agent must replace it, and is ready once `p11agentctl status` answers. The
 # agent runs without OPENSSL_CONF, unless IT_AGENT_CNF names one for it.
+# IT_AGENT_REGISTRY=1: no --module (the modules registered with p11-kit).
 agent_start() {
 	local pinfile=${1:-$T/pin} i limit=50 stale=0 envcmd=(env -u OPENSSL_CONF)
+	local mod=(--module "$MODULE")
+	[ -z "${IT_AGENT_REGISTRY:-}" ] || mod=()
 	[ -n "$IT_PRELOAD" ] && limit=150
+	# every registered module loads (OpenSC, p11-kit-trust, ...): slower
+	[ -z "${IT_AGENT_REGISTRY:-}" ] || limit=$((limit * 4))
 	[ -z "${IT_AGENT_CNF:-}" ] || envcmd=(env OPENSSL_CONF="$IT_AGENT_CNF")
 	[ -S "$SOCK" ] && stale=1
 	echo "=== agent start $(date +%T) pin-source file:$pinfile" >>"$T/agent.log"
@@ -227,7 +232,7 @@ agent_start() {
 	# the suppression needs full unwinding (libcrypto has no frame pointers).
 	envcmd+=(ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 		LSAN_OPTIONS="suppressions=$IT_LIB_DIR/../unit/lsan-softhsm.supp")
-	"${envcmd[@]}" "$P11AGENTD" --foreground --module "$MODULE" --socket "$SOCK" \
+	"${envcmd[@]}" "$P11AGENTD" --foreground "${mod[@]}" --socket "$SOCK" \
 		--pin-source "file:$pinfile" "${IT_AGENT_ARGS[@]}" 2>>"$T/agent.log" </dev/null &
 	AGENT_PID=$!
 	for ((i = 0; i < limit; i++)); do

@@ -2,6 +2,7 @@
 /* Unit tests of agent/: PIN sources, error mapping, the main loop, pinentry answers. */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <poll.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -194,6 +195,63 @@ static void test_agent_pin_id_changes_with_file(void **state)
     assert_false(pin_id_equal(&b, &c));
     free(tmp);
     free(path);
+}
+
+/* A rejected PIN file is remembered next to the socket, per token, across
+ * agents; a record that is not ours or not one record is ignored. */
+static void test_agent_pin_rejected_remembered(void **state)
+{
+    static agent_t a;
+    agent_pin_id_t id = {.dev = 7, .ino = 123456, .size = 8, .mtime_ns = 1700000000123456789};
+    agent_pin_id_t got = {0};
+    const char *tok = "pkcs11:model=SW%20%20%20TPM;manufacturer=IBM;serial=0;token=tpm";
+    char *sock = NULL, *cmd = NULL, *rec = NULL;
+    glob_t g;
+
+    assert_true(asprintf(&sock, "%s/agent.sock", tmpdir) > 0);
+    a.socket_path = sock;
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    assert_true(pin_id_equal(&got, &id));
+    /* another token has no record */
+    assert_false(agent_pin_rejected_load(&a, "pkcs11:token=other", &got));
+
+    assert_true(asprintf(&cmd, "%s/pin-rejected-*", tmpdir) > 0);
+    assert_int_equal(glob(cmd, 0, NULL, &g), 0);
+    assert_int_equal(g.gl_pathc, 1);
+    rec = strdup(g.gl_pathv[0]);
+    globfree(&g);
+    /* others may write it: ignored */
+    assert_int_equal(chmod(rec, 0622), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(chmod(rec, 0600), 0);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    /* not one record: ignored */
+    assert_int_equal(truncate(rec, 10), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    /* a symlink: ignored */
+    assert_int_equal(unlink(rec), 0);
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_int_equal(rename(rec, sock), 0);
+    assert_int_equal(symlink(sock, rec), 0);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(unlink(rec), 0);
+    assert_int_equal(unlink(sock), 0);
+
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_true(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_forget(&a, tok);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    assert_int_equal(access(rec, F_OK), -1);
+    /* no socket path: nothing remembered, nothing fails */
+    a.socket_path = NULL;
+    agent_pin_rejected_save(&a, tok, &id);
+    assert_false(agent_pin_rejected_load(&a, tok, &got));
+    agent_pin_rejected_forget(&a, tok);
+    free(rec);
+    free(cmd);
+    free(sock);
 }
 
 static void test_agent_err_from_tok_table(void **state)
@@ -493,6 +551,38 @@ static void test_agent_conf_connection_limits(void **state)
     expect_conf_error("[agent]\nauth-timeout = -1\n", "auth-timeout = '-1': not a duration");
     expect_conf_error("[agent]\nclient-idle-timeout = 1y\n", "client-idle-timeout = '1y': not a duration");
     expect_conf_error("[token pkcs11:token=a]\nauth-timeout = 5\n", "it belongs in [agent]");
+}
+
+static void test_agent_conf_max_sessions(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    assert_int_equal(agent_conf_parse("[agent]\nmax-sessions = 16\n"
+                                      "[token pkcs11:token=hsm]\nmax-sessions = 2\n"
+                                      "[token pkcs11:token=card]\npin-source = file:/p\n",
+                                      "t.conf", &c, &err),
+                     0);
+    assert_int_equal(c.max_sessions, 16);
+    assert_int_equal(c.n_tokens, 2);
+    assert_int_equal(c.tokens[0].max_sessions, 2);
+    assert_int_equal(c.tokens[1].max_sessions, 0); /* not set: [agent]'s */
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[token pkcs11:token=a]\nmax-sessions = 4096\n", "t.conf",
+                                      &c, &err),
+                     0);
+    assert_int_equal(c.tokens[0].max_sessions, 4096);
+    assert_int_equal(c.max_sessions, 0);
+    agent_conf_clear(&c);
+
+    expect_conf_error("[token pkcs11:token=a]\nmax-sessions = 0\n",
+                      "bad.conf:2: max-sessions = '0': expected a whole number from 1 to 4096");
+    expect_conf_error("[agent]\nmax-sessions = 4097\n",
+                      "max-sessions = '4097': expected a whole number from 1 to 4096");
+    expect_conf_error("[token pkcs11:token=a]\nmax-sessions = 8\nmax-sessions = 9\n",
+                      "max-sessions is set twice");
+    expect_conf_error("[key pkcs11:object=a]\nmax-sessions = 8\n",
+                      "'max-sessions' is not a setting of [key pkcs11:...]");
 }
 
 static void test_agent_pin_source_credential_and_strict(void **state)
@@ -1236,6 +1326,7 @@ int main(void)
         cmocka_unit_test(test_agent_pin_file_reads_first_line),
         cmocka_unit_test(test_agent_pin_file_errors),
         cmocka_unit_test(test_agent_pin_id_changes_with_file),
+        cmocka_unit_test(test_agent_pin_rejected_remembered),
         cmocka_unit_test(test_agent_err_from_tok_table),
         cmocka_unit_test(test_agent_loop_runs_fd_callbacks_until_quit),
         cmocka_unit_test(test_agent_conf_parses_every_section),
@@ -1256,6 +1347,7 @@ int main(void)
         cmocka_unit_test(test_agent_limits_room_per_user),
         cmocka_unit_test(test_agent_limits_room_max_clients),
         cmocka_unit_test(test_agent_conf_connection_limits),
+        cmocka_unit_test(test_agent_conf_max_sessions),
         cmocka_unit_test(test_agent_prompt_percent_decoding),
         cmocka_unit_test(test_agent_conf_durations_take_units),
         cmocka_unit_test(test_agent_conf_numbers_name_setting_value_range),

@@ -9,6 +9,11 @@
 
 #include <cmocka.h>
 
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
 #include "bus.h"
 
 static void test_bus_error_names_round_trip(void **state)
@@ -623,6 +628,36 @@ static void test_bus_append_string_long_and_valid(void **state)
     free(bad);
 }
 
+/* An agent that accepted the connection but does not run (SIGSTOPped,
+ * hung): nothing answers the EXTERNAL handshake. libdbus waits for it
+ * without a timeout; the client must give up after the call's timeout. */
+static void test_bus_call_to_silent_agent_times_out(void **state)
+{
+    char dir[] = "/tmp/p11agent-test-XXXXXX", path[64];
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    DBusConnection *conn = NULL;
+    bus_status_t st = {0};
+    char *msg = NULL;
+    int fd;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/agent.sock", dir);
+    snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path);
+    fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    assert_int_equal(listen(fd, 4), 0); /* and never accept */
+    assert_int_equal(bus_client_connect(path, &conn, &msg), BUS_OK);
+    assert_int_equal(bus_client_status(conn, 300, &st, &msg), BUS_ERR_TIMEOUT);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "authentication"));
+    free(msg);
+    bus_client_close(conn);
+    close(fd);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void test_bus_client_refuses_non_utf8_uri(void **state)
 {
     bus_sign_params_t p = {.alg = BUS_SIG_ECDSA, .hash = "sha256"};
@@ -669,6 +704,7 @@ int main(void)
         cmocka_unit_test(test_bus_tokens_and_status_invalid_utf8_replaced),
         cmocka_unit_test(test_bus_append_string_long_and_valid),
         cmocka_unit_test(test_bus_client_refuses_non_utf8_uri),
+        cmocka_unit_test(test_bus_call_to_silent_agent_times_out),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

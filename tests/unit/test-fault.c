@@ -1378,6 +1378,253 @@ static void test_fault_lie_bad_lines(void **state)
     assert_int_equal(state_num("control.errors"), errors + 4);
 }
 
+/* ------------------------------------- holds, session limits, the pool */
+
+/* Waits (bounded: 30 s, the machine is shared) until the state file says
+ * at least want for key. */
+static void wait_state_min(const char *key, long want)
+{
+    long deadline = now_ms() + 30000;
+
+    while (state_num(key) < want) {
+        if (now_ms() > deadline)
+            fail_msg("state %s stayed at %ld, expected %ld", key, state_num(key), want);
+        sleep_ms(5);
+    }
+}
+
+static void *raw_signer_main(void *arg)
+{
+    signer_t *g = arg;
+    CK_MECHANISM m = { CKM_SHA256_RSA_PKCS, NULL, 0 };
+    CK_OBJECT_HANDLE key = find(g->s, CKO_PRIVATE_KEY, "rsa2048");
+    uint8_t sig[512];
+    CK_ULONG len = sizeof(sig);
+
+    g->rv = fx.f->C_SignInit(g->s, &m, key);
+    if (g->rv == CKR_OK)
+        g->rv = fx.f->C_Sign(g->s, (CK_BYTE_PTR)msg, sizeof(msg), sig, &len);
+    return NULL;
+}
+
+/* `hold` keeps calls in flight until `release`; the state file counts
+ * them (inflight, inflight-max, held). */
+static void test_fault_hold_inflight(void **state)
+{
+    signer_t g[3];
+    long errors;
+
+    ctl("reset-counters");
+    ctl("hold C_Sign");
+    for (int i = 0; i < 3; i++) {
+        memset(&g[i], 0, sizeof(g[i]));
+        g[i].s = i == 0 ? open_login() : open_session();
+        assert_int_equal(pthread_create(&g[i].thread, NULL, raw_signer_main, &g[i]), 0);
+    }
+    wait_state_min("C_Sign.held", 3);
+    assert_int_equal(state_num("C_Sign.inflight"), 3);
+    assert_int_equal(state_num("C_Sign"), 3);
+    ctl("release C_Sign");
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(pthread_join(g[i].thread, NULL), 0);
+        assert_int_equal(g[i].rv, CKR_OK);
+    }
+    assert_int_equal(state_num("C_Sign.inflight-max"), 3);
+    assert_int_equal(state_num("C_Sign.inflight"), 0);
+    assert_int_equal(state_num("C_Sign.held"), 0);
+    /* a bad slot is a bad line */
+    errors = state_num("control.errors");
+    ctl("hold C_Sign 999999");
+    assert_int_equal(state_num("control.errors"), errors + 1);
+    for (int i = 0; i < 3; i++)
+        fx.f->C_CloseSession(g[i].s);
+}
+
+/* `limit sessions N`: C_OpenSession past N gives CKR_SESSION_COUNT; with
+ * `info` the token info says so. */
+static void test_fault_limit_sessions(void **state)
+{
+    CK_SESSION_HANDLE s[3], t;
+    CK_TOKEN_INFO ti;
+
+    ctl("limit sessions 2");
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    assert_true(ti.ulMaxSessionCount == CK_EFFECTIVELY_INFINITE || ti.ulMaxSessionCount > 2);
+    s[0] = open_session();
+    s[1] = open_session();
+    assert_int_equal(fx.f->C_OpenSession(fx.slot, CKF_SERIAL_SESSION, NULL, NULL, &s[2]),
+                     CKR_SESSION_COUNT);
+    assert_int_equal(fx.f->C_CloseSession(s[1]), CKR_OK);
+    t = open_session();
+    ctl("limit sessions 2 info");
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    assert_int_equal(ti.ulMaxSessionCount, 2);
+    ctl("limit sessions off");
+    s[2] = open_session();
+    fx.f->C_CloseSession(s[0]);
+    fx.f->C_CloseSession(s[2]);
+    fx.f->C_CloseSession(t);
+}
+
+typedef struct pool_signer {
+    pthread_t thread;
+    const tok_key_t *k;
+    int r;
+    char *err;
+} pool_signer_t;
+
+static void *pool_signer_main(void *arg)
+{
+    pool_signer_t *g = arg;
+
+    g->r = tok_sign_checked(g->k, &g->err);
+    return NULL;
+}
+
+/* n threads sign with p256 at once while C_Sign is held; waits until
+ * `held` are in C_Sign, then gives the pool a moment to (wrongly) open
+ * more, and returns the count in flight then. Joins after the release;
+ * every signature must verify. */
+static long pool_run(tok_ctx_t *ctx, int n, long held)
+{
+    pool_signer_t g[16];
+    long inflight;
+
+    assert_true(n <= 16);
+    ctl("reset-counters");
+    ctl("hold C_Sign");
+    for (int i = 0; i < n; i++) {
+        g[i] = (pool_signer_t){ .k = tok_key(ctx, "p256") };
+        assert_non_null(g[i].k);
+        assert_int_equal(pthread_create(&g[i].thread, NULL, pool_signer_main, &g[i]), 0);
+    }
+    wait_state_min("C_Sign.held", held);
+    sleep_ms(300); /* not a timing assertion: room for a wrong extra one to show */
+    inflight = state_num("C_Sign.inflight");
+    ctl("release C_Sign");
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(pthread_join(g[i].thread, NULL), 0);
+        if (g[i].r != TOK_OK)
+            fail_msg("signer %d: %s: %s", i, tok_strerror(g[i].r), g[i].err ? g[i].err : "");
+        free(g[i].err);
+    }
+    assert_int_equal(state_num("C_Sign"), n);
+    return inflight;
+}
+
+/* The pool opens sessions as concurrent signatures need them: all 12 run
+ * at once by default, at most the cap when one is set; lowering the cap
+ * closes the idle ones past it. */
+static void test_fault_pool_grows_to_cap(void **state)
+{
+    tok_ctx_t *ctx = tok_open();
+    tok_token_t *t;
+
+    tok_login(ctx);
+    t = tok_ctx_token(ctx, 0);
+    assert_int_equal(tok_token_max_sessions(t), 64);
+    assert_int_equal(pool_run(ctx, 12, 12), 12);
+    assert_int_equal(state_num("C_Sign.inflight-max"), 12);
+    assert_true(state_num("sessions") >= 12);
+
+    tok_token_set_max_sessions(t, 5);
+    assert_int_equal(tok_token_max_sessions(t), 5);
+    assert_true(state_num("sessions") <= 5); /* idle ones past the cap closed */
+    assert_int_equal(pool_run(ctx, 12, 5), 5);
+    assert_int_equal(state_num("C_Sign.inflight-max"), 5);
+    assert_true(state_num("sessions") <= 5);
+    tok_ctx_free(ctx);
+}
+
+/* A token that allows 3 sessions without saying so answers the 4th
+ * C_OpenSession with CKR_SESSION_COUNT: the pool stops growing and the
+ * requests wait for its sessions instead of failing. One that says so
+ * (ulMaxSessionCount) caps the pool from the start. */
+static void test_fault_pool_session_count(void **state)
+{
+    tok_ctx_t *ctx;
+
+    ctl("limit sessions 3");
+    ctx = tok_open();
+    tok_login(ctx);
+    assert_int_equal(pool_run(ctx, 8, 3), 3);
+    assert_int_equal(state_num("C_Sign.inflight-max"), 3);
+    assert_true(state_num("C_OpenSession.failed") >= 1);
+    assert_true(state_num("sessions") <= 3);
+    tok_ctx_free(ctx);
+
+    ctl("limit sessions 2 info");
+    ctx = tok_open();
+    tok_login(ctx);
+    assert_int_equal(tok_token_max_sessions(tok_ctx_token(ctx, 0)), 2);
+    tok_token_set_max_sessions(tok_ctx_token(ctx, 0), 10); /* the token's word wins */
+    assert_int_equal(tok_token_max_sessions(tok_ctx_token(ctx, 0)), 2);
+    ctl("reset-counters");
+    assert_int_equal(pool_run(ctx, 6, 2), 2);
+    assert_int_equal(state_num("C_OpenSession.failed"), 0);
+    tok_ctx_free(ctx);
+}
+
+/* A failed signature gives its session back: with a cap of 1, the next
+ * signature gets it at once (a lost session would leave it waiting for
+ * TOK_ERR_BUSY). */
+static void test_fault_pool_session_back_on_error(void **state)
+{
+    tok_ctx_t *ctx = tok_open();
+    char *err = NULL;
+    int r;
+
+    tok_login(ctx);
+    tok_token_set_max_sessions(tok_ctx_token(ctx, 0), 1);
+    for (int i = 0; i < 3; i++) {
+        ctl("fail C_Sign CKR_DEVICE_ERROR 1");
+        assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_ERR_DEVICE);
+        assert_non_null(err);
+        free(err);
+        assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+        free(err);
+    }
+    /* this one closes the session (its operation may be stuck): its place
+     * in the pool frees; closing the last session ended the login */
+    ctl("fail C_Sign CKR_OPERATION_ACTIVE 1");
+    assert_int_not_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+    free(err);
+    r = tok_sign_checked(tok_key(ctx, "p256"), &err);
+    free(err);
+    assert_true(r == TOK_OK || r == TOK_ERR_NOT_LOGGED_IN);
+    if (r == TOK_ERR_NOT_LOGGED_IN)
+        tok_login(ctx);
+    assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+    free(err);
+    assert_true(state_num("sessions") <= 1);
+    tok_ctx_free(ctx);
+}
+
+/* Sessions a burst opened close once idle long enough: all but the one
+ * holding the login (and the key copies); the token still signs. */
+static void test_fault_pool_trims_idle(void **state)
+{
+    tok_ctx_t *ctx = tok_open();
+    char *err = NULL;
+    long open;
+
+    tok_login(ctx);
+    assert_int_equal(pool_run(ctx, 8, 8), 8);
+    open = state_num("sessions");
+    assert_true(open >= 8);
+    tok_ctx_trim_sessions(ctx, 3600); /* none idle that long */
+    assert_int_equal(state_num("sessions"), open);
+    tok_ctx_trim_sessions(ctx, 0);
+    assert_true(state_num("sessions") <= 2);
+    assert_true(state_num("sessions") >= 1);
+    assert_true(tok_token_logged_in(tok_ctx_token(ctx, 0)));
+    assert_int_equal(tok_sign_checked(tok_key(ctx, "p256"), &err), TOK_OK);
+    free(err);
+    /* and grows again */
+    assert_int_equal(pool_run(ctx, 6, 6), 6);
+    tok_ctx_free(ctx);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1401,6 +1648,12 @@ int main(void)
         T(test_fault_lie_attributes),
         T(test_fault_lie_token_label),
         T(test_fault_lie_bad_lines),
+        T(test_fault_hold_inflight),
+        T(test_fault_limit_sessions),
+        T(test_fault_pool_grows_to_cap),
+        T(test_fault_pool_session_count),
+        T(test_fault_pool_session_back_on_error),
+        T(test_fault_pool_trims_idle),
         T(test_fault_finalize_wakes_waiter),
 #undef T
     };

@@ -771,6 +771,106 @@ static void test_pkcs11_find_tokens(void **state)
     assert_int_equal(tok_find_tokens(fx.ctx, "garbage", &found, &n), TOK_ERR_ARGS);
 }
 
+static void test_pkcs11_ck_unpad(void **state)
+{
+    unsigned char f[16];
+    unsigned char unset[4] = { 0, 0, 0, 0 };
+
+    /* tpm2-pkcs11's model: blanks inside, NUL padding */
+    memcpy(f, "SW   TPM\0\0\0\0\0\0\0\0", 16);
+    tok_ck_unpad(f, sizeof(f), false);
+    assert_memory_equal(f, "SW   TPM        ", 16);
+    /* blank padded already: unchanged */
+    tok_ck_unpad(f, sizeof(f), true);
+    assert_memory_equal(f, "SW   TPM        ", 16);
+    /* an early NUL ends the text; what follows it is padding */
+    memcpy(f, "abc\0junk  \0x    ", 16);
+    tok_ck_unpad(f, sizeof(f), false);
+    assert_memory_equal(f, "abc             ", 16);
+    /* the whole field is text: nothing to do */
+    memcpy(f, "0123456789abcdef", 16);
+    tok_ck_unpad(f, sizeof(f), false);
+    assert_memory_equal(f, "0123456789abcdef", 16);
+    /* a URI field starting with NUL is "not given": left alone */
+    tok_ck_unpad(unset, sizeof(unset), false);
+    assert_memory_equal(unset, "\0\0\0\0", 4);
+    /* a module's empty field is an empty string */
+    tok_ck_unpad(unset, sizeof(unset), true);
+    assert_memory_equal(unset, "    ", 4);
+    tok_ck_unpad(NULL, 4, true);
+    tok_ck_unpad(f, 0, true);
+}
+
+static size_t count_tokens(const char *uri)
+{
+    tok_token_t **found = NULL;
+    size_t n = 99;
+
+    assert_int_equal(tok_find_tokens(fx.ctx, uri, &found, &n), TOK_OK);
+    free(found);
+    return n;
+}
+
+/* A token whose model, label and serial are NUL padded (as tpm2-pkcs11's
+ * model is): its canonical URIs carry no %00, and both the new URIs and
+ * the old ones with %00 select it. */
+static void test_pkcs11_uri_nul_padding(void **state)
+{
+    tok_token_t *t = test_token();
+    CK_TOKEN_INFO saved, nul;
+    tok_key_t k = { .id = (uint8_t *)"\x02", .id_len = 1, .label = (char *)"p256" };
+    char *uri;
+
+    pthread_mutex_lock(&t->lock);
+    saved = t->info;
+    nul = t->info;
+    memset(nul.model, 0, sizeof(nul.model));
+    memcpy(nul.model, "SW   TPM", 8);
+    memset(nul.label, 0, sizeof(nul.label));
+    memcpy(nul.label, TOKEN_LABEL, strlen(TOKEN_LABEL));
+    memset(nul.serialNumber, 0, sizeof(nul.serialNumber));
+    memcpy(nul.serialNumber, "0000", 4);
+    t->info = nul;
+    pthread_mutex_unlock(&t->lock);
+
+    uri = tok_uri_for_token(&nul);
+    assert_non_null(uri);
+    assert_null(strstr(uri, "%00"));
+    assert_non_null(strstr(uri, "model=SW%20%20%20TPM;"));
+    assert_non_null(strstr(uri, "serial=0000;"));
+    assert_non_null(strstr(uri, "token=" TOKEN_LABEL));
+    assert_int_equal(count_tokens(uri), 1);
+    free(uri);
+    uri = tok_uri_for_key(&nul, &k);
+    assert_non_null(uri);
+    assert_null(strstr(uri, "%00"));
+    assert_non_null(strstr(uri, "model=SW%20%20%20TPM;"));
+    free(uri);
+
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPM"), 1);
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPM%00%00%00%00%00%00%00%00"), 1);
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPM%00%00"), 1);
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPM%20%20"), 1);
+    assert_int_equal(count_tokens("pkcs11:model=SW;token=" TOKEN_LABEL), 0);
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPMX"), 0);
+    assert_int_equal(count_tokens("pkcs11:serial=0000%00%00%00%00%00%00%00%00%00%00%00%00"), 1);
+    assert_int_equal(count_tokens("pkcs11:serial=0000"), 1);
+    assert_int_equal(count_tokens("pkcs11:serial=00000"), 0);
+    assert_int_equal(count_tokens("pkcs11:token=" TOKEN_LABEL "%00"), 1);
+    /* keys: the key's own URI (made at scan time from the blank-padded info)
+     * and its old form with %00 */
+    assert_int_equal(
+        count_matches("pkcs11:model=SW%20%20%20TPM%00%00%00%00%00%00%00%00;object=p256", TOK_OK, NULL),
+        1);
+    /* the same URIs with a blank-padded token (SoftHSM's own info) */
+    pthread_mutex_lock(&t->lock);
+    t->info = saved;
+    pthread_mutex_unlock(&t->lock);
+    assert_int_equal(count_tokens("pkcs11:model=SW%20%20%20TPM"), 0);
+    assert_int_equal(count_tokens("pkcs11:token=" TOKEN_LABEL "%00%00"), 1);
+    assert_int_equal(count_tokens("pkcs11:token=" TOKEN_LABEL), 1);
+}
+
 static void test_pkcs11_sign_rsa_pkcs1(void **state)
 {
     static const tok_hash_t hs[] = { TOK_HASH_SHA1, TOK_HASH_SHA224, TOK_HASH_SHA256,
@@ -1120,6 +1220,8 @@ int main(void)
         cmocka_unit_test(test_pkcs11_login),
         cmocka_unit_test(test_pkcs11_find_keys),
         cmocka_unit_test(test_pkcs11_find_tokens),
+        cmocka_unit_test(test_pkcs11_ck_unpad),
+        cmocka_unit_test(test_pkcs11_uri_nul_padding),
         cmocka_unit_test(test_pkcs11_sign_rsa_pkcs1),
         cmocka_unit_test(test_pkcs11_sign_rsa_pkcs1_raw),
         cmocka_unit_test(test_pkcs11_sign_rsa_pss),
