@@ -177,6 +177,9 @@ typedef struct agent_client {
     /* The reply about to be sent holds a secret (a plaintext): flushed,
      * then wiped before it is freed (only this client's thread touches it). */
     bool wipe_reply;
+    /* The signing channel handed out by OpenChannel, or NULL (channel.c;
+     * only this client's thread touches it). */
+    struct agent_chan *chan;
 } agent_client_t;
 
 /* Fills c's credentials from its socket: uid, gid, pid, groups, and the
@@ -382,6 +385,26 @@ typedef struct agent_key_use {
  * -ENOMEM when no reply could be built. No agent lock held by the caller. */
 int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const agent_key_use_t *u,
                   DBusMessage **ret_reply);
+
+/* agent/handlers.c: one signature with the parameters of a Sign call, for
+ * D-Bus and the channel alike (msg: the call the reply answers). */
+int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
+               const bus_sign_params_t *bp, const uint8_t *data, size_t len,
+               DBusMessage **ret_reply);
+
+/* agent/channel.c: the signing channel of a client (see dbus/channel.h),
+ * served by the client's own thread. */
+/* Makes the socketpair: keeps one end in c->chan, *ret_fd the other (the
+ * caller closes it once it is in the reply). -EBUSY when c has one open. */
+int agent_channel_open(agent_client_t *c, int *ret_fd, char **why);
+void agent_channel_close(agent_client_t *c);
+/* The agent's end of c's channel, or -1. */
+int agent_channel_fd(const agent_client_t *c);
+/* Reads what the channel holds and answers every whole frame. Returns
+ * false when the channel ended (EOF, a frame breaking the rules, a client
+ * that does not read its replies): it is closed then, the D-Bus connection
+ * goes on. Sets *closing when the client is being closed (a limit). */
+bool agent_channel_serve(agent_client_t *c, bool *closing);
 
 /* agent/decrypt.c: the Decrypt method */
 int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,

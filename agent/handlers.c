@@ -185,20 +185,45 @@ static int run_sign(void *arg, const tok_key_t *key, const tok_auth_t *auth, uin
     return tok_sign_auth(key, &s->tp, s->data, s->len, auth, ret, ret_len, why);
 }
 
+int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
+               const bus_sign_params_t *bp, const uint8_t *data, size_t len,
+               DBusMessage **ret_reply)
+{
+    agent_t *a = c->agent;
+    sign_use_t su = {.data = data, .len = len};
+    agent_key_use_t u = {.event = "sign", .verb = "signing", .run = run_sign, .arg = &su,
+                         .ok_count = &a->signatures, .fail_count = &a->sign_failures};
+    int h = tok_hash_from_name(bp->hash), m = tok_hash_from_name(bp->mgf1_hash);
+
+    if (h < 0 || m < 0) {
+        atomic_fetch_add(&a->sign_failures, 1);
+        return reply_out(error_reply(msg, BUS_ERR_UNSUPPORTED,
+                                     "hash '%s' is not supported for key '%s'",
+                                     h < 0 ? bp->hash : bp->mgf1_hash, uri),
+                         ret_reply);
+    }
+    su.tp.alg = (tok_sig_alg_t)bp->alg;
+    su.tp.hash = (tok_hash_t)h;
+    su.tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
+    su.tp.salt_len = bp->salt_len;
+    u.alg = bus_sig_alg_name(bp->alg);
+    u.hash = bp->hash;
+    return agent_use_key(c, msg, uri, &u, ret_reply);
+}
+
 static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
                              DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     const char *uri;
     bus_sign_params_t bp;
-    sign_use_t su = {0};
-    agent_key_use_t u = {.event = "sign", .verb = "signing", .run = run_sign, .arg = &su,
-                         .ok_count = &a->signatures, .fail_count = &a->sign_failures};
+    const uint8_t *data;
+    size_t len;
     DBusMessage *reply = NULL;
-    int r, h, m;
+    int r;
 
     (void)conn;
-    r = bus_parse_sign_call(msg, &uri, &bp, &su.data, &su.len);
+    r = bus_parse_sign_call(msg, &uri, &bp, &data, &len);
     if (r == BUS_ERR_UNSUPPORTED)
         reply = error_reply(msg, r, "unknown signature algorithm (expected rsa-pkcs1, rsa-pss, "
                                     "ecdsa or eddsa)");
@@ -209,22 +234,39 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
         atomic_fetch_add(&a->sign_failures, 1);
         return reply_out(reply, ret_reply);
     }
-    h = tok_hash_from_name(bp.hash);
-    m = tok_hash_from_name(bp.mgf1_hash);
-    if (h < 0 || m < 0) {
-        atomic_fetch_add(&a->sign_failures, 1);
+    return agent_sign(c, msg, uri, &bp, data, len, ret_reply);
+}
+
+/* OpenChannel() -> h: the signing channel of this connection (channel.c). */
+static int agent_handle_open_channel(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
+                                     DBusMessage **ret_reply)
+{
+    DBusMessage *reply = NULL;
+    char *why = NULL;
+    int fd = -1, r;
+
+    if (c->via_session_bus || !dbus_connection_can_send_type(conn, DBUS_TYPE_UNIX_FD))
         return reply_out(error_reply(msg, BUS_ERR_UNSUPPORTED,
-                                     "hash '%s' is not supported for key '%s'",
-                                     h < 0 ? bp.hash : bp.mgf1_hash, uri),
+                                     "signing channels are offered only on the agent's socket, "
+                                     "to clients that accept file descriptors"),
                          ret_reply);
+    r = agent_channel_open(c, &fd, &why);
+    if (r < 0) {
+        reply = error_reply(msg, r == -ENOMEM ? BUS_ERR_NO_MEMORY : BUS_ERR_FAILED,
+                            "cannot open a signing channel: %s", why ? why : strerror(-r));
+        free(why);
+        return reply_out(reply, ret_reply);
     }
-    su.tp.alg = (tok_sig_alg_t)bp.alg;
-    su.tp.hash = (tok_hash_t)h;
-    su.tp.mgf1_hash = m ? (tok_hash_t)m : (tok_hash_t)h;
-    su.tp.salt_len = bp.salt_len;
-    u.alg = bus_sig_alg_name(bp.alg);
-    u.hash = bp.hash;
-    return agent_use_key(c, msg, uri, &u, ret_reply);
+    reply = dbus_message_new_method_return(msg);
+    if (reply && !dbus_message_append_args(reply, DBUS_TYPE_UNIX_FD, &fd, DBUS_TYPE_INVALID)) {
+        dbus_message_unref(reply);
+        reply = NULL;
+    }
+    /* the reply holds its own copy of the fd */
+    close(fd);
+    if (!reply)
+        agent_channel_close(c);
+    return reply_out(reply, ret_reply);
 }
 
 static int agent_handle_list_tokens(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
@@ -594,6 +636,7 @@ static const struct {
     {BUS_IFACE, "ListKeys", "", agent_handle_list_keys},
     {BUS_IFACE, "FindKeys", "s", agent_handle_find_keys},
     {BUS_IFACE, "Sign", "ssa{sv}ay", agent_handle_sign},
+    {BUS_IFACE, "OpenChannel", "", agent_handle_open_channel},
     {BUS_IFACE, "Decrypt", "ssa{sv}ay", agent_handle_decrypt},
     {BUS_IFACE, "Status", "", agent_handle_status},
     {BUS_IFACE, "ListTokens", "", agent_handle_list_tokens},

@@ -6,6 +6,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -245,10 +246,35 @@ static bool expire(agent_t *a, agent_client_t *c)
     return closing;
 }
 
+/* One round of a connection with a signing channel: a message libdbus has
+ * queued is dispatched; else both sockets are watched (up to ms) and what
+ * arrived is served. False when the D-Bus connection ended or the client
+ * is being closed; a channel that ends alone only closes itself. */
+static bool serve_with_channel(agent_client_t *c, int ms)
+{
+    struct pollfd p[2];
+    bool closing = false;
+
+    if (dbus_connection_get_dispatch_status(c->conn) == DBUS_DISPATCH_DATA_REMAINS)
+        return dbus_connection_read_write_dispatch(c->conn, 0);
+    p[0] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+    if (dbus_connection_has_messages_to_send(c->conn))
+        p[0].events |= POLLOUT;
+    p[1] = (struct pollfd){.fd = agent_channel_fd(c), .events = POLLIN};
+    if (poll(p, 2, ms) < 0)
+        return errno == EINTR;
+    if (p[1].revents && !agent_channel_serve(c, &closing) && closing)
+        return false;
+    if (p[0].revents)
+        return dbus_connection_read_write_dispatch(c->conn, 0);
+    return true;
+}
+
 /* The thread of one connection: reads, each request handled (and signed)
- * right here, replies written from here. Wakes at the connection's deadline
- * (auth-timeout, client-idle-timeout). Ends when the client disconnects,
- * a deadline passes, or the agent shuts its socket down (a limit made room,
+ * right here, replies written from here; the same for its signing channel,
+ * once it has one. Wakes at the connection's deadline (auth-timeout,
+ * client-idle-timeout). Ends when the client disconnects, a deadline
+ * passes, or the agent shuts its socket down (a limit made room,
  * agent_server_stop()). */
 static void *client_thread(void *data)
 {
@@ -258,11 +284,14 @@ static void *client_thread(void *data)
     for (;;) {
         int ms = wait_ms(a, c);
 
-        if (ms == 0 ? expire(a, c) : !dbus_connection_read_write_dispatch(c->conn, ms))
+        if (ms == 0 ? expire(a, c)
+            : c->chan ? !serve_with_channel(c, ms)
+                      : !dbus_connection_read_write_dispatch(c->conn, ms))
             break;
         if (atomic_load(&c->state) == AGENT_CONN_CLOSING)
             break;
     }
+    agent_channel_close(c);
     agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
                 (long)c->pid);
     /* Out of every count, and nobody shuts down its fd once it is closed. */

@@ -24,6 +24,17 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
+ * Signing channel: on each pooled connection the first Sign asks the agent
+ * for a signing channel (OpenChannel, dbus/channel.h) and signs over it from
+ * then on: key URIs bound to handles once, then one small frame each way per
+ * signature. An agent without channels (UnknownMethod) or a request the
+ * channel cannot carry (a long message, a hash it has no index for) signs
+ * with the D-Bus Sign call; P11AGENT_CHANNEL=0 in the environment when the
+ * pool is made forces D-Bus Sign (for comparison). The channel belongs to
+ * its connection: it closes with it, a child abandons it with it (closing
+ * its inherited fd), and a channel that breaks (the agent restarted)
+ * fails the call as Disconnected, which reconnects and retries as above.
+ *
  * The socket path is resolved once, when the pool is made (the provider
  * starts, the module is initialised): nginx workers sign with a scrubbed
  * environment.
@@ -42,6 +53,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chanclient.h"
 #include "pool.h"
 
 /* At most this many connections per process. A thread takes an idle one,
@@ -62,6 +74,9 @@ typedef struct pool_slot {
     ino_t ino;
     unsigned users;           /* threads using it now */
     int64_t opened_ms;        /* when it was opened (monotonic) */
+    int chan_fd;              /* its signing channel's fd, or -1 (for a child) */
+    dev_t chan_dev;
+    ino_t chan_ino;
 } pool_slot_t;
 
 /* Sign-call templates (dbus/: bus_new_sign_template): per key URI and
@@ -85,6 +100,8 @@ struct bus_pool {
     int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
     int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
                                  retried; 0: not restarting */
+    bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
+    dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
@@ -106,8 +123,13 @@ bus_pool_t *bus_pool_new(char *socket_path)
     /* libdbus >= 1.7 does this itself; harmless and cheap to repeat. */
     (void)dbus_threads_init_default();
     c->socket_path = socket_path;
-    for (size_t i = 0; i < POOL_MAX; i++)
+    for (size_t i = 0; i < POOL_MAX; i++) {
         c->slots[i].fd = -1;
+        c->slots[i].chan_fd = -1;
+    }
+    c->chan_slot = -1;
+    c->use_channel = !(getenv("P11AGENT_CHANNEL") && strcmp(getenv("P11AGENT_CHANNEL"), "0") == 0) &&
+                     dbus_connection_allocate_data_slot(&c->chan_slot);
     atomic_store(&c->owner, (int)getpid());
     atomic_store(&c->claim, (int)getpid());
     return c;
@@ -129,9 +151,13 @@ static void client_abandon_inherited(bus_pool_t *c)
         if (s->conn != NULL && s->fd >= 0 && fstat(s->fd, &st) == 0 && S_ISSOCK(st.st_mode)
             && st.st_dev == s->dev && st.st_ino == s->ino)
             close(s->fd);
+        if (s->conn != NULL && s->chan_fd >= 0 && fstat(s->chan_fd, &st) == 0 &&
+            S_ISSOCK(st.st_mode) && st.st_dev == s->chan_dev && st.st_ino == s->chan_ino)
+            close(s->chan_fd);
         /* The object (and its memory) is leaked on purpose. */
         s->conn = NULL;
         s->fd = -1;
+        s->chan_fd = -1;
         s->users = 0;
     }
     c->lost_until_ms = 0;
@@ -234,6 +260,7 @@ retry:
             goto out;
         s->conn = conn;
         s->fd = -1;
+        s->chan_fd = -1;
         s->users = 0;
         s->opened_ms = now_ms();
         if (dbus_connection_get_unix_fd(conn, &fd) && fd >= 0 && fstat(fd, &st) == 0) {
@@ -284,6 +311,7 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
             bus_client_close(s->conn);
             s->conn = NULL;
             s->fd = -1;
+            s->chan_fd = -1;
             s->users = 0;
         } else if (c->lost_until_ms != 0 && s->opened_ms >= c->lost_since_ms) {
             c->lost_until_ms = 0; /* the agent is back */
@@ -418,11 +446,63 @@ typedef struct sign_args {
     size_t sig_len;
 } sign_args_t;
 
+/* The signing channel of conn (chanclient.c), made on first use and freed
+ * with the connection (NULL: out of memory). */
+static bus_chan_client_t *chan_of(bus_pool_t *c, DBusConnection *conn)
+{
+    bus_chan_client_t *ch = dbus_connection_get_data(conn, c->chan_slot);
+
+    /* libdbus guards its data slots; the pool lock only orders the making */
+    if (ch)
+        return ch;
+    pthread_mutex_lock(&c->lock);
+    ch = dbus_connection_get_data(conn, c->chan_slot);
+    if (!ch) {
+        ch = bus_chan_client_new();
+        if (ch && !dbus_connection_set_data(conn, c->chan_slot, ch, bus_chan_client_free)) {
+            bus_chan_client_free(ch);
+            ch = NULL;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    return ch;
+}
+
+/* A channel was opened on conn: a forked child closes its fd with the
+ * connection's socket (client_abandon_inherited). */
+static void chan_opened(void *arg, DBusConnection *conn, int fd, const struct stat *st)
+{
+    bus_pool_t *c = arg;
+
+    pthread_mutex_lock(&c->lock);
+    for (size_t i = 0; i < POOL_MAX; i++) {
+        if (c->slots[i].conn == conn) {
+            c->slots[i].chan_fd = fd;
+            c->slots[i].chan_dev = st->st_dev;
+            c->slots[i].chan_ino = st->st_ino;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+}
+
 static int op_sign(DBusConnection *conn, void *arg, char **errmsg)
 {
     sign_args_t *a = arg;
-    DBusMessage *msg = sign_call(a->client, a->uri, a->p, a->data, a->len);
+    DBusMessage *msg;
     int r;
+
+    /* the channel, unless the request cannot go on one */
+    if (a->client->use_channel && a->len <= BUS_CHAN_MAX_PAYLOAD &&
+        bus_chan_hash_index(a->p->hash) >= 0 && bus_chan_hash_index(a->p->mgf1_hash) >= 0) {
+        bus_chan_client_t *ch = chan_of(a->client, conn);
+
+        r = ch ? bus_chan_client_sign(ch, conn, a->uri, a->p, a->data, a->len, chan_opened,
+                                      a->client, &a->sig, &a->sig_len, errmsg)
+               : BUS_CHAN_UNAVAILABLE;
+        if (r != BUS_CHAN_UNAVAILABLE)
+            return r;
+    }
+    msg = sign_call(a->client, a->uri, a->p, a->data, a->len);
 
     if (!msg) {
         if (errmsg && asprintf(errmsg, "cannot build a signature request (%zu bytes)", a->len) < 0)
@@ -496,6 +576,8 @@ void bus_pool_free(bus_pool_t *c)
             dbus_message_unref(c->tmpl[i].msg);
         free(c->tmpl[i].uri);
     }
+    if (c->chan_slot >= 0)
+        dbus_connection_free_data_slot(&c->chan_slot);
     free(c->socket_path);
     free(c);
 }

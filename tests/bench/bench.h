@@ -31,6 +31,8 @@ int bench_cfg_load(bench_cfg_t *cfg, char **err);
 
 typedef enum bench_method {
     M_AGENT = 0,    /* EVP_DigestSign on a p11agent provider key */
+    M_AGENT_DBUS,   /* the same with P11AGENT_CHANNEL=0: D-Bus Sign per signature
+                       instead of the signing channel (comparison) */
     M_AGENT_BUS,    /* the same Sign call made with dbus/ directly, no provider
                        (diagnostic: the provider's share of the cost) */
     M_DIRECT_TOKEN, /* in-process C_Sign on the token object */

@@ -1,6 +1,7 @@
 #!/bin/bash
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
 #          [--latency-delay MS] [--latency-max-sessions N] [--only-latency]
+#          [--algs LIST] [--only-sign]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -35,6 +36,7 @@ JSON=""
 LAT_DELAY=5
 LAT_MAX=""
 ONLY=()
+EXTRA=()
 while [ $# -gt 0 ]; do
 	case $1 in
 	--seconds) SECONDS_EACH=$2; shift 2 ;;
@@ -47,7 +49,9 @@ while [ $# -gt 0 ]; do
 	--latency-delay) LAT_DELAY=$2; shift 2 ;;
 	--latency-max-sessions) LAT_MAX=$2; shift 2 ;;
 	--only-latency) ONLY=(--only latency); MANY=0; shift ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-max-sessions N] [--only-latency]" >&2
+	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
+	--only-sign) ONLY=(--only sign); MANY=0; shift ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign]" >&2
 	   exit 2 ;;
 	esac
 done
@@ -203,7 +207,7 @@ export P11BENCH_DIR=$P11AGENT_TEST_DIR P11BENCH_TOKEN=$P11AGENT_TEST_TOKEN \
 	P11BENCH_CNF=$T/openssl.cnf P11BENCH_OPENSSL=$(command -v openssl) \
 	P11AGENT_SOCKET=$SOCK OPENSSL_CONF=/dev/null
 "$P11BENCH" run --seconds "$SECONDS_EACH" --rounds "$ROUNDS" --runs "$RUNS" --soak "$SOAK" \
-	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}" "${LAT_ARGS[@]}" "${ONLY[@]}"
+	${JSON:+--json "$JSON"} "${MEM_ARGS[@]}" "${LAT_ARGS[@]}" "${ONLY[@]}" "${EXTRA[@]}"
 rc=$?
 if [ "$rc" -ne 0 ]; then
 	echo "bench.sh: p11bench failed ($rc); agent log:" >&2

@@ -202,6 +202,8 @@ static void section_sign(bench_t *b)
 
     snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     for (size_t ai = 0; ai < sizeof(algs) / sizeof(algs[0]); ai++) {
+        if (b->algs && !strstr(b->algs, bench_alg_name(algs[ai])))
+            continue;
         for (int c = 0; c < 3; c++) {
             sign_row_t *rows = &b->sign[b->nsign];
             acc_t acc[M_COUNT] = { 0 };
@@ -229,7 +231,8 @@ static void section_sign(bench_t *b)
 
                     if (rows[m].st.unavailable || acc[m].error != NULL)
                         continue;
-                    run_round(b, wargv, rows[m].procs, m == M_AGENT || m == M_AGENT_BUS,
+                    run_round(b, wargv, rows[m].procs,
+                              m == M_AGENT || m == M_AGENT_DBUS || m == M_AGENT_BUS,
                               &acc[m], NULL, NULL);
                 }
             }
@@ -721,7 +724,7 @@ static int usage(void)
                     "[--json PATH] [--mem-socket SOCK]\n"
                     "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
                     "--latency-delay MS [--latency-max-sessions N] | --latency-unavailable WHY]\n"
-                    "                    [--only latency]\n"
+                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign]\n"
                     "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
@@ -774,6 +777,10 @@ int main(int argc, char **argv)
             b->json_path = argv[++i];
         else if (strcmp(argv[i], "--mem-socket") == 0)
             b->mem_socket = argv[++i];
+        else if (strcmp(argv[i], "--algs") == 0)
+            b->algs = argv[++i];
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "sign") == 0)
+            b->sign_only = ++i > 0;
         else if (strcmp(argv[i], "--latency-socket") == 0)
             b->lat_socket = argv[++i];
         else if (strcmp(argv[i], "--latency-module") == 0)
@@ -825,12 +832,15 @@ int main(int argc, char **argv)
     if (!b->only_latency) {
         section_sign(b);
         section_rtt(b);
+    }
+    if (!b->only_latency && !b->sign_only) {
         section_first(b);
         section_pkeyutl(b);
         section_tls(b);
     }
-    section_latency(b);
-    if (!b->only_latency)
+    if (!b->sign_only)
+        section_latency(b);
+    if (!b->only_latency && !b->sign_only)
         section_memory(b);
 
     b->load_end = loadavg();

@@ -105,6 +105,8 @@ struct bench {
     const char *cnf;
     const char *json_path;
     const char *p11kit_reason; /* why p11-kit remoting is unavailable, or NULL */
+    const char *algs;          /* --algs: comma-separated names, or NULL: all */
+    bool sign_only;            /* --only sign: signatures and the round trip only */
     const char *mem_socket;    /* agent with many keys, or NULL */
     const char *socket;
     double seconds; /* per measurement, split into `rounds` interleaved rounds */

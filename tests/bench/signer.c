@@ -430,6 +430,10 @@ int signer_open(const bench_cfg_t *cfg, bench_method_t m, bench_alg_t a, signer_
     if (s->pub == NULL)
         goto out;
     switch (m) {
+    case M_AGENT_DBUS:
+        /* read by the provider's pool when the provider loads */
+        setenv("P11AGENT_CHANNEL", "0", 1);
+        /* fall through */
     case M_AGENT:
         r = agent_open(cfg, s, err);
         break;
@@ -473,7 +477,7 @@ int signer_thread(signer_t *s, signer_thr_t **ret, char **err)
     if (t == NULL)
         return -1;
     t->s = s;
-    if (s->method == M_AGENT) {
+    if (s->method == M_AGENT || s->method == M_AGENT_DBUS) {
         t->md = EVP_MD_CTX_new();
         if (t->md == NULL) {
             free(t);
@@ -504,7 +508,7 @@ int signer_thread(signer_t *s, signer_thr_t **ret, char **err)
 int signer_sign(signer_thr_t *t, const uint8_t *msg, size_t len, uint8_t *sig, size_t *siglen,
                 char **err)
 {
-    if (t->s->method == M_AGENT)
+    if (t->s->method == M_AGENT || t->s->method == M_AGENT_DBUS)
         return evp_sign(t->md, t->s->libctx, t->s->key, t->s->alg, msg, len, sig, siglen, err);
 #ifdef P11BENCH_BUS
     if (t->s->method == M_AGENT_BUS)
@@ -543,7 +547,7 @@ int signer_verify(signer_t *s, const uint8_t *msg, size_t len, const uint8_t *si
     uint8_t *der = NULL;
     int ok = 0;
 
-    if (s->alg == A_P256 && s->method != M_AGENT && s->method != M_AGENT_BUS) {
+    if (s->alg == A_P256 && s->method != M_AGENT && s->method != M_AGENT_DBUS && s->method != M_AGENT_BUS) {
         der = ecdsa_raw_to_der(sig, siglen, &siglen);
         if (der == NULL)
             goto out;

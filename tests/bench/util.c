@@ -9,6 +9,7 @@
 
 static const char *const method_names[M_COUNT] = {
     [M_AGENT] = "agent",
+    [M_AGENT_DBUS] = "agent-dbus",
     [M_AGENT_BUS] = "agent-bus",
     [M_DIRECT_TOKEN] = "direct-token",
     [M_DIRECT_COPY] = "direct-copy",

@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/* The client end of a signing channel (chanclient.c), used by pool.c. */
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+
+#include <dbus/dbus.h>
+
+#include "channel.h"
+
+typedef struct bus_chan_client bus_chan_client_t;
+
+/* bus_chan_client_sign: no channel to use; sign with the D-Bus Sign call */
+#define BUS_CHAN_UNAVAILABLE 1
+
+/* Called once the channel of conn is open, with its fd (a forked child
+ * closes it, see pool.c). */
+typedef void (*bus_chan_opened_fn)(void *arg, DBusConnection *conn, int fd,
+                                   const struct stat *st);
+
+/* NULL when out of memory. */
+bus_chan_client_t *bus_chan_client_new(void);
+/* Closes the channel; a libdbus free function (NULL is not passed). */
+void bus_chan_client_free(void *ch);
+/* Signs over the channel of conn, opened on first use (OpenChannel): BUS_OK
+ * with *ret_sig malloc'd, a BUS_ERR_* as the D-Bus Sign would give it (the
+ * agent's error and text; Disconnected when the channel broke), or
+ * BUS_CHAN_UNAVAILABLE: the agent offers no channel, or this request
+ * cannot go on one. */
+int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char *uri,
+                         const bus_sign_params_t *p, const uint8_t *data, size_t len,
+                         bus_chan_opened_fn opened, void *opened_arg, uint8_t **ret_sig,
+                         size_t *ret_len, char **errmsg);

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: LGPL-2.1-or-later */
+/*
+ * Signing-channel frames (dbus/channel.c): the input is a byte stream as the
+ * agent reads it from a channel. It is parsed as the agent does (frame after
+ * frame until one is incomplete or breaks the rules), and once more fed in
+ * pieces (the piece size from the first byte): both must agree, a frame is
+ * never longer than what was there nor than the maximum, and a SIGN that
+ * parsed re-encodes to the same bytes. The same bytes go to the reply
+ * parser (the client's side).
+ */
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "channel.h"
+
+#define FRAME_MAX (sizeof(bus_chan_req_hdr_t) + BUS_CHAN_MAX_PAYLOAD)
+
+static void fail(const char *why)
+{
+    fprintf(stderr, "fuzz-channel: %s\n", why);
+    abort();
+}
+
+/* Parses the stream whole; returns the bytes consumed by whole frames and
+ * whether it stopped on a protocol error. */
+static size_t parse_all(const uint8_t *data, size_t size, bool *bad)
+{
+    size_t off = 0;
+
+    *bad = false;
+    for (;;) {
+        bus_chan_req_t q;
+        long n = bus_chan_parse_request(data + off, size - off, &q);
+
+        if (n == 0)
+            return off;
+        if (n < 0) {
+            if (n != BUS_ERR_PROTOCOL)
+                fail("an error other than BUS_ERR_PROTOCOL");
+            *bad = true;
+            return off;
+        }
+        if ((size_t)n > size - off || (size_t)n > FRAME_MAX || q.len + sizeof(bus_chan_req_hdr_t) != (size_t)n)
+            fail("a frame longer than its input or the maximum");
+        if (q.op == BUS_CHAN_OP_SIGN && q.status == BUS_OK) {
+            static uint8_t again[FRAME_MAX];
+            long m = bus_chan_encode_sign(again, q.id, q.handle, &q.params, q.data, q.len);
+
+            /* salt_len of a non-PSS frame is not carried over */
+            if (m != n || (q.params.alg == BUS_SIG_RSA_PSS &&
+                           memcmp(again, data + off, (size_t)n) != 0) ||
+                memcmp(again + sizeof(bus_chan_req_hdr_t), q.data, q.len) != 0)
+                fail("a SIGN frame does not re-encode to itself");
+        }
+        off += (size_t)n;
+    }
+}
+
+/* The agent's way: a buffer filled piece by piece, whole frames taken off
+ * its front. */
+static size_t parse_pieces(const uint8_t *data, size_t size, size_t piece, bool *bad)
+{
+    static uint8_t buf[FRAME_MAX];
+    size_t have = 0, off = 0, consumed = 0;
+
+    *bad = false;
+    while (off < size || have > 0) {
+        size_t take = size - off < piece ? size - off : piece;
+        bus_chan_req_t q;
+        long n;
+
+        if (take > sizeof(buf) - have)
+            take = sizeof(buf) - have;
+        memcpy(buf + have, data + off, take);
+        have += take;
+        off += take;
+        while ((n = bus_chan_parse_request(buf, have, &q)) > 0) {
+            memmove(buf, buf + n, have - (size_t)n);
+            have -= (size_t)n;
+            consumed += (size_t)n;
+        }
+        if (n < 0) {
+            *bad = true;
+            return consumed;
+        }
+        if (take == 0) {
+            if (have == sizeof(buf))
+                fail("a full buffer without a whole frame");
+            return consumed;
+        }
+    }
+    return consumed;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    bus_chan_rep_hdr_t h;
+    const uint8_t *rd;
+    size_t whole, pieces;
+    bool bad_whole, bad_pieces;
+    long n;
+
+    if (size == 0)
+        return 0;
+    whole = parse_all(data + 1, size - 1, &bad_whole);
+    pieces = parse_pieces(data + 1, size - 1, 1 + data[0] % 64, &bad_pieces);
+    if (whole != pieces || bad_whole != bad_pieces)
+        fail("the stream parses differently in pieces");
+    n = bus_chan_parse_reply(data, size, &h, &rd);
+    if (n > 0 && ((size_t)n > size || rd != data + sizeof(h) || h.len + sizeof(h) != (size_t)n ||
+                  h.status > 0))
+        fail("a reply longer than its input, or a positive status");
+    return 0;
+}
