@@ -70,23 +70,16 @@ CK_RV mod_C_OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIF
                            CK_SESSION_HANDLE_PTR ret)
 {
     mod_session_t *s = NULL;
+    mod_slot_t *slot;
     CK_RV rv;
 
     if (ret == NULL)
         return CKR_ARGUMENTS_BAD;
     if (!(flags & CKF_SERIAL_SESSION))
         return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, true, &slot);
     if (rv != CKR_OK)
         return rv;
-    if (id >= mod_g.n_slots) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!mod_g.slots[id].present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
     for (size_t i = 0; i < mod_g.n_sessions && s == NULL; i++)
         if (!mod_g.sessions[i].used)
             s = &mod_g.sessions[i];
@@ -132,14 +125,11 @@ CK_RV mod_C_CloseSession(CK_SESSION_HANDLE h)
 
 CK_RV mod_C_CloseAllSessions(CK_SLOT_ID id)
 {
-    CK_RV rv = mod_enter();
+    mod_slot_t *slot;
+    CK_RV rv = mod_enter_slot(id, false, &slot);
 
     if (rv != CKR_OK)
         return rv;
-    if (id >= mod_g.n_slots) {
-        mod_leave();
-        return CKR_SLOT_ID_INVALID;
-    }
     for (size_t i = 0; i < mod_g.n_sessions; i++)
         if (mod_g.sessions[i].used && mod_g.sessions[i].slot == id)
             mod_session_clear_locked(&mod_g.sessions[i]);
