@@ -66,6 +66,31 @@ static CK_RV enter_session(CK_SESSION_HANDLE h, mod_session_t **ret)
     return CKR_OK;
 }
 
+/* enter_session, then checks that the session's search (find) or signing
+ * operation is active: else CKR_OPERATION_NOT_INITIALIZED, lock not held. */
+static CK_RV enter_active(CK_SESSION_HANDLE h, bool find, mod_session_t **ret)
+{
+    CK_RV rv = enter_session(h, ret);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (find ? !(*ret)->finding : (*ret)->sign == NULL) {
+        mod_leave();
+        return CKR_OPERATION_NOT_INITIALIZED;
+    }
+    return CKR_OK;
+}
+
+/* Lock held: the key of an object handle in the session's slot, or NULL. */
+static mod_key_t *session_object_locked(const mod_session_t *s, CK_OBJECT_HANDLE obj,
+                                        int *ret_kind)
+{
+    CK_SLOT_ID slot;
+    mod_key_t *k = mod_object_locked(obj, &slot, ret_kind);
+
+    return k != NULL && slot == s->slot ? k : NULL;
+}
+
 CK_RV mod_C_OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
                            CK_SESSION_HANDLE_PTR ret)
 {
@@ -238,13 +263,9 @@ CK_RV mod_C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG 
 
     if (count == NULL || (out == NULL && max > 0))
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, true, &s);
     if (rv != CKR_OK)
         return rv;
-    if (!s->finding) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     while (n < max && s->pos < s->n_found)
         out[n++] = s->found[s->pos++];
     *count = n;
@@ -255,14 +276,10 @@ CK_RV mod_C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG 
 CK_RV mod_C_FindObjectsFinal(CK_SESSION_HANDLE h)
 {
     mod_session_t *s;
-    CK_RV rv = enter_session(h, &s);
+    CK_RV rv = enter_active(h, true, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if (!s->finding) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     free(s->found);
     s->found = NULL;
     s->n_found = s->pos = 0;
@@ -276,7 +293,6 @@ CK_RV mod_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTR
 {
     mod_session_t *s;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -285,8 +301,8 @@ CK_RV mod_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTR
     rv = enter_session(h, &s);
     if (rv != CKR_OK)
         return rv;
-    k = mod_object_locked(obj, &slot, &kind);
-    if (k == NULL || slot != s->slot)
+    k = session_object_locked(s, obj, &kind);
+    if (k == NULL)
         rv = CKR_OBJECT_HANDLE_INVALID;
     else
         rv = mod_object_get(&k->obj[kind], tmpl, n);
@@ -298,7 +314,6 @@ CK_RV mod_C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PT
 {
     mod_session_t *s;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -307,8 +322,8 @@ CK_RV mod_C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PT
     rv = enter_session(h, &s);
     if (rv != CKR_OK)
         return rv;
-    k = mod_object_locked(obj, &slot, &kind);
-    if (k == NULL || slot != s->slot)
+    k = session_object_locked(s, obj, &kind);
+    if (k == NULL)
         rv = CKR_OBJECT_HANDLE_INVALID;
     else
         *size = CK_UNAVAILABLE_INFORMATION;
@@ -324,7 +339,6 @@ CK_RV mod_C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDL
     mod_session_t *s;
     mod_sign_op_t *op = NULL;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -337,8 +351,8 @@ CK_RV mod_C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDL
         rv = CKR_OPERATION_ACTIVE;
         goto out;
     }
-    k = mod_object_locked(key, &slot, &kind);
-    if (k == NULL || slot != s->slot || kind != MOD_OBJ_PRIVATE) {
+    k = session_object_locked(s, key, &kind);
+    if (k == NULL || kind != MOD_OBJ_PRIVATE) {
         rv = CKR_KEY_HANDLE_INVALID;
         goto out;
     }
@@ -539,13 +553,9 @@ CK_RV mod_C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PT
 
     if ((data == NULL && len > 0) || sig_len == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     if (s->sign->updated) {
         /* C_Sign is single-part only */
         end_op_locked(s);
@@ -572,13 +582,9 @@ CK_RV mod_C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 
     if (data == NULL && len > 0)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     s->sign->updated = true;
     rv = op_update_locked(s->sign, data, len);
     if (rv != CKR_OK)
@@ -594,13 +600,9 @@ CK_RV mod_C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len
 
     if (sig_len == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     return finish_locked(s, sig, sig_len);
 }
 
