@@ -373,6 +373,39 @@ static int copy_name(char *dst, size_t size, const char *src)
     return BUS_OK;
 }
 
+/* The head of a Sign or Decrypt call, "ssa{sv}ay": the key URI and the
+ * algorithm's name; *it left on the parameters. BUS_OK or
+ * BUS_ERR_INVALID_ARGS. */
+static int call_head(DBusMessage *msg, DBusMessageIter *it, const char **ret_uri,
+                     const char **ret_alg)
+{
+    if (strcmp(dbus_message_get_signature(msg), "ssa{sv}ay") != 0 ||
+        !dbus_message_iter_init(msg, it))
+        return BUS_ERR_INVALID_ARGS;
+    dbus_message_iter_get_basic(it, ret_uri);
+    dbus_message_iter_next(it);
+    dbus_message_iter_get_basic(it, ret_alg);
+    dbus_message_iter_next(it);
+    return BUS_OK;
+}
+
+/* A "hash" or "mgf1-hash" parameter into hash or mgf1 (size bytes each):
+ * 1 if it was one, 0 if key is another parameter, BUS_ERR_INVALID_ARGS if
+ * the value is not a string or too long. */
+static int hash_param(const char *key, DBusMessageIter *var, char *hash, char *mgf1, size_t size)
+{
+    const char *v;
+
+    if (strcmp(key, "hash") != 0 && strcmp(key, "mgf1-hash") != 0)
+        return 0;
+    if (dbus_message_iter_get_arg_type(var) != DBUS_TYPE_STRING)
+        return BUS_ERR_INVALID_ARGS;
+    dbus_message_iter_get_basic(var, &v);
+    if (copy_name(key[0] == 'h' ? hash : mgf1, size, v) < 0)
+        return BUS_ERR_INVALID_ARGS;
+    return 1;
+}
+
 int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_t *ret_params,
                         const uint8_t **ret_data, size_t *ret_len)
 {
@@ -382,31 +415,21 @@ int bus_parse_sign_call(DBusMessage *msg, const char **ret_uri, bus_sign_params_
     const char *uri, *alg;
     const uint8_t *data;
     size_t len;
+    int r;
 
-    if (strcmp(dbus_message_get_signature(msg), "ssa{sv}ay") != 0 || !dbus_message_iter_init(msg, &it))
+    if (call_head(msg, &it, &uri, &alg) != BUS_OK)
         return BUS_ERR_INVALID_ARGS;
-    dbus_message_iter_get_basic(&it, &uri);
-    dbus_message_iter_next(&it);
-    dbus_message_iter_get_basic(&it, &alg);
-    dbus_message_iter_next(&it);
     p.alg = bus_sig_alg_from_name(alg);
     if (p.alg == 0)
         return BUS_ERR_UNSUPPORTED;
     p.salt_len = -1;
     dbus_message_iter_recurse(&it, &dict);
     while (dict_next(&dict, &key, &var)) {
-        int vtype = dbus_message_iter_get_arg_type(&var);
-
-        if (strcmp(key, "hash") == 0 || strcmp(key, "mgf1-hash") == 0) {
-            const char *v;
-
-            if (vtype != DBUS_TYPE_STRING)
-                return BUS_ERR_INVALID_ARGS;
-            dbus_message_iter_get_basic(&var, &v);
-            if (copy_name(key[0] == 'h' ? p.hash : p.mgf1_hash, sizeof(p.hash), v) < 0)
-                return BUS_ERR_INVALID_ARGS;
-        } else if (strcmp(key, "salt-length") == 0) {
-            if (vtype != DBUS_TYPE_INT32)
+        r = hash_param(key, &var, p.hash, p.mgf1_hash, sizeof(p.hash));
+        if (r < 0)
+            return r;
+        if (r == 0 && strcmp(key, "salt-length") == 0) {
+            if (dbus_message_iter_get_arg_type(&var) != DBUS_TYPE_INT32)
                 return BUS_ERR_INVALID_ARGS;
             dbus_message_iter_get_basic(&var, &p.salt_len);
         }
@@ -489,30 +512,19 @@ int bus_parse_decrypt_call(DBusMessage *msg, const char **ret_uri,
     bus_decrypt_params_t p = {0};
     const uint8_t *data;
     size_t len;
+    int r;
 
-    if (strcmp(dbus_message_get_signature(msg), "ssa{sv}ay") != 0 ||
-        !dbus_message_iter_init(msg, &it))
+    if (call_head(msg, &it, &uri, &alg) != BUS_OK)
         return BUS_ERR_INVALID_ARGS;
-    dbus_message_iter_get_basic(&it, &uri);
-    dbus_message_iter_next(&it);
-    dbus_message_iter_get_basic(&it, &alg);
-    dbus_message_iter_next(&it);
     p.alg = bus_dec_alg_from_name(alg);
     if (p.alg == 0)
         return BUS_ERR_UNSUPPORTED;
     dbus_message_iter_recurse(&it, &dict);
     while (dict_next(&dict, &key, &var)) {
-        int vtype = dbus_message_iter_get_arg_type(&var);
-
-        if (strcmp(key, "hash") == 0 || strcmp(key, "mgf1-hash") == 0) {
-            const char *v;
-
-            if (vtype != DBUS_TYPE_STRING)
-                return BUS_ERR_INVALID_ARGS;
-            dbus_message_iter_get_basic(&var, &v);
-            if (copy_name(key[0] == 'h' ? p.hash : p.mgf1_hash, sizeof(p.hash), v) < 0)
-                return BUS_ERR_INVALID_ARGS;
-        } else if (strcmp(key, "label") == 0) {
+        r = hash_param(key, &var, p.hash, p.mgf1_hash, sizeof(p.hash));
+        if (r < 0)
+            return r;
+        if (r == 0 && strcmp(key, "label") == 0) {
             if (get_bytes(&var, &p.label, &p.label_len) < 0 ||
                 p.label_len > BUS_DECRYPT_MAX_LABEL)
                 return BUS_ERR_INVALID_ARGS;

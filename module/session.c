@@ -66,27 +66,45 @@ static CK_RV enter_session(CK_SESSION_HANDLE h, mod_session_t **ret)
     return CKR_OK;
 }
 
+/* enter_session, then checks that the session's search (find) or signing
+ * operation is active: else CKR_OPERATION_NOT_INITIALIZED, lock not held. */
+static CK_RV enter_active(CK_SESSION_HANDLE h, bool find, mod_session_t **ret)
+{
+    CK_RV rv = enter_session(h, ret);
+
+    if (rv != CKR_OK)
+        return rv;
+    if (find ? !(*ret)->finding : (*ret)->sign == NULL) {
+        mod_leave();
+        return CKR_OPERATION_NOT_INITIALIZED;
+    }
+    return CKR_OK;
+}
+
+/* Lock held: the key of an object handle in the session's slot, or NULL. */
+static mod_key_t *session_object_locked(const mod_session_t *s, CK_OBJECT_HANDLE obj,
+                                        int *ret_kind)
+{
+    CK_SLOT_ID slot;
+    mod_key_t *k = mod_object_locked(obj, &slot, ret_kind);
+
+    return k != NULL && slot == s->slot ? k : NULL;
+}
+
 CK_RV mod_C_OpenSession(CK_SLOT_ID id, CK_FLAGS flags, CK_VOID_PTR app, CK_NOTIFY notify,
                            CK_SESSION_HANDLE_PTR ret)
 {
     mod_session_t *s = NULL;
+    mod_slot_t *slot;
     CK_RV rv;
 
     if (ret == NULL)
         return CKR_ARGUMENTS_BAD;
     if (!(flags & CKF_SERIAL_SESSION))
         return CKR_SESSION_PARALLEL_NOT_SUPPORTED;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, true, &slot);
     if (rv != CKR_OK)
         return rv;
-    if (id >= mod_g.n_slots) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!mod_g.slots[id].present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
     for (size_t i = 0; i < mod_g.n_sessions && s == NULL; i++)
         if (!mod_g.sessions[i].used)
             s = &mod_g.sessions[i];
@@ -132,14 +150,11 @@ CK_RV mod_C_CloseSession(CK_SESSION_HANDLE h)
 
 CK_RV mod_C_CloseAllSessions(CK_SLOT_ID id)
 {
-    CK_RV rv = mod_enter();
+    mod_slot_t *slot;
+    CK_RV rv = mod_enter_slot(id, false, &slot);
 
     if (rv != CKR_OK)
         return rv;
-    if (id >= mod_g.n_slots) {
-        mod_leave();
-        return CKR_SLOT_ID_INVALID;
-    }
     for (size_t i = 0; i < mod_g.n_sessions; i++)
         if (mod_g.sessions[i].used && mod_g.sessions[i].slot == id)
             mod_session_clear_locked(&mod_g.sessions[i]);
@@ -248,13 +263,9 @@ CK_RV mod_C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG 
 
     if (count == NULL || (out == NULL && max > 0))
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, true, &s);
     if (rv != CKR_OK)
         return rv;
-    if (!s->finding) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     while (n < max && s->pos < s->n_found)
         out[n++] = s->found[s->pos++];
     *count = n;
@@ -265,14 +276,10 @@ CK_RV mod_C_FindObjects(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE_PTR out, CK_ULONG 
 CK_RV mod_C_FindObjectsFinal(CK_SESSION_HANDLE h)
 {
     mod_session_t *s;
-    CK_RV rv = enter_session(h, &s);
+    CK_RV rv = enter_active(h, true, &s);
 
     if (rv != CKR_OK)
         return rv;
-    if (!s->finding) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     free(s->found);
     s->found = NULL;
     s->n_found = s->pos = 0;
@@ -286,7 +293,6 @@ CK_RV mod_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTR
 {
     mod_session_t *s;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -295,8 +301,8 @@ CK_RV mod_C_GetAttributeValue(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ATTR
     rv = enter_session(h, &s);
     if (rv != CKR_OK)
         return rv;
-    k = mod_object_locked(obj, &slot, &kind);
-    if (k == NULL || slot != s->slot)
+    k = session_object_locked(s, obj, &kind);
+    if (k == NULL)
         rv = CKR_OBJECT_HANDLE_INVALID;
     else
         rv = mod_object_get(&k->obj[kind], tmpl, n);
@@ -308,7 +314,6 @@ CK_RV mod_C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PT
 {
     mod_session_t *s;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -317,8 +322,8 @@ CK_RV mod_C_GetObjectSize(CK_SESSION_HANDLE h, CK_OBJECT_HANDLE obj, CK_ULONG_PT
     rv = enter_session(h, &s);
     if (rv != CKR_OK)
         return rv;
-    k = mod_object_locked(obj, &slot, &kind);
-    if (k == NULL || slot != s->slot)
+    k = session_object_locked(s, obj, &kind);
+    if (k == NULL)
         rv = CKR_OBJECT_HANDLE_INVALID;
     else
         *size = CK_UNAVAILABLE_INFORMATION;
@@ -334,7 +339,6 @@ CK_RV mod_C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDL
     mod_session_t *s;
     mod_sign_op_t *op = NULL;
     mod_key_t *k;
-    CK_SLOT_ID slot;
     int kind;
     CK_RV rv;
 
@@ -347,8 +351,8 @@ CK_RV mod_C_SignInit(CK_SESSION_HANDLE h, CK_MECHANISM_PTR mech, CK_OBJECT_HANDL
         rv = CKR_OPERATION_ACTIVE;
         goto out;
     }
-    k = mod_object_locked(key, &slot, &kind);
-    if (k == NULL || slot != s->slot || kind != MOD_OBJ_PRIVATE) {
+    k = session_object_locked(s, key, &kind);
+    if (k == NULL || kind != MOD_OBJ_PRIVATE) {
         rv = CKR_KEY_HANDLE_INVALID;
         goto out;
     }
@@ -549,13 +553,9 @@ CK_RV mod_C_Sign(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len, CK_BYTE_PT
 
     if ((data == NULL && len > 0) || sig_len == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     if (s->sign->updated) {
         /* C_Sign is single-part only */
         end_op_locked(s);
@@ -582,13 +582,9 @@ CK_RV mod_C_SignUpdate(CK_SESSION_HANDLE h, CK_BYTE_PTR data, CK_ULONG len)
 
     if (data == NULL && len > 0)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     s->sign->updated = true;
     rv = op_update_locked(s->sign, data, len);
     if (rv != CKR_OK)
@@ -604,13 +600,9 @@ CK_RV mod_C_SignFinal(CK_SESSION_HANDLE h, CK_BYTE_PTR sig, CK_ULONG_PTR sig_len
 
     if (sig_len == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = enter_session(h, &s);
+    rv = enter_active(h, false, &s);
     if (rv != CKR_OK)
         return rv;
-    if (s->sign == NULL) {
-        mod_leave();
-        return CKR_OPERATION_NOT_INITIALIZED;
-    }
     return finish_locked(s, sig, sig_len);
 }
 

@@ -43,10 +43,22 @@ CK_RV mod_C_GetSlotList(CK_BBOOL present_only, CK_SLOT_ID_PTR list, CK_ULONG_PTR
     return rv;
 }
 
-/* Lock held: the slot, or NULL. */
-static mod_slot_t *slot_locked(CK_SLOT_ID id)
+CK_RV mod_enter_slot(CK_SLOT_ID id, bool need_token, mod_slot_t **ret)
 {
-    return id < mod_g.n_slots ? &mod_g.slots[id] : NULL;
+    CK_RV rv = mod_enter();
+
+    if (rv != CKR_OK)
+        return rv;
+    if (id >= mod_g.n_slots)
+        rv = CKR_SLOT_ID_INVALID;
+    else if (need_token && !mod_g.slots[id].present)
+        rv = CKR_TOKEN_NOT_PRESENT;
+    if (rv != CKR_OK) {
+        mod_leave();
+        return rv;
+    }
+    *ret = &mod_g.slots[id];
+    return CKR_OK;
 }
 
 CK_RV mod_C_GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info)
@@ -56,19 +68,13 @@ CK_RV mod_C_GetSlotInfo(CK_SLOT_ID id, CK_SLOT_INFO_PTR info)
 
     if (info == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, false, &s);
     if (rv != CKR_OK)
         return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
     memset(info, 0, sizeof(*info));
     memcpy(info->slotDescription, s->description, sizeof(info->slotDescription));
     mod_pad_str(info->manufacturerID, sizeof(info->manufacturerID), MOD_MANUFACTURER);
     info->flags = CKF_REMOVABLE_DEVICE | (s->present ? CKF_TOKEN_PRESENT : 0);
-out:
     mod_leave();
     return rv;
 }
@@ -80,18 +86,9 @@ CK_RV mod_C_GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info)
 
     if (info == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, true, &s);
     if (rv != CKR_OK)
         return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
     memset(info, 0, sizeof(*info));
     memcpy(info->label, s->label, sizeof(info->label));
     memcpy(info->manufacturerID, s->manufacturer, sizeof(info->manufacturerID));
@@ -110,7 +107,6 @@ CK_RV mod_C_GetTokenInfo(CK_SLOT_ID id, CK_TOKEN_INFO_PTR info)
     info->ulTotalPrivateMemory = CK_UNAVAILABLE_INFORMATION;
     info->ulFreePrivateMemory = CK_UNAVAILABLE_INFORMATION;
     memset(info->utcTime, ' ', sizeof(info->utcTime));
-out:
     mod_leave();
     return rv;
 }
@@ -159,18 +155,9 @@ CK_RV mod_C_GetMechanismList(CK_SLOT_ID id, CK_MECHANISM_TYPE_PTR list, CK_ULONG
 
     if (count == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, true, &s);
     if (rv != CKR_OK)
         return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
     set = slot_mechs_locked(s, NULL, NULL, NULL);
     for (size_t i = 0; i < n_all && i < 64; i++) {
         if (!(set & (1ull << i)))
@@ -182,7 +169,6 @@ CK_RV mod_C_GetMechanismList(CK_SLOT_ID id, CK_MECHANISM_TYPE_PTR list, CK_ULONG
     if (list != NULL && n > *count)
         rv = CKR_BUFFER_TOO_SMALL;
     *count = n;
-out:
     mod_leave();
     return rv;
 }
@@ -198,18 +184,9 @@ CK_RV mod_C_GetMechanismInfo(CK_SLOT_ID id, CK_MECHANISM_TYPE type, CK_MECHANISM
 
     if (info == NULL)
         return CKR_ARGUMENTS_BAD;
-    rv = mod_enter();
+    rv = mod_enter_slot(id, true, &s);
     if (rv != CKR_OK)
         return rv;
-    s = slot_locked(id);
-    if (s == NULL) {
-        rv = CKR_SLOT_ID_INVALID;
-        goto out;
-    }
-    if (!s->present) {
-        rv = CKR_TOKEN_NOT_PRESENT;
-        goto out;
-    }
     if (m == NULL || !(slot_mechs_locked(s, &lo, &hi, m) & (1ull << (m - all)))) {
         rv = CKR_MECHANISM_INVALID;
         goto out;

@@ -106,6 +106,10 @@ typedef enum mod_refresh_mode {
     MOD_REFRESH_FORCE,
 } mod_refresh_mode_t;
 void mod_refresh(mod_refresh_mode_t mode);
+/* Enters and finds slot id: CKR_OK with the lock held and *ret set, else
+ * CKR_SLOT_ID_INVALID, CKR_TOKEN_NOT_PRESENT (if need_token) or mod_enter's
+ * error, the lock not held. */
+CK_RV mod_enter_slot(CK_SLOT_ID id, bool need_token, mod_slot_t **ret);
 /* Lock held: the session, or NULL. */
 mod_session_t *mod_session_locked(CK_SESSION_HANDLE h);
 /* Lock held: the key of an object handle of a present slot, or NULL. */

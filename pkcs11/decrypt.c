@@ -104,11 +104,9 @@ static CK_RV do_decrypt(tok_token_t *t, CK_SESSION_HANDLE s, dec_op_t *op, CK_OB
     rv = t->f->C_DecryptInit(s, &op->mech, h);
     if (rv != CKR_OK)
         return rv;
-    if (auth != NULL) {
-        rv = t->f->C_Login(s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)auth->pin, auth->pin_len);
-        if (rv != CKR_OK)
-            return rv == CKR_USER_NOT_LOGGED_IN ? CKR_PIN_INCORRECT : rv;
-    }
+    rv = tok_context_login(t, s, auth);
+    if (rv != CKR_OK)
+        return rv;
     rv = t->f->C_Decrypt(s, (CK_BYTE_PTR)in, in_len, buf, &n);
     if (rv == CKR_OK)
         *ret_len = n;
@@ -218,9 +216,7 @@ int tok_decrypt(const tok_key_t *key, const tok_decrypt_params_t *p, const uint8
          * ciphertext keeps the session: closing it could close the token's
          * last session and with it the login. Only a removed token, or a
          * module that says the operation is still active, costs it. */
-        if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE ||
-            rv == CKR_BUFFER_TOO_SMALL || rv == CKR_HOST_MEMORY ||
-            (auth != NULL && r == TOK_ERR_PIN_INCORRECT)) {
+        if (tok_op_drops_session(r, rv, auth)) {
             tok_session_drop(t, s);
             have_session = false;
         }

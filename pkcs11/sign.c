@@ -201,6 +201,22 @@ CK_OBJECT_HANDLE tok_key_refind(tok_key_int_t *ki, CK_SESSION_HANDLE s)
     return h;
 }
 
+CK_RV tok_context_login(tok_token_t *t, CK_SESSION_HANDLE s, const tok_auth_t *auth)
+{
+    CK_RV rv;
+
+    if (auth == NULL)
+        return CKR_OK;
+    rv = t->f->C_Login(s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)auth->pin, auth->pin_len);
+    return rv == CKR_USER_NOT_LOGGED_IN ? CKR_PIN_INCORRECT : rv;
+}
+
+bool tok_op_drops_session(int r, CK_RV rv, const tok_auth_t *auth)
+{
+    return r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY ||
+           rv == CKR_BUFFER_TOO_SMALL || (auth != NULL && r == TOK_ERR_PIN_INCORRECT);
+}
+
 /* Runs C_SignInit + C_Sign into buf (cap bytes: all the key can produce). A
  * length the module returns is not checked here: the caller does. */
 static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJECT_HANDLE h,
@@ -212,13 +228,11 @@ static CK_RV do_sign(tok_token_t *t, CK_SESSION_HANDLE s, sign_op_t *op, CK_OBJE
     rv = t->f->C_SignInit(s, &op->mech, h);
     if (rv != CKR_OK)
         return rv;
-    if (auth != NULL) {
-        /* CKA_ALWAYS_AUTHENTICATE: a context-specific login for this one
-         * operation, right after C_SignInit (PKCS#11 3.0, 5.6). */
-        rv = t->f->C_Login(s, CKU_CONTEXT_SPECIFIC, (CK_UTF8CHAR_PTR)auth->pin, auth->pin_len);
-        if (rv != CKR_OK) /* the operation may stay active: the caller drops s */
-            return rv == CKR_USER_NOT_LOGGED_IN ? CKR_PIN_INCORRECT : rv;
-    }
+    /* CKA_ALWAYS_AUTHENTICATE: a context-specific login for this one
+     * operation, right after C_SignInit (PKCS#11 3.0, 5.6). */
+    rv = tok_context_login(t, s, auth);
+    if (rv != CKR_OK) /* the operation may stay active: the caller drops s */
+        return rv;
     /* The buffer holds the largest signature the key can make; a module
      * that wants more (CKR_BUFFER_TOO_SMALL) is wrong, and its operation
      * stays active: the caller drops s. */
@@ -335,8 +349,7 @@ int tok_sign_auth(const tok_key_t *key, const tok_sign_params_t *p, const uint8_
                 r = TOK_ERR_NO_KEY;
             }
         }
-        if (r == TOK_ERR_TOKEN_REMOVED || rv == CKR_OPERATION_ACTIVE || rv == CKR_HOST_MEMORY ||
-            rv == CKR_BUFFER_TOO_SMALL || (auth != NULL && r == TOK_ERR_PIN_INCORRECT)) {
+        if (tok_op_drops_session(r, rv, auth)) {
             tok_session_drop(t, s);
             have_session = false;
         }

@@ -170,6 +170,14 @@ void tok_token_lost_login(tok_token_t *t);
 /* Finds the key's private object again by CKA_ID and records the handle;
  * CK_INVALID_HANDLE if it is not there. Takes t->lock. */
 CK_OBJECT_HANDLE tok_key_refind(tok_key_int_t *ki, CK_SESSION_HANDLE s);
+/* After C_SignInit or C_DecryptInit: the context-specific login of a
+ * CKA_ALWAYS_AUTHENTICATE key with auth's PIN (CKR_OK without auth);
+ * CKR_USER_NOT_LOGGED_IN from it counts as CKR_PIN_INCORRECT. */
+CK_RV tok_context_login(tok_token_t *t, CK_SESSION_HANDLE s, const tok_auth_t *auth);
+/* Whether a failed signature or decryption (r from rv) costs the session:
+ * a removed token, an operation the module may have left active, or a
+ * wrong context-specific PIN. */
+bool tok_op_drops_session(int r, CK_RV rv, const tok_auth_t *auth);
 /* Makes session copies of the token's keys that have a handle but no copy. */
 void tok_token_make_copies(tok_token_t *t, CK_SESSION_HANDLE s);
 /* Session s is closing: its session objects (key copies) go with it. */
