@@ -88,7 +88,7 @@ case_threads() {
 tap_case "threads: 6 threads share a pool of channels, every signature verifies" case_threads
 
 case_restart() {
-	local out=$T/restart.out lpid n i rc=0 f0
+	local out=$T/restart.out lpid n i rc=0 f0 t0 gap_ms
 	f0=$(frames SIGN)
 	rm -f "$T/stop"
 	with_timeout 180 env P11AGENT_SOCKET="$SOCK" "$LOADSIGN" --key "$(uri p256)" \
@@ -100,8 +100,11 @@ case_restart() {
 		[ "$n" -ge $((f0 + 50)) ] && break
 		sleep 0.1
 	done
+	t0=$(date +%s%N)
 	agent_kill
 	agent_start || { echo "restart failed" >&2; rc=1; }
+	gap_ms=$((($(date +%s%N) - t0) / 1000000))
+	echo "the agent was away for $gap_ms ms"
 	for ((i = 0; i < 300 && rc == 0; i++)); do
 		n=$(sed -n '/=== agent start/h; /=== agent start/!H; ${x;p}' "$T/agent.log" |
 			grep -c 'signing channel of uid [0-9]* pid [0-9]*: SIGN')
@@ -109,7 +112,19 @@ case_restart() {
 		sleep 0.1
 	done
 	touch "$T/stop"
-	wait "$lpid" || rc=1
+	# The pool waits up to 3 s (RECONNECT_WAIT_MS) for a restarted agent;
+	# a restart slower than that (the ASan agent on a loaded machine) fails
+	# the calls made after the window by design: then only the come-back
+	# is checked, not loadsign's failure bound.
+	if ! wait "$lpid"; then
+		if [ "$gap_ms" -lt 2500 ]; then
+			rc=1
+		else
+			echo "restart took $gap_ms ms, past the pool's 3 s window: failures allowed"
+			grep -q '^loadsign: ok=[1-9][0-9]* failed=[0-9]* verify_failed=0 procs_failed=0 ' "$out" ||
+				{ echo "bad signatures or a dead loadsign process" >&2; rc=1; }
+		fi
+	fi
 	cat "$out"
 	echo "SIGN frames served by the restarted agent: $n"
 	[ "${n:-0}" -ge 50 ] || { echo "the clients did not come back on channels" >&2; rc=1; }
