@@ -90,7 +90,10 @@ fifo_client() {
 	exec {fd}>"$dir/in"
 	while kill -0 "$cpid" 2>/dev/null; do
 		if grep -Eq "$re" "$dir/client.out" "$dir/client.err" 2>/dev/null; then
-			(trap '' PIPE; printf 'GET / HTTP/1.0\r\n\r\n' >&"$fd") 2>/dev/null || true
+			# a client that already closed its input fails this write; its
+			# own status (below) then tells what went wrong
+			(trap '' PIPE; printf 'GET / HTTP/1.0\r\n\r\n' >&"$fd") 2>/dev/null ||
+				echo "fifo_client: the client had closed its input before the request" >&2
 			break
 		fi
 		sleep 0.05

@@ -26,8 +26,9 @@
 # Everything works as root (tpm2-abrmd --allow-root) and as a user.
 # Default DIR: $T/tpm. Bails out on failure.
 #
-# tpm_uri KEY: the TPM key's URI.  tpm_stop: stop the three processes
-# (the EXIT trap does it too).
+# tpm_uri KEY: the TPM key's URI.  tpm_stop: stop the three processes and
+# check how they ended (call it after agent_stop, before tap_done; the EXIT
+# trap only kills what is left).
 
 TPM_TOKEN=p11agent-tpm
 # shellcheck disable=SC2034 # used by the test scripts
@@ -82,7 +83,10 @@ tpm_start_swtpm() {
 			kill -0 "${TPM_PIDS[-1]}" 2>/dev/null || break
 			sleep 0.05
 		done
-		stop_pid "${TPM_PIDS[-1]}" || true
+		# swtpm has failed to start (it exits 1 on a port taken meanwhile):
+		# its status is no news; the log says whether to try another port
+		stop_pid "${TPM_PIDS[-1]}"
+		unset 'TPM_PIDS[-1]'
 		grep -qi 'in use' "$TPM_DIR/swtpm.log" || break
 	done
 	echo "swtpm did not start:" >&2
@@ -250,11 +254,13 @@ tpm_setup() {
 	fi
 }
 
-# tpm_stop: the resource manager, the bus and swtpm (in that order).
+# tpm_stop: the resource manager, the bus and swtpm (in that order), after
+# the agents that use them; each must end on SIGTERM (0 or 143), or
+# it_finish's end check fails.
 tpm_stop() {
 	local i
 	for ((i = ${#TPM_PIDS[@]} - 1; i >= 0; i--)); do
-		stop_pid "${TPM_PIDS[i]}" || true
+		stop_at_end "${TPM_PIDS[i]}" "TPM fixture process $i ($TPM_DIR)"
 	done
 	TPM_PIDS=()
 }

@@ -101,6 +101,32 @@ stop_pid() {
 	wait "$pid" 2>/dev/null
 }
 
+# stop_checked PID WHAT [STATUS...]: stop_pid, then 0 only if PID ended
+# with one of STATUS (default 0 and 143: it ended by itself, or on the
+# SIGTERM); otherwise says on stderr how WHAT ended and returns 1. A
+# process that had to be SIGKILLed (137) or died of another signal fails.
+# The status is left in STOP_STATUS.
+STOP_STATUS=0
+stop_checked() {
+	local pid=$1 what=$2 s
+	shift 2
+	[ $# -gt 0 ] || set -- 0 143
+	STOP_STATUS=0
+	stop_pid "$pid" || STOP_STATUS=$?
+	for s in "$@"; do
+		[ "$STOP_STATUS" -ne "$s" ] || return 0
+	done
+	echo "$what (pid $pid) ended with status $STOP_STATUS" >&2
+	return 1
+}
+
+# stop_at_end PID WHAT: stop_checked for a helper stopped after the last
+# case (a private bus, a TPM daemon): a bad end fails it_finish's check.
+stop_at_end() {
+	stop_checked "$1" "$2" 2>/dev/null ||
+		IT_AGENT_BAD+=("$2 (pid $1) ended with status $STOP_STATUS")
+}
+
 it_cleanup() {
 	local pid
 	trap - EXIT
@@ -305,7 +331,7 @@ agent_kill() {
 }
 
 # --- the end of every script -------------------------------------------
-IT_AGENT_BAD=()  # why an agent did not end well (agent_stop, agent_kill)
+IT_AGENT_BAD=()  # why an agent (agent_stop, agent_kill) or a helper (stop_at_end) did not end well
 IT_AGENT_STOPS=0
 IT_FINISHED=0
 # Sanitizer reports (ASan, LSan, UBSan, TSan) as they start.

@@ -315,9 +315,5 @@ case_activated_exit() {
 	}
 }
 tap_case "the activated agent exits 0 on SIGTERM" case_activated_exit
-BUS_STATUS=0
-stop_pid "$BUS_PID" || BUS_STATUS=$?
-# dbus-daemon exits 0 on SIGTERM (143 if it died of it): anything else fails the end check
-[ "$BUS_STATUS" -eq 0 ] || [ "$BUS_STATUS" -eq 143 ] ||
-	IT_AGENT_BAD+=("the private dbus-daemon ended with status $BUS_STATUS")
+stop_at_end "$BUS_PID" "the private dbus-daemon"
 tap_done

@@ -102,7 +102,7 @@ browser_case() {
 	sig_mark || return 1
 	httpd_start "$dir" "$T/www" "$v" || return 1
 	"${b}_get" "$dir" "https://localhost:$HTTPD_PORT/" "$want" || rc=$?
-	stop_pid "$HTTPD_PID" || true
+	stop_checked "$HTTPD_PID" mtls-httpd.py || return 1
 	cat "$HTTPD_LOG"
 	[ "$rc" -eq 0 ] || { echo "$b failed (status $rc):" >&2; tail -n 20 "$dir/browser.log" >&2; return 1; }
 	got=$(sed -n "s#^request TLSv$v CN=\\([^ ]*\\) GET / *\$#\\1#p" "$HTTPD_LOG" | head -n 1)

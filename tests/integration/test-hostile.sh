@@ -189,10 +189,7 @@ except OSError: pass
 	fi
 	grep -q "served by uid $(id -u nobody)" "$T/evil-ctl.out" ||
 		{ echo "p11agentctl's error does not name the cause:" >&2; cat "$T/evil-ctl.out" >&2; rc=1; }
-	# the listener ends on SIGTERM (143) or by itself (0); anything else is a bug in the test
-	local st=0
-	stop_pid "$pid" || st=$?
-	[ "$st" -eq 0 ] || [ "$st" -eq 143 ] || { echo "the listener ended with status $st" >&2; rc=1; }
+	stop_checked "$pid" "the listener" || rc=1
 	# not a byte (not even the authentication) went to the listener
 	if [ -s "$sock.got" ] && [ "$(cat "$sock.got")" != 0 ]; then
 		echo "the listener received $(cat "$sock.got") bytes" >&2

@@ -116,7 +116,7 @@ rsakex_ok() {
 		cat "$T/$name.out" "$T/srv-$name.log" >&2
 		return 1
 	fi
-	stop_pid "$BG_PID" || true
+	stop_checked "$BG_PID" s_server || return 1
 	grep -Eq '^ *Cipher *: AES128-SHA$' "$T/$name.out" &&
 		grep -q 'Verify return code: 0 (ok)' "$T/$name.out" ||
 		{ cat "$T/$name.out" >&2; echo "no verified AES128-SHA session" >&2; return 1; }
@@ -141,12 +141,13 @@ tap_case "token RSA key, decrypt = yes: TLS 1.2 AES128-SHA handshake; a decrypti
 	case_token
 
 case_denied() {
-	local rc=0
+	local rc=0 st=0
 	conf no && hup || return 1
 	server srv-denied "$(uri rsakex)" "$T/rsakex.pem" 1 -tls1_2 || return 1
 	connect denied -tls1_2 -cipher AES128-SHA || rc=$?
-	stop_pid "$BG_PID" || true
+	stop_checked "$BG_PID" s_server 0 1 143 || st=1
 	conf yes && hup || return 1
+	[ "$st" -eq 0 ] || return 1
 	[ "$rc" -ne 0 ] || { cat "$T/denied.out" >&2; echo "the handshake succeeded" >&2; return 1; }
 	grep -q 'alert decrypt error' "$T/denied.out" ||
 		{ cat "$T/denied.out" >&2; echo "the client saw no decrypt_error alert" >&2; return 1; }
@@ -200,7 +201,8 @@ probes() {
 		echo "$kind: $(with_timeout 30 python3 "$RSAKEX_PY" 127.0.0.1 "$PORT" "$cert" "$kind" 2>&1)" \
 			>>"$T/probes-$name.txt"
 	done
-	stop_pid "$BG_PID" || true
+	# the flawed probes end in failed handshakes: s_server may end with 1
+	stop_checked "$BG_PID" s_server 0 1 143 || return 1
 	cat "$T/probes-$name.txt"
 }
 expected_probes() {
@@ -237,7 +239,7 @@ legacy() {
 		cat "$T/$proto.out" "$T/srv-$proto.log" >&2
 		return 1
 	fi
-	stop_pid "$BG_PID" || true
+	stop_checked "$BG_PID" s_server || return 1
 	grep -Eq "^ *Protocol *: $name\$" "$T/$proto.out" &&
 		grep -Eq '^ *Cipher *: ECDHE-RSA-AES128-SHA$' "$T/$proto.out" ||
 		{ cat "$T/$proto.out" >&2; echo "not an ECDHE-RSA $proto session" >&2; return 1; }

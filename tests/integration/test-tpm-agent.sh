@@ -237,4 +237,7 @@ else
 	echo "# ASan build: the p11-kit registry case runs in the normal build only"
 fi
 
+# the agent first (it uses the TPM), then the fixture, checked
+agent_stop >/dev/null 2>&1
+tpm_stop
 tap_done

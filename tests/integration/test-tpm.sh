@@ -92,7 +92,7 @@ tpm_srv() {
 		-CAfile "$T/ca.pem" -Verify 1 -verify_return_error
 	wait_listen "$port" "$BG_PID" || { cat "$T/s_server-$k-$proto.log" >&2; return 1; }
 	soft_get "$dir" "$port" "$proto" "$k" || { cat "$T/s_server-$k-$proto.log" >&2; return 1; }
-	stop_pid "$BG_PID" || true
+	stop_checked "$BG_PID" s_server || return 1
 	grep -q 'Verify return code: 0 (ok)' "$dir/reply" ||
 		{ echo "server page shows no verified client certificate" >&2; return 1; }
 	sig_signed 1
@@ -123,4 +123,7 @@ for k in $TPM_KEYS; do
 	tap_case "nginx: TPM $k server key (reference file), TLS 1.3 and 1.2" nginx_tpm "$k"
 done
 
+# the agent first (it uses the TPM), then the fixture, checked
+agent_stop >/dev/null 2>&1
+tpm_stop
 tap_done
