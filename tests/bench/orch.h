@@ -85,6 +85,7 @@ typedef struct time_row {
 } time_row_t;
 
 typedef struct target_row {
+    const char *issues; /* the issues that set it: "12", "6" or "6, 12" */
     const char *name;
     const char *goal;
     char *measured; /* text */
@@ -149,7 +150,7 @@ struct bench {
     lat_row_t lat[16];
     int nlat;
 
-    target_row_t targets[20];
+    target_row_t targets[32];
     int ntargets;
 };
 
