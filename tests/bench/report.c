@@ -63,44 +63,93 @@ static target_row_t *target(bench_t *b, const char *issues, const char *name,
     return t;
 }
 
-static const lat_row_t *find_lat(const bench_t *b, bench_method_t m, int threads, int procs)
+static const lat_row_t *find_lat(const bench_t *b, bench_method_t m, int threads, int procs,
+                                 int delay_ms)
 {
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
 
-        if (r->method == m && r->threads == threads && r->procs == procs)
+        if (r->method == m && r->threads == threads && r->procs == procs
+            && r->delay_ms == delay_ms)
             return r->st.ok ? r : NULL;
     }
     return NULL;
 }
 
 /* The rate of a latency-bound row over in-process (direct-copy) in the
- * same shape; NAN when either is missing. */
+ * same shape and delay; NAN when either is missing. */
 static double lat_ratio(const bench_t *b, const lat_row_t *r)
 {
-    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs);
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs, r->delay_ms);
 
     return r->st.ok && d != NULL && d->st.per_s > 0 ? r->st.per_s / d->st.per_s : NAN;
 }
 
-/* latency-bound target: method >= min x in-process, clients procs x threads */
+/* What the token allows: every client always waiting for a C_Sign. */
+static double lat_bound(const lat_row_t *r)
+{
+    return r->delay_ms > 0 ? r->procs * r->threads * 1000.0 / r->delay_ms : NAN;
+}
+
+/* CPU per signature, clients and agent */
+static double lat_cpu(const lat_row_t *r)
+{
+    return r->st.cpu_us + (isnan(r->st.agent_cpu_us) ? 0 : r->st.agent_cpu_us);
+}
+
+/* In-process reaching less than this share of the token's bound: the
+ * machine's CPUs, not the token, set the rates, and the agent/in-process
+ * ratio is one of CPU per signature (section 1's subject). */
+#define LAT_TOKEN_BOUND_SHARE 0.90
+
+/*
+ * latency-bound target: method >= min x in-process, clients procs x threads,
+ * at the configured delay; when in-process falls short of the token's bound
+ * there (CPU-bound) and the shape was measured at the long delay too, the
+ * verdict comes from the long delay, and the text says both.
+ */
 static void target_lat(bench_t *b, const char *name, bench_method_t m, int threads, int procs,
                        double min)
 {
     target_row_t *t = target(b, "12", name, ">= 0.90x");
-    const lat_row_t *r = find_lat(b, m, threads, procs);
-    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, threads, procs);
+    const lat_row_t *r = find_lat(b, m, threads, procs, b->lat_delay_ms);
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, threads, procs, b->lat_delay_ms);
+    const lat_row_t *rl = NULL, *dl = NULL;
+    double reach;
 
     if (r == NULL || d == NULL) {
         t->measured = strdup(b->lat_reason ? b->lat_reason : "not measured");
         return;
     }
     t->ratio = lat_ratio(b, r);
+    reach = d->st.per_s / lat_bound(d);
+    if (b->lat_long_delay_ms > 0 && b->lat_long_delay_ms != b->lat_delay_ms) {
+        rl = find_lat(b, m, threads, procs, b->lat_long_delay_ms);
+        dl = find_lat(b, M_DIRECT_COPY, threads, procs, b->lat_long_delay_ms);
+    }
+    if (reach >= LAT_TOKEN_BOUND_SHARE || rl == NULL || dl == NULL) {
+        t->met = t->ratio >= min;
+        t->measured = bench_strdupf(
+            "%.0f vs %.0f sig/s (%s vs direct-copy, %d processes x %d threads, %d ms): %.2fx; "
+            "in-process at %.0f%% of the token's %.0f/s%s; CPU us/sig %.0f vs %.0f",
+            r->st.per_s, d->st.per_s, bench_method_name(m), procs, threads, r->delay_ms,
+            t->ratio, reach * 100, lat_bound(d),
+            reach >= LAT_TOKEN_BOUND_SHARE ? "" : " (CPU-bound: the ratio is one of CPU per "
+                                                  "signature)",
+            lat_cpu(r), lat_cpu(d));
+        return;
+    }
+    /* CPU-bound at the short delay: judged at the long one */
+    t->ratio = lat_ratio(b, rl);
     t->met = t->ratio >= min;
-    t->measured = bench_strdupf("%.0f vs %.0f sig/s (%s vs direct-copy, %d processes x %d "
-                                "threads): %.2fx",
-                                r->st.per_s, d->st.per_s, bench_method_name(m), procs, threads,
-                                t->ratio);
+    t->measured = bench_strdupf(
+        "at %d ms CPU-bound: in-process at %.0f%% of the token's %.0f/s, %.0f vs %.0f sig/s: "
+        "%.2fx, CPU us/sig %.0f vs %.0f (%s vs direct-copy, %d processes x %d threads); "
+        "judged at %d ms: %.0f vs %.0f sig/s, in-process at %.0f%% of the token's %.0f/s: %.2fx",
+        r->delay_ms, reach * 100, lat_bound(d), r->st.per_s, d->st.per_s, lat_ratio(b, r),
+        lat_cpu(r), lat_cpu(d), bench_method_name(m), procs, threads, rl->delay_ms,
+        rl->st.per_s, dl->st.per_s, dl->st.per_s / lat_bound(dl) * 100, lat_bound(dl),
+        t->ratio);
 }
 
 static const char *clients_of(int threads, int procs)
@@ -212,14 +261,12 @@ void report_targets(bench_t *b)
             t->measured = strdup("not measured");
         }
     }
-    target_lat(b, "latency-bound token (5 ms), 16 clients: agent vs in-process", M_AGENT, 4, 4,
+    target_lat(b, "latency-bound token, 16 clients: agent vs in-process", M_AGENT, 4, 4, 0.90);
+    target_lat(b, "latency-bound token, 64 clients: agent vs in-process", M_AGENT, 8, 8, 0.90);
+    target_lat(b, "latency-bound token, 16 clients: agent-bus vs in-process", M_AGENT_BUS, 4, 4,
                0.90);
-    target_lat(b, "latency-bound token (5 ms), 64 clients: agent vs in-process", M_AGENT, 8, 8,
+    target_lat(b, "latency-bound token, 64 clients: agent-bus vs in-process", M_AGENT_BUS, 8, 8,
                0.90);
-    target_lat(b, "latency-bound token (5 ms), 16 clients: agent-bus vs in-process", M_AGENT_BUS,
-               4, 4, 0.90);
-    target_lat(b, "latency-bound token (5 ms), 64 clients: agent-bus vs in-process", M_AGENT_BUS,
-               8, 8, 0.90);
 
     /* --- issue 6 --- */
     target_added_latency(b, "6", "<= 60 us", 60.0);
@@ -413,36 +460,52 @@ void report_table(bench_t *b)
 
     if (!b->only_latency)
         table_sections_1_to_4(b);
-    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
-           "(a network HSM), P-256; the agent's max-sessions: ", b->lat_delay_ms);
+    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign MS' over the same token "
+           "(a network HSM), P-256; the agent's max-sessions: ");
     if (b->lat_max_sessions > 0)
         printf("%d\n", b->lat_max_sessions);
     else
         printf("default (64)\n");
-    printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
-           "p50 us", "p99 us", "vs in-process");
+    printf("%-8s %-22s %5s %-13s %10s %9s %9s %8s %14s\n", "clients", "shape", "ms", "method",
+           "sig/s", "p50 us", "p99 us", "CPU us", "vs in-process");
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
         char shape[32];
         double ratio = lat_ratio(b, r);
+        bool last = i + 1 == b->nlat || r->procs != b->lat[i + 1].procs
+                    || r->threads != b->lat[i + 1].threads
+                    || r->delay_ms != b->lat[i + 1].delay_ms;
 
         snprintf(shape, sizeof(shape), "%d proc x %d threads", r->procs, r->threads);
-        if (i > 0 && (r->procs != b->lat[i - 1].procs || r->threads != b->lat[i - 1].threads))
-            printf("\n");
         if (!r->st.ok) {
-            printf("%-8d %-22s %-13s %s\n", r->procs * r->threads, shape,
+            printf("%-8d %-22s %5d %-13s %s\n", r->procs * r->threads, shape, r->delay_ms,
                    bench_method_name(r->method), r->st.error);
-            continue;
+        } else {
+            printf("%-8d %-22s %5d %-13s %10.0f %9.1f %9.1f %8.0f", r->procs * r->threads, shape,
+                   r->delay_ms, bench_method_name(r->method), r->st.per_s, r->st.p50_us,
+                   r->st.p99_us, lat_cpu(r));
+            if (r->method != M_DIRECT_COPY && !isnan(ratio))
+                printf(" %13.2fx", ratio);
+            printf("\n");
         }
-        printf("%-8d %-22s %-13s %10.0f %9.1f %9.1f", r->procs * r->threads, shape,
-               bench_method_name(r->method), r->st.per_s, r->st.p50_us, r->st.p99_us);
-        if (r->method != M_DIRECT_COPY && !isnan(ratio))
-            printf(" %13.2fx", ratio);
-        printf("\n");
+        if (last) {
+            const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs, r->delay_ms);
+
+            if (d != NULL)
+                printf("   the token allows %.0f sig/s (%d clients / %d ms); in-process reaches "
+                       "%.0f%%: %s\n",
+                       lat_bound(d), d->procs * d->threads, d->delay_ms,
+                       d->st.per_s / lat_bound(d) * 100,
+                       d->st.per_s / lat_bound(d) >= LAT_TOKEN_BOUND_SHARE
+                           ? "latency-bound"
+                           : "CPU-bound, the ratios compare CPU per signature");
+            if (i + 1 < b->nlat)
+                printf("\n");
+        }
     }
-    printf("   (vs in-process: the method's throughput over direct-copy's, same clients; "
-           "agent: the provider, at most 8 connections per process; agent-bus: a connection "
-           "per thread)\n");
+    printf("   (vs in-process: the method's throughput over direct-copy's, same clients and delay; "
+           "CPU us: clients' and agent's CPU time per signature; agent: the provider, at most 8 "
+           "connections per process; agent-bus: a connection per thread)\n");
 
     printf("\n== Targets (issue 12, server scale; issue 6, the first benchmark)\n");
     printf("%-6s %-7s %-66s %-12s %s\n", "issue", "verdict", "target", "goal", "measured");
@@ -498,6 +561,12 @@ static void jstat(FILE *f, const stat_row_t *s)
     jnum(f, s->p99_us);
     if (s->agent_sigs > 0)
         fprintf(f, ", \"agent_signatures\": %llu", (unsigned long long)s->agent_sigs);
+    fputs(", \"cpu_us\": ", f);
+    jnum(f, s->cpu_us);
+    if (s->agent_sigs > 0) {
+        fputs(", \"agent_cpu_us\": ", f);
+        jnum(f, s->agent_cpu_us);
+    }
 }
 
 int report_json(bench_t *b, const char *path)
@@ -601,14 +670,17 @@ int report_json(bench_t *b, const char *path)
     } else {
         fputs("    \"soak\": null\n", f);
     }
-    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"key\": \"p256\", "
-               "\"agent_max_sessions\": %d, \"rows\": [\n",
-            b->lat_delay_ms, b->lat_max_sessions);
+    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"long_delay_ms\": %d, "
+               "\"key\": \"p256\", \"agent_max_sessions\": %d, \"rows\": [\n",
+            b->lat_delay_ms, b->lat_long_delay_ms, b->lat_max_sessions);
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
 
-        fprintf(f, "    {\"clients\": %d, \"processes\": %d, \"threads\": %d, \"method\": ",
-                r->procs * r->threads, r->procs, r->threads);
+        fprintf(f, "    {\"clients\": %d, \"processes\": %d, \"threads\": %d, \"delay_ms\": %d, "
+                   "\"token_bound_per_s\": ",
+                r->procs * r->threads, r->procs, r->threads, r->delay_ms);
+        jnum(f, lat_bound(r));
+        fputs(", \"method\": ", f);
         jstr(f, bench_method_name(r->method));
         fputs(", ", f);
         jstat(f, &r->st);
