@@ -139,17 +139,19 @@ static void target_lat(bench_t *b, const char *name, bench_method_t m, int threa
             lat_cpu(r), lat_cpu(d));
         return;
     }
-    /* CPU-bound at the short delay: judged at the long one */
+    /* CPU-bound at the short delay: judged at the long one (said when it
+     * is CPU-bound too: a machine busy with other work) */
     t->ratio = lat_ratio(b, rl);
     t->met = t->ratio >= min;
     t->measured = bench_strdupf(
         "at %d ms CPU-bound: in-process at %.0f%% of the token's %.0f/s, %.0f vs %.0f sig/s: "
         "%.2fx, CPU us/sig %.0f vs %.0f (%s vs direct-copy, %d processes x %d threads); "
-        "judged at %d ms: %.0f vs %.0f sig/s, in-process at %.0f%% of the token's %.0f/s: %.2fx",
+        "judged at %d ms: %.0f vs %.0f sig/s, in-process at %.0f%% of the token's %.0f/s%s: "
+        "%.2fx",
         r->delay_ms, reach * 100, lat_bound(d), r->st.per_s, d->st.per_s, lat_ratio(b, r),
         lat_cpu(r), lat_cpu(d), bench_method_name(m), procs, threads, rl->delay_ms,
         rl->st.per_s, dl->st.per_s, dl->st.per_s / lat_bound(dl) * 100, lat_bound(dl),
-        t->ratio);
+        dl->st.per_s / lat_bound(dl) >= LAT_TOKEN_BOUND_SHARE ? "" : " (CPU-bound too)", t->ratio);
 }
 
 static const char *clients_of(int threads, int procs)
