@@ -687,7 +687,10 @@ static void section_latency(bench_t *b)
         int procs, threads, delay_ms;
     } shapes[] = { { 4, 4, b->lat_delay_ms }, { 8, 8, b->lat_delay_ms },
                    { 8, 8, b->lat_long_delay_ms } };
-    size_t nshapes = b->lat_control != NULL && b->lat_long_delay_ms > 0 ? 3 : 2;
+    size_t nshapes = b->lat_control != NULL && b->lat_long_delay_ms > 0
+                             && b->lat_long_delay_ms != b->lat_delay_ms
+                         ? 3
+                         : 2;
     static const bench_method_t methods[] = { M_AGENT, M_AGENT_BUS, M_DIRECT_COPY };
     enum { NM = sizeof(methods) / sizeof(methods[0]) };
     const char *main_socket = b->socket;
