@@ -84,6 +84,8 @@ char *bench_strdupf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 char *bench_read_file(const char *path, size_t *ret_len);
 /* VmRSS of pid in KiB, -1 on error. */
 long bench_rss_kib(int pid);
+/* utime + stime of process pid (all its threads) in ns; -1 if unreadable. */
+int64_t bench_proc_cpu_ns(int pid);
 /* Proportional set size (shared pages divided among their users), -1 on error. */
 long bench_pss_kib(int pid);
 /* Marks the end of a phase (name: a string constant) at the current time;

@@ -85,6 +85,8 @@ typedef struct acc {
     uint64_t ops;
     uint64_t ns;
     uint64_t agent_sigs;
+    uint64_t cpu_ns;       /* the workers' CPU time */
+    int64_t agent_cpu_ns;  /* the agent's (b->cpu_pid), -1: not counted */
     lat_vec_t lat;
     char *error;
 } acc_t;
@@ -105,7 +107,8 @@ static int run_round(bench_t *b, char **wargv, int nprocs, bool agent, acc_t *ac
         acc->error = strdup("bad process count");
         return -1;
     }
-    uint64_t max_ns = 0, ops = 0, sigs;
+    uint64_t max_ns = 0, ops = 0, cpu = 0, sigs;
+    int64_t agent_cpu0 = -1, agent_cpu1 = -1;
 
     /* Set up one worker after the other (p11-kit 0.24's server shows 0
      * slots to clients that connect at the same moment), start together. */
@@ -117,17 +120,22 @@ static int run_round(bench_t *b, char **wargv, int nprocs, bool agent, acc_t *ac
         }
     if (agent)
         before = agent_signatures(b);
+    if (agent && b->cpu_pid > 0)
+        agent_cpu0 = bench_proc_cpu_ns(b->cpu_pid);
     for (int i = 0; i < nprocs; i++)
         proc_go(&procs[i]);
     for (int i = 0; i < nprocs; i++)
         if (proc_result(&procs[i], &res[i], tick, tick_arg, &err) < 0)
             goto fail;
+    if (agent_cpu0 >= 0)
+        agent_cpu1 = bench_proc_cpu_ns(b->cpu_pid);
     for (int i = 0; i < nprocs; i++)
         if (proc_finish(&procs[i], &err) < 0)
             goto fail;
     started = 0;
     for (int i = 0; i < nprocs; i++) {
         ops += res[i].ops;
+        cpu += res[i].cpu_ns;
         if (res[i].elapsed_ns > max_ns)
             max_ns = res[i].elapsed_ns;
         for (size_t j = 0; j < res[i].lat.n; j++)
@@ -148,6 +156,11 @@ static int run_round(bench_t *b, char **wargv, int nprocs, bool agent, acc_t *ac
     }
     acc->ops += ops;
     acc->ns += max_ns;
+    acc->cpu_ns += cpu;
+    if (agent_cpu0 >= 0 && agent_cpu1 >= agent_cpu0 && acc->agent_cpu_ns >= 0)
+        acc->agent_cpu_ns += agent_cpu1 - agent_cpu0;
+    else
+        acc->agent_cpu_ns = -1;
     r = 0;
     goto out;
 fail:
@@ -177,6 +190,10 @@ static void acc_finish(bench_t *b, acc_t *acc, stat_row_t *st)
         st->per_s = st->seconds > 0 ? (double)st->ops / st->seconds : 0;
         st->p50_us = pct_u32(acc->lat.v, acc->lat.n, 50) / 1000.0;
         st->p99_us = pct_u32(acc->lat.v, acc->lat.n, 99) / 1000.0;
+        st->cpu_us = st->ops > 0 ? (double)acc->cpu_ns / 1e3 / (double)st->ops : NAN;
+        st->agent_cpu_us = st->ops > 0 && acc->agent_sigs > 0 && acc->agent_cpu_ns >= 0
+                               ? (double)acc->agent_cpu_ns / 1e3 / (double)st->ops
+                               : NAN;
     }
     free(acc->lat.v);
     memset(acc, 0, sizeof(*acc));
@@ -635,31 +652,63 @@ static void env_restore(const char *name, char *saved)
     free(saved);
 }
 
+/* Sets the delay of every C_Sign in p11fault's control file (a rewrite by
+ * rename: the agent's p11fault.so applies it at its next call, new workers
+ * at their C_Initialize). */
+static int lat_set_delay(const bench_t *b, int ms)
+{
+    char *tmp = bench_strdupf("%s.tmp", b->lat_control);
+    FILE *f = tmp ? fopen(tmp, "w") : NULL;
+    int r = -1;
+
+    if (f != NULL) {
+        fprintf(f, "delay C_Sign %d\n", ms);
+        if (fclose(f) == 0 && rename(tmp, b->lat_control) == 0)
+            r = 0;
+    }
+    free(tmp);
+    if (r == 0)
+        usleep(200 * 1000); /* p11fault's watcher looks every 50 ms */
+    return r;
+}
+
 /* A network HSM: every C_Sign takes lat_delay_ms (p11fault.so) but many run
  * at once. 16 and 64 clients sign P-256 through the agent serving
  * p11fault.so (agent: the provider; agent-bus: one connection per thread)
  * and in-process through p11fault.so (direct-copy), in the same shapes
- * (processes x threads), interleaved in rounds. */
+ * (processes x threads), interleaved in rounds. With lat_control, the 64
+ * clients again at lat_long_delay_ms: at 5 ms, 64 clients ask 12,800
+ * signatures a second of the token, more than a 2-CPU machine signs even
+ * in-process, and then the CPU per signature, not the token, sets both
+ * rates; the longer delay keeps the token the bound. */
 static void section_latency(bench_t *b)
 {
-    static const struct {
-        int procs, threads;
-    } shapes[] = { { 4, 4 }, { 8, 8 } };
+    struct {
+        int procs, threads, delay_ms;
+    } shapes[] = { { 4, 4, b->lat_delay_ms }, { 8, 8, b->lat_delay_ms },
+                   { 8, 8, b->lat_long_delay_ms } };
+    size_t nshapes = b->lat_control != NULL && b->lat_long_delay_ms > 0
+                             && b->lat_long_delay_ms != b->lat_delay_ms
+                         ? 3
+                         : 2;
     static const bench_method_t methods[] = { M_AGENT, M_AGENT_BUS, M_DIRECT_COPY };
     enum { NM = sizeof(methods) / sizeof(methods[0]) };
     const char *main_socket = b->socket;
-    char *old_sock, *old_mod;
+    int main_cpu_pid = b->cpu_pid;
+    char *old_sock, *old_mod, *err = NULL;
     char secs[32];
+    bus_status_t st = { 0 };
 
     snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     if (b->lat_socket == NULL || b->lat_module == NULL) {
-        for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+        for (size_t si = 0; si < nshapes; si++)
             for (int m = 0; m < NM; m++) {
                 lat_row_t *row = &b->lat[b->nlat++];
 
                 row->method = methods[m];
                 row->procs = shapes[si].procs;
                 row->threads = shapes[si].threads;
+                row->delay_ms = shapes[si].delay_ms;
                 row->st.unavailable = true;
                 row->st.error = bench_strdupf("unavailable: %s",
                                               b->lat_reason ? b->lat_reason : "no p11fault.so");
@@ -670,16 +719,23 @@ static void section_latency(bench_t *b)
     old_sock = env_swap("P11AGENT_SOCKET", b->lat_socket);
     old_mod = env_swap("P11BENCH_MODULE", b->lat_module);
     b->socket = b->lat_socket;
-    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+    b->cpu_pid = agent_status(b->lat_socket, &st, &err) == BUS_OK ? (int)st.pid : 0;
+    bus_status_clear(&st);
+    free(err);
+    for (size_t si = 0; si < nshapes; si++) {
         lat_row_t *rows = &b->lat[b->nlat];
         acc_t acc[NM] = { 0 };
         char threads[16];
 
+        if (shapes[si].delay_ms != b->lat_delay_ms && lat_set_delay(b, shapes[si].delay_ms) < 0)
+            for (int m = 0; m < NM; m++)
+                acc[m].error = bench_strdupf("cannot write %s: %s", b->lat_control,
+                                             strerror(errno));
         snprintf(threads, sizeof(threads), "%d", shapes[si].threads);
         b->nlat += NM;
         fprintf(stderr, "p11bench: latency-bound token (C_Sign +%d ms), %d clients (%d processes x "
-                        "%d threads)\n", b->lat_delay_ms, shapes[si].procs * shapes[si].threads,
-                shapes[si].procs, shapes[si].threads);
+                        "%d threads)\n", shapes[si].delay_ms,
+                shapes[si].procs * shapes[si].threads, shapes[si].procs, shapes[si].threads);
         for (int r = 0; r < b->rounds; r++)
             for (int m = 0; m < NM; m++) {
                 char *wargv[] = { (char *)b->self, "worker", "sign", "--method",
@@ -695,10 +751,17 @@ static void section_latency(bench_t *b)
             rows[m].method = methods[m];
             rows[m].procs = shapes[si].procs;
             rows[m].threads = shapes[si].threads;
+            rows[m].delay_ms = shapes[si].delay_ms;
             acc_finish(b, &acc[m], &rows[m].st);
+        }
+        if (shapes[si].delay_ms != b->lat_delay_ms && lat_set_delay(b, b->lat_delay_ms) < 0) {
+            fprintf(stderr, "p11bench: cannot restore %s: %s\n", b->lat_control,
+                    strerror(errno));
+            b->failed = true;
         }
     }
     b->socket = main_socket;
+    b->cpu_pid = main_cpu_pid;
     env_restore("P11AGENT_SOCKET", old_sock);
     env_restore("P11BENCH_MODULE", old_mod);
 }
@@ -723,7 +786,8 @@ static int usage(void)
     fprintf(stderr, "usage: p11bench run [--seconds S] [--rounds N] [--runs N] [--soak N] "
                     "[--json PATH] [--mem-socket SOCK]\n"
                     "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
-                    "--latency-delay MS [--latency-max-sessions N] | --latency-unavailable WHY]\n"
+                    "--latency-delay MS [--latency-control PATH --latency-long-delay MS]\n"
+                    "                     [--latency-max-sessions N] | --latency-unavailable WHY]\n"
                     "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign]\n"
                     "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
@@ -787,6 +851,10 @@ int main(int argc, char **argv)
             b->lat_module = argv[++i];
         else if (strcmp(argv[i], "--latency-delay") == 0)
             b->lat_delay_ms = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--latency-control") == 0)
+            b->lat_control = argv[++i];
+        else if (strcmp(argv[i], "--latency-long-delay") == 0)
+            b->lat_long_delay_ms = atoi(argv[++i]);
         else if (strcmp(argv[i], "--latency-max-sessions") == 0)
             b->lat_max_sessions = atoi(argv[++i]);
         else if (strcmp(argv[i], "--latency-unavailable") == 0)
@@ -822,6 +890,7 @@ int main(int argc, char **argv)
         return 1;
     }
     b->agent_pid = (int)st.pid;
+    b->cpu_pid = b->agent_pid;
     b->rss_start_kib = bench_rss_kib(b->agent_pid);
     b->rss_start_anon_kib = bench_status_kib(b->agent_pid, "RssAnon");
     b->rss_start_file_kib = bench_status_kib(b->agent_pid, "RssFile");

@@ -18,6 +18,7 @@ typedef struct proc {
 typedef struct proc_result {
     uint64_t ops;
     uint64_t elapsed_ns;
+    uint64_t cpu_ns; /* the worker's CPU time while it measured */
     lat_vec_t lat;
 } proc_result_t;
 
@@ -46,6 +47,8 @@ typedef struct stat_row {
     double per_s;
     double p50_us, p99_us;
     uint64_t agent_sigs; /* agent's own count of signatures during the run */
+    double cpu_us;       /* CPU time of the client processes per operation */
+    double agent_cpu_us; /* the agent's CPU time per operation (NAN: not an agent row) */
 } stat_row_t;
 
 typedef struct sign_row {
@@ -60,6 +63,7 @@ typedef struct sign_row {
 typedef struct lat_row {
     bench_method_t method;
     int threads, procs;
+    int delay_ms; /* the token's delay per C_Sign in this row */
     stat_row_t st;
 } lat_row_t;
 
@@ -85,6 +89,7 @@ typedef struct time_row {
 } time_row_t;
 
 typedef struct target_row {
+    const char *issues; /* the issues that set it: "12", "6" or "6, 12" */
     const char *name;
     const char *goal;
     char *measured; /* text */
@@ -125,6 +130,7 @@ struct bench {
     int ntimes;
 
     int agent_pid;
+    int cpu_pid; /* the agent whose CPU time agent rows count (main or latency agent) */
     long rss_start_kib;
     long rss_before_soak_kib, rss_after_soak_kib;
     long soak_done;
@@ -144,12 +150,14 @@ struct bench {
     const char *lat_module;  /* p11fault.so, for in-process workers */
     const char *lat_reason;  /* why the profile is not measured, or NULL */
     int lat_delay_ms;
+    const char *lat_control; /* p11fault's control file (rewritten for the long delay) */
+    int lat_long_delay_ms;   /* 64 clients again at this delay; 0: not measured */
     int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
     bool only_latency;       /* --only latency: skip sections 1-4 */
-    lat_row_t lat[16];
+    lat_row_t lat[24];
     int nlat;
 
-    target_row_t targets[20];
+    target_row_t targets[32];
     int ntargets;
 };
 

@@ -131,7 +131,7 @@ int proc_go(proc_t *p)
 int proc_result(proc_t *p, proc_result_t *res, proc_tick_fn tick, void *tick_arg, char **err)
 {
     char line[1024];
-    unsigned long long ops, ns;
+    unsigned long long ops, ns, cpu = 0;
     size_t nlat;
 
     memset(res, 0, sizeof(*res));
@@ -139,12 +139,13 @@ int proc_result(proc_t *p, proc_result_t *res, proc_tick_fn tick, void *tick_arg
         *err = bench_strdupf("worker %d exited without a result", (int)p->pid);
         return -1;
     }
-    if (sscanf(line, "ok %llu %llu %zu", &ops, &ns, &nlat) != 3) {
+    if (sscanf(line, "ok %llu %llu %zu %llu", &ops, &ns, &nlat, &cpu) < 3) {
         *err = worker_error(p, line);
         return -1;
     }
     res->ops = ops;
     res->elapsed_ns = ns;
+    res->cpu_ns = cpu;
     res->lat.n = res->lat.cap = nlat;
     res->lat.v = malloc((nlat ? nlat : 1) * sizeof(uint32_t));
     if (res->lat.v == NULL || read_all(p->out_fd, res->lat.v, nlat * sizeof(uint32_t)) < 0) {

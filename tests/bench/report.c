@@ -47,10 +47,15 @@ static const time_row_t *find_time(const bench_t *b, const char *name)
     return NULL;
 }
 
-static target_row_t *target(bench_t *b, const char *name, const char *goal)
+static target_row_t *target(bench_t *b, const char *issues, const char *name,
+                            const char *goal)
 {
-    target_row_t *t = &b->targets[b->ntargets++];
+    target_row_t *t;
 
+    if (b->ntargets >= (int)(sizeof(b->targets) / sizeof(b->targets[0])))
+        abort(); /* a programming error: targets[] too small */
+    t = &b->targets[b->ntargets++];
+    t->issues = issues;
     t->name = name;
     t->goal = goal;
     t->ratio = NAN;
@@ -58,44 +63,95 @@ static target_row_t *target(bench_t *b, const char *name, const char *goal)
     return t;
 }
 
-static const lat_row_t *find_lat(const bench_t *b, bench_method_t m, int threads, int procs)
+static const lat_row_t *find_lat(const bench_t *b, bench_method_t m, int threads, int procs,
+                                 int delay_ms)
 {
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
 
-        if (r->method == m && r->threads == threads && r->procs == procs)
+        if (r->method == m && r->threads == threads && r->procs == procs
+            && r->delay_ms == delay_ms)
             return r->st.ok ? r : NULL;
     }
     return NULL;
 }
 
 /* The rate of a latency-bound row over in-process (direct-copy) in the
- * same shape; NAN when either is missing. */
+ * same shape and delay; NAN when either is missing. */
 static double lat_ratio(const bench_t *b, const lat_row_t *r)
 {
-    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs);
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs, r->delay_ms);
 
     return r->st.ok && d != NULL && d->st.per_s > 0 ? r->st.per_s / d->st.per_s : NAN;
 }
 
-/* latency-bound target: method >= min x in-process, clients procs x threads */
+/* What the token allows: every client always waiting for a C_Sign. */
+static double lat_bound(const lat_row_t *r)
+{
+    return r->delay_ms > 0 ? r->procs * r->threads * 1000.0 / r->delay_ms : NAN;
+}
+
+/* CPU per signature, clients and agent */
+static double lat_cpu(const lat_row_t *r)
+{
+    return r->st.cpu_us + (isnan(r->st.agent_cpu_us) ? 0 : r->st.agent_cpu_us);
+}
+
+/* In-process reaching less than this share of the token's bound: the
+ * machine's CPUs, not the token, set the rates, and the agent/in-process
+ * ratio is one of CPU per signature (section 1's subject). */
+#define LAT_TOKEN_BOUND_SHARE 0.90
+
+/*
+ * latency-bound target: method >= min x in-process, clients procs x threads,
+ * at the configured delay; when in-process falls short of the token's bound
+ * there (CPU-bound) and the shape was measured at the long delay too, the
+ * verdict comes from the long delay, and the text says both.
+ */
 static void target_lat(bench_t *b, const char *name, bench_method_t m, int threads, int procs,
                        double min)
 {
-    target_row_t *t = target(b, name, ">= 0.90x");
-    const lat_row_t *r = find_lat(b, m, threads, procs);
-    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, threads, procs);
+    target_row_t *t = target(b, "12", name, ">= 0.90x");
+    const lat_row_t *r = find_lat(b, m, threads, procs, b->lat_delay_ms);
+    const lat_row_t *d = find_lat(b, M_DIRECT_COPY, threads, procs, b->lat_delay_ms);
+    const lat_row_t *rl = NULL, *dl = NULL;
+    double reach;
 
     if (r == NULL || d == NULL) {
         t->measured = strdup(b->lat_reason ? b->lat_reason : "not measured");
         return;
     }
     t->ratio = lat_ratio(b, r);
+    reach = d->st.per_s / lat_bound(d);
+    if (b->lat_long_delay_ms > 0 && b->lat_long_delay_ms != b->lat_delay_ms) {
+        rl = find_lat(b, m, threads, procs, b->lat_long_delay_ms);
+        dl = find_lat(b, M_DIRECT_COPY, threads, procs, b->lat_long_delay_ms);
+    }
+    if (reach >= LAT_TOKEN_BOUND_SHARE || rl == NULL || dl == NULL) {
+        t->met = t->ratio >= min;
+        t->measured = bench_strdupf(
+            "%.0f vs %.0f sig/s (%s vs direct-copy, %d processes x %d threads, %d ms): %.2fx; "
+            "in-process at %.0f%% of the token's %.0f/s%s; CPU us/sig %.0f vs %.0f",
+            r->st.per_s, d->st.per_s, bench_method_name(m), procs, threads, r->delay_ms,
+            t->ratio, reach * 100, lat_bound(d),
+            reach >= LAT_TOKEN_BOUND_SHARE ? "" : " (CPU-bound: the ratio is one of CPU per "
+                                                  "signature)",
+            lat_cpu(r), lat_cpu(d));
+        return;
+    }
+    /* CPU-bound at the short delay: judged at the long one (said when it
+     * is CPU-bound too: a machine busy with other work) */
+    t->ratio = lat_ratio(b, rl);
     t->met = t->ratio >= min;
-    t->measured = bench_strdupf("%.0f vs %.0f sig/s (%s vs direct-copy, %d processes x %d "
-                                "threads): %.2fx",
-                                r->st.per_s, d->st.per_s, bench_method_name(m), procs, threads,
-                                t->ratio);
+    t->measured = bench_strdupf(
+        "at %d ms CPU-bound: in-process at %.0f%% of the token's %.0f/s, %.0f vs %.0f sig/s: "
+        "%.2fx, CPU us/sig %.0f vs %.0f (%s vs direct-copy, %d processes x %d threads); "
+        "judged at %d ms: %.0f vs %.0f sig/s, in-process at %.0f%% of the token's %.0f/s%s: "
+        "%.2fx",
+        r->delay_ms, reach * 100, lat_bound(d), r->st.per_s, d->st.per_s, lat_ratio(b, r),
+        lat_cpu(r), lat_cpu(d), bench_method_name(m), procs, threads, rl->delay_ms,
+        rl->st.per_s, dl->st.per_s, dl->st.per_s / lat_bound(dl) * 100, lat_bound(dl),
+        dl->st.per_s / lat_bound(dl) >= LAT_TOKEN_BOUND_SHARE ? "" : " (CPU-bound too)", t->ratio);
 }
 
 static const char *clients_of(int threads, int procs)
@@ -104,10 +160,10 @@ static const char *clients_of(int threads, int procs)
 }
 
 /* throughput target: agent >= min x other */
-static void target_tput(bench_t *b, const char *name, const char *goal, bench_alg_t a,
-                        bench_method_t other, int threads, int procs, double min)
+static void target_tput(bench_t *b, const char *issues, const char *name, const char *goal,
+                        bench_alg_t a, bench_method_t other, int threads, int procs, double min)
 {
-    target_row_t *t = target(b, name, goal);
+    target_row_t *t = target(b, issues, name, goal);
     const sign_row_t *ag = find_sign(b, a, M_AGENT, threads, procs);
     const sign_row_t *o = find_sign(b, a, other, threads, procs);
 
@@ -122,34 +178,109 @@ static void target_tput(bench_t *b, const char *name, const char *goal, bench_al
                                 t->ratio);
 }
 
-void report_targets(bench_t *b)
+/* P-256, 1 client: the agent's p50 minus direct C_Sign's (direct-copy) */
+static void target_added_latency(bench_t *b, const char *issues, const char *goal, double max_us)
 {
     const sign_row_t *ag = find_sign(b, A_P256, M_AGENT, 1, 1);
     const sign_row_t *dc = find_sign(b, A_P256, M_DIRECT_COPY, 1, 1);
     const sign_row_t *dt = find_sign(b, A_P256, M_DIRECT_TOKEN, 1, 1);
-    target_row_t *t;
+    target_row_t *t = target(b, issues, "P-256, 1 client: agent p50 over direct C_Sign p50", goal);
 
-    t = target(b, "P-256, 1 client: agent p50 over direct C_Sign p50", "<= 60 us");
     if (ag != NULL && dc != NULL) {
         double add = ag->st.p50_us - dc->st.p50_us;
 
-        t->ratio = add / 60.0;
-        t->met = add <= 60.0;
+        t->ratio = add / max_us;
+        t->met = add <= max_us;
         t->measured = bench_strdupf("+%.1f us (agent %.1f, direct-copy %.1f, direct-token %.1f us)",
                                     add, ag->st.p50_us, dc->st.p50_us,
                                     dt ? dt->st.p50_us : NAN);
     } else {
         t->measured = strdup("not measured");
     }
-    target_tput(b, "RSA-2048 PSS, 2 threads: agent vs direct", ">= 0.90x", A_RSA_PSS,
+}
+
+/* fresh `openssl pkeyutl -sign`: agent key / software key <= max */
+static void target_pkeyutl(bench_t *b, const char *issues, const char *goal, double max)
+{
+    const time_row_t *a = find_time(b, "pkeyutl:agent");
+    const time_row_t *s = find_time(b, "pkeyutl:soft");
+    const time_row_t *sc = find_time(b, "pkeyutl:soft+cnf");
+    target_row_t *t = target(b, issues, "openssl pkeyutl -sign: agent key / software key", goal);
+
+    if (a != NULL && s != NULL) {
+        t->ratio = a->median_ms / s->median_ms;
+        t->met = t->ratio <= max;
+        t->measured = bench_strdupf("%.2f vs %.2f ms: %.2fx (vs a software key with p11agent "
+                                    "configured, %.2f ms: %.2fx)",
+                                    a->median_ms, s->median_ms, t->ratio,
+                                    sc ? sc->median_ms : NAN,
+                                    sc ? a->median_ms / sc->median_ms : NAN);
+    } else {
+        t->measured = strdup("not measured");
+    }
+}
+
+/*
+ * The targets, issue 12 ("Server scale: sign as fast as the token allows")
+ * first, then those of issue 6 (the first benchmark) that issue 12 did not
+ * replace; a target both set is marked "6, 12". Each target row says which
+ * issue set it (the table's first column, "issues" in the JSON).
+ */
+void report_targets(bench_t *b)
+{
+    target_row_t *t;
+
+    /* --- issue 12 --- */
+    target_tput(b, "12", "P-256, 2 threads: agent vs direct-copy", ">= 0.58x", A_P256,
+                M_DIRECT_COPY, 2, 1, 0.58);
+    target_tput(b, "12", "P-256, 2 processes: agent vs direct-copy", ">= 0.58x", A_P256,
+                M_DIRECT_COPY, 1, 2, 0.58);
+    t = target(b, "12", "P-256, 2 clients: agent vs pkcs11-provider in-process", ">= 0.85x");
+    t->measured = strdup("not measured: pkcs11-provider is not packaged for Debian 12; the issue "
+                         "sets 0.85x of it equal to 0.58x of direct-copy (the two rows above)");
+    target_tput(b, "12", "RSA-2048 PKCS#1, 2 threads: agent vs direct-copy", ">= 0.95x",
+                A_RSA_PKCS1, M_DIRECT_COPY, 2, 1, 0.95);
+    target_tput(b, "12", "RSA-2048 PKCS#1, 2 processes: agent vs direct-copy", ">= 0.95x",
+                A_RSA_PKCS1, M_DIRECT_COPY, 1, 2, 0.95);
+    target_tput(b, "12", "RSA-2048 PSS, 2 threads: agent vs direct-copy", ">= 0.95x", A_RSA_PSS,
+                M_DIRECT_COPY, 2, 1, 0.95);
+    target_tput(b, "12", "RSA-2048 PSS, 2 processes: agent vs direct-copy", ">= 0.95x",
+                A_RSA_PSS, M_DIRECT_COPY, 1, 2, 0.95);
+    target_added_latency(b, "12", "<= 25 us", 25.0);
+    target_pkeyutl(b, "12", "<= 1.1x", 1.1);
+    {
+        const tls_row_t *a = find_tls(b, "1.3", "p256", "agent");
+        const tls_row_t *s = find_tls(b, "1.3", "p256", "software");
+
+        t = target(b, "6, 12", "mTLS TLS 1.3 P-256 handshakes/s: agent / software key",
+                   ">= 0.95x");
+        if (a != NULL && s != NULL && s->st.per_s > 0) {
+            t->ratio = a->st.per_s / s->st.per_s;
+            t->met = t->ratio >= 0.95;
+            t->measured = bench_strdupf("%.0f vs %.0f /s: %.3fx", a->st.per_s, s->st.per_s,
+                                        t->ratio);
+        } else {
+            t->measured = strdup("not measured");
+        }
+    }
+    target_lat(b, "latency-bound token, 16 clients: agent vs in-process", M_AGENT, 4, 4, 0.90);
+    target_lat(b, "latency-bound token, 64 clients: agent vs in-process", M_AGENT, 8, 8, 0.90);
+    target_lat(b, "latency-bound token, 16 clients: agent-bus vs in-process", M_AGENT_BUS, 4, 4,
+               0.90);
+    target_lat(b, "latency-bound token, 64 clients: agent-bus vs in-process", M_AGENT_BUS, 8, 8,
+               0.90);
+
+    /* --- issue 6 --- */
+    target_added_latency(b, "6", "<= 60 us", 60.0);
+    target_tput(b, "6", "RSA-2048 PSS, 2 threads: agent vs direct-copy", ">= 0.90x", A_RSA_PSS,
                 M_DIRECT_COPY, 2, 1, 0.90);
-    target_tput(b, "RSA-2048 PSS, 2 processes: agent vs direct", ">= 0.90x", A_RSA_PSS,
+    target_tput(b, "6", "RSA-2048 PSS, 2 processes: agent vs direct-copy", ">= 0.90x", A_RSA_PSS,
                 M_DIRECT_COPY, 1, 2, 0.90);
-    target_tput(b, "P-256, 2 threads: agent vs direct", ">= 0.75x", A_P256, M_DIRECT_COPY, 2, 1,
-                0.75);
-    target_tput(b, "P-256, 2 processes: agent vs direct", ">= 0.75x", A_P256, M_DIRECT_COPY, 1,
-                2, 0.75);
-    target_tput(b, "P-256, 2 processes: agent vs p11-kit remoting", ">= 3x", A_P256,
+    target_tput(b, "6", "P-256, 2 threads: agent vs direct-copy", ">= 0.75x", A_P256,
+                M_DIRECT_COPY, 2, 1, 0.75);
+    target_tput(b, "6", "P-256, 2 processes: agent vs direct-copy", ">= 0.75x", A_P256,
+                M_DIRECT_COPY, 1, 2, 0.75);
+    target_tput(b, "6", "P-256, 2 processes: agent vs p11-kit remoting", ">= 3x", A_P256,
                 M_P11KIT_COPY, 1, 2, 3.0);
     if (b->p11kit_reason != NULL) {
         free(b->targets[b->ntargets - 1].measured);
@@ -162,7 +293,7 @@ void report_targets(bench_t *b)
         const time_row_t *m = find_time(b, "first:module:p256");
         const time_row_t *z = find_time(b, "first:none");
 
-        t = target(b, "fresh process, first P-256 signature: module in-process / agent",
+        t = target(b, "6", "fresh process, first P-256 signature: module in-process / agent",
                    ">= 10x");
         if (a != NULL && m != NULL) {
             t->ratio = m->median_ms / a->median_ms;
@@ -177,47 +308,8 @@ void report_targets(bench_t *b)
             t->measured = strdup("not measured");
         }
     }
-    {
-        const time_row_t *a = find_time(b, "pkeyutl:agent");
-        const time_row_t *s = find_time(b, "pkeyutl:soft");
-        const time_row_t *sc = find_time(b, "pkeyutl:soft+cnf");
-
-        t = target(b, "openssl pkeyutl -sign: agent key / software key", "<= 1.2x");
-        if (a != NULL && s != NULL) {
-            t->ratio = a->median_ms / s->median_ms;
-            t->met = t->ratio <= 1.2;
-            t->measured = bench_strdupf("%.2f vs %.2f ms: %.2fx (vs a software key with p11agent "
-                                        "configured, %.2f ms: %.2fx)",
-                                        a->median_ms, s->median_ms, t->ratio,
-                                        sc ? sc->median_ms : NAN,
-                                        sc ? a->median_ms / sc->median_ms : NAN);
-        } else {
-            t->measured = strdup("not measured");
-        }
-    }
-    {
-        const tls_row_t *a = find_tls(b, "1.3", "p256", "agent");
-        const tls_row_t *s = find_tls(b, "1.3", "p256", "software");
-
-        t = target(b, "mTLS TLS 1.3 P-256 handshakes/s: agent / software key", ">= 0.95x");
-        if (a != NULL && s != NULL && s->st.per_s > 0) {
-            t->ratio = a->st.per_s / s->st.per_s;
-            t->met = t->ratio >= 0.95;
-            t->measured = bench_strdupf("%.0f vs %.0f /s: %.3fx", a->st.per_s, s->st.per_s,
-                                        t->ratio);
-        } else {
-            t->measured = strdup("not measured");
-        }
-    }
-    target_lat(b, "latency-bound token (5 ms), 16 clients: agent vs in-process", M_AGENT, 4, 4,
-               0.90);
-    target_lat(b, "latency-bound token (5 ms), 64 clients: agent vs in-process", M_AGENT, 8, 8,
-               0.90);
-    target_lat(b, "latency-bound token (5 ms), 16 clients: agent-bus vs in-process", M_AGENT_BUS,
-               4, 4, 0.90);
-    target_lat(b, "latency-bound token (5 ms), 64 clients: agent-bus vs in-process", M_AGENT_BUS,
-               8, 8, 0.90);
-    t = target(b, "agent RSS with 100 keys on 4 tokens", "< 10 MiB");
+    target_pkeyutl(b, "6", "<= 1.2x", 1.2);
+    t = target(b, "6", "agent RSS with 100 keys on 4 tokens", "< 10 MiB");
     if (b->many_keys > 0 && b->many_error == NULL) {
         t->ratio = (double)b->many_rss_kib / 10240.0;
         t->met = b->many_rss_kib < 10240 && b->many_keys >= 100;
@@ -228,7 +320,7 @@ void report_targets(bench_t *b)
     } else {
         t->measured = strdup(b->many_error ? b->many_error : "not measured (--many-keys)");
     }
-    t = target(b, "agent RSS growth over the soak (P-256, 2 threads)",
+    t = target(b, "6", "agent RSS growth over the soak (P-256, 2 threads)",
                "<= 256 KiB (allocator noise) after 1M");
     if (b->soak_done > 0) {
         long growth = b->rss_after_soak_kib - b->rss_before_soak_kib;
@@ -370,42 +462,60 @@ void report_table(bench_t *b)
 
     if (!b->only_latency)
         table_sections_1_to_4(b);
-    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign %d' over the same token "
-           "(a network HSM), P-256; the agent's max-sessions: ", b->lat_delay_ms);
+    printf("\n== 5. Latency-bound token: p11fault.so 'delay C_Sign MS' over the same token "
+           "(a network HSM), P-256; the agent's max-sessions: ");
     if (b->lat_max_sessions > 0)
         printf("%d\n", b->lat_max_sessions);
     else
         printf("default (64)\n");
-    printf("%-8s %-22s %-13s %10s %9s %9s %14s\n", "clients", "shape", "method", "sig/s",
-           "p50 us", "p99 us", "vs in-process");
+    printf("%-8s %-22s %5s %-13s %10s %9s %9s %8s %14s\n", "clients", "shape", "ms", "method",
+           "sig/s", "p50 us", "p99 us", "CPU us", "vs in-process");
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
         char shape[32];
         double ratio = lat_ratio(b, r);
+        bool last = i + 1 == b->nlat || r->procs != b->lat[i + 1].procs
+                    || r->threads != b->lat[i + 1].threads
+                    || r->delay_ms != b->lat[i + 1].delay_ms;
 
         snprintf(shape, sizeof(shape), "%d proc x %d threads", r->procs, r->threads);
-        if (i > 0 && (r->procs != b->lat[i - 1].procs || r->threads != b->lat[i - 1].threads))
-            printf("\n");
         if (!r->st.ok) {
-            printf("%-8d %-22s %-13s %s\n", r->procs * r->threads, shape,
+            printf("%-8d %-22s %5d %-13s %s\n", r->procs * r->threads, shape, r->delay_ms,
                    bench_method_name(r->method), r->st.error);
-            continue;
+        } else {
+            printf("%-8d %-22s %5d %-13s %10.0f %9.1f %9.1f %8.0f", r->procs * r->threads, shape,
+                   r->delay_ms, bench_method_name(r->method), r->st.per_s, r->st.p50_us,
+                   r->st.p99_us, lat_cpu(r));
+            if (r->method != M_DIRECT_COPY && !isnan(ratio))
+                printf(" %13.2fx", ratio);
+            printf("\n");
         }
-        printf("%-8d %-22s %-13s %10.0f %9.1f %9.1f", r->procs * r->threads, shape,
-               bench_method_name(r->method), r->st.per_s, r->st.p50_us, r->st.p99_us);
-        if (r->method != M_DIRECT_COPY && !isnan(ratio))
-            printf(" %13.2fx", ratio);
-        printf("\n");
-    }
-    printf("   (vs in-process: the method's throughput over direct-copy's, same clients; "
-           "agent: the provider, at most 8 connections per process; agent-bus: a connection "
-           "per thread)\n");
+        if (last) {
+            const lat_row_t *d = find_lat(b, M_DIRECT_COPY, r->threads, r->procs, r->delay_ms);
 
-    printf("\n== Targets (issues 6 and 12)\n");
+            if (d != NULL)
+                printf("   the token allows %.0f sig/s (%d clients / %d ms); in-process reaches "
+                       "%.0f%%: %s\n",
+                       lat_bound(d), d->procs * d->threads, d->delay_ms,
+                       d->st.per_s / lat_bound(d) * 100,
+                       d->st.per_s / lat_bound(d) >= LAT_TOKEN_BOUND_SHARE
+                           ? "latency-bound"
+                           : "CPU-bound, the ratios compare CPU per signature");
+            if (i + 1 < b->nlat)
+                printf("\n");
+        }
+    }
+    printf("   (vs in-process: the method's throughput over direct-copy's, same clients and delay; "
+           "CPU us: clients' and agent's CPU time per signature; agent: the provider, at most 8 "
+           "connections per process; agent-bus: a connection per thread)\n");
+
+    printf("\n== Targets (issue 12, server scale; issue 6, the first benchmark)\n");
+    printf("%-6s %-7s %-66s %-12s %s\n", "issue", "verdict", "target", "goal", "measured");
     for (int i = 0; i < b->ntargets; i++) {
         const target_row_t *t = &b->targets[i];
 
-        printf("%-7s %-58s %-12s %s\n", verdict(t->met), t->name, t->goal, t->measured);
+        printf("%-6s %-7s %-66s %-12s %s\n", t->issues, verdict(t->met), t->name, t->goal,
+               t->measured);
     }
     fflush(stdout);
 }
@@ -453,6 +563,12 @@ static void jstat(FILE *f, const stat_row_t *s)
     jnum(f, s->p99_us);
     if (s->agent_sigs > 0)
         fprintf(f, ", \"agent_signatures\": %llu", (unsigned long long)s->agent_sigs);
+    fputs(", \"cpu_us\": ", f);
+    jnum(f, s->cpu_us);
+    if (s->agent_sigs > 0) {
+        fputs(", \"agent_cpu_us\": ", f);
+        jnum(f, s->agent_cpu_us);
+    }
 }
 
 int report_json(bench_t *b, const char *path)
@@ -556,14 +672,17 @@ int report_json(bench_t *b, const char *path)
     } else {
         fputs("    \"soak\": null\n", f);
     }
-    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"key\": \"p256\", "
-               "\"agent_max_sessions\": %d, \"rows\": [\n",
-            b->lat_delay_ms, b->lat_max_sessions);
+    fprintf(f, "  },\n  \"latency_bound\": {\"delay_ms\": %d, \"long_delay_ms\": %d, "
+               "\"key\": \"p256\", \"agent_max_sessions\": %d, \"rows\": [\n",
+            b->lat_delay_ms, b->lat_long_delay_ms, b->lat_max_sessions);
     for (int i = 0; i < b->nlat; i++) {
         const lat_row_t *r = &b->lat[i];
 
-        fprintf(f, "    {\"clients\": %d, \"processes\": %d, \"threads\": %d, \"method\": ",
-                r->procs * r->threads, r->procs, r->threads);
+        fprintf(f, "    {\"clients\": %d, \"processes\": %d, \"threads\": %d, \"delay_ms\": %d, "
+                   "\"token_bound_per_s\": ",
+                r->procs * r->threads, r->procs, r->threads, r->delay_ms);
+        jnum(f, lat_bound(r));
+        fputs(", \"method\": ", f);
         jstr(f, bench_method_name(r->method));
         fputs(", ", f);
         jstat(f, &r->st);
@@ -575,7 +694,7 @@ int report_json(bench_t *b, const char *path)
     for (int i = 0; i < b->ntargets; i++) {
         const target_row_t *t = &b->targets[i];
 
-        fputs("    {\"name\": ", f);
+        fprintf(f, "    {\"issues\": [%s], \"name\": ", t->issues);
         jstr(f, t->name);
         fputs(", \"goal\": ", f);
         jstr(f, t->goal);

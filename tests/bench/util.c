@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -154,6 +155,29 @@ long bench_pss_kib(int pid)
 long bench_rss_kib(int pid)
 {
     return bench_status_kib(pid, "VmRSS");
+}
+
+int64_t bench_proc_cpu_ns(int pid)
+{
+    char path[64], buf[1024], *p;
+    unsigned long long ut, st;
+    long tck = sysconf(_SC_CLK_TCK);
+    FILE *f;
+    size_t n;
+
+    snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+    f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* after "pid (comm) ": state is field 3, utime 14, stime 15 */
+    p = strrchr(buf, ')');
+    if (p == NULL || tck <= 0
+        || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+        return -1;
+    return (int64_t)((ut + st) * (1000000000ull / (unsigned long long)tck));
 }
 
 int bench_cfg_load(bench_cfg_t *cfg, char **err)

@@ -5,8 +5,9 @@
  * Protocol with the orchestrator, over the worker's stdin/stdout:
  *   worker -> "ready\n" once set up (key loaded, one signature verified)
  *   orchestrator -> "go\n"
- *   worker -> "ok OPS ELAPSED_NS NLAT\n" then NLAT little-endian uint32
- *             latencies in ns (saturated), and exits 0;
+ *   worker -> "ok OPS ELAPSED_NS NLAT CPU_NS\n" then NLAT little-endian
+ *             uint32 latencies in ns (saturated), and exits 0 (CPU_NS: the
+ *             worker's CPU time, all threads, from "go" to the report);
  *          or "err MESSAGE\n" and exits 1.
  * Signing runs THREADS threads for SECONDS (or until COUNT signatures in
  * all), each thread on its own message; the last signature of each thread
@@ -18,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -45,6 +47,17 @@ void worker_fail(const char *msg)
     exit(1);
 }
 
+static uint64_t cpu_at_go;
+
+static uint64_t process_cpu_ns(void)
+{
+    struct timespec ts;
+
+    if (clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) < 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 void worker_ready_wait(void)
 {
     char line[16];
@@ -53,6 +66,7 @@ void worker_ready_wait(void)
     fflush(stdout);
     if (fgets(line, sizeof(line), stdin) == NULL || strcmp(line, "go\n") != 0)
         worker_fail("no go from the orchestrator");
+    cpu_at_go = process_cpu_ns();
 }
 
 void worker_report(uint64_t ops, uint64_t elapsed_ns, lat_vec_t *lats, size_t nvec)
@@ -61,7 +75,8 @@ void worker_report(uint64_t ops, uint64_t elapsed_ns, lat_vec_t *lats, size_t nv
 
     for (size_t i = 0; i < nvec; i++)
         total += lats[i].n;
-    printf("ok %llu %llu %zu\n", (unsigned long long)ops, (unsigned long long)elapsed_ns, total);
+    printf("ok %llu %llu %zu %llu\n", (unsigned long long)ops, (unsigned long long)elapsed_ns,
+           total, (unsigned long long)(process_cpu_ns() - cpu_at_go));
     for (size_t i = 0; i < nvec; i++)
         if (lats[i].n > 0 && fwrite(lats[i].v, sizeof(uint32_t), lats[i].n, stdout) != lats[i].n)
             exit(1);

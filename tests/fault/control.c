@@ -613,11 +613,20 @@ static char *read_file(const char *path, size_t *ret_len)
 bool flt_control_check_locked(void)
 {
     struct stat st;
+
+    if (flt.control_path == NULL || stat(flt.control_path, &st) != 0)
+        return false;
+    return flt_control_check_stat_locked(&st);
+}
+
+bool flt_control_check_stat_locked(const struct stat *stp)
+{
+    const struct stat st = *stp;
     char *buf, *copy, *last_nl;
     size_t len = 0, upto, from = 0;
     unsigned long lineno = 1;
 
-    if (flt.control_path == NULL || stat(flt.control_path, &st) != 0)
+    if (flt.control_path == NULL)
         return false;
     if (flt.ctl_stat.exists && flt.ctl_stat.dev == st.st_dev && flt.ctl_stat.ino == st.st_ino &&
         flt.ctl_stat.size == st.st_size && flt.ctl_stat.mtime.tv_sec == st.st_mtim.tv_sec &&
@@ -713,6 +722,9 @@ void flt_state_write(void)
     unsigned long seq;
     FILE *fp;
 
+    /* set once by the first C_Initialize, before any other call */
+    if (flt.state_path == NULL)
+        return;
     pthread_mutex_lock(&flt.io_mu);
     pthread_mutex_lock(&flt.mu);
     seq = flt.state_seq;

@@ -67,6 +67,11 @@ static void sleep_ms(long ms)
 CK_RV call_begin(call_t *c, flt_fn_t fn, call_kind_t kind, CK_ULONG id)
 {
     CK_RV rv = CKR_OK;
+    /* control_path is set once by the first C_Initialize (under flt.mu)
+     * and never changes: stat() the file before taking the lock */
+    const char *ctl = __atomic_load_n(&flt.control_path, __ATOMIC_ACQUIRE);
+    struct stat st;
+    bool have_st = ctl != NULL && stat(ctl, &st) == 0;
 
     memset(c, 0, sizeof(*c));
     c->fn = fn;
@@ -79,7 +84,10 @@ CK_RV call_begin(call_t *c, flt_fn_t fn, call_kind_t kind, CK_ULONG id)
         rv = CKR_CRYPTOKI_NOT_INITIALIZED;
         goto out;
     }
-    flt_control_check_locked();
+    if (have_st)
+        flt_control_check_stat_locked(&st);
+    else
+        flt_control_check_locked(); /* the first call after C_Initialize set the path */
     if (kind == CALL_SLOT) {
         c->slot = id;
         c->has_slot = true;
@@ -302,7 +310,7 @@ static CK_RV w_C_Initialize(CK_VOID_PTR pInitArgs)
     if ((rv = load_real_locked()) != CKR_OK)
         goto out;
     if (flt.control_path == NULL)
-        flt.control_path = env_dup("P11FAULT_CONTROL");
+        __atomic_store_n(&flt.control_path, env_dup("P11FAULT_CONTROL"), __ATOMIC_RELEASE);
     if (flt.state_path == NULL)
         flt.state_path = env_dup("P11FAULT_STATE");
     rv = flt.real->C_Initialize(&real_args);

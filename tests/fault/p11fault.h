@@ -18,6 +18,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <time.h>
 
@@ -173,6 +174,10 @@ void flt_lie_token_info_locked(const flt_slot_t *s, CK_TOKEN_INFO_PTR info);
 
 /* control.c */
 bool flt_control_check_locked(void);
+/* The same with the control file's stat() made by the caller, before it
+ * took flt.mu (so that the many threads of a process do not wait on one
+ * another's stat() calls). */
+bool flt_control_check_stat_locked(const struct stat *st);
 void flt_config_reset_locked(void);
 void flt_state_write(void);
 int flt_fn_lookup(const char *name);

@@ -642,6 +642,29 @@ static void test_fault_finalize_wakes_waiter(void **state)
     assert_int_equal(fx.f->C_CloseSession(s), CKR_OK);
 }
 
+/* Without the watcher thread (CKF_LIBRARY_CANT_CREATE_OS_THREADS), a
+ * control line is applied by the very next call: every call looks at the
+ * control file (its stat() made before the module's lock is taken). */
+static void test_fault_control_per_call(void **state)
+{
+    CK_C_INITIALIZE_ARGS args = { .flags = CKF_OS_LOCKING_OK | CKF_LIBRARY_CANT_CREATE_OS_THREADS };
+    CK_TOKEN_INFO ti;
+    FILE *fp;
+
+    assert_int_equal(fx.f->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(fx.f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    fp = fopen(fx.control, "a");
+    assert_non_null(fp);
+    fprintf(fp, "fail C_GetTokenInfo CKR_DEVICE_ERROR 1\n");
+    assert_int_equal(fclose(fp), 0);
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_DEVICE_ERROR);
+    assert_int_equal(fx.f->C_GetTokenInfo(fx.slot, &ti), CKR_OK);
+    /* back to the fixture's module, watcher and all */
+    assert_int_equal(fx.f->C_Finalize(NULL), CKR_OK);
+    assert_int_equal(init(fx.f), CKR_OK);
+}
+
 static void test_fault_pinpad(void **state)
 {
     CK_SESSION_HANDLE s;
@@ -1655,6 +1678,7 @@ int main(void)
         T(test_fault_pool_session_back_on_error),
         T(test_fault_pool_trims_idle),
         T(test_fault_finalize_wakes_waiter),
+        T(test_fault_control_per_call),
 #undef T
     };
 
