@@ -282,8 +282,18 @@ static void *client_thread(void *data)
     agent_t *a = c->agent;
 
     for (;;) {
-        int ms = wait_ms(a, c);
+        int ms = wait_ms(a, c), due;
 
+        /* audit-interval: the summaries are written on time even when the
+         * client goes quiet */
+        if (ms != 0 && (due = agent_audit_due_ms(c, agent_now_ms())) >= 0) {
+            if (due == 0) {
+                agent_audit_flush(a, c, false);
+                continue;
+            }
+            if (ms < 0 || due < ms)
+                ms = due;
+        }
         if (ms == 0 ? expire(a, c)
             : c->chan ? !serve_with_channel(c, ms)
                       : !dbus_connection_read_write_dispatch(c->conn, ms))
@@ -292,6 +302,7 @@ static void *client_thread(void *data)
             break;
     }
     agent_channel_close(c);
+    agent_audit_flush(a, c, true);
     agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
                 (long)c->pid);
     /* Out of every count, and nobody shuts down its fd once it is closed. */
@@ -312,6 +323,7 @@ static void *client_thread(void *data)
     }
     pthread_cond_broadcast(&a->clients_gone);
     pthread_mutex_unlock(&a->clients_lock);
+    agent_audit_batch_done(&c->audit_batch);
     free(c);
     return NULL;
 }
@@ -329,6 +341,7 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
     if (!c)
         goto oom;
     c->agent = a;
+    agent_audit_batch_init(&c->audit_batch);
     c->conn = dbus_connection_ref(conn);
     c->since_ms = agent_now_ms();
     atomic_init(&c->state, AGENT_CONN_PENDING);
@@ -409,6 +422,7 @@ fail:
     dbus_connection_close(conn);
     if (c) {
         dbus_connection_unref(c->conn);
+        agent_audit_batch_done(&c->audit_batch);
         free(c);
     }
 }
@@ -599,6 +613,7 @@ bool agent_server_stop(agent_t *a)
         }
     }
     pthread_mutex_unlock(&a->clients_lock);
+    agent_audit_flush(a, &a->bus_client, true);
     if (a->session_bus) {
         dbus_connection_close(a->session_bus);
         dbus_connection_unref(a->session_bus);
