@@ -150,6 +150,7 @@ typedef struct agent_use_audit {
     char hash[16];
     char key[512];
     long long duration_us;
+    int64_t at_ms; /* when it ended (CLOCK_MONOTONIC ms, as agent_now_ms) */
 } agent_use_audit_t;
 
 /* audit-interval: per connection, the successful uses of a (key, event,
@@ -208,6 +209,10 @@ typedef struct agent_client {
     /* The signing channel handed out by OpenChannel, or NULL (channel.c;
      * only this client's thread touches it). */
     struct agent_chan *chan;
+    /* With a channel (server.c, this client's thread only): libdbus was
+     * called since its queues were last looked at; it had replies to write */
+    bool dbus_called;
+    bool dbus_pollout;
 } agent_client_t;
 
 /* Fills c's credentials from its socket: uid, gid, pid, groups, and the

@@ -237,7 +237,7 @@ void agent_audit_use(agent_t *a, agent_client_t *c, agent_use_audit_t *u)
         audit_line(a, c, u->event, u->key, u->alg, u->hash, "ok", u->duration_us, 1, NULL);
         return;
     }
-    now = agent_now_ms();
+    now = u->at_ms ? u->at_ms : agent_now_ms();
     batch_lock(b);
     for (i = 0; i < b->n; i++) {
         e = &b->sums[i];

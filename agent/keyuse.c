@@ -220,6 +220,7 @@ static int use_locked(agent_client_t *c, const char *uri, const agent_key_use_t 
         copy_cut(res->audit.hash, sizeof(res->audit.hash), u->hash);
         copy_cut(res->audit.key, sizeof(res->audit.key), key->uri);
         res->audit.duration_us = t1 - t0;
+        res->audit.at_ms = t1 / 1000;
     }
     return USE_DONE;
 }
