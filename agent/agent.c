@@ -29,6 +29,8 @@ int agent_init(agent_t *a)
     pthread_mutex_init(&a->confirm_lock, NULL);
     pthread_mutex_init(&a->audit_lock, NULL);
     a->audit_fd = -1;
+    a->audit_interval_s = AGENT_AUDIT_INTERVAL_DEFAULT_S;
+    agent_audit_batch_init(&a->bus_client.audit_batch);
     a->token_states = calloc(AGENT_MAX_TOKENS, sizeof(*a->token_states));
     if (!a->token_states)
         return -ENOMEM;
@@ -57,6 +59,7 @@ void agent_done(agent_t *a)
     for (size_t i = 0; i < AGENT_MAX_CONFIRMED; i++)
         free(a->confirmed[i].key_uri);
     pthread_mutex_destroy(&a->confirm_lock);
+    agent_audit_batch_done(&a->bus_client.audit_batch);
     agent_audit_set_fd(a, -1, NULL);
     pthread_mutex_destroy(&a->audit_lock);
     agent_conf_clear(&a->conf);
@@ -226,6 +229,8 @@ static void install_locked(agent_t *a, agent_conf_t *c, conf_live_t *l)
     a->auth_timeout_s = n->auth_timeout_s ? n->auth_timeout_s : AGENT_AUTH_TIMEOUT_DEFAULT_S;
     a->client_idle_s = n->client_idle_s;
     a->audit = n->audit;
+    a->audit_interval_s = n->audit_interval_set ? n->audit_interval_s
+                                                : AGENT_AUDIT_INTERVAL_DEFAULT_S;
     /* Defaults: a desktop login (and its PIN) ends after an hour unused or
      * a working day, as gpg-agent users expect a TTL; a system agent's
      * PINs come from files or credentials: its logins stay. */
@@ -315,6 +320,9 @@ int agent_reload_conf(agent_t *a)
         agent_warn("reload: %s: module changed: needs a restart (the agent keeps the modules it "
                    "loaded at start%s)",
                    path, a->cli_modules ? "; --module on the command line overrides it" : "");
+    /* the uses counted so far are summed up under the settings they were
+     * made with */
+    agent_audit_flush_clients(a);
     pthread_rwlock_wrlock(&a->keys_lock);
     install_locked(a, &c, &l);
     agent_policy_update_locked(a);

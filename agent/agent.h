@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include <dbus/dbus.h>
 
@@ -140,6 +141,39 @@ typedef enum {
 /* Which count of agent_t a connection is in (under clients_lock). */
 typedef enum { AGENT_SLOT_NONE, AGENT_SLOT_PENDING, AGENT_SLOT_CLIENT } agent_slot_t;
 
+/* What the audit record of a successful use says; written once the result
+ * is on its way (agent_audit_use). */
+typedef struct agent_use_audit {
+    bool set;
+    const char *event; /* static: "sign", "decrypt" */
+    const char *alg;   /* static */
+    char hash[16];
+    char key[512];
+    long long duration_us;
+    int64_t at_ms; /* when it ended (CLOCK_MONOTONIC ms, as agent_now_ms) */
+} agent_use_audit_t;
+
+/* audit-interval: per connection, the successful uses of a (key, event,
+ * mechanism) counted since the last record, written as one summary record
+ * when the interval ends (audit.c). lock is a leaf but for audit_lock. */
+#define AGENT_AUDIT_BATCH_MAX 8
+typedef struct agent_audit_batch {
+    pthread_mutex_t lock;
+    bool lock_ready;
+    atomic_int_fast64_t next_ms; /* the earliest end of an interval (monotonic ms), 0: none */
+    size_t n;
+    struct agent_audit_sum {
+        const char *event;
+        const char *alg;
+        char hash[16];
+        char *key;              /* malloc'd */
+        int64_t until_ms;       /* this interval ends (monotonic ms) */
+        unsigned long long count; /* uses in it not yet written */
+        long long total_us;
+        struct timespec first;  /* CLOCK_REALTIME of the first of them */
+    } sums[AGENT_AUDIT_BATCH_MAX];
+} agent_audit_batch_t;
+
 typedef struct agent_client {
     struct agent_client *next;
     struct agent *agent;
@@ -166,20 +200,19 @@ typedef struct agent_client {
     unsigned long long start_time; /* field 22 of /proc/PID/stat at connect time */
     /* The audit record of a signature, written once the reply is on its way
      * (only this client's thread touches it). */
-    struct {
-        bool set;
-        const char *event; /* static: "sign", "decrypt" */
-        const char *alg;  /* static */
-        char hash[16];
-        char key[512];
-        long long duration_us;
-    } pending_audit;
+    agent_use_audit_t pending_audit;
+    /* Successful uses counted for summary records (audit-interval; audit.c). */
+    agent_audit_batch_t audit_batch;
     /* The reply about to be sent holds a secret (a plaintext): flushed,
      * then wiped before it is freed (only this client's thread touches it). */
     bool wipe_reply;
     /* The signing channel handed out by OpenChannel, or NULL (channel.c;
      * only this client's thread touches it). */
     struct agent_chan *chan;
+    /* With a channel (server.c, this client's thread only): libdbus was
+     * called since its queues were last looked at; it had replies to write */
+    bool dbus_called;
+    bool dbus_pollout;
 } agent_client_t;
 
 /* Fills c's credentials from its socket: uid, gid, pid, groups, and the
@@ -201,6 +234,8 @@ int agent_client_exe_check(const agent_client_t *c, char *exe, size_t exe_size, 
                            size_t why_size);
 
 #define AGENT_MAX_CLIENTS_DEFAULT 256
+/* audit-interval when not set: a summary record per second and key */
+#define AGENT_AUDIT_INTERVAL_DEFAULT_S 1
 /* a token's pool sessions idle this long close (the last one stays) */
 #define AGENT_SESSION_IDLE_S 60
 /* keys whose confirmation is remembered at once (the oldest is forgotten) */
@@ -240,6 +275,7 @@ typedef struct agent {
     atomic_uint auth_timeout_s;   /* a pending connection is closed after this */
     atomic_uint client_idle_s;    /* an idle client is closed after this (0: never) */
     _Atomic(agent_audit_t) audit;
+    atomic_uint audit_interval_s; /* audit-interval: 0, one record per use */
     /* agent.conf: the path read at start and at each reload, and the
      * settings in force. conf, pin_source and token_pin_sources are
      * replaced by a reload under keys_lock (write): read them under
@@ -380,17 +416,37 @@ typedef struct agent_key_use {
     atomic_uint_fast64_t *ok_count;
     atomic_uint_fast64_t *fail_count;
 } agent_key_use_t;
-/* Runs u for the key uri names and builds the reply (an `ay` of the result,
- * or an error naming key, token and cause). 0 with *ret_reply set, or
- * -ENOMEM when no reply could be built. No agent lock held by the caller. */
-int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const agent_key_use_t *u,
-                  DBusMessage **ret_reply);
+/* The outcome of one use, for either transport to send. */
+typedef struct agent_use_result {
+    int status;       /* 0: out holds the result; else a bus_err_t, text says why */
+    uint8_t *out;     /* malloc'd; wiped by agent_use_result_clear when secret */
+    size_t out_len;
+    bool secret;      /* out is a plaintext: wiped wherever it was copied */
+    char *text;       /* status != 0: valid UTF-8 sentence naming key, token and
+                         cause, malloc'd; NULL when out of memory */
+    agent_use_audit_t audit; /* status 0: the record to write once sent */
+} agent_use_result_t;
+/* Runs u for the key uri names: *res is filled with the result or an error
+ * (on out of memory: status BUS_ERR_NO_MEMORY, text NULL), counted in
+ * u->ok_count or u->fail_count; refusals and failures are audited here,
+ * the record of a success is in res->audit for the caller to write with
+ * agent_audit_use once the result is sent. No agent lock held. */
+void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
+                   agent_use_result_t *res);
+/* Wipes (secret) and frees what res holds. */
+void agent_use_result_clear(agent_use_result_t *res);
+/* The error text of res, or a fixed one when there is none (out of memory). */
+const char *agent_use_result_text(const agent_use_result_t *res);
 
+/* agent/handlers.c: the D-Bus reply to msg of a use (an `ay`, or the
+ * error); a result to write after it is sent goes to c->pending_audit and
+ * c->wipe_reply. res is cleared. 0, or -ENOMEM when no reply could be built. */
+int agent_use_reply(agent_client_t *c, DBusMessage *msg, agent_use_result_t *res,
+                    DBusMessage **ret_reply);
 /* agent/handlers.c: one signature with the parameters of a Sign call, for
- * D-Bus and the channel alike (msg: the call the reply answers). */
-int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
-               const bus_sign_params_t *bp, const uint8_t *data, size_t len,
-               DBusMessage **ret_reply);
+ * D-Bus and the channel alike. */
+void agent_sign(agent_client_t *c, const char *uri, const bus_sign_params_t *bp,
+                const uint8_t *data, size_t len, agent_use_result_t *res);
 
 /* agent/channel.c: the signing channel of a client (see dbus/channel.h),
  * served by the client's own thread. */
@@ -433,9 +489,26 @@ void agent_policy_update_locked(agent_t *a);
  * default); never NULL. */
 const agent_pin_source_t *agent_pin_source_for_locked(agent_t *a, tok_token_t *t);
 
-/* agent/audit.c: one line per signature or refusal, key=value. */
+/* agent/audit.c: one line per refusal, failure, login ..., key=value;
+ * successful uses through agent_audit_use (audit-interval). */
 void agent_audit(agent_t *a, const agent_client_t *c, const char *event, const char *key_uri,
                  const char *alg, const char *hash, const char *result, long long duration_us);
+/* A successful use (u->set) once its result is sent: with audit = all, a
+ * record now when it is the first of its (key, event, mechanism) on this
+ * connection within audit-interval, else counted for the summary record
+ * written when the interval ends. Clears u->set. */
+void agent_audit_use(agent_t *a, agent_client_t *c, agent_use_audit_t *u);
+/* Writes the summary records of c whose interval ended (all: every one,
+ * as when the connection or its channel closes, the agent reloads or
+ * exits). Any thread. */
+void agent_audit_flush(agent_t *a, agent_client_t *c, bool all);
+/* Milliseconds until c has a summary record to write (0: now), or -1. */
+int agent_audit_due_ms(agent_client_t *c, int64_t now_ms);
+void agent_audit_batch_init(agent_audit_batch_t *b);
+/* Frees what b holds (its counts must have been flushed). */
+void agent_audit_batch_done(agent_audit_batch_t *b);
+/* agent_audit_flush(all) of every connection and the session bus. */
+void agent_audit_flush_clients(agent_t *a);
 /* Opens path for audit lines: O_APPEND, created 0600, no symlink, owned by
  * the agent's user or root and not writable by others. An fd, or a negative
  * errno with *errmsg naming the file and the cause. */

@@ -6,7 +6,8 @@
  * its place in the limits: a frame makes the client busy as a method call
  * does, its idle timeout covers both, closing it closes the channel. Every
  * Sign goes through agent_sign(), the path of the D-Bus Sign (lookup,
- * access, allow-exe now, confirm, login, counters, audit).
+ * access, allow-exe now, confirm, login, counters, audit), whose result is
+ * written straight into the reply frame.
  */
 #include <errno.h>
 #include <poll.h>
@@ -24,7 +25,6 @@
 
 typedef struct agent_chan {
     int fd;
-    DBusMessage *call;  /* the Sign call replies are built against */
     char *uris[BUS_CHAN_MAX_HANDLES]; /* handle i+1 */
     size_t have;        /* bytes in in */
     uint8_t in[sizeof(bus_chan_req_hdr_t) + BUS_CHAN_MAX_PAYLOAD];
@@ -43,18 +43,10 @@ int agent_channel_open(agent_client_t *c, int *ret_fd, char **why)
     ch = calloc(1, sizeof(*ch));
     if (!ch)
         return -ENOMEM;
-    ch->call = dbus_message_new_method_call(NULL, BUS_PATH, BUS_IFACE, "Sign");
-    if (!ch->call) {
-        free(ch);
-        return -ENOMEM;
-    }
-    /* replies are made against a call with a serial, as on the bus */
-    dbus_message_set_serial(ch->call, 1);
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
         int r = -errno;
 
         agent_set_errmsg(why, "socketpair: %s", strerror(errno));
-        dbus_message_unref(ch->call);
         free(ch);
         return r;
     }
@@ -74,7 +66,8 @@ void agent_channel_close(agent_client_t *c)
         return;
     c->chan = NULL;
     close(ch->fd);
-    dbus_message_unref(ch->call);
+    /* the counts of its uses go out now, not at the end of the interval */
+    agent_audit_flush(c->agent, c, true);
     for (size_t i = 0; i < BUS_CHAN_MAX_HANDLES; i++)
         free(ch->uris[i]);
     free(ch);
@@ -154,16 +147,15 @@ static bool answer_bind(agent_chan_t *ch, const bus_chan_req_t *q)
     return send_all(ch->fd, ch->out, n);
 }
 
-/* SIGN through the one path of every signature; the reply is translated
- * into a frame, the audit record written once it is sent. */
+/* SIGN through the one path of every signature (agent_sign): its result
+ * goes straight into the reply frame; the audit record is written once it
+ * is sent. */
 static bool answer_sign(agent_client_t *c, agent_chan_t *ch, const bus_chan_req_t *q)
 {
     agent_t *a = c->agent;
-    DBusMessage *reply = NULL;
-    const char *uri, *text = NULL;
-    const uint8_t *sig = NULL;
-    int sig_len = 0, status;
+    agent_use_result_t res;
     char buf[160];
+    const char *text;
     size_t n;
     bool ok;
 
@@ -178,28 +170,20 @@ static bool answer_sign(agent_client_t *c, agent_chan_t *ch, const bus_chan_req_
                  (unsigned)q->handle);
         return send_error(ch, q, BUS_ERR_INVALID_ARGS, buf);
     }
-    uri = ch->uris[q->handle - 1];
-    if (agent_sign(c, ch->call, uri, &q->params, q->data, q->len, &reply) < 0)
-        return send_error(ch, q, BUS_ERR_NO_MEMORY, "the agent ran out of memory signing");
-    if (dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN &&
-        dbus_message_get_args(reply, NULL, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sig, &sig_len,
-                              DBUS_TYPE_INVALID)) {
-        n = bus_chan_encode_reply(ch->out, q->op, q->id, 0, q->handle, sig, (size_t)sig_len);
+    agent_sign(c, ch->uris[q->handle - 1], &q->params, q->data, q->len, &res);
+    if (res.status == 0) {
+        n = bus_chan_encode_reply(ch->out, q->op, q->id, 0, q->handle, res.out, res.out_len);
     } else {
-        status = bus_err_from_name(dbus_message_get_error_name(reply));
-        if (!dbus_message_get_args(reply, NULL, DBUS_TYPE_STRING, &text, DBUS_TYPE_INVALID))
-            text = "signing failed";
-        n = bus_chan_encode_reply(ch->out, q->op, q->id, status < 0 ? status : BUS_ERR_FAILED,
-                                  q->handle, text, strlen(text));
+        text = agent_use_result_text(&res);
+        n = bus_chan_encode_reply(ch->out, q->op, q->id, res.status, q->handle, text,
+                                  strlen(text));
     }
     ok = send_all(ch->fd, ch->out, n);
-    dbus_message_unref(reply);
-    if (c->pending_audit.set) {
-        c->pending_audit.set = false;
-        agent_audit(a, c, c->pending_audit.event, c->pending_audit.key, c->pending_audit.alg,
-                    c->pending_audit.hash, "ok", c->pending_audit.duration_us);
-    }
-    c->wipe_reply = false;
+    if (res.secret)
+        explicit_bzero(ch->out, n);
+    if (res.audit.set)
+        agent_audit_use(a, c, &res.audit);
+    agent_use_result_clear(&res);
     return ok;
 }
 

@@ -297,7 +297,9 @@ static int parse_duration(const setting_t *s, void *base, char *value, char *why
                  "%s = '%s': %s: expected a duration from %s to %s (seconds, or a number with "
                  "a unit: 30s, 15m, 8h, 1d)%s",
                  s->name, value, r == -ERANGE ? "out of range" : "not a duration", lo, hi,
-                 s->min == 0 ? "; 0 means never" : "");
+                 s->min != 0                               ? ""
+                 : strcmp(s->name, "audit-interval") == 0 ? "; 0 records every use"
+                                                          : "; 0 means never");
         return -EINVAL;
     }
     *(unsigned *)FIELD(base, s->field) = v;
@@ -393,6 +395,8 @@ static const setting_t settings[] = {
      false},
     {"audit", SEC_AGENT, parse_audit, A(audit), AUX_NONE, 0, 0, false},
     {"audit-file", SEC_AGENT, parse_path, A(audit_file), AUX_NONE, 0, 0, false},
+    {"audit-interval", SEC_AGENT, parse_duration, A(audit_interval_s), A(audit_interval_set), 0,
+     3600, false},
     {"allow-users", SEC_AGENT, parse_users, A(allow), AUX_NONE, 0, 0, true},
     {"allow-groups", SEC_AGENT, parse_groups, A(allow), AUX_NONE, 0, 0, true},
     {"allow-unlock-users", SEC_AGENT, parse_users, A(allow_unlock), AUX_NONE, 0, 0, true},

@@ -82,6 +82,11 @@ typedef struct agent_conf {
     agent_id_list_t allow;
     agent_id_list_t allow_unlock; /* Lock/Unlock besides the owner and root */
     agent_audit_t audit;
+    /* audit-interval: successful uses of a key by a connection within this
+     * many seconds after one is recorded are counted into one summary
+     * record; 0 records each one */
+    unsigned audit_interval_s;
+    bool audit_interval_set;
     char *audit_file;  /* audit lines also go here, or NULL */
     agent_token_conf_t *tokens;
     size_t n_tokens;

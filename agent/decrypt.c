@@ -65,6 +65,7 @@ int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *m
                          .secret_result = true, .decrypt = true, .ok_count = &a->decryptions,
                          .fail_count = &a->decrypt_failures};
     DBusMessage *reply = NULL;
+    agent_use_result_t res;
     int r, h = 0, m = 0;
 
     (void)conn;
@@ -100,5 +101,6 @@ int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *m
     du.tp.label_len = bp.label_len;
     u.alg = bus_dec_alg_name(bp.alg);
     u.hash = bp.hash;
-    return agent_use_key(c, msg, uri, &u, ret_reply);
+    agent_use_key(c, uri, &u, &res);
+    return agent_use_reply(c, msg, &res, ret_reply);
 }

@@ -20,7 +20,8 @@
 
 #define error_reply agent_error_reply
 
-/* The longest error text a client gets: a URI or two and a reason fit well. */
+/* The longest error text a client gets: a URI or two and a reason fit well
+ * (keyuse.c says the same). */
 #define ERROR_TEXT_MAX 2048
 
 /* An error reply whose text embeds client and module strings (URIs, labels,
@@ -185,9 +186,8 @@ static int run_sign(void *arg, const tok_key_t *key, const tok_auth_t *auth, uin
     return tok_sign_auth(key, &s->tp, s->data, s->len, auth, ret, ret_len, why);
 }
 
-int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
-               const bus_sign_params_t *bp, const uint8_t *data, size_t len,
-               DBusMessage **ret_reply)
+void agent_sign(agent_client_t *c, const char *uri, const bus_sign_params_t *bp,
+                const uint8_t *data, size_t len, agent_use_result_t *res)
 {
     agent_t *a = c->agent;
     sign_use_t su = {.data = data, .len = len};
@@ -196,11 +196,16 @@ int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
     int h = tok_hash_from_name(bp->hash), m = tok_hash_from_name(bp->mgf1_hash);
 
     if (h < 0 || m < 0) {
+        char *text = NULL;
+
         atomic_fetch_add(&a->sign_failures, 1);
-        return reply_out(error_reply(msg, BUS_ERR_UNSUPPORTED,
-                                     "hash '%s' is not supported for key '%s'",
-                                     h < 0 ? bp->hash : bp->mgf1_hash, uri),
-                         ret_reply);
+        *res = (agent_use_result_t){.status = BUS_ERR_UNSUPPORTED};
+        if (asprintf(&text, "hash '%s' is not supported for key '%s'",
+                     h < 0 ? bp->hash : bp->mgf1_hash, uri) >= 0) {
+            res->text = text_dbus_safe(text, ERROR_TEXT_MAX);
+            free(text);
+        }
+        return;
     }
     su.tp.alg = (tok_sig_alg_t)bp->alg;
     su.tp.hash = (tok_hash_t)h;
@@ -208,7 +213,39 @@ int agent_sign(agent_client_t *c, DBusMessage *msg, const char *uri,
     su.tp.salt_len = bp->salt_len;
     u.alg = bus_sig_alg_name(bp->alg);
     u.hash = bp->hash;
-    return agent_use_key(c, msg, uri, &u, ret_reply);
+    agent_use_key(c, uri, &u, res);
+}
+
+int agent_use_reply(agent_client_t *c, DBusMessage *msg, agent_use_result_t *res,
+                    DBusMessage **ret_reply)
+{
+    DBusMessage *reply = NULL;
+
+    if (res->status == 0) {
+        const uint8_t *out = res->out;
+
+        reply = dbus_message_new_method_return(msg);
+        if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &out,
+                                               (int)res->out_len, DBUS_TYPE_INVALID)) {
+            dbus_message_unref(reply);
+            reply = NULL;
+        }
+        if (reply) {
+            /* the record is written after the reply is sent (agent_dispatch) */
+            c->pending_audit = res->audit;
+            c->wipe_reply = res->secret;
+        } else {
+            /* done, but the answer cannot be built: an error, not a missing
+             * reply that libdbus would dispatch again */
+            agent_err("out of memory replying with the result of a key");
+            res->status = BUS_ERR_NO_MEMORY;
+        }
+    }
+    if (res->status != 0)
+        reply = dbus_message_new_error(msg, bus_err_name(res->status),
+                                       agent_use_result_text(res));
+    agent_use_result_clear(res);
+    return reply_out(reply, ret_reply);
 }
 
 static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
@@ -220,6 +257,7 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
     const uint8_t *data;
     size_t len;
     DBusMessage *reply = NULL;
+    agent_use_result_t res;
     int r;
 
     (void)conn;
@@ -234,7 +272,8 @@ static int agent_handle_sign(agent_client_t *c, DBusConnection *conn, DBusMessag
         atomic_fetch_add(&a->sign_failures, 1);
         return reply_out(reply, ret_reply);
     }
-    return agent_sign(c, msg, uri, &bp, data, len, ret_reply);
+    agent_sign(c, uri, &bp, data, len, &res);
+    return agent_use_reply(c, msg, &res, ret_reply);
 }
 
 /* OpenChannel() -> h: the signing channel of this connection (channel.c). */
@@ -684,12 +723,8 @@ DBusHandlerResult agent_dispatch(agent_client_t *c, DBusConnection *conn, DBusMe
             }
             dbus_message_unref(reply);
         }
-        if (c->pending_audit.set) {
-            c->pending_audit.set = false;
-            agent_audit(c->agent, c, c->pending_audit.event, c->pending_audit.key,
-                        c->pending_audit.alg,
-                        c->pending_audit.hash, "ok", c->pending_audit.duration_us);
-        }
+        if (c->pending_audit.set)
+            agent_audit_use(c->agent, c, &c->pending_audit);
         if (c->stop_after_reply) {
             /* the main loop stops as on SIGTERM (signals go to its signalfd) */
             c->stop_after_reply = false;

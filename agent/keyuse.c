@@ -10,17 +10,55 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdarg.h>
 #include <time.h>
 
 #include "agent.h"
+#include "text.h"
 
-#define error_reply agent_error_reply
+#define ERROR_TEXT_MAX 2048
+
+/* Sets res to the error err with a sentence (any bytes: URIs, labels; made
+ * valid UTF-8 and cut at a character boundary, as it goes on D-Bus). On out
+ * of memory the text stays NULL: the status still tells the client. */
+static void use_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
+static void use_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
+{
+    char *text = NULL;
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vasprintf(&text, fmt, ap);
+    va_end(ap);
+    free(res->text);
+    res->status = err;
+    res->text = n < 0 ? NULL : text_dbus_safe(text, ERROR_TEXT_MAX);
+    if (n >= 0)
+        free(text);
+}
+
+void agent_use_result_clear(agent_use_result_t *res)
+{
+    if (res->out && res->secret)
+        explicit_bzero(res->out, res->out_len);
+    free(res->out);
+    free(res->text);
+    res->out = NULL;
+    res->out_len = 0;
+    res->text = NULL;
+}
+
+const char *agent_use_result_text(const agent_use_result_t *res)
+{
+    return res->text ? res->text : "the agent ran out of memory";
+}
 
 /* Finds the one key a request names: its canonical URI (the fast path: that is
  * what FindKeys returned), else any URI that matches exactly one key.
- * Returns its index, or -1 with *ret_err set. */
-static ssize_t lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
-                                 DBusMessage **ret_err)
+ * Returns its index, or -1 with res set to the error. */
+static ssize_t lookup_key_locked(agent_t *a, const char *uri, agent_use_result_t *res)
 {
     const tok_key_t **keys = NULL;
     ssize_t found = -1;
@@ -32,19 +70,17 @@ static ssize_t lookup_key_locked(agent_t *a, DBusMessage *msg, const char *uri,
             return (ssize_t)i;
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
-        *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
+        use_fail(res, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
     else if (r < 0)
-        *ret_err = error_reply(msg, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
-                               tok_strerror(r));
+        use_fail(res, agent_err_from_tok(r), "looking up '%s' failed: %s", uri, tok_strerror(r));
     else if (n == 0)
-        *ret_err = error_reply(msg, BUS_ERR_NO_SUCH_KEY,
-                               "no key matches '%s' (the agent holds %zu keys on %zu tokens; "
-                               "list them with 'p11agentctl keys')",
-                               uri, tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+        use_fail(res, BUS_ERR_NO_SUCH_KEY,
+                 "no key matches '%s' (the agent holds %zu keys on %zu tokens; "
+                 "list them with 'p11agentctl keys')",
+                 uri, tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
     else if (n > 1)
-        *ret_err = error_reply(msg, BUS_ERR_INVALID_ARGS,
-                               "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri,
-                               n);
+        use_fail(res, BUS_ERR_INVALID_ARGS,
+                 "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri, n);
     else
         for (size_t i = 0; i < tok_ctx_n_keys(a->tok) && found < 0; i++)
             if (tok_ctx_key(a->tok, i) == keys[0])
@@ -91,46 +127,40 @@ static bool set_need(use_need_t *n, need_t what, const tok_key_t *key)
 }
 
 /* use_locked's results besides negative errno */
-enum { USE_REPLIED = 0, USE_NEEDS = 1 };
+enum { USE_DONE = 0, USE_NEEDS = 1 };
 
-/* An `ay` reply holding out. NULL when out of memory. */
-static DBusMessage *bytes_reply(DBusMessage *msg, const uint8_t *out, size_t len)
+/* Copies at most size - 1 bytes of s and a NUL. */
+static void copy_cut(char *dst, size_t size, const char *s)
 {
-    DBusMessage *reply = dbus_message_new_method_return(msg);
+    size_t n = strnlen(s, size - 1);
 
-    if (reply && !dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &out,
-                                           (int)len, DBUS_TYPE_INVALID)) {
-        dbus_message_unref(reply);
-        reply = NULL;
-    }
-    return reply;
+    memcpy(dst, s, n);
+    dst[n] = '\0';
 }
 
 /* Uses the key the request names; keys_lock is held for reading. Returns
- * USE_REPLIED with *ret_reply set (the result or an error for the client),
+ * USE_DONE with *res set (the result or an error for the client),
  * USE_NEEDS with *need set when a login or a PIN for this use must come
- * first (obtained without the lock, then retried), or -ENOMEM (nothing for
- * the client could be built; *ret_reply untouched). */
-static int use_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
-                      const agent_key_use_t *u, const tok_auth_t *auth, bool may_need,
-                      bool confirmed, use_need_t *need, DBusMessage **ret_reply)
+ * first (obtained without the lock, then retried), or -ENOMEM. */
+static int use_locked(agent_client_t *c, const char *uri, const agent_key_use_t *u,
+                      const tok_auth_t *auth, bool may_need, bool confirmed, use_need_t *need,
+                      agent_use_result_t *res)
 {
     const agent_key_policy_t *pol;
     agent_t *a = c->agent;
     char why_denied[768];
     const tok_key_t *key;
-    DBusMessage *reply = NULL;
     uint8_t *out = NULL;
     size_t out_len = 0;
     char *why = NULL;
-    int64_t t0 = now_us();
+    int64_t t0 = now_us(), t1;
     ssize_t idx;
     int r;
 
-    idx = lookup_key_locked(a, msg, uri, &reply);
+    idx = lookup_key_locked(a, uri, res);
     if (idx < 0) {
         agent_audit(a, c, u->event, uri, u->alg, u->hash, "no such key", 0);
-        goto out;
+        return USE_DONE;
     }
     key = tok_ctx_key(a->tok, (size_t)idx);
     pol = (size_t)idx < a->n_key_policies ? a->key_policies[idx] : NULL;
@@ -139,18 +169,17 @@ static int use_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
         agent_audit(a, c, u->event, key->uri, u->alg, u->hash, "denied", 0);
         agent_warn("denied key '%s' to uid %ld pid %ld (%s): %s", key->uri, (long)c->uid,
                    (long)c->pid, u->event, why_denied);
-        reply = error_reply(msg, BUS_ERR_DENIED,
-                            "this client (uid %ld, %s) may not use key '%s' for %s: %s",
-                            (long)c->uid, c->exe[0] ? c->exe : "unknown program", key->uri,
-                            u->verb, why_denied);
-        goto out;
+        use_fail(res, BUS_ERR_DENIED, "this client (uid %ld, %s) may not use key '%s' for %s: %s",
+                 (long)c->uid, c->exe[0] ? c->exe : "unknown program", key->uri, u->verb,
+                 why_denied);
+        return USE_DONE;
     }
     /* confirm = yes | DURATION: the person allows this use first (the
      * prompt runs without the lock; then this is called again, confirmed) */
     if (pol && pol->confirm && !confirmed && !agent_confirm_fresh(a, key->uri, pol->confirm_s)) {
         if (!may_need) {
-            reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
-            goto out;
+            use_fail(res, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
+            return USE_DONE;
         }
         if (!set_need(need, NEED_CONFIRM, key))
             return -ENOMEM;
@@ -171,42 +200,29 @@ static int use_locked(agent_client_t *c, DBusMessage *msg, const char *uri,
     if (r < 0) {
         agent_audit(a, c, u->event, key->uri, u->alg, u->hash, why ? why : tok_strerror(r),
                     now_us() - t0);
-        reply = error_reply(msg, agent_err_from_tok(r), "%s with key '%s' on token '%s' failed: %s",
-                            u->verb, key->uri, tok_token_label(key->token),
-                            why ? why : tok_strerror(r));
+        use_fail(res, agent_err_from_tok(r), "%s with key '%s' on token '%s' failed: %s", u->verb,
+                 key->uri, tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
-        goto out;
+        return USE_DONE;
     }
+    t1 = now_us();
     agent_token_used(a, tok_token_uri(key->token));
     agent_debug(AGENT_DBG_SIGN, "%s with '%s' (%s%s%s), out %zu bytes, %lld us", u->verb,
-                key->uri, u->alg, u->hash[0] ? "/" : "", u->hash, out_len,
-                (long long)(now_us() - t0));
-    reply = bytes_reply(msg, out, out_len);
-    if (u->secret_result)
-        explicit_bzero(out, out_len);
-    free(out);
-    if (!reply) {
-        /* done, but the answer cannot be built: an error, not a NULL that
-         * the caller would take for "needs a PIN" */
-        agent_err("out of memory replying to %s by key '%s'", u->event, key->uri);
-        reply = error_reply(msg, BUS_ERR_NO_MEMORY,
-                            "the agent ran out of memory sending the result of key '%s'",
-                            key->uri);
-        goto out;
+                key->uri, u->alg, u->hash[0] ? "/" : "", u->hash, out_len, (long long)(t1 - t0));
+    res->status = 0;
+    res->out = out;
+    res->out_len = out_len;
+    /* the record is written once the result is sent (agent_audit_use) */
+    res->audit.set = a->audit == AGENT_AUDIT_ALL;
+    if (res->audit.set) {
+        res->audit.event = u->event;
+        res->audit.alg = u->alg;
+        copy_cut(res->audit.hash, sizeof(res->audit.hash), u->hash);
+        copy_cut(res->audit.key, sizeof(res->audit.key), key->uri);
+        res->audit.duration_us = t1 - t0;
+        res->audit.at_ms = t1 / 1000;
     }
-    /* the record is written after the reply is sent (agent_dispatch) */
-    c->pending_audit.set = a->audit == AGENT_AUDIT_ALL;
-    c->pending_audit.event = u->event;
-    c->pending_audit.alg = u->alg;
-    snprintf(c->pending_audit.hash, sizeof(c->pending_audit.hash), "%s", u->hash);
-    snprintf(c->pending_audit.key, sizeof(c->pending_audit.key), "%s", key->uri);
-    c->pending_audit.duration_us = now_us() - t0;
-    c->wipe_reply = u->secret_result;
-out:
-    if (!reply)
-        return -ENOMEM;
-    *ret_reply = reply;
-    return USE_REPLIED;
+    return USE_DONE;
 }
 
 /* Asks the person (pinentry CONFIRM) whether c may use the key of need;
@@ -240,30 +256,36 @@ static int confirm_use(agent_client_t *c, const use_need_t *need, bool decrypt, 
     return r;
 }
 
-int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const agent_key_use_t *u,
-                  DBusMessage **ret_reply)
+void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
+                   agent_use_result_t *res)
 {
     agent_t *a = c->agent;
-    DBusMessage *reply = NULL;
     agent_secret_t pin = {0};
     tok_auth_t auth, *authp = NULL;
     use_need_t need = {0};
-    bool confirmed = false;
+    bool confirmed = false, done = false;
     int r;
 
+    *res = (agent_use_result_t){.status = BUS_ERR_FAILED, .secret = u->secret_result};
     /* At most: the person's confirmation, a login, then the PIN for this
      * use, then the use itself. */
-    for (int round = 0; !reply && round < 4; round++) {
+    for (int round = 0; !done && round < 4; round++) {
         agent_login_req_t req;
         char *why = NULL;
 
         pthread_rwlock_rdlock(&a->keys_lock);
-        r = use_locked(c, msg, uri, u, authp, round < 3, confirmed, &need, &reply);
+        r = use_locked(c, uri, u, authp, round < 3, confirmed, &need, res);
         pthread_rwlock_unlock(&a->keys_lock);
-        if (r < 0)
-            goto oom;
-        if (r == USE_REPLIED)
+        if (r < 0) {
+            use_fail(res, BUS_ERR_NO_MEMORY, "the agent ran out of memory %s with key '%s'",
+                     u->verb, uri);
+            done = true;
             break;
+        }
+        if (r == USE_DONE) {
+            done = true;
+            break;
+        }
         /* USE_NEEDS: no agent lock held from here: prompts may take a while */
         req = (agent_login_req_t){.token_uri = need.token_uri, .key_uri = need.key_uri,
                                   .key_label = need.key_label, .client = c,
@@ -274,13 +296,10 @@ int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const ag
                 confirmed = true;
             } else {
                 agent_audit(a, c, u->event, need.key_uri, u->alg, u->hash, "not confirmed", 0);
-                reply = error_reply(msg, BUS_ERR_DENIED, "key '%s' may be used only when the "
-                                    "person confirms it: %s", need.key_uri,
-                                    why ? why : "refused");
-                free(why);
-                if (!reply)
-                    goto oom;
-                break;
+                use_fail(res, BUS_ERR_DENIED,
+                         "key '%s' may be used only when the person confirms it: %s",
+                         need.key_uri, why ? why : "refused");
+                done = true;
             }
             free(why);
             continue;
@@ -296,35 +315,17 @@ int agent_use_key(agent_client_t *c, DBusMessage *msg, const char *uri, const ag
         if (r < 0) {
             agent_audit(a, c, u->event, need.key_uri, u->alg, u->hash,
                         why ? why : tok_strerror(r), 0);
-            reply = error_reply(msg, agent_err_from_tok(r), "%s with key '%s' failed: %s",
-                                u->verb, need.key_uri, why ? why : tok_strerror(r));
-            if (!reply) {
-                free(why);
-                goto oom;
-            }
+            use_fail(res, agent_err_from_tok(r), "%s with key '%s' failed: %s", u->verb,
+                     need.key_uri, why ? why : tok_strerror(r));
+            done = true;
         }
         free(why);
     }
-    r = 0;
-    if (!reply) { /* three rounds and still a need: cannot happen, but never hang */
-        reply = error_reply(msg, BUS_ERR_FAILED, "%s with key '%s' did not complete", u->verb,
-                            need.key_uri ? need.key_uri : uri);
-        if (!reply)
-            goto oom;
-    }
-    goto out;
-oom:
-    r = -ENOMEM;
-out:
+    /* three rounds and still a need: cannot happen, but never hang */
+    if (!done)
+        use_fail(res, BUS_ERR_FAILED, "%s with key '%s' did not complete", u->verb,
+                 need.key_uri ? need.key_uri : uri);
     agent_secret_free(&pin);
     use_need_clear(&need);
-    if (reply && dbus_message_get_type(reply) == DBUS_MESSAGE_TYPE_METHOD_RETURN)
-        atomic_fetch_add(u->ok_count, 1);
-    else
-        atomic_fetch_add(u->fail_count, 1);
-    if (r == 0)
-        *ret_reply = reply;
-    else if (reply)
-        dbus_message_unref(reply);
-    return r;
+    atomic_fetch_add(res->status == 0 ? u->ok_count : u->fail_count, 1);
 }

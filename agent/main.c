@@ -212,6 +212,8 @@ static void on_tick(void *userdata, int fd, short revents)
         check_idle(a);
     agent_cache_tick(a);
     agent_hotplug_tick(a);
+    /* requests from the session bus are served by this thread */
+    agent_audit_flush(a, &a->bus_client, false);
 }
 
 static int start_tick_timer(agent_t *a)

@@ -206,10 +206,10 @@ static dbus_bool_t allow_uid(DBusConnection *conn, unsigned long uid, void *data
 /* How long the thread of c may wait for input: until a pending connection's
  * auth-timeout or an idle client's client-idle-timeout (-1: no deadline;
  * the agent wakes it by shutting the socket down when it closes it). */
-static int wait_ms(const agent_t *a, agent_client_t *c)
+static int wait_ms(const agent_t *a, agent_client_t *c, int64_t now)
 {
     int state = atomic_load(&c->state);
-    int64_t deadline, now = agent_now_ms();
+    int64_t deadline;
 
     if (state == AGENT_CONN_PENDING)
         deadline = c->since_ms + (int64_t)a->auth_timeout_s * 1000;
@@ -230,7 +230,7 @@ static bool expire(agent_t *a, agent_client_t *c)
     bool closing;
 
     pthread_mutex_lock(&a->clients_lock);
-    if (wait_ms(a, c) == 0) {
+    if (wait_ms(a, c, agent_now_ms()) == 0) {
         if (atomic_load(&c->state) == AGENT_CONN_PENDING &&
             close_conn_locked(a, c, AGENT_CONN_PENDING)) {
             snprintf(why, sizeof(why), "did not authenticate and send a request within "
@@ -255,18 +255,25 @@ static bool serve_with_channel(agent_client_t *c, int ms)
     struct pollfd p[2];
     bool closing = false;
 
-    if (dbus_connection_get_dispatch_status(c->conn) == DBUS_DISPATCH_DATA_REMAINS)
-        return dbus_connection_read_write_dispatch(c->conn, 0);
-    p[0] = (struct pollfd){.fd = c->fd, .events = POLLIN};
-    if (dbus_connection_has_messages_to_send(c->conn))
-        p[0].events |= POLLOUT;
+    /* libdbus queues messages read and replies not yet written only inside
+     * its own calls: asked again only after one (two locked calls less per
+     * frame) */
+    if (c->dbus_called) {
+        if (dbus_connection_get_dispatch_status(c->conn) == DBUS_DISPATCH_DATA_REMAINS)
+            return dbus_connection_read_write_dispatch(c->conn, 0);
+        c->dbus_pollout = dbus_connection_has_messages_to_send(c->conn);
+        c->dbus_called = false;
+    }
+    p[0] = (struct pollfd){.fd = c->fd, .events = POLLIN | (c->dbus_pollout ? POLLOUT : 0)};
     p[1] = (struct pollfd){.fd = agent_channel_fd(c), .events = POLLIN};
     if (poll(p, 2, ms) < 0)
         return errno == EINTR;
     if (p[1].revents && !agent_channel_serve(c, &closing) && closing)
         return false;
-    if (p[0].revents)
+    if (p[0].revents) {
+        c->dbus_called = true;
         return dbus_connection_read_write_dispatch(c->conn, 0);
+    }
     return true;
 }
 
@@ -282,8 +289,21 @@ static void *client_thread(void *data)
     agent_t *a = c->agent;
 
     for (;;) {
-        int ms = wait_ms(a, c);
+        int64_t now = agent_now_ms();
+        int ms = wait_ms(a, c, now), due;
 
+        /* audit-interval: the summaries are written on time even when the
+         * client goes quiet */
+        if (ms != 0 && (due = agent_audit_due_ms(c, now)) >= 0) {
+            if (due == 0) {
+                agent_audit_flush(a, c, false);
+                continue;
+            }
+            if (ms < 0 || due < ms)
+                ms = due;
+        }
+        if (!c->chan)
+            c->dbus_called = true;
         if (ms == 0 ? expire(a, c)
             : c->chan ? !serve_with_channel(c, ms)
                       : !dbus_connection_read_write_dispatch(c->conn, ms))
@@ -292,6 +312,7 @@ static void *client_thread(void *data)
             break;
     }
     agent_channel_close(c);
+    agent_audit_flush(a, c, true);
     agent_debug(AGENT_DBG_BUS, "client uid %ld pid %ld disconnected", (long)c->uid,
                 (long)c->pid);
     /* Out of every count, and nobody shuts down its fd once it is closed. */
@@ -312,6 +333,7 @@ static void *client_thread(void *data)
     }
     pthread_cond_broadcast(&a->clients_gone);
     pthread_mutex_unlock(&a->clients_lock);
+    agent_audit_batch_done(&c->audit_batch);
     free(c);
     return NULL;
 }
@@ -329,6 +351,7 @@ static void on_new_connection(DBusServer *server, DBusConnection *conn, void *da
     if (!c)
         goto oom;
     c->agent = a;
+    agent_audit_batch_init(&c->audit_batch);
     c->conn = dbus_connection_ref(conn);
     c->since_ms = agent_now_ms();
     atomic_init(&c->state, AGENT_CONN_PENDING);
@@ -409,6 +432,7 @@ fail:
     dbus_connection_close(conn);
     if (c) {
         dbus_connection_unref(c->conn);
+        agent_audit_batch_done(&c->audit_batch);
         free(c);
     }
 }
@@ -599,6 +623,7 @@ bool agent_server_stop(agent_t *a)
         }
     }
     pthread_mutex_unlock(&a->clients_lock);
+    agent_audit_flush(a, &a->bus_client, true);
     if (a->session_bus) {
         dbus_connection_close(a->session_bus);
         dbus_connection_unref(a->session_bus);

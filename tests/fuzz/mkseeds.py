@@ -91,6 +91,7 @@ max-clients = 256
 allow-users = root daemon
 allow-groups = root
 audit = all
+audit-interval = 2s
 idle-exit = 600
 pinentry = /usr/bin/pinentry
 cache-idle = 900

@@ -1281,6 +1281,130 @@ static void test_agent_conf_audit_file(void **state)
     free(link);
 }
 
+/* audit-interval: parsed with its limits; 0 is a value of its own */
+static void test_agent_conf_audit_interval(void **state)
+{
+    agent_conf_t c = {0};
+    char *err = NULL;
+
+    (void)state;
+    assert_int_equal(agent_conf_parse("[agent]\naudit = all\n", "t.conf", &c, &err), 0);
+    assert_false(c.audit_interval_set);
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[agent]\naudit-interval = 0\n", "t.conf", &c, &err), 0);
+    assert_true(c.audit_interval_set);
+    assert_int_equal(c.audit_interval_s, 0);
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[agent]\naudit-interval = 5m\n", "t.conf", &c, &err), 0);
+    assert_int_equal(c.audit_interval_s, 300);
+    agent_conf_clear(&c);
+    assert_int_equal(agent_conf_parse("[agent]\naudit-interval = 1h\n", "t.conf", &c, &err), 0);
+    assert_int_equal(c.audit_interval_s, 3600);
+    agent_conf_clear(&c);
+    expect_conf_error("[agent]\naudit-interval = -1\n",
+                      "bad.conf:2: audit-interval = '-1': not a duration: expected a duration from "
+                      "0 to 1h (seconds, or a number with a unit: 30s, 15m, 8h, 1d); 0 records "
+                      "every use");
+    expect_conf_error("[agent]\naudit-interval = often\n", "audit-interval = 'often': not a "
+                                                            "duration");
+    expect_conf_error("[agent]\naudit-interval = 2h\n", "audit-interval = '2h': out of range");
+    expect_conf_error("[agent]\naudit-interval = 99999999999999999999999\n",
+                      "audit-interval = '99999999999999999999999': ");
+    expect_conf_error("[agent]\naudit-interval = 1s 2s\n", "audit-interval = '1s 2s': not a");
+    expect_conf_error("[key pkcs11:object=a]\naudit-interval = 1\n", "bad.conf:2:");
+    free(err);
+}
+
+/* Counts the records of path and the uses they account for (count=N, or
+ * 1 for a record without count=). */
+static void audit_counts(const char *path, int *ret_records, unsigned long *ret_uses)
+{
+    char *text = read_all(path), *p;
+
+    *ret_records = count_lines(text);
+    *ret_uses = 0;
+    for (p = text; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : p + strlen(p)) {
+        const char *cnt = strstr(p, " count=");
+        const char *eol = strchr(p, '\n');
+
+        *ret_uses += cnt && (!eol || cnt < eol) ? strtoul(cnt + 7, NULL, 10) : 1;
+    }
+    free(text);
+}
+
+/* audit-interval: the first use written at once, the next ones of the same
+ * (key, event, mechanism) counted into one summary written at the end;
+ * every use accounted for exactly once; 0: a record per use. */
+static void test_agent_audit_interval_counts(void **state)
+{
+    agent_client_t cl = {.uid = 1000, .pid = 42};
+    agent_use_audit_t u = {.event = "sign", .alg = "ecdsa", .hash = "sha256", .duration_us = 10};
+    char *path = NULL, *err = NULL, *text;
+    unsigned long uses;
+    int records, fd;
+    agent_t a;
+
+    (void)state;
+    assert_true(asprintf(&path, "%s/interval.log", tmpdir) > 0);
+    assert_int_equal(agent_init(&a), 0);
+    agent_audit_batch_init(&cl.audit_batch);
+    a.audit = AGENT_AUDIT_ALL;
+    a.audit_interval_s = 3600;
+    fd = agent_audit_open(path, &err);
+    assert_true(fd >= 0);
+    agent_audit_set_fd(&a, fd, strdup(path));
+    /* 100 uses of k, 20 of k2, 5 of k with another hash: 3 records now */
+    for (int i = 0; i < 125; i++) {
+        snprintf(u.key, sizeof(u.key), "%s", i < 100 ? "pkcs11:object=k" : "pkcs11:object=k2");
+        snprintf(u.hash, sizeof(u.hash), "%s", i >= 120 ? "sha384" : "sha256");
+        if (i >= 120)
+            snprintf(u.key, sizeof(u.key), "pkcs11:object=k");
+        u.set = true;
+        agent_audit_use(&a, &cl, &u);
+        assert_false(u.set);
+    }
+    audit_counts(path, &records, &uses);
+    assert_int_equal(records, 3);
+    assert_true(agent_audit_due_ms(&cl, agent_now_ms()) > 3500 * 1000);
+    /* nothing due yet; then the connection closes: the summaries */
+    agent_audit_flush(&a, &cl, false);
+    audit_counts(path, &records, &uses);
+    assert_int_equal(records, 3);
+    agent_audit_flush(&a, &cl, true);
+    audit_counts(path, &records, &uses);
+    assert_int_equal(records, 6);
+    assert_int_equal(uses, 125);
+    text = read_all(path);
+    assert_non_null(strstr(text, "key=\"pkcs11:object=k\" mechanism=ecdsa/sha256 uid=1000 pid=42 "
+                                 "exe=\"\" result=\"ok\" duration_us=10 count=99 since="));
+    assert_non_null(strstr(text, "key=\"pkcs11:object=k2\" mechanism=ecdsa/sha256 uid=1000 "
+                                 "pid=42 exe=\"\" result=\"ok\" duration_us=10 count=19 since="));
+    free(text);
+    assert_int_equal(agent_audit_due_ms(&cl, agent_now_ms()), -1);
+    /* more keys than the table holds: still every use accounted for */
+    for (int i = 0; i < 3 * AGENT_AUDIT_BATCH_MAX * 10; i++) {
+        snprintf(u.key, sizeof(u.key), "pkcs11:object=m%d", i % (3 * AGENT_AUDIT_BATCH_MAX));
+        u.set = true;
+        agent_audit_use(&a, &cl, &u);
+    }
+    agent_audit_flush(&a, &cl, true);
+    audit_counts(path, &records, &uses);
+    assert_int_equal(uses, 125 + 3 * AGENT_AUDIT_BATCH_MAX * 10);
+    /* audit-interval = 0: a record per use */
+    a.audit_interval_s = 0;
+    for (int i = 0; i < 10; i++) {
+        u.set = true;
+        agent_audit_use(&a, &cl, &u);
+    }
+    agent_audit_flush(&a, &cl, true);
+    audit_counts(path, &records, &uses);
+    assert_int_equal(uses, 135 + 3 * AGENT_AUDIT_BATCH_MAX * 10);
+    agent_audit_batch_done(&cl.audit_batch);
+    agent_done(&a);
+    free(err);
+    free(path);
+}
+
 static void log_init_unknown(void *arg)
 {
     agent_log_init(arg);
@@ -1356,6 +1480,8 @@ int main(void)
         cmocka_unit_test(test_agent_conf_key_confirm),
         cmocka_unit_test(test_agent_conf_key_decrypt),
         cmocka_unit_test(test_agent_conf_audit_file),
+        cmocka_unit_test(test_agent_conf_audit_interval),
+        cmocka_unit_test(test_agent_audit_interval_counts),
         cmocka_unit_test(test_agent_log_debug_categories),
     };
 
