@@ -9,39 +9,57 @@
  * executable, this getpid is the one every library of the process binds
  * to (the executable comes first in the lookup scope).
  *
- * Why a cache is right here, where glibc dropped its own in 2.25: the
- * agent makes children only with fork() (daemonize, the pinentry), whose
- * child handler below forgets the pid, so the child asks the kernel
- * again; nothing in the agent uses vfork() or a raw clone(), the cases
- * that broke glibc's cache. Only p11agentd has it: not the static library
- * (unit tests, fuzzers), not the provider or the PKCS#11 module, which
- * live in other people's processes.
+ * glibc dropped its own cache in 2.25 because children made without its
+ * fork() wrapper (a raw clone(), later _Fork()) saw the parent's pid; a
+ * random generator that believes it was not forked hands parent and child
+ * the same bytes, and the same ECDSA nonce gives the key away. So the pid
+ * lives in a page marked MADV_WIPEONFORK: the kernel zeroes it in every
+ * child that does not share the parent's memory, however the child was
+ * made, and a zero means "ask the kernel". Without that page (a kernel
+ * before 4.14, no memory) nothing is cached. A vfork()-style child shares
+ * the page, but such a child may only exec or _exit. Only p11agentd has
+ * this: not the static library (unit tests, fuzzers), not the provider or
+ * the PKCS#11 module, which live in other people's processes.
  */
-#include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-static atomic_int cached_pid;
+#ifndef MADV_WIPEONFORK
+#define MADV_WIPEONFORK 18
+#endif
 
-static void forget_pid(void)
-{
-    atomic_store_explicit(&cached_pid, 0, memory_order_relaxed);
-}
+/* NULL: no cache, every call asks the kernel */
+static atomic_int *cached_pid;
 
 __attribute__((constructor)) static void pidcache_init(void)
 {
-    pthread_atfork(NULL, NULL, forget_pid);
+    long page = sysconf(_SC_PAGESIZE);
+    void *p = mmap(NULL, page > 0 ? (size_t)page : 4096, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (p == MAP_FAILED)
+        return;
+    if (madvise(p, page > 0 ? (size_t)page : 4096, MADV_WIPEONFORK) != 0) {
+        munmap(p, page > 0 ? (size_t)page : 4096);
+        return;
+    }
+    cached_pid = p;
 }
 
 __attribute__((visibility("default"))) pid_t getpid(void)
 {
-    int pid = atomic_load_explicit(&cached_pid, memory_order_relaxed);
+    int pid;
 
+    if (cached_pid == NULL)
+        return (pid_t)syscall(SYS_getpid);
+    pid = atomic_load_explicit(cached_pid, memory_order_relaxed);
     if (pid == 0) {
         pid = (int)syscall(SYS_getpid);
-        atomic_store_explicit(&cached_pid, pid, memory_order_relaxed);
+        atomic_store_explicit(cached_pid, pid, memory_order_relaxed);
     }
     return (pid_t)pid;
 }
