@@ -6,8 +6,13 @@
  * past the pool's size threads share; the mutex only guards the pool).
  *
  * Fork: OpenSSL 3.0 gives providers no fork hook (and PKCS#11 programs
- * rarely call C_Initialize again in a child), so every call compares
- * getpid() with the owner of the state. A child never calls into the
+ * rarely call C_Initialize again in a child), so every call checks whether
+ * it runs in a child: a page of the pool is MADV_WIPEONFORK, the kernel
+ * gives a child (any fork or clone without CLONE_VM, atfork handlers or
+ * not) that page zeroed, so a call that still reads the pool's mark there
+ * knows it is in the owner process without a system call; otherwise (or
+ * where the kernel lacks MADV_WIPEONFORK) it compares getpid() with the
+ * owner of the state. A child never calls into the
  * inherited DBusConnection (its locks may be held by threads that do not
  * exist in the child): it closes the socket fd recorded at connect time,
  * if that fd still is the same socket, and forgets the object.
@@ -49,6 +54,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -102,9 +108,39 @@ struct bus_pool {
                                  retried; 0: not restarting */
     bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
     dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
+    volatile uint64_t *fork_page; /* MADV_WIPEONFORK page holding fork_mark
+                                     while in the owner; NULL: use getpid() */
+    size_t fork_page_len;
+    uint64_t fork_mark;       /* immutable, non-zero */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
+
+/* (Re)arms the fork detector: the page is made (once) and marked
+ * wipe-on-fork in this process, then holds the mark. Without it (old
+ * kernel, no memory) every call asks getpid(). */
+static void fork_page_arm(bus_pool_t *c)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    void *m;
+
+    if (c->fork_page == NULL) {
+        c->fork_page_len = pg > 0 ? (size_t)pg : 4096;
+        m = mmap(NULL, c->fork_page_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+        if (m == MAP_FAILED)
+            return;
+        c->fork_page = m;
+    }
+#ifdef MADV_WIPEONFORK
+    if (madvise((void *)c->fork_page, c->fork_page_len, MADV_WIPEONFORK) == 0) {
+        *c->fork_page = c->fork_mark;
+        return;
+    }
+#endif
+    munmap((void *)c->fork_page, c->fork_page_len);
+    c->fork_page = NULL;
+}
 
 bus_pool_t *bus_pool_new(char *socket_path)
 {
@@ -132,6 +168,8 @@ bus_pool_t *bus_pool_new(char *socket_path)
                      dbus_connection_allocate_data_slot(&c->chan_slot);
     atomic_store(&c->owner, (int)getpid());
     atomic_store(&c->claim, (int)getpid());
+    c->fork_mark = 0x70313161706f6f6cull; /* "p11apool" */
+    fork_page_arm(c);
     return c;
 }
 
@@ -165,8 +203,12 @@ static void client_abandon_inherited(bus_pool_t *c)
 
 static void client_check_fork(bus_pool_t *c)
 {
-    int me = (int)getpid();
+    int me;
 
+    /* In the owner the page holds the mark: no system call. */
+    if (c->fork_page != NULL && *c->fork_page == c->fork_mark)
+        return;
+    me = (int)getpid();
     while (atomic_load(&c->owner) != me) {
         int seen = atomic_load(&c->claim);
 
@@ -177,6 +219,7 @@ static void client_check_fork(bus_pool_t *c)
             pthread_mutex_init(&c->lock, NULL);
             pthread_mutex_init(&c->tmpl_lock, NULL);
             client_abandon_inherited(c);
+            fork_page_arm(c);
             atomic_store(&c->owner, me);
         } else {
             sched_yield();
@@ -578,6 +621,8 @@ void bus_pool_free(bus_pool_t *c)
     }
     if (c->chan_slot >= 0)
         dbus_connection_free_data_slot(&c->chan_slot);
+    if (c->fork_page != NULL)
+        munmap((void *)c->fork_page, c->fork_page_len);
     free(c->socket_path);
     free(c);
 }

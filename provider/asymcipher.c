@@ -184,7 +184,7 @@ static int set_md(asym_ctx_t *a, EVP_MD **slot, const OSSL_PARAM *p, const char 
         prov_raise(a->ctx, PROV_R_BAD_PARAM, "p11agent: invalid %s parameter", what);
         return 0;
     }
-    md = EVP_MD_fetch(a->ctx->libctx, name, NULL);
+    md = prov_fetch_md(a->ctx, name);
     if (md == NULL || prov_md_wire_name(md) == NULL) {
         prov_raise(a->ctx, PROV_R_UNSUPPORTED, "p11agent: %s %s is not supported for OAEP", what,
                    name);

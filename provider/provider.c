@@ -193,10 +193,35 @@ err:
     return NULL;
 }
 
+EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name)
+{
+    unsigned n = atomic_load(&ctx->md_used), i;
+    size_t len = strlen(name);
+    EVP_MD *md;
+
+    for (i = 0; i < n && i < PROV_MD_CACHE; i++) {
+        md = atomic_load_explicit(&ctx->md_cache[i].md, memory_order_acquire);
+        if (md != NULL && strcmp(ctx->md_cache[i].name, name) == 0)
+            return EVP_MD_up_ref(md) ? md : NULL;
+    }
+    md = EVP_MD_fetch(ctx->libctx, name, NULL);
+    if (md == NULL || len >= PROV_MD_NAME_MAX || atomic_load(&ctx->md_used) >= PROV_MD_CACHE)
+        return md;
+    i = atomic_fetch_add(&ctx->md_used, 1);
+    if (i < PROV_MD_CACHE && EVP_MD_up_ref(md)) {
+        /* two threads may cache the same name: harmless */
+        memcpy(ctx->md_cache[i].name, name, len + 1);
+        atomic_store_explicit(&ctx->md_cache[i].md, md, memory_order_release);
+    }
+    return md;
+}
+
 void prov_ctx_free(prov_ctx_t *ctx)
 {
     if (ctx == NULL)
         return;
+    for (size_t i = 0; i < PROV_MD_CACHE; i++)
+        EVP_MD_free(atomic_load(&ctx->md_cache[i].md));
     bus_pool_free(ctx->client);
     if (ctx->default_prov != NULL)
         OSSL_PROVIDER_unload(ctx->default_prov);

@@ -41,6 +41,18 @@ enum {
 };
 
 
+/* Digests fetched once per provider context (prov_fetch_md): a signature
+ * context is made per signature by many callers, and a fetch each time
+ * costs locks and hash lookups. Append-only; an entry is published by
+ * storing md last. */
+#define PROV_MD_CACHE 16
+#define PROV_MD_NAME_MAX 32
+
+typedef struct prov_md_slot {
+    _Atomic(EVP_MD *) md;     /* NULL until published */
+    char name[PROV_MD_NAME_MAX];
+} prov_md_slot_t;
+
 typedef struct prov_ctx {
     const OSSL_CORE_HANDLE *handle;
     OSSL_FUNC_core_new_error_fn *core_new_error;
@@ -56,6 +68,8 @@ typedef struct prov_ctx {
     OSSL_PROVIDER *default_prov;
     bus_pool_t *client;       /* the agent client (dbus/pool.h) */
     bool disabled;            /* running inside p11agentd: no operations */
+    prov_md_slot_t md_cache[PROV_MD_CACHE];
+    atomic_uint md_used;      /* slots claimed (some may not be published yet) */
 } prov_ctx_t;
 
 /* Raises an OpenSSL error with our reason code and a formatted message
@@ -76,6 +90,9 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
                          const char *socket_path, bool disabled);
 void prov_ctx_free(prov_ctx_t *ctx);
+/* EVP_MD_fetch(ctx->libctx, name, NULL) through the context's cache: a
+ * reference the caller frees, or NULL (no error raised). */
+EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name);
 
 /* --- key object (keymgmt.c) --- */
 

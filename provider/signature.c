@@ -159,7 +159,7 @@ static int sig_set_md(sig_ctx_t *s, EVP_MD **slot, const char *name)
     /* The same digest again (every TLS handshake inits twice): keep it. */
     if (*slot != NULL && EVP_MD_is_a(*slot, name))
         return 1;
-    md = EVP_MD_fetch(s->ctx->libctx, name, NULL);
+    md = prov_fetch_md(s->ctx, name);
     /* MD5-SHA1 (TLS 1.0/1.1 ServerKeyExchange and CertificateVerify) is
      * signed as raw PKCS#1 v1.5 over the 36 bytes, without DigestInfo; only
      * as the message digest of RSA, never as MGF1. */
@@ -668,7 +668,8 @@ static int sig_digest_sign_final(void *vctx, unsigned char *sig, size_t *siglen,
     return ok;
 }
 
-/* One-shot: EdDSA messages go whole to the agent. */
+/* One-shot: EdDSA messages go whole to the agent; the others are digested
+ * here as digest_sign_update + final would, without EVP's dupctx. */
 static int sig_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize,
                            const unsigned char *tbs, size_t tbslen)
 {
@@ -699,11 +700,16 @@ static int sig_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_
     FN(OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, sig_set_ctx_params),                 \
     FN(OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, sig_settable_ctx_params)
 
+/* digest_sign too: EVP_DigestSign (libssl's CertificateVerify, most
+ * one-shot callers) then calls it directly instead of update + final,
+ * and final's duplicate of the whole context (dupctx: a digest context
+ * copied) is not made per signature. */
 #define SIGNATURE_PREHASH                                                       \
     FN(OSSL_FUNC_SIGNATURE_SIGN_INIT, sig_sign_init),                           \
     FN(OSSL_FUNC_SIGNATURE_SIGN, sig_sign),                                     \
     FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, sig_digest_sign_update),         \
-    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, sig_digest_sign_final)
+    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, sig_digest_sign_final),           \
+    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN, sig_digest_sign)
 
 const OSSL_DISPATCH prov_rsa_signature_functions[] = {
     FN(OSSL_FUNC_SIGNATURE_NEWCTX, rsa_newctx),
