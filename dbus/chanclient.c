@@ -3,7 +3,10 @@
  * The client end of a signing channel (channel.h), one per pooled
  * connection (pool.c keeps it as the connection's libdbus data): opened with
  * OpenChannel on the first Sign, key URIs bound to handles once, then one
- * SIGN frame and its reply per signature. lock serialises the threads that
+ * SIGN frame and its reply per signature. The first BUS_CHAN_OPEN_AFTER
+ * signatures of a connection go over D-Bus Sign instead: a process that
+ * signs once (openssl pkeyutl, a short-lived client's one handshake) would
+ * pay two round trips (OpenChannel, BIND) for nothing. lock serialises the threads that
  * share the connection. A channel that breaks is dropped and the call fails
  * as the D-Bus Sign would (Disconnected: the pool reconnects and retries);
  * an agent without channels leaves it unused (BUS_CHAN_UNAVAILABLE).
@@ -27,6 +30,7 @@
 struct bus_chan_client {
     pthread_mutex_t lock;
     int state;          /* CHAN_UNTRIED, CHAN_OPEN, CHAN_NONE */
+    unsigned dbus_signs; /* signatures made over D-Bus before the channel */
     int fd;
     uint32_t next_id;
     struct {
@@ -222,6 +226,10 @@ int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char
     int r = BUS_CHAN_UNAVAILABLE;
 
     pthread_mutex_lock(&ch->lock);
+    if (ch->state == CHAN_UNTRIED && ch->dbus_signs < BUS_CHAN_OPEN_AFTER) {
+        ch->dbus_signs++;
+        goto out; /* BUS_CHAN_UNAVAILABLE: this one over D-Bus */
+    }
     if (ch->state == CHAN_UNTRIED) {
         r = chan_open_locked(ch, conn, opened, opened_arg, errmsg);
         if (r < 0)

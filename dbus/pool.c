@@ -29,9 +29,10 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
- * Signing channel: on each pooled connection the first Sign asks the agent
- * for a signing channel (OpenChannel, dbus/channel.h) and signs over it from
- * then on: key URIs bound to handles once, then one small frame each way per
+ * Signing channel: on each pooled connection the first Sign goes over
+ * D-Bus (a process that signs once spares the channel's two round trips),
+ * the next asks the agent for a signing channel (OpenChannel,
+ * dbus/channel.h) and signs over it from then on: key URIs bound to handles once, then one small frame each way per
  * signature. An agent without channels (UnknownMethod) or a request the
  * channel cannot carry (a long message, a hash it has no index for) signs
  * with the D-Bus Sign call; P11AGENT_CHANNEL=0 in the environment when the
