@@ -358,7 +358,7 @@ static int asym_init(asym_ctx_t *a, void *provkey, const OSSL_PARAM params[], bo
                    "p11agent: this key has no private half in the agent (public only)");
         return 0;
     }
-    if (!decrypt && key->pub == NULL) {
+    if (!decrypt && prov_key_pub(key) == NULL) {
         prov_raise(a->ctx, PROV_R_BAD_KEY, "p11agent: this key has no public part");
         return 0;
     }
@@ -416,7 +416,8 @@ static int asym_encrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
                                                  a->label_len);
     }
     *p = OSSL_PARAM_construct_end();
-    pc = EVP_PKEY_CTX_new_from_pkey(a->ctx->libctx, a->key->pub, NULL);
+    pc = prov_libctx(a->ctx) == NULL ? NULL
+         : EVP_PKEY_CTX_new_from_pkey(prov_libctx(a->ctx), prov_key_pub(a->key), NULL);
     *outlen = outsize;
     if (pc != NULL && EVP_PKEY_encrypt_init_ex(pc, params) > 0 &&
         EVP_PKEY_encrypt(pc, out, outlen, in, inlen) > 0)
@@ -509,7 +510,7 @@ static int asym_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
             return 0;
         }
         /* drawn before anything depends on the ciphertext */
-        if (RAND_bytes_ex(a->ctx->libctx, random, sizeof(random), 0) <= 0) {
+        if (RAND_bytes_ex(prov_libctx(a->ctx), random, sizeof(random), 0) <= 0) {
             prov_raise(a->ctx, PROV_R_NO_MEMORY, "p11agent: no random bytes");
             return 0;
         }

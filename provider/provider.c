@@ -176,12 +176,6 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
     if (disabled)
         return ctx;
 
-    ctx->libctx = OSSL_LIB_CTX_new();
-    if (ctx->libctx == NULL)
-        goto err;
-    ctx->default_prov = OSSL_PROVIDER_load(ctx->libctx, "default");
-    if (ctx->default_prov == NULL)
-        goto err;
     /* bus_socket_path reads $P11AGENT_SOCKET, then the configured path,
      * then the per-user default: once, now. */
     ctx->client = bus_pool_new(bus_socket_path(socket_path));
@@ -191,6 +185,32 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
 err:
     prov_ctx_free(ctx);
     return NULL;
+}
+
+OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx)
+{
+    OSSL_LIB_CTX *l = atomic_load_explicit(&ctx->libctx, memory_order_acquire), *expected = NULL;
+    OSSL_PROVIDER *def;
+
+    if (l != NULL)
+        return l;
+    /* Threads may race to make it: one wins, the others free theirs. */
+    l = OSSL_LIB_CTX_new();
+    def = l != NULL ? OSSL_PROVIDER_load(l, "default") : NULL;
+    if (def == NULL) {
+        OSSL_LIB_CTX_free(l);
+        prov_raise(ctx, PROV_R_NO_MEMORY,
+                   "p11agent: cannot make a library context with the default provider");
+        return NULL;
+    }
+    if (atomic_compare_exchange_strong_explicit(&ctx->libctx, &expected, l, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        ctx->default_prov = def; /* read only by prov_ctx_free */
+        return l;
+    }
+    OSSL_PROVIDER_unload(def);
+    OSSL_LIB_CTX_free(l);
+    return expected;
 }
 
 EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name)
@@ -204,7 +224,9 @@ EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name)
         if (md != NULL && strcmp(ctx->md_cache[i].name, name) == 0)
             return EVP_MD_up_ref(md) ? md : NULL;
     }
-    md = EVP_MD_fetch(ctx->libctx, name, NULL);
+    if (prov_libctx(ctx) == NULL)
+        return NULL;
+    md = EVP_MD_fetch(prov_libctx(ctx), name, NULL);
     if (md == NULL || len >= PROV_MD_NAME_MAX || atomic_load(&ctx->md_used) >= PROV_MD_CACHE)
         return md;
     i = atomic_fetch_add(&ctx->md_used, 1);
@@ -223,9 +245,10 @@ void prov_ctx_free(prov_ctx_t *ctx)
     for (size_t i = 0; i < PROV_MD_CACHE; i++)
         EVP_MD_free(atomic_load(&ctx->md_cache[i].md));
     bus_pool_free(ctx->client);
-    if (ctx->default_prov != NULL)
+    if (atomic_load(&ctx->libctx) != NULL) {
         OSSL_PROVIDER_unload(ctx->default_prov);
-    OSSL_LIB_CTX_free(ctx->libctx);
+        OSSL_LIB_CTX_free(atomic_load(&ctx->libctx));
+    }
     free(ctx);
 }
 

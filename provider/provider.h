@@ -63,9 +63,12 @@ typedef struct prov_ctx {
     OSSL_FUNC_BIO_gets_fn *core_bio_gets;
     OSSL_FUNC_BIO_write_ex_fn *core_bio_write_ex;
     /* Our own library context with the default provider: digests, SPKI
-     * decoding and public-key work never pick our own algorithms. */
-    OSSL_LIB_CTX *libctx;
-    OSSL_PROVIDER *default_prov;
+     * decoding and public-key work never pick our own algorithms. Made on
+     * first use (prov_libctx): a process that loads the provider and never
+     * uses an agent key, or only signs a digest with one, never pays for
+     * it. */
+    _Atomic(OSSL_LIB_CTX *) libctx;
+    OSSL_PROVIDER *default_prov; /* set with libctx */
     bus_pool_t *client;       /* the agent client (dbus/pool.h) */
     bool disabled;            /* running inside p11agentd: no operations */
     prov_md_slot_t md_cache[PROV_MD_CACHE];
@@ -90,6 +93,9 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
                          const char *socket_path, bool disabled);
 void prov_ctx_free(prov_ctx_t *ctx);
+/* The provider's own library context, made on first use; NULL (error
+ * raised) when it cannot be made. */
+OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx);
 /* EVP_MD_fetch(ctx->libctx, name, NULL) through the context's cache: a
  * reference the caller frees, or NULL (no error raised). */
 EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name);
@@ -122,7 +128,11 @@ typedef struct prov_key {
     size_t spki_len;
     uint8_t *cert;
     size_t cert_len;
-    EVP_PKEY *pub;            /* public part, in ctx->libctx; NULL if empty */
+    /* The public part, in the provider's libctx. An agent key whose sizes
+     * prov_spki_sizes read from its SPKI gets it decoded on first use
+     * (prov_key_pub); others have it from the start. NULL: not (yet)
+     * decoded, or an empty imported key. */
+    _Atomic(EVP_PKEY *) pub;
     int bits;
     int security_bits;
     int max_size;
@@ -143,6 +153,21 @@ prov_key_t *prov_key_from_spki(prov_ctx_t *ctx, prov_key_kind_t kind, const char
                                const uint8_t *spki, size_t spki_len, const uint8_t *cert,
                                size_t cert_len, uint32_t flags);
 prov_key_t *prov_key_up_ref(prov_key_t *key);
+/* The key's public part (decoded from the SPKI on first use; not a new
+ * reference), or NULL: none, or it does not decode (error raised). */
+EVP_PKEY *prov_key_pub(const prov_key_t *key);
+/* Whether the key has a public part (decoded or not). */
+bool prov_key_has_pub(const prov_key_t *key);
+
+/* spki.c: the figures of an SPKI without decoding it. */
+typedef struct prov_spki_sizes {
+    const char *group; /* EC: OpenSSL's group name (static); else NULL */
+    int bits, security_bits, max_size;
+} prov_spki_sizes_t;
+/* 1 with *ret set when spki is a key of `kind` whose figures are known
+ * here (see spki.c), else 0 (decode it to learn them). */
+int prov_spki_sizes(prov_key_kind_t kind, const uint8_t *spki, size_t spki_len,
+                    prov_spki_sizes_t *ret);
 void prov_key_free(prov_key_t *key);
 /* True if the key can sign (held by the agent). */
 static inline bool prov_key_is_private(const prov_key_t *key)

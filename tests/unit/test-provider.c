@@ -987,6 +987,85 @@ static void test_provider_key_params_match_software_key(void **state)
     }
 }
 
+/* spki.c's figures, read without decoding, are those of the decoded key
+ * for every shape it answers; the others (and broken SPKIs) it leaves to
+ * decoding. */
+static void test_provider_spki_sizes_match_decoded(void **state)
+{
+    static const struct {
+        const char *alg, *param;
+        int bits;
+        prov_key_kind_t kind;
+        bool known;
+    } v[] = {
+        { "RSA", NULL, 2048, PROV_KEY_RSA, true },
+        { "RSA", NULL, 3072, PROV_KEY_RSA, true },
+        { "RSA", NULL, 4096, PROV_KEY_RSA, true },
+        { "RSA", NULL, 1024, PROV_KEY_RSA, false },
+        { "RSA-PSS", NULL, 2048, PROV_KEY_RSA_PSS, false },
+        { "EC", "P-256", 0, PROV_KEY_EC, true },
+        { "EC", "P-384", 0, PROV_KEY_EC, true },
+        { "EC", "P-521", 0, PROV_KEY_EC, true },
+        { "EC", "secp256k1", 0, PROV_KEY_EC, false },
+        { "ED25519", NULL, 0, PROV_KEY_ED25519, true },
+        { "ED448", NULL, 0, PROV_KEY_ED448, true },
+    };
+
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        EVP_PKEY *k = NULL;
+        unsigned char *der = NULL;
+        int len;
+        prov_spki_sizes_t sz;
+        char group[64] = "";
+
+        if (v[i].bits) {
+            /* EVP_PKEY_Q_keygen makes no RSA-PSS key */
+            EVP_PKEY_CTX *g = EVP_PKEY_CTX_new_from_name(NULL, v[i].alg, NULL);
+
+            assert_non_null(g);
+            assert_int_equal(EVP_PKEY_keygen_init(g), 1);
+            assert_int_equal(EVP_PKEY_CTX_set_rsa_keygen_bits(g, v[i].bits), 1);
+            assert_int_equal(EVP_PKEY_keygen(g, &k), 1);
+            EVP_PKEY_CTX_free(g);
+        } else {
+            k = v[i].param ? EVP_PKEY_Q_keygen(NULL, NULL, v[i].alg, v[i].param)
+                           : EVP_PKEY_Q_keygen(NULL, NULL, v[i].alg);
+        }
+        assert_non_null(k);
+        len = i2d_PUBKEY(k, &der);
+        assert_true(len > 0);
+        assert_int_equal(prov_spki_sizes(v[i].kind, der, (size_t)len, &sz), v[i].known);
+        if (v[i].known) {
+            assert_int_equal(sz.bits, EVP_PKEY_get_bits(k));
+            assert_int_equal(sz.security_bits, EVP_PKEY_get_security_bits(k));
+            assert_int_equal(sz.max_size, EVP_PKEY_get_size(k));
+            if (v[i].kind == PROV_KEY_EC) {
+                assert_int_equal(EVP_PKEY_get_group_name(k, group, sizeof(group), NULL), 1);
+                assert_string_equal(sz.group, group);
+            } else {
+                assert_null(sz.group);
+            }
+            /* another kind, every truncation and a byte more: not answered */
+            assert_int_equal(prov_spki_sizes(v[i].kind == PROV_KEY_EC ? PROV_KEY_RSA
+                                                                      : PROV_KEY_EC,
+                                             der, (size_t)len, &sz), 0);
+            for (int n = 0; n < len; n++)
+                assert_int_equal(prov_spki_sizes(v[i].kind, der, (size_t)n, &sz), 0);
+            {
+                unsigned char *more = malloc((size_t)len + 1);
+
+                assert_non_null(more);
+                memcpy(more, der, (size_t)len);
+                more[len] = 0;
+                assert_int_equal(prov_spki_sizes(v[i].kind, more, (size_t)len + 1, &sz), 0);
+                free(more);
+            }
+        }
+        OPENSSL_free(der);
+        EVP_PKEY_free(k);
+    }
+}
+
 static void test_provider_cert_matches_key(void **state)
 {
     EVP_PKEY *key = NULL, *other = NULL;
@@ -1962,6 +2041,7 @@ int main(void)
         cmocka_unit_test(test_provider_tls_premaster_unpad),
         cmocka_unit_test(test_provider_md5_sha1_signature),
         cmocka_unit_test(test_provider_key_params_match_software_key),
+        cmocka_unit_test(test_provider_spki_sizes_match_decoded),
         cmocka_unit_test(test_provider_cert_matches_key),
         cmocka_unit_test(test_provider_export_refuses_private),
         cmocka_unit_test(test_provider_import_public_only),
