@@ -11,7 +11,11 @@
  * moduli of 2048, 3072 and 4096 bits, EC on P-256, P-384 and P-521 (named),
  * Ed25519 and Ed448. Everything else (other sizes and curves, explicit
  * parameters, RSA-PSS) is decoded at load as before. The SPKI is hostile
- * input: read with the bounded DER reader (common/buf.h).
+ * input: read with the bounded DER reader (common/buf.h). Its structure is
+ * checked here, the key in it (an EC point on its curve) only when it is
+ * decoded: a token whose public key is invalid then loads, signs, and
+ * fails with "cannot decode the public key" where the public key is
+ * needed (certificate matching, export).
  */
 #include "config.h"
 
