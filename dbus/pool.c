@@ -63,11 +63,13 @@
 #include "chanclient.h"
 #include "pool.h"
 
-/* At most this many connections per process. A thread takes an idle one,
- * or opens a new one while fewer are open; past that, threads share (the
- * agent serves each connection on a thread of its own, so a connection per
- * signing thread is what lets signatures run in parallel). */
-#define POOL_MAX 8
+/* At most this many connections per process (bus_pool_set_max, default
+ * BUS_POOL_DEFAULT_MAX). A thread takes an idle one, or opens a new one
+ * while fewer are open; past that, threads share and wait for each other
+ * (the agent serves each connection on a thread of its own, one request at
+ * a time, so a connection per signing thread is what lets signatures run in
+ * parallel). */
+#define POOL_MAX BUS_POOL_MAX_MAX
 
 /* After a connection dropped: how long calls wait for the agent to accept
  * connections again, and how often they try meanwhile. */
@@ -103,6 +105,7 @@ struct bus_pool {
     pthread_mutex_t lock;
     char *socket_path;        /* immutable */
     pool_slot_t slots[POOL_MAX]; /* guarded by lock */
+    unsigned max;             /* slots in use: 1..POOL_MAX (bus_pool_set_max) */
     bool answered;            /* guarded by lock: the agent answered a call */
     int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
     int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
@@ -164,6 +167,7 @@ bus_pool_t *bus_pool_new(char *socket_path)
         c->slots[i].fd = -1;
         c->slots[i].chan_fd = -1;
     }
+    c->max = BUS_POOL_DEFAULT_MAX;
     c->chan_slot = -1;
     c->use_channel = !(getenv("P11AGENT_CHANNEL") && strcmp(getenv("P11AGENT_CHANNEL"), "0") == 0) &&
                      dbus_connection_allocate_data_slot(&c->chan_slot);
@@ -172,6 +176,17 @@ bus_pool_t *bus_pool_new(char *socket_path)
     c->fork_mark = 0x70313161706f6f6cull; /* "p11apool" */
     fork_page_arm(c);
     return c;
+}
+
+void bus_pool_set_max(bus_pool_t *c, unsigned n)
+{
+    if (c == NULL || n == 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    /* only grows or shrinks the slots used from now on; open connections
+     * past a lower maximum stay until they drop */
+    c->max = n < POOL_MAX ? n : POOL_MAX;
+    pthread_mutex_unlock(&c->lock);
 }
 
 const char *bus_pool_socket(const bus_pool_t *c)
@@ -242,7 +257,7 @@ static pool_slot_t *pick_slot_locked(bus_pool_t *c)
 {
     pool_slot_t *idle = NULL, *empty = NULL, *least = NULL;
 
-    for (size_t i = 0; i < POOL_MAX; i++) {
+    for (size_t i = 0; i < c->max; i++) {
         pool_slot_t *s = &c->slots[i];
 
         if (s->conn == NULL) {

@@ -7,8 +7,10 @@
  *   [p11agent_sect]
  *   module = /usr/lib/x86_64-linux-gnu/ossl-modules/p11agent.so
  *   agent-socket = /run/p11agent/agent.sock     # optional
+ *   max-connections = 8                         # optional, 1-64
  *   activate = 1
- * $P11AGENT_SOCKET overrides agent-socket. Both are read once, here.
+ * $P11AGENT_SOCKET overrides agent-socket, $P11AGENT_MAX_CONNECTIONS
+ * max-connections. All are read once, here.
  */
 #include "config.h"
 
@@ -329,8 +331,9 @@ static const OSSL_DISPATCH prov_functions[] = {
     { 0, NULL },
 };
 
-/* Reads agent-socket from our openssl.cnf section; malloc'd or NULL. */
-static char *prov_configured_socket(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in)
+/* Reads a setting from our openssl.cnf section; NULL if unset. */
+static const char *prov_configured(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
+                                   const char *name)
 {
     OSSL_FUNC_core_get_params_fn *get_params = NULL;
     char *value = NULL;
@@ -342,11 +345,29 @@ static char *prov_configured_socket(const OSSL_CORE_HANDLE *handle, const OSSL_D
     }
     if (get_params == NULL)
         return NULL;
-    params[0] = OSSL_PARAM_construct_utf8_ptr("agent-socket", &value, 0);
+    params[0] = OSSL_PARAM_construct_utf8_ptr(name, &value, 0);
     params[1] = OSSL_PARAM_construct_end();
     if (!get_params(handle, params) || value == NULL || *value == '\0')
         return NULL;
-    return strdup(value);
+    return value;
+}
+
+/* max-connections (or $P11AGENT_MAX_CONNECTIONS): 1 to BUS_POOL_MAX_MAX,
+ * else 0 (the pool's default). */
+static unsigned prov_max_connections(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in)
+{
+    const char *v = getenv("P11AGENT_MAX_CONNECTIONS");
+    char *end = NULL;
+    unsigned long n;
+
+    if (v == NULL || *v == '\0')
+        v = prov_configured(handle, in, "max-connections");
+    if (v == NULL)
+        return 0;
+    n = strtoul(v, &end, 10);
+    if (end == v || *end != '\0' || n == 0)
+        return 0;
+    return n > BUS_POOL_MAX_MAX ? BUS_POOL_MAX_MAX : (unsigned)n;
 }
 
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
@@ -356,12 +377,13 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 {
     /* p11agentd sets this: the agent must never sign through itself. */
     bool disabled = getenv("P11AGENT_AGENT_PROCESS") != NULL;
-    char *configured = disabled ? NULL : prov_configured_socket(handle, in);
+    const char *configured = disabled ? NULL : prov_configured(handle, in, "agent-socket");
     prov_ctx_t *ctx = prov_ctx_new(handle, in, configured, disabled);
 
-    free(configured);
     if (ctx == NULL)
         return 0;
+    if (!disabled)
+        bus_pool_set_max(ctx->client, prov_max_connections(handle, in));
     *out = prov_functions;
     *provctx = ctx;
     return 1;

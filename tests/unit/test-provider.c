@@ -1542,6 +1542,44 @@ static void test_provider_threads_share_key_and_connection_pool(void **state)
     EVP_PKEY_free(key);
 }
 
+/* max-connections (here $P11AGENT_MAX_CONNECTIONS, read when the provider
+ * starts): 4 threads signing at once share the one connection allowed. */
+static void test_provider_max_connections_caps_the_pool(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx, *one = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    pthread_t t[4];
+    thread_arg_t args[4];
+    int conns;
+
+    assert_non_null(one);
+    assert_true(OSSL_PROVIDER_add_builtin(one, "p11agent", OSSL_provider_init));
+    setenv("P11AGENT_MAX_CONNECTIONS", "1", 1);
+    d = OSSL_PROVIDER_load(one, "default");
+    ours = OSSL_PROVIDER_load(one, "p11agent");
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    assert_non_null(d);
+    assert_non_null(ours);
+    plibctx = one; /* load_uri and sign_once use it */
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL);
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg_t){ .key = key };
+        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(args[i].ok, 50);
+    }
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(one);
+}
+
 /* ------------------------------------------------------------------ */
 /* Key-reference files (decoder.c)                                     */
 /* ------------------------------------------------------------------ */
@@ -2057,6 +2095,7 @@ int main(void)
         cmocka_unit_test(test_provider_gives_up_on_agent_that_stays_away),
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
+        cmocka_unit_test(test_provider_max_connections_caps_the_pool),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
         cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
         cmocka_unit_test(test_provider_decoder_cert_then_ref),
