@@ -449,7 +449,7 @@ static int agent_decrypt(asym_ctx_t *a, bus_dec_alg_t alg, const unsigned char *
         p.label = a->label;
         p.label_len = a->label_len;
     }
-    r = bus_pool_decrypt(a->ctx->client, a->key->uri, &p, in, inlen, ret_plain, ret_len, &msg);
+    r = prov_bus_decrypt(a->ctx, a->key->uri, &p, in, inlen, ret_plain, ret_len, &msg);
     if (r != BUS_OK) {
         if (alg == BUS_DEC_RSA_RAW && r == BUS_ERR_UNSUPPORTED) {
             char *hint = NULL;

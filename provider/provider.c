@@ -179,14 +179,10 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
         return ctx;
 
     /* bus_socket_path reads $P11AGENT_SOCKET, then the configured path,
-     * then the per-user default: once, now. */
-    ctx->client = bus_pool_new(bus_socket_path(socket_path));
-    if (ctx->client == NULL)
-        goto err;
+     * then the per-user default: once, now (nginx workers sign with a
+     * scrubbed environment). The pool is made on the first agent call. */
+    ctx->socket_path = bus_socket_path(socket_path);
     return ctx;
-err:
-    prov_ctx_free(ctx);
-    return NULL;
 }
 
 OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx)
@@ -246,7 +242,8 @@ void prov_ctx_free(prov_ctx_t *ctx)
         return;
     for (size_t i = 0; i < PROV_MD_CACHE; i++)
         EVP_MD_free(atomic_load(&ctx->md_cache[i].md));
-    bus_pool_free(ctx->client);
+    prov_bus_free(ctx);
+    free(ctx->socket_path);
     if (atomic_load(&ctx->libctx) != NULL) {
         OSSL_PROVIDER_unload(ctx->default_prov);
         OSSL_LIB_CTX_free(atomic_load(&ctx->libctx));
@@ -383,7 +380,7 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
     if (ctx == NULL)
         return 0;
     if (!disabled)
-        bus_pool_set_max(ctx->client, prov_max_connections(handle, in));
+        ctx->max_connections = prov_max_connections(handle, in);
     *out = prov_functions;
     *provctx = ctx;
     return 1;

@@ -69,11 +69,35 @@ typedef struct prov_ctx {
      * it. */
     _Atomic(OSSL_LIB_CTX *) libctx;
     OSSL_PROVIDER *default_prov; /* set with libctx */
-    bus_pool_t *client;       /* the agent client (dbus/pool.h) */
+    /* The agent client (dbus/pool.h), in p11agent-bus.so: module and pool
+     * are loaded and made on the first agent call (busapi.c). */
+    _Atomic(const struct prov_bus_api *) bus;
+    _Atomic(bus_pool_t *) client;
+    char *socket_path;        /* resolved once, at load (NULL: none) */
+    unsigned max_connections; /* 0: the pool's default */
     bool disabled;            /* running inside p11agentd: no operations */
     prov_md_slot_t md_cache[PROV_MD_CACHE];
     atomic_uint md_used;      /* slots claimed (some may not be published yet) */
 } prov_ctx_t;
+
+/* p11agent-bus.so's one export (busmod.c): the pool functions the
+ * provider calls. */
+#define PROV_BUS_API_VERSION 1u
+typedef struct prov_bus_api {
+    unsigned version;         /* PROV_BUS_API_VERSION */
+    const char *build;        /* P11AGENT_VERSION */
+    bus_pool_t *(*pool_new)(char *socket_path);
+    void (*pool_free)(bus_pool_t *p);
+    void (*pool_set_max)(bus_pool_t *p, unsigned n);
+    int (*pool_find_keys)(bus_pool_t *p, const char *uri, bus_key_info_t **ret_keys,
+                          size_t *ret_n, char **errmsg);
+    int (*pool_sign)(bus_pool_t *p, const char *uri, const bus_sign_params_t *params,
+                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                     char **errmsg);
+    int (*pool_decrypt)(bus_pool_t *p, const char *uri, const bus_decrypt_params_t *params,
+                        const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                        char **errmsg);
+} prov_bus_api_t;
 
 /* Raises an OpenSSL error with our reason code and a formatted message
  * (through the core's error functions, so the reason strings apply). */
@@ -93,6 +117,20 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
                          const char *socket_path, bool disabled);
 void prov_ctx_free(prov_ctx_t *ctx);
+
+/* busapi.c: the pool calls of dbus/pool.h on the context's pool, made (and
+ * p11agent-bus.so loaded) on first use; a failure to load is
+ * BUS_ERR_NOT_RUNNING with *errmsg saying why. errmsg must not be NULL. */
+int prov_bus_find_keys(prov_ctx_t *ctx, const char *uri, bus_key_info_t **ret_keys, size_t *ret_n,
+                       char **errmsg);
+int prov_bus_sign(prov_ctx_t *ctx, const char *uri, const bus_sign_params_t *p,
+                  const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                  char **errmsg);
+int prov_bus_decrypt(prov_ctx_t *ctx, const char *uri, const bus_decrypt_params_t *p,
+                     const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                     char **errmsg);
+/* Closes the pool (teardown). */
+void prov_bus_free(prov_ctx_t *ctx);
 /* The provider's own library context, made on first use; NULL (error
  * raised) when it cannot be made. */
 OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx);

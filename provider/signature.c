@@ -555,7 +555,7 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
     }
     snprintf(p.hash, sizeof(p.hash), "%s", hash);
 
-    r = bus_pool_sign(s->ctx->client, key->uri, &p, data, len, &out, &out_len, &msg);
+    r = prov_bus_sign(s->ctx, key->uri, &p, data, len, &out, &out_len, &msg);
     if (r != BUS_OK) {
         if (r == BUS_ERR_UNSUPPORTED && p.alg == BUS_SIG_RSA_PSS) {
             char *hint = NULL;
