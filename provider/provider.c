@@ -231,9 +231,27 @@ EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name)
     if (i < PROV_MD_CACHE && EVP_MD_up_ref(md)) {
         /* two threads may cache the same name: harmless */
         memcpy(ctx->md_cache[i].name, name, len + 1);
+        ctx->md_cache[i].wire = prov_md_wire_name(md);
+        ctx->md_cache[i].md5sha1 = prov_md_is_md5_sha1(md);
         atomic_store_explicit(&ctx->md_cache[i].md, md, memory_order_release);
     }
     return md;
+}
+
+const char *prov_md_wire(prov_ctx_t *ctx, const EVP_MD *md, bool *ret_md5sha1)
+{
+    unsigned n = atomic_load(&ctx->md_used);
+
+    /* the cache holds a reference to each of its digests: a pointer found
+     * there is that digest, never a freed one's successor */
+    for (unsigned i = 0; i < n && i < PROV_MD_CACHE; i++) {
+        if (atomic_load_explicit(&ctx->md_cache[i].md, memory_order_acquire) == md) {
+            *ret_md5sha1 = ctx->md_cache[i].md5sha1;
+            return ctx->md_cache[i].wire;
+        }
+    }
+    *ret_md5sha1 = prov_md_is_md5_sha1(md);
+    return prov_md_wire_name(md);
 }
 
 void prov_ctx_free(prov_ctx_t *ctx)

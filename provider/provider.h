@@ -51,6 +51,8 @@ enum {
 typedef struct prov_md_slot {
     _Atomic(EVP_MD *) md;     /* NULL until published */
     char name[PROV_MD_NAME_MAX];
+    const char *wire;         /* prov_md_wire_name(md) */
+    bool md5sha1;             /* prov_md_is_md5_sha1(md) */
 } prov_md_slot_t;
 
 typedef struct prov_ctx {
@@ -137,6 +139,10 @@ OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx);
 /* EVP_MD_fetch(ctx->libctx, name, NULL) through the context's cache: a
  * reference the caller frees, or NULL (no error raised). */
 EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name);
+/* prov_md_wire_name(md), and prov_md_is_md5_sha1(md) in *ret_md5sha1,
+ * without asking OpenSSL (EVP_MD_is_a: name-map lookups under locks, a
+ * fifth of the client's CPU per signature) when md came from the cache. */
+const char *prov_md_wire(prov_ctx_t *ctx, const EVP_MD *md, bool *ret_md5sha1);
 
 /* --- key object (keymgmt.c) --- */
 

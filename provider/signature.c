@@ -150,25 +150,29 @@ static void *sig_dupctx(void *vctx)
 static int sig_set_md(sig_ctx_t *s, EVP_MD **slot, const char *name)
 {
     EVP_MD *md;
+    bool md5sha1 = false;
 
     if (name == NULL || *name == '\0') {
         EVP_MD_free(*slot);
         *slot = NULL;
         return 1;
     }
-    /* The same digest again (every TLS handshake inits twice): keep it. */
-    if (*slot != NULL && EVP_MD_is_a(*slot, name))
-        return 1;
     md = prov_fetch_md(s->ctx, name);
+    /* The same digest again (every TLS handshake inits twice): keep it. */
+    if (md != NULL && md == *slot) {
+        EVP_MD_free(md);
+        return 1;
+    }
     /* MD5-SHA1 (TLS 1.0/1.1 ServerKeyExchange and CertificateVerify) is
      * signed as raw PKCS#1 v1.5 over the 36 bytes, without DigestInfo; only
      * as the message digest of RSA, never as MGF1. */
-    if (md != NULL && slot == &s->md && s->alg == SIG_ALG_RSA && prov_md_is_md5_sha1(md)) {
+    if (md != NULL && prov_md_wire(s->ctx, md, &md5sha1) == NULL && md5sha1 && slot == &s->md
+        && s->alg == SIG_ALG_RSA) {
         EVP_MD_free(*slot);
         *slot = md;
         return 1;
     }
-    if (md == NULL || prov_md_wire_name(md) == NULL) {
+    if (md == NULL || prov_md_wire(s->ctx, md, &md5sha1) == NULL) {
         prov_raise(s->ctx, PROV_R_UNSUPPORTED, "p11agent: digest %s is not supported", name);
         EVP_MD_free(md);
         return 0;
@@ -500,11 +504,13 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
     uint8_t *out = NULL;
     size_t out_len = 0;
     char *msg = NULL;
-    bool md5sha1 = s->md != NULL && prov_md_is_md5_sha1(s->md);
+    bool md5sha1 = false;
     int r, ok = 0;
 
     if (s->md != NULL) {
-        hash = md5sha1 ? "" : prov_md_wire_name(s->md);
+        hash = prov_md_wire(s->ctx, s->md, &md5sha1);
+        if (md5sha1)
+            hash = "";
         if (hash == NULL)
             return 0; /* checked when set */
         if (len != (size_t)EVP_MD_get_size(s->md)) {
@@ -535,7 +541,10 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
                            "p11agent: PSS salt length does not fit a %d-bit key", key->bits);
                 return 0;
             }
-            snprintf(p.mgf1_hash, sizeof(p.mgf1_hash), "%s", prov_md_wire_name(mgf1));
+            bool mgf1_md5sha1;
+
+            snprintf(p.mgf1_hash, sizeof(p.mgf1_hash), "%s",
+                     prov_md_wire(s->ctx, mgf1, &mgf1_md5sha1));
         } else {
             p.alg = BUS_SIG_RSA_PKCS1;
             if ((s->md == NULL || md5sha1) && len + 11 > (size_t)key->max_size) {
