@@ -3,7 +3,10 @@
  * The client end of a signing channel (channel.h), one per pooled
  * connection (pool.c keeps it as the connection's libdbus data): opened with
  * OpenChannel on the first Sign, key URIs bound to handles once, then one
- * SIGN frame and its reply per signature. lock serialises the threads that
+ * SIGN frame and its reply per signature. The first BUS_CHAN_OPEN_AFTER
+ * signatures of a connection go over D-Bus Sign instead: a process that
+ * signs once (openssl pkeyutl, a short-lived client's one handshake) would
+ * pay two round trips (OpenChannel, BIND) for nothing. lock serialises the threads that
  * share the connection. A channel that breaks is dropped and the call fails
  * as the D-Bus Sign would (Disconnected: the pool reconnects and retries);
  * an agent without channels leaves it unused (BUS_CHAN_UNAVAILABLE).
@@ -11,6 +14,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -18,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "chanclient.h"
@@ -25,6 +30,7 @@
 struct bus_chan_client {
     pthread_mutex_t lock;
     int state;          /* CHAN_UNTRIED, CHAN_OPEN, CHAN_NONE */
+    unsigned dbus_signs; /* signatures made over D-Bus before the channel */
     int fd;
     uint32_t next_id;
     struct {
@@ -111,6 +117,20 @@ static int chan_open_locked(bus_chan_client_t *ch, DBusConnection *conn,
         ch->state = CHAN_NONE;
         return BUS_OK;
     }
+    /* Replies are awaited with a blocking recv (one system call, not poll
+     * and recv) bounded by the call timeout. */
+    {
+        struct timeval tv = {.tv_sec = BUS_CALL_TIMEOUT_MS / 1000,
+                             .tv_usec = (BUS_CALL_TIMEOUT_MS % 1000) * 1000};
+        int fl = fcntl(fd, F_GETFL);
+
+        if (fl < 0 || (fl & O_NONBLOCK && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) < 0) ||
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) < 0) {
+            close(fd);
+            ch->state = CHAN_NONE;
+            return BUS_OK;
+        }
+    }
     ch->fd = fd;
     ch->state = CHAN_OPEN;
     if (opened)
@@ -150,7 +170,6 @@ static int chan_roundtrip_locked(bus_chan_client_t *ch, size_t out_len, uint32_t
         }
     }
     for (;;) {
-        struct pollfd p = {.fd = ch->fd, .events = POLLIN};
         long n = bus_chan_parse_reply(ch->in, have, ret_hdr, ret_data);
         ssize_t got;
 
@@ -167,15 +186,15 @@ static int chan_roundtrip_locked(bus_chan_client_t *ch, size_t out_len, uint32_t
             why = "a malformed reply on the signing channel";
             goto fail;
         }
-        if (poll(&p, 1, BUS_CALL_TIMEOUT_MS) == 0) {
+        /* blocking, bounded by SO_RCVTIMEO (chan_open_locked) */
+        got = recv(ch->fd, ch->in + have, sizeof(ch->in) - have, 0);
+        if (got > 0) {
+            have += (size_t)got;
+        } else if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
             r = BUS_ERR_TIMEOUT;
             why = "no reply from the agent on the signing channel";
             goto fail;
-        }
-        got = recv(ch->fd, ch->in + have, sizeof(ch->in) - have, MSG_DONTWAIT);
-        if (got > 0)
-            have += (size_t)got;
-        else if (got == 0 || (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+        } else if (got == 0 || errno != EINTR) {
             why = "the agent closed the signing channel";
             goto fail;
         }
@@ -207,6 +226,10 @@ int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char
     int r = BUS_CHAN_UNAVAILABLE;
 
     pthread_mutex_lock(&ch->lock);
+    if (ch->state == CHAN_UNTRIED && ch->dbus_signs < BUS_CHAN_OPEN_AFTER) {
+        ch->dbus_signs++;
+        goto out; /* BUS_CHAN_UNAVAILABLE: this one over D-Bus */
+    }
     if (ch->state == CHAN_UNTRIED) {
         r = chan_open_locked(ch, conn, opened, opened_arg, errmsg);
         if (r < 0)

@@ -15,6 +15,11 @@ typedef struct bus_chan_client bus_chan_client_t;
 /* bus_chan_client_sign: no channel to use; sign with the D-Bus Sign call */
 #define BUS_CHAN_UNAVAILABLE 1
 
+/* A connection's first signatures go over D-Bus Sign (the channel costs two
+ * round trips to open, OpenChannel and BIND: a process that signs once
+ * saves them); the channel opens at the signature after these. */
+#define BUS_CHAN_OPEN_AFTER 1u
+
 /* Called once the channel of conn is open, with its fd (a forked child
  * closes it, see pool.c). */
 typedef void (*bus_chan_opened_fn)(void *arg, DBusConnection *conn, int fd,
@@ -27,8 +32,9 @@ void bus_chan_client_free(void *ch);
 /* Signs over the channel of conn, opened on first use (OpenChannel): BUS_OK
  * with *ret_sig malloc'd, a BUS_ERR_* as the D-Bus Sign would give it (the
  * agent's error and text; Disconnected when the channel broke), or
- * BUS_CHAN_UNAVAILABLE: the agent offers no channel, or this request
- * cannot go on one. */
+ * BUS_CHAN_UNAVAILABLE: the agent offers no channel, this request cannot
+ * go on one, or the connection has not made BUS_CHAN_OPEN_AFTER signatures
+ * yet. */
 int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char *uri,
                          const bus_sign_params_t *p, const uint8_t *data, size_t len,
                          bus_chan_opened_fn opened, void *opened_arg, uint8_t **ret_sig,

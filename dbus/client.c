@@ -37,31 +37,6 @@ static void set_errmsg(char **errmsg, const char *fmt, ...)
     *errmsg = s;
 }
 
-char *bus_default_socket_path(void)
-{
-    const char *rt = getenv("XDG_RUNTIME_DIR");
-    char *path = NULL;
-
-    if (rt && rt[0] == '/') {
-        if (asprintf(&path, "%s/p11agent/agent.sock", rt) < 0)
-            return NULL;
-    } else if (asprintf(&path, "/run/user/%u/p11agent/agent.sock", (unsigned)getuid()) < 0) {
-        return NULL;
-    }
-    return path;
-}
-
-char *bus_socket_path(const char *configured)
-{
-    const char *env = getenv("P11AGENT_SOCKET");
-
-    if (env && env[0])
-        return strdup(env);
-    if (configured && configured[0])
-        return strdup(configured);
-    return bus_default_socket_path();
-}
-
 /* The user the system agent runs as (packaging/systemd: User=p11agent). */
 #define BUS_SYSTEM_USER "p11agent"
 #define BUS_SYSTEM_SOCKET "/run/p11agent/agent.sock"

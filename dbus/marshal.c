@@ -22,28 +22,6 @@ static void *memdup(const void *p, size_t n)
     return r;
 }
 
-void bus_key_info_clear(bus_key_info_t *k)
-{
-    if (k == NULL)
-        return;
-    free(k->uri);
-    free(k->group);
-    free(k->label);
-    free(k->token);
-    free(k->spki);
-    free(k->cert);
-    memset(k, 0, sizeof(*k));
-}
-
-void bus_key_info_free_array(bus_key_info_t *keys, size_t n)
-{
-    if (keys == NULL)
-        return;
-    for (size_t i = 0; i < n; i++)
-        bus_key_info_clear(&keys[i]);
-    free(keys);
-}
-
 static const char *nz(const char *s)
 {
     return s ? s : "";

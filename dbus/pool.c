@@ -6,8 +6,13 @@
  * past the pool's size threads share; the mutex only guards the pool).
  *
  * Fork: OpenSSL 3.0 gives providers no fork hook (and PKCS#11 programs
- * rarely call C_Initialize again in a child), so every call compares
- * getpid() with the owner of the state. A child never calls into the
+ * rarely call C_Initialize again in a child), so every call checks whether
+ * it runs in a child: a page of the pool is MADV_WIPEONFORK, the kernel
+ * gives a child (any fork or clone without CLONE_VM, atfork handlers or
+ * not) that page zeroed, so a call that still reads the pool's mark there
+ * knows it is in the owner process without a system call; otherwise (or
+ * where the kernel lacks MADV_WIPEONFORK) it compares getpid() with the
+ * owner of the state. A child never calls into the
  * inherited DBusConnection (its locks may be held by threads that do not
  * exist in the child): it closes the socket fd recorded at connect time,
  * if that fd still is the same socket, and forgets the object.
@@ -24,9 +29,10 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
- * Signing channel: on each pooled connection the first Sign asks the agent
- * for a signing channel (OpenChannel, dbus/channel.h) and signs over it from
- * then on: key URIs bound to handles once, then one small frame each way per
+ * Signing channel: on each pooled connection the first Sign goes over
+ * D-Bus (a process that signs once spares the channel's two round trips),
+ * the next asks the agent for a signing channel (OpenChannel,
+ * dbus/channel.h) and signs over it from then on: key URIs bound to handles once, then one small frame each way per
  * signature. An agent without channels (UnknownMethod) or a request the
  * channel cannot carry (a long message, a hash it has no index for) signs
  * with the D-Bus Sign call; P11AGENT_CHANNEL=0 in the environment when the
@@ -49,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -56,11 +63,13 @@
 #include "chanclient.h"
 #include "pool.h"
 
-/* At most this many connections per process. A thread takes an idle one,
- * or opens a new one while fewer are open; past that, threads share (the
- * agent serves each connection on a thread of its own, so a connection per
- * signing thread is what lets signatures run in parallel). */
-#define POOL_MAX 8
+/* At most this many connections per process (bus_pool_set_max, default
+ * BUS_POOL_DEFAULT_MAX). A thread takes an idle one, or opens a new one
+ * while fewer are open; past that, threads share and wait for each other
+ * (the agent serves each connection on a thread of its own, one request at
+ * a time, so a connection per signing thread is what lets signatures run in
+ * parallel). */
+#define POOL_MAX BUS_POOL_MAX_MAX
 
 /* After a connection dropped: how long calls wait for the agent to accept
  * connections again, and how often they try meanwhile. */
@@ -96,15 +105,46 @@ struct bus_pool {
     pthread_mutex_t lock;
     char *socket_path;        /* immutable */
     pool_slot_t slots[POOL_MAX]; /* guarded by lock */
+    unsigned max;             /* slots in use: 1..POOL_MAX (bus_pool_set_max) */
     bool answered;            /* guarded by lock: the agent answered a call */
     int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
     int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
                                  retried; 0: not restarting */
     bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
     dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
+    volatile uint64_t *fork_page; /* MADV_WIPEONFORK page holding fork_mark
+                                     while in the owner; NULL: use getpid() */
+    size_t fork_page_len;
+    uint64_t fork_mark;       /* immutable, non-zero */
     atomic_int owner;         /* pid the state belongs to */
     atomic_int claim;         /* pid resetting the state after a fork */
 };
+
+/* (Re)arms the fork detector: the page is made (once) and marked
+ * wipe-on-fork in this process, then holds the mark. Without it (old
+ * kernel, no memory) every call asks getpid(). */
+static void fork_page_arm(bus_pool_t *c)
+{
+    long pg = sysconf(_SC_PAGESIZE);
+    void *m;
+
+    if (c->fork_page == NULL) {
+        c->fork_page_len = pg > 0 ? (size_t)pg : 4096;
+        m = mmap(NULL, c->fork_page_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                 -1, 0);
+        if (m == MAP_FAILED)
+            return;
+        c->fork_page = m;
+    }
+#ifdef MADV_WIPEONFORK
+    if (madvise((void *)c->fork_page, c->fork_page_len, MADV_WIPEONFORK) == 0) {
+        *c->fork_page = c->fork_mark;
+        return;
+    }
+#endif
+    munmap((void *)c->fork_page, c->fork_page_len);
+    c->fork_page = NULL;
+}
 
 bus_pool_t *bus_pool_new(char *socket_path)
 {
@@ -127,12 +167,26 @@ bus_pool_t *bus_pool_new(char *socket_path)
         c->slots[i].fd = -1;
         c->slots[i].chan_fd = -1;
     }
+    c->max = BUS_POOL_DEFAULT_MAX;
     c->chan_slot = -1;
     c->use_channel = !(getenv("P11AGENT_CHANNEL") && strcmp(getenv("P11AGENT_CHANNEL"), "0") == 0) &&
                      dbus_connection_allocate_data_slot(&c->chan_slot);
     atomic_store(&c->owner, (int)getpid());
     atomic_store(&c->claim, (int)getpid());
+    c->fork_mark = 0x70313161706f6f6cull; /* "p11apool" */
+    fork_page_arm(c);
     return c;
+}
+
+void bus_pool_set_max(bus_pool_t *c, unsigned n)
+{
+    if (c == NULL || n == 0)
+        return;
+    pthread_mutex_lock(&c->lock);
+    /* only grows or shrinks the slots used from now on; open connections
+     * past a lower maximum stay until they drop */
+    c->max = n < POOL_MAX ? n : POOL_MAX;
+    pthread_mutex_unlock(&c->lock);
 }
 
 const char *bus_pool_socket(const bus_pool_t *c)
@@ -165,8 +219,12 @@ static void client_abandon_inherited(bus_pool_t *c)
 
 static void client_check_fork(bus_pool_t *c)
 {
-    int me = (int)getpid();
+    int me;
 
+    /* In the owner the page holds the mark: no system call. */
+    if (c->fork_page != NULL && *c->fork_page == c->fork_mark)
+        return;
+    me = (int)getpid();
     while (atomic_load(&c->owner) != me) {
         int seen = atomic_load(&c->claim);
 
@@ -177,6 +235,7 @@ static void client_check_fork(bus_pool_t *c)
             pthread_mutex_init(&c->lock, NULL);
             pthread_mutex_init(&c->tmpl_lock, NULL);
             client_abandon_inherited(c);
+            fork_page_arm(c);
             atomic_store(&c->owner, me);
         } else {
             sched_yield();
@@ -198,7 +257,7 @@ static pool_slot_t *pick_slot_locked(bus_pool_t *c)
 {
     pool_slot_t *idle = NULL, *empty = NULL, *least = NULL;
 
-    for (size_t i = 0; i < POOL_MAX; i++) {
+    for (size_t i = 0; i < c->max; i++) {
         pool_slot_t *s = &c->slots[i];
 
         if (s->conn == NULL) {
@@ -578,6 +637,8 @@ void bus_pool_free(bus_pool_t *c)
     }
     if (c->chan_slot >= 0)
         dbus_connection_free_data_slot(&c->chan_slot);
+    if (c->fork_page != NULL)
+        munmap((void *)c->fork_page, c->fork_page_len);
     free(c->socket_path);
     free(c);
 }

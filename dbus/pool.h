@@ -27,6 +27,13 @@ bus_pool_t *bus_pool_new(char *socket_path);
 void bus_pool_free(bus_pool_t *p);
 const char *bus_pool_socket(const bus_pool_t *p);
 
+/* Connections a process opens at most (threads past that share them and
+ * wait for each other): BUS_POOL_DEFAULT_MAX unless set, never past
+ * BUS_POOL_MAX_MAX (larger values are cut). 0 keeps the current value. */
+#define BUS_POOL_DEFAULT_MAX 8u
+#define BUS_POOL_MAX_MAX 64u
+void bus_pool_set_max(bus_pool_t *p, unsigned n);
+
 /* A call made on one pooled connection: returns BUS_OK or a bus_err_t and,
  * on error, may set *errmsg (malloc'd). It must be idempotent: after a
  * Disconnected/NotRunning error it runs again on a new connection. */

@@ -184,7 +184,7 @@ static int set_md(asym_ctx_t *a, EVP_MD **slot, const OSSL_PARAM *p, const char 
         prov_raise(a->ctx, PROV_R_BAD_PARAM, "p11agent: invalid %s parameter", what);
         return 0;
     }
-    md = EVP_MD_fetch(a->ctx->libctx, name, NULL);
+    md = prov_fetch_md(a->ctx, name);
     if (md == NULL || prov_md_wire_name(md) == NULL) {
         prov_raise(a->ctx, PROV_R_UNSUPPORTED, "p11agent: %s %s is not supported for OAEP", what,
                    name);
@@ -358,7 +358,7 @@ static int asym_init(asym_ctx_t *a, void *provkey, const OSSL_PARAM params[], bo
                    "p11agent: this key has no private half in the agent (public only)");
         return 0;
     }
-    if (!decrypt && key->pub == NULL) {
+    if (!decrypt && prov_key_pub(key) == NULL) {
         prov_raise(a->ctx, PROV_R_BAD_KEY, "p11agent: this key has no public part");
         return 0;
     }
@@ -416,7 +416,8 @@ static int asym_encrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
                                                  a->label_len);
     }
     *p = OSSL_PARAM_construct_end();
-    pc = EVP_PKEY_CTX_new_from_pkey(a->ctx->libctx, a->key->pub, NULL);
+    pc = prov_libctx(a->ctx) == NULL ? NULL
+         : EVP_PKEY_CTX_new_from_pkey(prov_libctx(a->ctx), prov_key_pub(a->key), NULL);
     *outlen = outsize;
     if (pc != NULL && EVP_PKEY_encrypt_init_ex(pc, params) > 0 &&
         EVP_PKEY_encrypt(pc, out, outlen, in, inlen) > 0)
@@ -448,7 +449,7 @@ static int agent_decrypt(asym_ctx_t *a, bus_dec_alg_t alg, const unsigned char *
         p.label = a->label;
         p.label_len = a->label_len;
     }
-    r = bus_pool_decrypt(a->ctx->client, a->key->uri, &p, in, inlen, ret_plain, ret_len, &msg);
+    r = prov_bus_decrypt(a->ctx, a->key->uri, &p, in, inlen, ret_plain, ret_len, &msg);
     if (r != BUS_OK) {
         if (alg == BUS_DEC_RSA_RAW && r == BUS_ERR_UNSUPPORTED) {
             char *hint = NULL;
@@ -509,7 +510,7 @@ static int asym_decrypt(void *vctx, unsigned char *out, size_t *outlen, size_t o
             return 0;
         }
         /* drawn before anything depends on the ciphertext */
-        if (RAND_bytes_ex(a->ctx->libctx, random, sizeof(random), 0) <= 0) {
+        if (RAND_bytes_ex(prov_libctx(a->ctx), random, sizeof(random), 0) <= 0) {
             prov_raise(a->ctx, PROV_R_NO_MEMORY, "p11agent: no random bytes");
             return 0;
         }

@@ -51,7 +51,7 @@ static const prov_key_t *enc_key(prov_ctx_t *ctx, const void *obj_raw)
 {
     const prov_key_t *key = obj_raw;
 
-    if (key == NULL || key->magic != PROV_KEY_MAGIC || key->uri == NULL || key->pub == NULL) {
+    if (key == NULL || key->magic != PROV_KEY_MAGIC || key->uri == NULL || prov_key_pub(key) == NULL) {
         prov_raise(ctx, PROV_R_BAD_KEY, "p11agent: only keys held by the agent can be encoded");
         return NULL;
     }
@@ -91,7 +91,7 @@ static int enc_text_encode(void *vctx, OSSL_CORE_BIO *cout, const void *obj_raw,
     if (key == NULL)
         return 0;
     mem = BIO_new(BIO_s_mem());
-    if (mem == NULL || EVP_PKEY_print_public(mem, key->pub, 0, NULL) <= 0)
+    if (mem == NULL || EVP_PKEY_print_public(mem, prov_key_pub(key), 0, NULL) <= 0)
         goto out;
     if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
         BIO_printf(mem, "Private-Key: held on its token, never exported; it signs through "

@@ -8,7 +8,10 @@
  * public parameters by import) and is immutable afterwards: many SSL
  * objects and threads share it by reference count. It holds the public
  * half as an EVP_PKEY in the provider's own library context; everything
- * public (params, export, comparison) is answered from that, and nothing
+ * public beyond the sizes (params, export, comparison) is answered from
+ * that. An agent key of a common shape keeps only its SPKI and sizes
+ * (spki.c) until something needs the EVP_PKEY (prov_key_pub decodes it
+ * then, once): a process that loads a key and signs never decodes it. Nothing
  * private ever leaves: export and import refuse any selection with the
  * private key, so OpenSSL never moves our key to another provider and
  * signs with half a key.
@@ -63,7 +66,7 @@ void prov_key_free(prov_key_t *key)
 {
     if (key == NULL || atomic_fetch_sub(&key->refs, 1) != 1)
         return;
-    EVP_PKEY_free(key->pub);
+    EVP_PKEY_free(atomic_load(&key->pub));
     free(key->uri);
     free(key->group);
     free(key->spki);
@@ -128,6 +131,8 @@ prov_key_t *prov_key_from_spki(prov_ctx_t *ctx, prov_key_kind_t kind, const char
     prov_key_t *key = prov_key_new(ctx, kind);
     const unsigned char *p = spki;
     EVP_PKEY *pub = NULL;
+    OSSL_LIB_CTX *libctx;
+    prov_spki_sizes_t sz;
 
     if (key == NULL)
         return NULL;
@@ -141,8 +146,17 @@ prov_key_t *prov_key_from_spki(prov_ctx_t *ctx, prov_key_kind_t kind, const char
         goto nomem;
     key->cert_len = cert_len;
 
-    if (spki_len == 0 || spki_len > LONG_MAX
-        || (pub = d2i_PUBKEY_ex(NULL, &p, (long)spki_len, ctx->libctx, NULL)) == NULL) {
+    if (uri != NULL && spki_len > 0 && prov_spki_sizes(kind, spki, spki_len, &sz)) {
+        /* decoded on first use (prov_key_pub) */
+        if (sz.group != NULL && (key->group = strdup(sz.group)) == NULL)
+            goto nomem;
+        key->bits = sz.bits;
+        key->security_bits = sz.security_bits;
+        key->max_size = sz.max_size;
+        return key;
+    }
+    if (spki_len == 0 || spki_len > LONG_MAX || (libctx = prov_libctx(ctx)) == NULL
+        || (pub = d2i_PUBKEY_ex(NULL, &p, (long)spki_len, libctx, NULL)) == NULL) {
         prov_raise(ctx, PROV_R_BAD_KEY, "p11agent: cannot decode the public key of %s",
                    uri != NULL ? uri : "(imported)");
         goto err;
@@ -156,6 +170,42 @@ err:
     EVP_PKEY_free(pub);
     prov_key_free(key);
     return NULL;
+}
+
+bool prov_key_has_pub(const prov_key_t *key)
+{
+    return atomic_load(&((prov_key_t *)key)->pub) != NULL ||
+           (key->uri != NULL && key->spki_len > 0);
+}
+
+EVP_PKEY *prov_key_pub(const prov_key_t *ckey)
+{
+    /* logically const: the decoded key is a cache, published once */
+    prov_key_t *key = (prov_key_t *)ckey;
+    EVP_PKEY *pub = atomic_load_explicit(&key->pub, memory_order_acquire), *expected = NULL;
+    const unsigned char *p = key->spki;
+    OSSL_LIB_CTX *libctx;
+
+    if (pub != NULL || key->uri == NULL || key->spki_len == 0)
+        return pub;
+    if ((libctx = prov_libctx(key->ctx)) == NULL)
+        return NULL;
+    pub = d2i_PUBKEY_ex(NULL, &p, (long)key->spki_len, libctx, NULL);
+    /* the figures given out since the load must be this key's */
+    if (pub == NULL || !EVP_PKEY_is_a(pub, prov_key_kind_name(key->kind))
+        || EVP_PKEY_get_bits(pub) != key->bits || EVP_PKEY_get_size(pub) != key->max_size
+        || EVP_PKEY_get_security_bits(pub) != key->security_bits) {
+        prov_raise(key->ctx, PROV_R_BAD_KEY, "p11agent: cannot decode the public key of %s",
+                   key->uri);
+        EVP_PKEY_free(pub);
+        return NULL;
+    }
+    /* Threads may race to decode it: one wins, the others free theirs. */
+    if (atomic_compare_exchange_strong_explicit(&key->pub, &expected, pub, memory_order_acq_rel,
+                                                memory_order_acquire))
+        return pub;
+    EVP_PKEY_free(pub);
+    return expected;
 }
 
 prov_key_t *prov_key_from_info(prov_ctx_t *ctx, const bus_key_info_t *info)
@@ -225,24 +275,29 @@ static int km_has(const void *keydata, int selection)
     if ((selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) && !prov_key_is_private(key))
         return 0;
     if ((selection & (OSSL_KEYMGMT_SELECT_PUBLIC_KEY | OSSL_KEYMGMT_SELECT_ALL_PARAMETERS))
-        && key->pub == NULL)
+        && !prov_key_has_pub(key))
         return 0;
     return 1;
 }
 
 static int km_match(const void *keydata1, const void *keydata2, int selection)
 {
-    const prov_key_t *a = keydata1, *b = keydata2;
+    prov_key_t *a = (prov_key_t *)keydata1, *b = (prov_key_t *)keydata2;
+    EVP_PKEY *pa, *pb;
 
     if (a == NULL || b == NULL || a->kind != b->kind)
         return 0;
-    if (a->pub == NULL || b->pub == NULL)
-        return a->pub == b->pub && a == b;
+    if (a == b)
+        return 1;
+    pa = prov_key_pub(a);
+    pb = prov_key_pub(b);
+    if (pa == NULL || pb == NULL)
+        return 0;
     if (selection & OSSL_KEYMGMT_SELECT_KEYPAIR)
-        return EVP_PKEY_eq(a->pub, b->pub) == 1;
+        return EVP_PKEY_eq(pa, pb) == 1;
     if (selection & OSSL_KEYMGMT_SELECT_DOMAIN_PARAMETERS) {
         if (a->kind == PROV_KEY_EC)
-            return EVP_PKEY_parameters_eq(a->pub, b->pub) == 1;
+            return EVP_PKEY_parameters_eq(pa, pb) == 1;
     }
     return 1;
 }
@@ -272,7 +327,8 @@ static int km_import(void *keydata, int selection, const OSSL_PARAM params[])
     else
         return 1; /* nothing to import */
 
-    pctx = EVP_PKEY_CTX_new_from_name(key->ctx->libctx, prov_key_kind_name(key->kind), NULL);
+    pctx = prov_libctx(key->ctx) == NULL ? NULL
+           : EVP_PKEY_CTX_new_from_name(prov_libctx(key->ctx), prov_key_kind_name(key->kind), NULL);
     if (pctx == NULL || EVP_PKEY_fromdata_init(pctx) <= 0
         || EVP_PKEY_fromdata(pctx, &pub, sel, (OSSL_PARAM *)params) <= 0) {
         prov_raise(key->ctx, PROV_R_BAD_KEY, "p11agent: cannot import %s public key",
@@ -299,6 +355,7 @@ out:
 static int km_export(void *keydata, int selection, OSSL_CALLBACK *param_cb, void *cbarg)
 {
     prov_key_t *key = keydata;
+    EVP_PKEY *pub;
     int sel;
 
     if (key == NULL)
@@ -308,15 +365,15 @@ static int km_export(void *keydata, int selection, OSSL_CALLBACK *param_cb, void
      * queue would cost each handshake and could confuse the application. */
     if (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY)
         return 0;
-    if (key->pub == NULL)
-        return 0;
     if (selection & OSSL_KEYMGMT_SELECT_PUBLIC_KEY)
         sel = EVP_PKEY_PUBLIC_KEY;
     else if (selection & OSSL_KEYMGMT_SELECT_ALL_PARAMETERS)
         sel = EVP_PKEY_KEY_PARAMETERS;
     else
         return 0;
-    return EVP_PKEY_export(key->pub, sel, param_cb, cbarg);
+    if ((pub = prov_key_pub(key)) == NULL)
+        return 0;
+    return EVP_PKEY_export(pub, sel, param_cb, cbarg);
 }
 
 static void *km_dup(const void *keydata_from, int selection)
@@ -327,16 +384,39 @@ static void *km_dup(const void *keydata_from, int selection)
 
 /* --- parameters --- */
 
+/* Whether params asks for anything but the figures answered from the key
+ * object itself (then the public key is decoded, if it was not yet). */
+static bool params_need_pub(const OSSL_PARAM params[])
+{
+    static const char *const own[] = {
+        OSSL_PKEY_PARAM_BITS, OSSL_PKEY_PARAM_SECURITY_BITS, OSSL_PKEY_PARAM_MAX_SIZE,
+        OSSL_PKEY_PARAM_DEFAULT_DIGEST, OSSL_PKEY_PARAM_MANDATORY_DIGEST,
+        OSSL_PKEY_PARAM_GROUP_NAME,
+    };
+
+    for (const OSSL_PARAM *p = params; p != NULL && p->key != NULL; p++) {
+        bool mine = false;
+
+        for (size_t i = 0; i < sizeof(own) / sizeof(own[0]) && !mine; i++)
+            mine = strcmp(p->key, own[i]) == 0;
+        if (!mine)
+            return true;
+    }
+    return false;
+}
+
 static int km_get_params(void *keydata, OSSL_PARAM params[])
 {
     prov_key_t *key = keydata;
+    EVP_PKEY *pub;
     OSSL_PARAM *p;
 
     if (key == NULL)
         return 0;
     /* Everything public comes from the inner key (n, e, pub, group,
      * encoded-pub-key, point-format, ...); the sizes are our cached ones. */
-    if (key->pub != NULL && !EVP_PKEY_get_params(key->pub, params))
+    pub = params_need_pub(params) ? prov_key_pub(key) : NULL;
+    if (pub != NULL && !EVP_PKEY_get_params(pub, params))
         return 0;
     if ((p = OSSL_PARAM_locate(params, OSSL_PKEY_PARAM_BITS)) != NULL
         && !OSSL_PARAM_set_int(p, key->bits))

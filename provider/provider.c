@@ -7,8 +7,10 @@
  *   [p11agent_sect]
  *   module = /usr/lib/x86_64-linux-gnu/ossl-modules/p11agent.so
  *   agent-socket = /run/p11agent/agent.sock     # optional
+ *   max-connections = 8                         # optional, 1-64
  *   activate = 1
- * $P11AGENT_SOCKET overrides agent-socket. Both are read once, here.
+ * $P11AGENT_SOCKET overrides agent-socket, $P11AGENT_MAX_CONNECTIONS
+ * max-connections. All are read once, here.
  */
 #include "config.h"
 
@@ -176,31 +178,94 @@ prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in
     if (disabled)
         return ctx;
 
-    ctx->libctx = OSSL_LIB_CTX_new();
-    if (ctx->libctx == NULL)
-        goto err;
-    ctx->default_prov = OSSL_PROVIDER_load(ctx->libctx, "default");
-    if (ctx->default_prov == NULL)
-        goto err;
     /* bus_socket_path reads $P11AGENT_SOCKET, then the configured path,
-     * then the per-user default: once, now. */
-    ctx->client = bus_pool_new(bus_socket_path(socket_path));
-    if (ctx->client == NULL)
-        goto err;
+     * then the per-user default: once, now (nginx workers sign with a
+     * scrubbed environment). The pool is made on the first agent call. */
+    ctx->socket_path = bus_socket_path(socket_path);
     return ctx;
-err:
-    prov_ctx_free(ctx);
-    return NULL;
+}
+
+OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx)
+{
+    OSSL_LIB_CTX *l = atomic_load_explicit(&ctx->libctx, memory_order_acquire), *expected = NULL;
+    OSSL_PROVIDER *def;
+
+    if (l != NULL)
+        return l;
+    /* Threads may race to make it: one wins, the others free theirs. */
+    l = OSSL_LIB_CTX_new();
+    def = l != NULL ? OSSL_PROVIDER_load(l, "default") : NULL;
+    if (def == NULL) {
+        OSSL_LIB_CTX_free(l);
+        prov_raise(ctx, PROV_R_NO_MEMORY,
+                   "p11agent: cannot make a library context with the default provider");
+        return NULL;
+    }
+    if (atomic_compare_exchange_strong_explicit(&ctx->libctx, &expected, l, memory_order_acq_rel,
+                                                memory_order_acquire)) {
+        ctx->default_prov = def; /* read only by prov_ctx_free */
+        return l;
+    }
+    OSSL_PROVIDER_unload(def);
+    OSSL_LIB_CTX_free(l);
+    return expected;
+}
+
+EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name)
+{
+    unsigned n = atomic_load(&ctx->md_used), i;
+    size_t len = strlen(name);
+    EVP_MD *md;
+
+    for (i = 0; i < n && i < PROV_MD_CACHE; i++) {
+        md = atomic_load_explicit(&ctx->md_cache[i].md, memory_order_acquire);
+        if (md != NULL && strcmp(ctx->md_cache[i].name, name) == 0)
+            return EVP_MD_up_ref(md) ? md : NULL;
+    }
+    if (prov_libctx(ctx) == NULL)
+        return NULL;
+    md = EVP_MD_fetch(prov_libctx(ctx), name, NULL);
+    if (md == NULL || len >= PROV_MD_NAME_MAX || atomic_load(&ctx->md_used) >= PROV_MD_CACHE)
+        return md;
+    i = atomic_fetch_add(&ctx->md_used, 1);
+    if (i < PROV_MD_CACHE && EVP_MD_up_ref(md)) {
+        /* two threads may cache the same name: harmless */
+        memcpy(ctx->md_cache[i].name, name, len + 1);
+        ctx->md_cache[i].wire = prov_md_wire_name(md);
+        ctx->md_cache[i].md5sha1 = prov_md_is_md5_sha1(md);
+        atomic_store_explicit(&ctx->md_cache[i].md, md, memory_order_release);
+    }
+    return md;
+}
+
+const char *prov_md_wire(prov_ctx_t *ctx, const EVP_MD *md, bool *ret_md5sha1)
+{
+    unsigned n = atomic_load(&ctx->md_used);
+
+    /* the cache holds a reference to each of its digests: a pointer found
+     * there is that digest, never a freed one's successor */
+    for (unsigned i = 0; i < n && i < PROV_MD_CACHE; i++) {
+        if (atomic_load_explicit(&ctx->md_cache[i].md, memory_order_acquire) == md) {
+            *ret_md5sha1 = ctx->md_cache[i].md5sha1;
+            return ctx->md_cache[i].wire;
+        }
+    }
+    *ret_md5sha1 = prov_md_is_md5_sha1(md);
+    return prov_md_wire_name(md);
 }
 
 void prov_ctx_free(prov_ctx_t *ctx)
 {
     if (ctx == NULL)
         return;
-    bus_pool_free(ctx->client);
-    if (ctx->default_prov != NULL)
+    for (size_t i = 0; i < PROV_MD_CACHE; i++)
+        EVP_MD_free(atomic_load(&ctx->md_cache[i].md));
+    prov_bus_free(ctx);
+    free(ctx->socket_path);
+    if (atomic_load(&ctx->libctx) != NULL) {
         OSSL_PROVIDER_unload(ctx->default_prov);
-    OSSL_LIB_CTX_free(ctx->libctx);
+        OSSL_LIB_CTX_free(atomic_load(&ctx->libctx));
+    }
     free(ctx);
 }
 
@@ -281,8 +346,9 @@ static const OSSL_DISPATCH prov_functions[] = {
     { 0, NULL },
 };
 
-/* Reads agent-socket from our openssl.cnf section; malloc'd or NULL. */
-static char *prov_configured_socket(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in)
+/* Reads a setting from our openssl.cnf section; NULL if unset. */
+static const char *prov_configured(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
+                                   const char *name)
 {
     OSSL_FUNC_core_get_params_fn *get_params = NULL;
     char *value = NULL;
@@ -294,11 +360,29 @@ static char *prov_configured_socket(const OSSL_CORE_HANDLE *handle, const OSSL_D
     }
     if (get_params == NULL)
         return NULL;
-    params[0] = OSSL_PARAM_construct_utf8_ptr("agent-socket", &value, 0);
+    params[0] = OSSL_PARAM_construct_utf8_ptr(name, &value, 0);
     params[1] = OSSL_PARAM_construct_end();
     if (!get_params(handle, params) || value == NULL || *value == '\0')
         return NULL;
-    return strdup(value);
+    return value;
+}
+
+/* max-connections (or $P11AGENT_MAX_CONNECTIONS): 1 to BUS_POOL_MAX_MAX,
+ * else 0 (the pool's default). */
+static unsigned prov_max_connections(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in)
+{
+    const char *v = getenv("P11AGENT_MAX_CONNECTIONS");
+    char *end = NULL;
+    unsigned long n;
+
+    if (v == NULL || *v == '\0')
+        v = prov_configured(handle, in, "max-connections");
+    if (v == NULL)
+        return 0;
+    n = strtoul(v, &end, 10);
+    if (end == v || *end != '\0' || n == 0)
+        return 0;
+    return n > BUS_POOL_MAX_MAX ? BUS_POOL_MAX_MAX : (unsigned)n;
 }
 
 __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HANDLE *handle,
@@ -308,12 +392,13 @@ __attribute__((visibility("default"))) int OSSL_provider_init(const OSSL_CORE_HA
 {
     /* p11agentd sets this: the agent must never sign through itself. */
     bool disabled = getenv("P11AGENT_AGENT_PROCESS") != NULL;
-    char *configured = disabled ? NULL : prov_configured_socket(handle, in);
+    const char *configured = disabled ? NULL : prov_configured(handle, in, "agent-socket");
     prov_ctx_t *ctx = prov_ctx_new(handle, in, configured, disabled);
 
-    free(configured);
     if (ctx == NULL)
         return 0;
+    if (!disabled)
+        ctx->max_connections = prov_max_connections(handle, in);
     *out = prov_functions;
     *provctx = ctx;
     return 1;

@@ -41,6 +41,20 @@ enum {
 };
 
 
+/* Digests fetched once per provider context (prov_fetch_md): a signature
+ * context is made per signature by many callers, and a fetch each time
+ * costs locks and hash lookups. Append-only; an entry is published by
+ * storing md last. */
+#define PROV_MD_CACHE 16
+#define PROV_MD_NAME_MAX 32
+
+typedef struct prov_md_slot {
+    _Atomic(EVP_MD *) md;     /* NULL until published */
+    char name[PROV_MD_NAME_MAX];
+    const char *wire;         /* prov_md_wire_name(md) */
+    bool md5sha1;             /* prov_md_is_md5_sha1(md) */
+} prov_md_slot_t;
+
 typedef struct prov_ctx {
     const OSSL_CORE_HANDLE *handle;
     OSSL_FUNC_core_new_error_fn *core_new_error;
@@ -51,12 +65,41 @@ typedef struct prov_ctx {
     OSSL_FUNC_BIO_gets_fn *core_bio_gets;
     OSSL_FUNC_BIO_write_ex_fn *core_bio_write_ex;
     /* Our own library context with the default provider: digests, SPKI
-     * decoding and public-key work never pick our own algorithms. */
-    OSSL_LIB_CTX *libctx;
-    OSSL_PROVIDER *default_prov;
-    bus_pool_t *client;       /* the agent client (dbus/pool.h) */
+     * decoding and public-key work never pick our own algorithms. Made on
+     * first use (prov_libctx): a process that loads the provider and never
+     * uses an agent key, or only signs a digest with one, never pays for
+     * it. */
+    _Atomic(OSSL_LIB_CTX *) libctx;
+    OSSL_PROVIDER *default_prov; /* set with libctx */
+    /* The agent client (dbus/pool.h), in p11agent-bus.so: module and pool
+     * are loaded and made on the first agent call (busapi.c). */
+    _Atomic(const struct prov_bus_api *) bus;
+    _Atomic(bus_pool_t *) client;
+    char *socket_path;        /* resolved once, at load (NULL: none) */
+    unsigned max_connections; /* 0: the pool's default */
     bool disabled;            /* running inside p11agentd: no operations */
+    prov_md_slot_t md_cache[PROV_MD_CACHE];
+    atomic_uint md_used;      /* slots claimed (some may not be published yet) */
 } prov_ctx_t;
+
+/* p11agent-bus.so's one export (busmod.c): the pool functions the
+ * provider calls. */
+#define PROV_BUS_API_VERSION 1u
+typedef struct prov_bus_api {
+    unsigned version;         /* PROV_BUS_API_VERSION */
+    const char *build;        /* P11AGENT_VERSION */
+    bus_pool_t *(*pool_new)(char *socket_path);
+    void (*pool_free)(bus_pool_t *p);
+    void (*pool_set_max)(bus_pool_t *p, unsigned n);
+    int (*pool_find_keys)(bus_pool_t *p, const char *uri, bus_key_info_t **ret_keys,
+                          size_t *ret_n, char **errmsg);
+    int (*pool_sign)(bus_pool_t *p, const char *uri, const bus_sign_params_t *params,
+                     const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                     char **errmsg);
+    int (*pool_decrypt)(bus_pool_t *p, const char *uri, const bus_decrypt_params_t *params,
+                        const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                        char **errmsg);
+} prov_bus_api_t;
 
 /* Raises an OpenSSL error with our reason code and a formatted message
  * (through the core's error functions, so the reason strings apply). */
@@ -76,6 +119,30 @@ void prov_raise_bus(const prov_ctx_t *ctx, int err, const char *what, const char
 prov_ctx_t *prov_ctx_new(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
                          const char *socket_path, bool disabled);
 void prov_ctx_free(prov_ctx_t *ctx);
+
+/* busapi.c: the pool calls of dbus/pool.h on the context's pool, made (and
+ * p11agent-bus.so loaded) on first use; a failure to load is
+ * BUS_ERR_NOT_RUNNING with *errmsg saying why. errmsg must not be NULL. */
+int prov_bus_find_keys(prov_ctx_t *ctx, const char *uri, bus_key_info_t **ret_keys, size_t *ret_n,
+                       char **errmsg);
+int prov_bus_sign(prov_ctx_t *ctx, const char *uri, const bus_sign_params_t *p,
+                  const uint8_t *data, size_t len, uint8_t **ret_sig, size_t *ret_len,
+                  char **errmsg);
+int prov_bus_decrypt(prov_ctx_t *ctx, const char *uri, const bus_decrypt_params_t *p,
+                     const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
+                     char **errmsg);
+/* Closes the pool (teardown). */
+void prov_bus_free(prov_ctx_t *ctx);
+/* The provider's own library context, made on first use; NULL (error
+ * raised) when it cannot be made. */
+OSSL_LIB_CTX *prov_libctx(prov_ctx_t *ctx);
+/* EVP_MD_fetch(ctx->libctx, name, NULL) through the context's cache: a
+ * reference the caller frees, or NULL (no error raised). */
+EVP_MD *prov_fetch_md(prov_ctx_t *ctx, const char *name);
+/* prov_md_wire_name(md), and prov_md_is_md5_sha1(md) in *ret_md5sha1,
+ * without asking OpenSSL (EVP_MD_is_a: name-map lookups under locks, a
+ * fifth of the client's CPU per signature) when md came from the cache. */
+const char *prov_md_wire(prov_ctx_t *ctx, const EVP_MD *md, bool *ret_md5sha1);
 
 /* --- key object (keymgmt.c) --- */
 
@@ -105,7 +172,11 @@ typedef struct prov_key {
     size_t spki_len;
     uint8_t *cert;
     size_t cert_len;
-    EVP_PKEY *pub;            /* public part, in ctx->libctx; NULL if empty */
+    /* The public part, in the provider's libctx. An agent key whose sizes
+     * prov_spki_sizes read from its SPKI gets it decoded on first use
+     * (prov_key_pub); others have it from the start. NULL: not (yet)
+     * decoded, or an empty imported key. */
+    _Atomic(EVP_PKEY *) pub;
     int bits;
     int security_bits;
     int max_size;
@@ -126,6 +197,21 @@ prov_key_t *prov_key_from_spki(prov_ctx_t *ctx, prov_key_kind_t kind, const char
                                const uint8_t *spki, size_t spki_len, const uint8_t *cert,
                                size_t cert_len, uint32_t flags);
 prov_key_t *prov_key_up_ref(prov_key_t *key);
+/* The key's public part (decoded from the SPKI on first use; not a new
+ * reference), or NULL: none, or it does not decode (error raised). */
+EVP_PKEY *prov_key_pub(const prov_key_t *key);
+/* Whether the key has a public part (decoded or not). */
+bool prov_key_has_pub(const prov_key_t *key);
+
+/* spki.c: the figures of an SPKI without decoding it. */
+typedef struct prov_spki_sizes {
+    const char *group; /* EC: OpenSSL's group name (static); else NULL */
+    int bits, security_bits, max_size;
+} prov_spki_sizes_t;
+/* 1 with *ret set when spki is a key of `kind` whose figures are known
+ * here (see spki.c), else 0 (decode it to learn them). */
+int prov_spki_sizes(prov_key_kind_t kind, const uint8_t *spki, size_t spki_len,
+                    prov_spki_sizes_t *ret);
 void prov_key_free(prov_key_t *key);
 /* True if the key can sign (held by the agent). */
 static inline bool prov_key_is_private(const prov_key_t *key)

@@ -150,25 +150,29 @@ static void *sig_dupctx(void *vctx)
 static int sig_set_md(sig_ctx_t *s, EVP_MD **slot, const char *name)
 {
     EVP_MD *md;
+    bool md5sha1 = false;
 
     if (name == NULL || *name == '\0') {
         EVP_MD_free(*slot);
         *slot = NULL;
         return 1;
     }
+    md = prov_fetch_md(s->ctx, name);
     /* The same digest again (every TLS handshake inits twice): keep it. */
-    if (*slot != NULL && EVP_MD_is_a(*slot, name))
+    if (md != NULL && md == *slot) {
+        EVP_MD_free(md);
         return 1;
-    md = EVP_MD_fetch(s->ctx->libctx, name, NULL);
+    }
     /* MD5-SHA1 (TLS 1.0/1.1 ServerKeyExchange and CertificateVerify) is
      * signed as raw PKCS#1 v1.5 over the 36 bytes, without DigestInfo; only
      * as the message digest of RSA, never as MGF1. */
-    if (md != NULL && slot == &s->md && s->alg == SIG_ALG_RSA && prov_md_is_md5_sha1(md)) {
+    if (md != NULL && prov_md_wire(s->ctx, md, &md5sha1) == NULL && md5sha1 && slot == &s->md
+        && s->alg == SIG_ALG_RSA) {
         EVP_MD_free(*slot);
         *slot = md;
         return 1;
     }
-    if (md == NULL || prov_md_wire_name(md) == NULL) {
+    if (md == NULL || prov_md_wire(s->ctx, md, &md5sha1) == NULL) {
         prov_raise(s->ctx, PROV_R_UNSUPPORTED, "p11agent: digest %s is not supported", name);
         EVP_MD_free(md);
         return 0;
@@ -500,11 +504,13 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
     uint8_t *out = NULL;
     size_t out_len = 0;
     char *msg = NULL;
-    bool md5sha1 = s->md != NULL && prov_md_is_md5_sha1(s->md);
+    bool md5sha1 = false;
     int r, ok = 0;
 
     if (s->md != NULL) {
-        hash = md5sha1 ? "" : prov_md_wire_name(s->md);
+        hash = prov_md_wire(s->ctx, s->md, &md5sha1);
+        if (md5sha1)
+            hash = "";
         if (hash == NULL)
             return 0; /* checked when set */
         if (len != (size_t)EVP_MD_get_size(s->md)) {
@@ -535,7 +541,10 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
                            "p11agent: PSS salt length does not fit a %d-bit key", key->bits);
                 return 0;
             }
-            snprintf(p.mgf1_hash, sizeof(p.mgf1_hash), "%s", prov_md_wire_name(mgf1));
+            bool mgf1_md5sha1;
+
+            snprintf(p.mgf1_hash, sizeof(p.mgf1_hash), "%s",
+                     prov_md_wire(s->ctx, mgf1, &mgf1_md5sha1));
         } else {
             p.alg = BUS_SIG_RSA_PKCS1;
             if ((s->md == NULL || md5sha1) && len + 11 > (size_t)key->max_size) {
@@ -555,7 +564,7 @@ static int sig_agent_sign(sig_ctx_t *s, unsigned char *sig, size_t *siglen, size
     }
     snprintf(p.hash, sizeof(p.hash), "%s", hash);
 
-    r = bus_pool_sign(s->ctx->client, key->uri, &p, data, len, &out, &out_len, &msg);
+    r = prov_bus_sign(s->ctx, key->uri, &p, data, len, &out, &out_len, &msg);
     if (r != BUS_OK) {
         if (r == BUS_ERR_UNSUPPORTED && p.alg == BUS_SIG_RSA_PSS) {
             char *hint = NULL;
@@ -668,7 +677,8 @@ static int sig_digest_sign_final(void *vctx, unsigned char *sig, size_t *siglen,
     return ok;
 }
 
-/* One-shot: EdDSA messages go whole to the agent. */
+/* One-shot: EdDSA messages go whole to the agent; the others are digested
+ * here as digest_sign_update + final would, without EVP's dupctx. */
 static int sig_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize,
                            const unsigned char *tbs, size_t tbslen)
 {
@@ -699,11 +709,16 @@ static int sig_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_
     FN(OSSL_FUNC_SIGNATURE_SET_CTX_PARAMS, sig_set_ctx_params),                 \
     FN(OSSL_FUNC_SIGNATURE_SETTABLE_CTX_PARAMS, sig_settable_ctx_params)
 
+/* digest_sign too: EVP_DigestSign (libssl's CertificateVerify, most
+ * one-shot callers) then calls it directly instead of update + final,
+ * and final's duplicate of the whole context (dupctx: a digest context
+ * copied) is not made per signature. */
 #define SIGNATURE_PREHASH                                                       \
     FN(OSSL_FUNC_SIGNATURE_SIGN_INIT, sig_sign_init),                           \
     FN(OSSL_FUNC_SIGNATURE_SIGN, sig_sign),                                     \
     FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_UPDATE, sig_digest_sign_update),         \
-    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, sig_digest_sign_final)
+    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN_FINAL, sig_digest_sign_final),           \
+    FN(OSSL_FUNC_SIGNATURE_DIGEST_SIGN, sig_digest_sign)
 
 const OSSL_DISPATCH prov_rsa_signature_functions[] = {
     FN(OSSL_FUNC_SIGNATURE_NEWCTX, rsa_newctx),

@@ -51,7 +51,7 @@ int prov_find_keys(prov_ctx_t *ctx, const char *uri, const char *what,
 
     if (what == NULL)
         what = "";
-    r = bus_pool_find_keys(ctx->client, uri, &keys, &n, &msg);
+    r = prov_bus_find_keys(ctx, uri, &keys, &n, &msg);
     if (r != BUS_OK) {
         if (r == BUS_ERR_NO_SUCH_KEY)
             prov_raise(ctx, PROV_R_NO_SUCH_KEY, "p11agent: no key matches %s%s%s%s%s%s", uri,
@@ -65,7 +65,7 @@ int prov_find_keys(prov_ctx_t *ctx, const char *uri, const char *what,
     if (n == 0) {
         prov_raise(ctx, PROV_R_NO_SUCH_KEY,
                    "p11agent: no key matches %s%s%s%s (agent socket %s; is the token present?)",
-                   uri, open_p, what, close_p, bus_pool_socket(ctx->client));
+                   uri, open_p, what, close_p, ctx->socket_path != NULL ? ctx->socket_path : "(none)");
         bus_key_info_free_array(keys, n);
         return 0;
     }

@@ -58,6 +58,11 @@ prefix_install() {
 		[ -e "$W/dest$W/prefix/$f" ] || { echo "missing: $W/prefix/$f" >&2; return 1; }
 	done
 	find "$W/dest$W/prefix" -name p11agent.so | grep -q . || { echo "provider not installed" >&2; return 1; }
+	# its agent client, loaded from beside it on the first agent call
+	local prov
+	prov=$(find "$W/dest$W/prefix" -name p11agent.so | head -n 1)
+	[ -e "$(dirname "$prov")/p11agent-bus.so" ] ||
+		{ echo "p11agent-bus.so not installed beside $prov" >&2; return 1; }
 	find "$W/dest$W/prefix" -path '*/pkcs11/p11agent-pkcs11.so' | grep -q . ||
 		{ echo "PKCS#11 module not installed in \$libdir/pkcs11" >&2; return 1; }
 	# the module file names the module where it was installed

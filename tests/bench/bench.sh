@@ -2,7 +2,7 @@
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
 #          [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N]
 #          [--only-latency]
-#          [--algs LIST] [--only-sign]
+#          [--algs LIST] [--only-sign] [--only-fresh]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -21,7 +21,8 @@
 #     the control file for it).
 #     --latency-max-sessions N gives that agent max-sessions = N (e.g. 4, the
 #     pool's old fixed size, for a before/after comparison).
-#     --only-latency measures only that.
+#     --only-latency measures only that; --only-fresh only the fresh
+#     processes (p11bench-first and openssl pkeyutl -sign, section 2).
 # Needs P11AGENTD, P11AGENTCTL, P11AGENT_SO, P11BENCH, P11BENCH_FIRST in the
 # environment (meson benchmark and run.sh set them), and P11FAULT_SO for the
 # latency-bound profile (without it, that section says unavailable). Everything it starts
@@ -58,7 +59,8 @@ while [ $# -gt 0 ]; do
 	--only-latency) ONLY=(--only latency); MANY=0; shift ;;
 	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
 	--only-sign) ONLY=(--only sign); MANY=0; shift ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign]" >&2
+	--only-fresh) ONLY=(--only fresh); MANY=0; shift ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign] [--only-fresh]" >&2
 	   exit 2 ;;
 	esac
 done

@@ -788,7 +788,7 @@ static int usage(void)
                     "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
                     "--latency-delay MS [--latency-control PATH --latency-long-delay MS]\n"
                     "                     [--latency-max-sessions N] | --latency-unavailable WHY]\n"
-                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign]\n"
+                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign|fresh]\n"
                     "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
@@ -861,6 +861,8 @@ int main(int argc, char **argv)
             b->lat_reason = argv[++i];
         else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "latency") == 0)
             b->only_latency = ++i > 0;
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "fresh") == 0)
+            b->only_fresh = ++i > 0;
         else
             return usage();
     }
@@ -898,18 +900,22 @@ int main(int argc, char **argv)
     bus_status_clear(&st);
 
     b->load_start = loadavg();
-    if (!b->only_latency) {
+    if (b->only_fresh) {
+        section_first(b);
+        section_pkeyutl(b);
+    }
+    if (!b->only_latency && !b->only_fresh) {
         section_sign(b);
         section_rtt(b);
     }
-    if (!b->only_latency && !b->sign_only) {
+    if (!b->only_latency && !b->sign_only && !b->only_fresh) {
         section_first(b);
         section_pkeyutl(b);
         section_tls(b);
     }
-    if (!b->sign_only)
+    if (!b->sign_only && !b->only_fresh)
         section_latency(b);
-    if (!b->only_latency && !b->sign_only)
+    if (!b->only_latency && !b->sign_only && !b->only_fresh)
         section_memory(b);
 
     b->load_end = loadavg();

@@ -154,6 +154,7 @@ struct bench {
     int lat_long_delay_ms;   /* 64 clients again at this delay; 0: not measured */
     int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
     bool only_latency;       /* --only latency: skip sections 1-4 */
+    bool only_fresh;         /* --only fresh: section 2 (fresh processes) only */
     lat_row_t lat[24];
     int nlat;
 

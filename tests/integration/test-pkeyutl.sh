@@ -100,5 +100,41 @@ for k in $IT_KEYS; do
 	tap_case "$k: req -new makes a CSR that req -verify accepts" req_case "$k"
 done
 
+# The agent client (p11agent-bus.so, libdbus and its dependencies) is loaded
+# on the first agent call, not with the provider: a program that loads the
+# provider and signs with a key file loads no libdbus.
+libdbus_loaded() { LD_DEBUG=libs client "$@" 2>&1 >/dev/null | grep -c 'calling init: .*libdbus-1\.so'; }
+case_lazy_bus() {
+	local n
+	plain genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$T/soft.key" || return 1
+	plain dgst -sha256 -binary -out "$T/msg.sha256" "$T/msg" || return 1
+	n=$(libdbus_loaded pkeyutl -sign -inkey "$T/soft.key" -in "$T/msg.sha256" -out "$T/soft.sig")
+	echo "software key: libdbus initialised $n times"
+	[ "$n" -eq 0 ] || { echo "the provider loaded libdbus for a software key" >&2; return 1; }
+	n=$(libdbus_loaded pkeyutl -sign -inkey "$(uri p256)" -in "$T/msg.sha256" -out "$T/lazy.sig")
+	echo "agent key: libdbus initialised $n times"
+	[ "$n" -ge 1 ] || { echo "no libdbus for an agent key (LD_DEBUG output changed?)" >&2; return 1; }
+	plain pkeyutl -verify -pubin -inkey "$T/p256.pub" -in "$T/msg.sha256" -sigfile "$T/lazy.sig"
+}
+tap_case "a software key with the provider loaded loads no libdbus; an agent key loads it and signs" \
+	case_lazy_bus
+
+# p11agent.so without p11agent-bus.so beside it: agent keys fail with an
+# error naming the missing module; nothing crashes or hangs.
+case_bus_missing() {
+	mkdir -p "$T/alone"
+	cp "$P11AGENT_SO" "$T/alone/p11agent.so" || return 1
+	sed "s|^module = .*|module = $T/alone/p11agent.so|" "$CNF" >"$T/alone.cnf"
+	if IT_CNF=$T/alone.cnf client pkeyutl -sign -inkey "$(uri p256)" -in "$T/msg.sha256" \
+		-out "$T/alone.sig" 2>"$T/alone.err"; then
+		echo "signed without p11agent-bus.so" >&2
+		return 1
+	fi
+	cat "$T/alone.err"
+	grep -q "p11agent-bus.so" "$T/alone.err" ||
+		{ echo "the error does not name p11agent-bus.so" >&2; return 1; }
+}
+tap_case "without p11agent-bus.so an agent key fails with an error naming it" case_bus_missing
+
 tap_case "agent exits with status 0 on SIGTERM" agent_stop
 tap_done

@@ -987,6 +987,85 @@ static void test_provider_key_params_match_software_key(void **state)
     }
 }
 
+/* spki.c's figures, read without decoding, are those of the decoded key
+ * for every shape it answers; the others (and broken SPKIs) it leaves to
+ * decoding. */
+static void test_provider_spki_sizes_match_decoded(void **state)
+{
+    static const struct {
+        const char *alg, *param;
+        int bits;
+        prov_key_kind_t kind;
+        bool known;
+    } v[] = {
+        { "RSA", NULL, 2048, PROV_KEY_RSA, true },
+        { "RSA", NULL, 3072, PROV_KEY_RSA, true },
+        { "RSA", NULL, 4096, PROV_KEY_RSA, true },
+        { "RSA", NULL, 1024, PROV_KEY_RSA, false },
+        { "RSA-PSS", NULL, 2048, PROV_KEY_RSA_PSS, false },
+        { "EC", "P-256", 0, PROV_KEY_EC, true },
+        { "EC", "P-384", 0, PROV_KEY_EC, true },
+        { "EC", "P-521", 0, PROV_KEY_EC, true },
+        { "EC", "secp256k1", 0, PROV_KEY_EC, false },
+        { "ED25519", NULL, 0, PROV_KEY_ED25519, true },
+        { "ED448", NULL, 0, PROV_KEY_ED448, true },
+    };
+
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        EVP_PKEY *k = NULL;
+        unsigned char *der = NULL;
+        int len;
+        prov_spki_sizes_t sz;
+        char group[64] = "";
+
+        if (v[i].bits) {
+            /* EVP_PKEY_Q_keygen makes no RSA-PSS key */
+            EVP_PKEY_CTX *g = EVP_PKEY_CTX_new_from_name(NULL, v[i].alg, NULL);
+
+            assert_non_null(g);
+            assert_int_equal(EVP_PKEY_keygen_init(g), 1);
+            assert_int_equal(EVP_PKEY_CTX_set_rsa_keygen_bits(g, v[i].bits), 1);
+            assert_int_equal(EVP_PKEY_keygen(g, &k), 1);
+            EVP_PKEY_CTX_free(g);
+        } else {
+            k = v[i].param ? EVP_PKEY_Q_keygen(NULL, NULL, v[i].alg, v[i].param)
+                           : EVP_PKEY_Q_keygen(NULL, NULL, v[i].alg);
+        }
+        assert_non_null(k);
+        len = i2d_PUBKEY(k, &der);
+        assert_true(len > 0);
+        assert_int_equal(prov_spki_sizes(v[i].kind, der, (size_t)len, &sz), v[i].known);
+        if (v[i].known) {
+            assert_int_equal(sz.bits, EVP_PKEY_get_bits(k));
+            assert_int_equal(sz.security_bits, EVP_PKEY_get_security_bits(k));
+            assert_int_equal(sz.max_size, EVP_PKEY_get_size(k));
+            if (v[i].kind == PROV_KEY_EC) {
+                assert_int_equal(EVP_PKEY_get_group_name(k, group, sizeof(group), NULL), 1);
+                assert_string_equal(sz.group, group);
+            } else {
+                assert_null(sz.group);
+            }
+            /* another kind, every truncation and a byte more: not answered */
+            assert_int_equal(prov_spki_sizes(v[i].kind == PROV_KEY_EC ? PROV_KEY_RSA
+                                                                      : PROV_KEY_EC,
+                                             der, (size_t)len, &sz), 0);
+            for (int n = 0; n < len; n++)
+                assert_int_equal(prov_spki_sizes(v[i].kind, der, (size_t)n, &sz), 0);
+            {
+                unsigned char *more = malloc((size_t)len + 1);
+
+                assert_non_null(more);
+                memcpy(more, der, (size_t)len);
+                more[len] = 0;
+                assert_int_equal(prov_spki_sizes(v[i].kind, more, (size_t)len + 1, &sz), 0);
+                free(more);
+            }
+        }
+        OPENSSL_free(der);
+        EVP_PKEY_free(k);
+    }
+}
+
 static void test_provider_cert_matches_key(void **state)
 {
     EVP_PKEY *key = NULL, *other = NULL;
@@ -1461,6 +1540,44 @@ static void test_provider_threads_share_key_and_connection_pool(void **state)
     assert_true(sign_once(key, &fake_keys[1]));
     assert_int_equal(fake_connections(), conns);
     EVP_PKEY_free(key);
+}
+
+/* max-connections (here $P11AGENT_MAX_CONNECTIONS, read when the provider
+ * starts): 4 threads signing at once share the one connection allowed. */
+static void test_provider_max_connections_caps_the_pool(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx, *one = OSSL_LIB_CTX_new();
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    pthread_t t[4];
+    thread_arg_t args[4];
+    int conns;
+
+    assert_non_null(one);
+    assert_true(OSSL_PROVIDER_add_builtin(one, "p11agent", OSSL_provider_init));
+    setenv("P11AGENT_MAX_CONNECTIONS", "1", 1);
+    d = OSSL_PROVIDER_load(one, "default");
+    ours = OSSL_PROVIDER_load(one, "p11agent");
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    assert_non_null(d);
+    assert_non_null(ours);
+    plibctx = one; /* load_uri and sign_once use it */
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL);
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg_t){ .key = key };
+        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(args[i].ok, 50);
+    }
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(one);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1962,6 +2079,7 @@ int main(void)
         cmocka_unit_test(test_provider_tls_premaster_unpad),
         cmocka_unit_test(test_provider_md5_sha1_signature),
         cmocka_unit_test(test_provider_key_params_match_software_key),
+        cmocka_unit_test(test_provider_spki_sizes_match_decoded),
         cmocka_unit_test(test_provider_cert_matches_key),
         cmocka_unit_test(test_provider_export_refuses_private),
         cmocka_unit_test(test_provider_import_public_only),
@@ -1977,6 +2095,7 @@ int main(void)
         cmocka_unit_test(test_provider_gives_up_on_agent_that_stays_away),
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
+        cmocka_unit_test(test_provider_max_connections_caps_the_pool),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
         cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
         cmocka_unit_test(test_provider_decoder_cert_then_ref),
