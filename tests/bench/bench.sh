@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
 #          [--latency-delay MS] [--latency-max-sessions N] [--only-latency]
-#          [--algs LIST] [--only-sign]
+#          [--algs LIST] [--only-sign] [--only-tls]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -51,7 +51,8 @@ while [ $# -gt 0 ]; do
 	--only-latency) ONLY=(--only latency); MANY=0; shift ;;
 	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
 	--only-sign) ONLY=(--only sign); MANY=0; shift ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign]" >&2
+	--only-tls) ONLY=(--only tls); MANY=0; shift ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign] [--only-tls]" >&2
 	   exit 2 ;;
 	esac
 done

@@ -146,6 +146,7 @@ struct bench {
     int lat_delay_ms;
     int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
     bool only_latency;       /* --only latency: skip sections 1-4 */
+    bool only_tls;           /* --only tls: the mTLS handshakes (3.) alone */
     lat_row_t lat[16];
     int nlat;
 
