@@ -5,17 +5,35 @@
  * SSL_CTX_use_PrivateKey_file, OSSL_STORE's file: loader) get a key held
  * by the agent.
  *
- *   "DER", input=pem: reads one PEM block. OpenSSL 3.0's own PEM->DER
+ *   "PVK", input=pem: reads one PEM block. OpenSSL 3.0's own PEM->DER
  *       decoder ignores labels it does not know, so ours takes
  *       "P11AGENT KEY REFERENCE" and "PKCS#11 PROVIDER URI" blocks: it
- *       parses the reference, asks the agent for the key (one FindKeys, at
- *       decode time, never at provider start) and passes the DER on with
- *       the key's type and our structure name. Any other block is consumed
- *       and left alone (the next block must be readable: a certificate
- *       followed by the reference is a common file).
+ *       parses the reference and asks the agent for the key (one FindKeys,
+ *       at decode time, never at provider start). In a key decoder context
+ *       (PEM_read_bio_PrivateKey: a selection) it passes the key by
+ *       reference to our keymgmt's load(); in OSSL_STORE's file: loader
+ *       (selection 0) it passes the DER on with the key's type and our
+ *       structure name. Any other block is consumed and left alone (the next
+ *       block must be readable: a certificate followed by the reference is
+ *       a common file).
  *   "RSA"/"EC"/"ED25519"/"ED448", input=der, structure=ours: parse the
  *       reference and pass an OSSL_OBJECT_PKEY by reference, exactly as the
  *       store does, to our keymgmt's load().
+ *
+ * Why "PVK": OpenSSL 3.0 takes a decoder into a context by its name, the
+ * type it outputs: any decoder named like the input type of one already
+ * there joins as an extra (OSSL_DECODER_CTX_add_extra), and then every
+ * provider's decoders are scanned again for what could feed it. Named
+ * "DER", ours joined every context that reads DER, i.e. the one OpenSSL
+ * builds for each certificate's public key (four per mTLS handshake):
+ * ~16 us per certificate for nothing. The file: loader starts from
+ * "obj" decoders taking DER, MSBLOB and PVK, so it still takes a decoder
+ * named PVK (and hands our output to the store as it is). Key contexts
+ * hold a PVK reader (the default provider's, for RSA and DSA, which wants
+ * a private key) when they decode a private key of any type, as
+ * PEM_read_bio_PrivateKey does, or an RSA or DSA one; public-key contexts
+ * never do. A context for a private key of one other given type (EC from
+ * PEM, say) does not see reference files.
  *
  * Why the lookup happens in the PEM decoder: OSSL_STORE's file: loader
  * (openssl pkey/s_client -key FILE) takes the PEM decoder's output and
@@ -81,10 +99,21 @@ static void dec_freectx(void *vd)
     free(vd);
 }
 
+/*
+ * A reference names a private key (the pair, held by the agent); 0 means
+ * "anything". A request without the private key is never for us, and
+ * saying so matters for speed: OpenSSL 3.0 builds a decoder context for
+ * every SubjectPublicKeyInfo it parses (each certificate: d2i_X509 ->
+ * OSSL_DECODER_CTX_new_for_pkey(..., EVP_PKEY_PUBLIC_KEY)), four per mTLS
+ * handshake. A decoder that accepts the selection is instantiated there and
+ * makes OpenSSL scan every provider's decoders once more for what could feed
+ * it: ~30 us per certificate, a tenth of a handshake, with no key file in
+ * sight. Private-key loads (PEM_read_bio_PrivateKey, the file: store with
+ * selection 0) still find us.
+ */
 static int dec_does_selection(void *provctx, int selection)
 {
-    /* A reference stands for a whole key pair; 0 means "anything". */
-    return selection == 0 || (selection & OSSL_KEYMGMT_SELECT_KEYPAIR) != 0;
+    return selection == 0 || (selection & OSSL_KEYMGMT_SELECT_PRIVATE_KEY) != 0;
 }
 
 /* Keys only ever leave by reference, to our own keymgmt. OpenSSL 3.0 calls
@@ -289,6 +318,12 @@ static int pem_decode(void *vd, OSSL_CORE_BIO *in, int selection, OSSL_CALLBACK 
         goto bad;
     if (!ref_lookup(ctx, &ref, &keys, &n)) {
         ok = 0;
+        goto out;
+    }
+    if (selection != 0) {
+        /* A key decoder context (PEM_read_bio_PrivateKey): the key itself,
+         * as no DER decoder would be offered our output (see the top). */
+        ok = prov_pass_key(ctx, &keys[0], data_cb, data_cbarg);
         goto out;
     }
     {

@@ -56,16 +56,18 @@ static const OSSL_ALGORITHM prov_store[] = {
     { NULL, NULL, NULL, NULL },
 };
 
-/* Key-reference files (decoder.c): PEM -> DER for our labels, then DER ->
- * key by reference, one decoder per key type and structure. The names are
- * the keymgmt names: OSSL_DECODER_CTX_new_for_pkey picks decoders by them. */
+/* Key-reference files (decoder.c): our PEM labels -> key (named "PVK", not
+ * "DER", so that the decoder contexts of certificates never take it: see
+ * decoder.c), and DER -> key by reference, one decoder per key type and
+ * structure, named by the keymgmt names: OSSL_DECODER_CTX_new_for_pkey picks
+ * decoders by them. */
 #define DEC(names, props, funcs) { names, PROV_PROPS "," props, funcs, NULL }
 #define DEC_KEY(names, funcs)                                                     \
     DEC(names, "input=der,structure=" BUS_KEYREF_STRUCTURE, funcs),               \
     DEC(names, "input=der,structure=" BUS_KEYREF_PK11PROV_STRUCTURE, funcs)
 
 static const OSSL_ALGORITHM prov_decoder[] = {
-    DEC("DER", "input=pem", prov_pem_decoder_functions),
+    DEC("PVK", "input=pem", prov_pem_decoder_functions),
     DEC_KEY("RSA:rsaEncryption:1.2.840.113549.1.1.1", prov_rsa_decoder_functions),
     DEC_KEY("EC:id-ecPublicKey:1.2.840.10045.2.1", prov_ec_decoder_functions),
     DEC_KEY("ED25519:1.3.101.112", prov_ed25519_decoder_functions),

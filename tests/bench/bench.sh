@@ -2,7 +2,7 @@
 # bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH]
 #          [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N]
 #          [--only-latency]
-#          [--algs LIST] [--only-sign] [--only-fresh]
+#          [--algs LIST] [--only-sign] [--only-fresh] [--only-tls]
 #
 # Sets the stage for p11bench and runs it (see README.md, "Benchmarks"):
 #   - a fresh SoftHSM token (tests/integration/mktoken.sh) in a temp dir;
@@ -60,7 +60,8 @@ while [ $# -gt 0 ]; do
 	--algs) EXTRA+=(--algs "$2"); shift 2 ;;
 	--only-sign) ONLY=(--only sign); MANY=0; shift ;;
 	--only-fresh) ONLY=(--only fresh); MANY=0; shift ;;
-	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign] [--only-fresh]" >&2
+	--only-tls) ONLY=(--only tls); MANY=0; shift ;;
+	*) echo "usage: bench.sh [--seconds S] [--rounds N] [--runs N] [--soak N] [--many-keys] [--json PATH] [--latency-delay MS] [--latency-long-delay MS] [--latency-max-sessions N] [--only-latency] [--algs LIST] [--only-sign] [--only-fresh] [--only-tls]" >&2
 	   exit 2 ;;
 	esac
 done

@@ -494,27 +494,32 @@ static void section_tls(bench_t *b)
 {
     static const char *const protos[] = { "1.3", "1.2" };
     static const char *const keys[] = { "p256", "rsa2048" };
-    static const char *const sources[] = { "agent", "software" };
+    /* The software key again with p11agent.so loaded in the same library
+     * context: what a process pays for the provider's mere presence
+     * (certificate decoding sees its keymgmt and decoders). */
+    static const char *const sources[] = { "agent", "software", "soft+p11agent" };
+    static const char *const worker_sources[] = { "agent", "soft", "softp" };
+    enum { NSRC = sizeof(sources) / sizeof(sources[0]) };
     char secs[32];
 
     snprintf(secs, sizeof(secs), "%g", b->seconds / b->rounds);
     for (int p = 0; p < 2; p++)
         for (int k = 0; k < 2; k++) {
             tls_row_t *rows = &b->tls[b->ntls];
-            acc_t acc[2] = { 0 };
+            acc_t acc[NSRC] = { 0 };
 
-            b->ntls += 2;
+            b->ntls += NSRC;
             fprintf(stderr, "p11bench: mTLS TLS %s %s\n", protos[p], keys[k]);
             for (int r = 0; r < b->rounds; r++)
-                for (int s = 0; s < 2; s++) {
+                for (int s = 0; s < NSRC; s++) {
                     char *wargv[] = { (char *)b->self, "worker", "tls", "--proto",
                                       (char *)protos[p], "--key", (char *)keys[k], "--source",
-                                      s == 0 ? "agent" : "soft", "--seconds", secs, NULL };
+                                      (char *)worker_sources[s], "--seconds", secs, NULL };
 
                     if (acc[s].error == NULL)
                         run_round(b, wargv, 1, s == 0, &acc[s], NULL, NULL);
                 }
-            for (int s = 0; s < 2; s++) {
+            for (int s = 0; s < NSRC; s++) {
                 rows[s].proto = protos[p];
                 rows[s].key = keys[k];
                 rows[s].source = sources[s];
@@ -788,7 +793,7 @@ static int usage(void)
                     "                    [--latency-socket SOCK --latency-module P11FAULT_SO "
                     "--latency-delay MS [--latency-control PATH --latency-long-delay MS]\n"
                     "                     [--latency-max-sessions N] | --latency-unavailable WHY]\n"
-                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign|fresh]\n"
+                    "                    [--algs rsa2048-pkcs1,rsa2048-pss,p256,ed25519] [--only latency|sign|fresh|tls]\n"
                     "       p11bench worker sign|tls|rtt ARGS...\n");
     return 2;
 }
@@ -863,6 +868,8 @@ int main(int argc, char **argv)
             b->only_latency = ++i > 0;
         else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "fresh") == 0)
             b->only_fresh = ++i > 0;
+        else if (strcmp(argv[i], "--only") == 0 && strcmp(argv[i + 1], "tls") == 0)
+            b->only_tls = ++i > 0;
         else
             return usage();
     }
@@ -900,23 +907,26 @@ int main(int argc, char **argv)
     bus_status_clear(&st);
 
     b->load_start = loadavg();
-    if (b->only_fresh) {
-        section_first(b);
-        section_pkeyutl(b);
-    }
-    if (!b->only_latency && !b->only_fresh) {
-        section_sign(b);
-        section_rtt(b);
-    }
-    if (!b->only_latency && !b->sign_only && !b->only_fresh) {
-        section_first(b);
-        section_pkeyutl(b);
+    if (b->only_tls) {
         section_tls(b);
+    } else if (b->only_fresh) {
+        section_first(b);
+        section_pkeyutl(b);
+    } else {
+        if (!b->only_latency) {
+            section_sign(b);
+            section_rtt(b);
+        }
+        if (!b->only_latency && !b->sign_only) {
+            section_first(b);
+            section_pkeyutl(b);
+            section_tls(b);
+        }
+        if (!b->sign_only)
+            section_latency(b);
+        if (!b->only_latency && !b->sign_only)
+            section_memory(b);
     }
-    if (!b->sign_only && !b->only_fresh)
-        section_latency(b);
-    if (!b->only_latency && !b->sign_only && !b->only_fresh)
-        section_memory(b);
 
     b->load_end = loadavg();
     b->rss_end_kib = bench_rss_kib(b->agent_pid);

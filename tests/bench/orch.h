@@ -155,6 +155,7 @@ struct bench {
     int lat_max_sessions;    /* the agent's max-sessions; 0: its default */
     bool only_latency;       /* --only latency: skip sections 1-4 */
     bool only_fresh;         /* --only fresh: section 2 (fresh processes) only */
+    bool only_tls;           /* --only tls: the mTLS handshakes (3.) alone */
     lat_row_t lat[24];
     int nlat;
 

@@ -7,8 +7,10 @@
  * tickets); the server requires and verifies the client certificate.
  *
  * Client key: the token key through p11agent.so (own OSSL_LIB_CTX, key by
- * pkcs11: URI) or the software key of the same type from soft/. The server
- * uses the software server.key in the same library context.
+ * pkcs11: URI) or the software key of the same type from soft/ (--source
+ * soft: the default provider alone; softp: p11agent.so loaded too, as in a
+ * process whose openssl.cnf loads it). The server uses the software
+ * server.key in the same library context.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +159,16 @@ int worker_tls(int argc, char **argv)
         libctx = OSSL_LIB_CTX_new();
         if (libctx == NULL || OSSL_PROVIDER_load(libctx, "default") == NULL)
             worker_fail("no default provider");
+        if (strcmp(source, "softp") == 0) {
+            char *dir = strdup(cfg.provider_so), *slash = dir ? strrchr(dir, '/') : NULL;
+
+            if (slash != NULL)
+                *slash = '\0';
+            if (dir == NULL || !OSSL_PROVIDER_set_default_search_path(libctx, slash ? dir : ".")
+                || OSSL_PROVIDER_load(libctx, "p11agent") == NULL)
+                worker_fail(ssl_err("cannot load the p11agent provider"));
+            free(dir);
+        }
         p = bench_strdupf("%s/soft/%s.key", cfg.dir, key);
         pkey = load_soft_key(libctx, p);
         if (pkey == NULL)

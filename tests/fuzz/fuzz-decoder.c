@@ -3,7 +3,7 @@
  * The provider's key-reference decoders (provider/decoder.c), called as
  * OpenSSL calls them: through their dispatch tables, reading the input
  * through the core BIO functions. The first byte picks the decoder: the
- * PEM one ("DER", input=pem: its own line reader, boundaries, base64) or
+ * PEM one ("PVK", input=pem: its own line reader, boundaries, base64) or
  * one of the per-type DER decoders. No agent runs (the client has no
  * socket): a reference that parses fails at the lookup, with an error.
  */

@@ -29,6 +29,7 @@
 #include <cmocka.h>
 
 #include <openssl/core_names.h>
+#include <openssl/decoder.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -86,6 +87,7 @@ static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     int signs;
     int finds;            /* FindKeys calls */
+    int calls;            /* every method call but OpenChannel */
     int connections;      /* accepted so far */
     bus_sign_params_t last;
     size_t last_len;
@@ -109,6 +111,16 @@ static int fake_finds(void)
 
     pthread_mutex_lock(&fake_lock);
     n = fake.finds;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
+}
+
+static int fake_calls(void)
+{
+    int n;
+
+    pthread_mutex_lock(&fake_lock);
+    n = fake.calls;
     pthread_mutex_unlock(&fake_lock);
     return n;
 }
@@ -347,6 +359,14 @@ static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, 
 {
     DBusMessage *reply;
 
+    /* OpenChannel (which this fake does not know) comes once per pooled
+     * connection, with its first signature. */
+    if (dbus_message_get_type(msg) == DBUS_MESSAGE_TYPE_METHOD_CALL
+        && !dbus_message_is_method_call(msg, BUS_IFACE, "OpenChannel")) {
+        pthread_mutex_lock(&fake_lock);
+        fake.calls++;
+        pthread_mutex_unlock(&fake_lock);
+    }
     if (dbus_message_is_method_call(msg, BUS_IFACE, "FindKeys"))
         reply = fake_find_keys(msg);
     else if (dbus_message_is_method_call(msg, BUS_IFACE, "Sign"))
@@ -1280,7 +1300,7 @@ static void handshake(const char *uri, int version, const char *sigalgs, int exp
     SSL_CTX *cctx = SSL_CTX_new_ex(plibctx, NULL, TLS_client_method());
     SSL *s, *c;
     BIO *sb, *cb;
-    int before = fake_signs(), sdone = 0, cdone = 0;
+    int before = fake_signs(), calls, sdone = 0, cdone = 0;
 
     load_uri(uri, &ckey, &ccert);
     assert_int_equal(SSL_CTX_use_certificate(sctx, scert), 1);
@@ -1296,6 +1316,7 @@ static void handshake(const char *uri, int version, const char *sigalgs, int exp
     if (sigalgs != NULL)
         assert_int_equal(SSL_CTX_set1_client_sigalgs_list(sctx, sigalgs), 1);
 
+    calls = fake_calls();
     s = SSL_new(sctx);
     c = SSL_new(cctx);
     assert_int_equal(BIO_new_bio_pair(&sb, 0, &cb, 0), 1);
@@ -1335,6 +1356,9 @@ static void handshake(const char *uri, int version, const char *sigalgs, int exp
         X509_free(peer);
     }
     assert_int_equal(fake_signs(), before + 1);
+    /* The handshake's one agent call is the CertificateVerify signature:
+     * no key lookup, no public data fetched, nothing else per handshake. */
+    assert_int_equal(fake_calls(), calls + 1);
     assert_int_equal(fake.last.alg, expect_alg);
 
     SSL_free(c);
@@ -1819,6 +1843,58 @@ static void test_provider_decoder_no_agent_call_without_ref(void **state)
     OSSL_LIB_CTX_free(lctx);
 }
 
+/* How many decoder instances OpenSSL sets up in LCTX to decode a key of
+ * TYPE (NULL: any) with SELECTION from INPUT ("DER", "PEM") of STRUCTURE
+ * (NULL: any). */
+static int decoders_for(OSSL_LIB_CTX *lctx, const char *type, const char *structure,
+                        int selection, const char *input)
+{
+    EVP_PKEY *pk = NULL;
+    OSSL_DECODER_CTX *d =
+        OSSL_DECODER_CTX_new_for_pkey(&pk, input, structure, type, selection, lctx, NULL);
+    int n;
+
+    assert_non_null(d);
+    n = OSSL_DECODER_CTX_get_num_decoders(d);
+    OSSL_DECODER_CTX_free(d);
+    return n;
+}
+
+/* Every certificate OpenSSL 3.0 parses builds a decoder context for its
+ * SubjectPublicKeyInfo (public selection), four per mTLS handshake. None of
+ * our decoders may be set up there: each one costs a scan of every
+ * provider's decoders (a tenth of a P-256 handshake in all). Private-key
+ * loads still get ours: the key decoders for a given type, and the PEM
+ * decoder too when any type will do (PEM_read_bio_PrivateKey). */
+static void test_provider_decoders_stay_out_of_public_key_decodes(void **state)
+{
+    static const char *const types[] = { "EC", "RSA", "ED25519", "ED448" };
+    OSSL_LIB_CTX *dctx = OSSL_LIB_CTX_new(); /* the default provider alone */
+    OSSL_PROVIDER *d;
+
+    assert_non_null(dctx);
+    d = OSSL_PROVIDER_load(dctx, "default");
+    assert_non_null(d);
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        int plain =
+            decoders_for(dctx, types[i], "SubjectPublicKeyInfo", EVP_PKEY_PUBLIC_KEY, "DER");
+        int with_us =
+            decoders_for(plibctx, types[i], "SubjectPublicKeyInfo", EVP_PKEY_PUBLIC_KEY, "DER");
+
+        if (with_us != plain)
+            fail_msg("%s public key: %d decoders with p11agent loaded, %d without", types[i],
+                     with_us, plain);
+        /* our two key decoders (reference structures) */
+        assert_true(decoders_for(plibctx, types[i], NULL, EVP_PKEY_KEYPAIR, "DER")
+                    >= decoders_for(dctx, types[i], NULL, EVP_PKEY_KEYPAIR, "DER") + 2);
+    }
+    /* all eight key decoders and the PEM decoder */
+    assert_true(decoders_for(plibctx, NULL, NULL, EVP_PKEY_KEYPAIR, "PEM")
+                >= decoders_for(dctx, NULL, NULL, EVP_PKEY_KEYPAIR, "PEM") + 9);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(dctx);
+}
+
 /* ------------------------------------------------------------------ */
 /* RSA decryption (asymcipher.c) and MD5-SHA1 signatures               */
 /* ------------------------------------------------------------------ */
@@ -2102,6 +2178,7 @@ int main(void)
         cmocka_unit_test(test_provider_decoder_bad_files_fail_cleanly),
         cmocka_unit_test(test_provider_decoder_refuses_pin_in_uri),
         cmocka_unit_test(test_provider_decoder_no_agent_call_without_ref),
+        cmocka_unit_test(test_provider_decoders_stay_out_of_public_key_decodes),
     };
 
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
