@@ -5,11 +5,12 @@
  * The pure parts first: URI attributes, blank-padded fields, ECDSA
  * DER -> r||s, objects built from key records, attribute lookup and
  * template matching by PKCS#11 rules, mechanism parameters, and hostile
- * key records. Then the module's entry points (linked in) against a fake
- * agent: a libdbus peer-to-peer server on a temporary socket driven by the
- * agent's poll loop (agent/loop.c) in a thread, answering ListTokens,
- * ListKeys and Sign with software keys, and told to misbehave (wrong
- * signature lengths, malformed DER, odd key records, agent errors).
+ * key records. Then the module's entry points (linked in) against the fake
+ * agent (fakeagent.c): a libdbus peer-to-peer server on a temporary socket
+ * driven by the agent's poll loop (agent/loop.c) in a thread, answering
+ * ListTokens, ListKeys, Sign and Unlock with software keys, and told to
+ * misbehave (wrong signature lengths, malformed DER, odd key records,
+ * agent errors).
  */
 #include <poll.h>
 #include <pthread.h>
@@ -29,31 +30,21 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
-#include "loop.h"
+#include "fakeagent.h"
 #include "module.h"
 
 CK_RV C_GetFunctionList(CK_FUNCTION_LIST_PTR_PTR ret);
 
 /* ------------------------------------------------------------------ */
-/* Software keys and their records                                     */
+/* Software keys                                                       */
 /* ------------------------------------------------------------------ */
-
-typedef struct soft_key {
-    const char *uri;
-    const char *alg, *param;
-    size_t bits;
-    bus_key_type_t type;
-    uint32_t flags;
-    EVP_PKEY *pkey;
-    X509 *cert;
-} soft_key_t;
 
 #define TOKEN_URI "pkcs11:model=Fake%20Model;manufacturer=Fake%20Maker;serial=42;token=tok"
 #define KEY_URI(id, obj)                                                                           \
     "pkcs11:model=Fake%20Model;manufacturer=Fake%20Maker;serial=42;token=tok;id=" id              \
     ";object=" obj ";type=private"
 
-static soft_key_t keys[] = {
+static fake_key_t keys[] = {
     {KEY_URI("%01", "rsa"), "RSA", NULL, 2048, BUS_KEY_RSA,
      BUS_KEY_CAN_RSA_PKCS1 | BUS_KEY_CAN_RSA_PSS, NULL, NULL},
     {KEY_URI("%00%02", "p256"), "EC", "P-256", 0, BUS_KEY_EC, BUS_KEY_CAN_ECDSA, NULL, NULL},
@@ -66,366 +57,63 @@ static soft_key_t keys[] = {
 #define K_P384 (&keys[2])
 #define K_ED (&keys[3])
 
-static uint8_t *dup_bytes(const void *p, size_t n)
+static X509 *cert_of(const fake_key_t *k)
 {
-    uint8_t *d = malloc(n ? n : 1);
-
-    assert_non_null(d);
-    memcpy(d, p, n);
-    return d;
-}
-
-/* A key record as the agent sends it (caller clears it). */
-static void record_of(const soft_key_t *k, bus_key_info_t *r)
-{
-    unsigned char *der = NULL;
-    int n;
-
-    memset(r, 0, sizeof(*r));
-    r->uri = strdup(k->uri);
-    r->type = k->type;
-    r->bits = (uint32_t)EVP_PKEY_get_bits(k->pkey);
-    r->group = strdup("");
-    r->label = strdup(strstr(k->uri, "object=") + 7);
-    *strchr(r->label, ';') = '\0';
-    r->token = strdup("tok");
-    n = i2d_PUBKEY(k->pkey, &der);
-    assert_true(n > 0);
-    r->spki = dup_bytes(der, (size_t)n);
-    r->spki_len = (size_t)n;
-    OPENSSL_free(der);
-    der = NULL;
-    n = i2d_X509(k->cert, &der);
-    assert_true(n > 0);
-    r->cert = dup_bytes(der, (size_t)n);
-    r->cert_len = (size_t)n;
-    OPENSSL_free(der);
-    r->flags = k->flags;
-}
-
-static X509 *self_signed(EVP_PKEY *key, const char *cn)
-{
-    X509 *x = X509_new();
-    X509_NAME *name = X509_NAME_new();
-    const EVP_MD *md = EVP_PKEY_is_a(key, "ED25519") ? NULL : EVP_sha256();
-
-    X509_set_version(x, X509_VERSION_3);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 0x1234567);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_subject_name(x, name);
-    X509_NAME_add_entry_by_txt(name, "O", MBSTRING_ASC, (const unsigned char *)"issuer", -1, -1, 0);
-    X509_set_issuer_name(x, name);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    assert_true(X509_sign(x, key, md) > 0);
-    X509_NAME_free(name);
-    return x;
+    return fake_cert(k->soft, k->alg, "issuer", 0x1234567);
 }
 
 /* ------------------------------------------------------------------ */
-/* The fake agent                                                      */
+/* The fake agent (fakeagent.c)                                        */
 /* ------------------------------------------------------------------ */
 
-typedef enum sign_mode {
-    SIGN_OK,
-    SIGN_SHORT,    /* one byte less than the key makes */
-    SIGN_LONG,     /* one byte more */
-    SIGN_BAD_DER,  /* ECDSA: not DER */
-    SIGN_ERROR,    /* error reply named fake.error */
-} sign_mode_t;
+static const bus_token_info_t token = {
+    .uri = TOKEN_URI, .label = "tok", .model = "Fake Model", .keys = 4};
 
-static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    bool token_present;
-    bool odd_records;          /* ListKeys adds hostile records */
-    sign_mode_t sign_mode;
-    bus_err_t error;
-    int signs, lists, unlocks;
-    bus_sign_params_t last;
-    size_t last_len;
-} fake;
-
-static void fake_set(bool present, bool odd, sign_mode_t mode, bus_err_t error)
+/* ListKeys with fake_set(.., odd = true, ..): hostile records beside the good ones. */
+static size_t odd_records(bus_key_info_t *recs)
 {
-    pthread_mutex_lock(&fake_lock);
-    fake.token_present = present;
-    fake.odd_records = odd;
-    fake.sign_mode = mode;
-    fake.error = error;
-    pthread_mutex_unlock(&fake_lock);
-}
+    size_t n = 0;
 
-static int fake_get_signs(void)
-{
-    int n;
-
-    pthread_mutex_lock(&fake_lock);
-    n = fake.signs;
-    pthread_mutex_unlock(&fake_lock);
+    /* a key whose SPKI is not one */
+    fake_record(K_P256, NULL, &recs[n]);
+    free(recs[n].uri);
+    recs[n].uri = strdup(KEY_URI("%09", "junk"));
+    recs[n].spki[0] = 0x31;
+    n++;
+    /* RSA with a size that is not its modulus' */
+    fake_record(K_RSA, NULL, &recs[n]);
+    free(recs[n].uri);
+    recs[n].uri = strdup(KEY_URI("%0a", "liar"));
+    recs[n].bits = 4096;
+    n++;
+    /* an id that does not decode */
+    fake_record(K_P384, NULL, &recs[n]);
+    free(recs[n].uri);
+    recs[n].uri = strdup(KEY_URI("%zz", "badid"));
+    n++;
+    /* a huge label */
+    fake_record(K_ED, NULL, &recs[n]);
+    free(recs[n].label);
+    recs[n].label = malloc(MOD_MAX_ATTR + 2);
+    memset(recs[n].label, 'x', MOD_MAX_ATTR + 1);
+    recs[n].label[MOD_MAX_ATTR + 1] = '\0';
+    free(recs[n].uri);
+    recs[n].uri = strdup(KEY_URI("%0b", "huge"));
+    n++;
     return n;
 }
 
-static DBusMessage *fake_list_tokens(DBusMessage *msg)
-{
-    bus_token_info_t t = {.uri = TOKEN_URI, .label = "tok", .model = "Fake Model", .keys = 4};
-    DBusMessage *reply = dbus_message_new_method_return(msg);
-    bool present;
-
-    pthread_mutex_lock(&fake_lock);
-    present = fake.token_present;
-    fake.lists++;
-    pthread_mutex_unlock(&fake_lock);
-    assert_int_equal(bus_append_tokens(reply, &t, present ? 1 : 0), BUS_OK);
-    return reply;
-}
-
-static DBusMessage *fake_list_keys(DBusMessage *msg)
-{
-    bus_key_info_t recs[N_KEYS + 4];
-    size_t n = 0;
-    DBusMessage *reply = dbus_message_new_method_return(msg);
-    bool present, odd;
-
-    pthread_mutex_lock(&fake_lock);
-    present = fake.token_present;
-    odd = fake.odd_records;
-    pthread_mutex_unlock(&fake_lock);
-    if (present) {
-        for (size_t i = 0; i < N_KEYS; i++)
-            record_of(&keys[i], &recs[n++]);
-    }
-    if (present && odd) {
-        /* a key whose SPKI is not one */
-        record_of(K_P256, &recs[n]);
-        free(recs[n].uri);
-        recs[n].uri = strdup(KEY_URI("%09", "junk"));
-        recs[n].spki[0] = 0x31;
-        n++;
-        /* RSA with a size that is not its modulus' */
-        record_of(K_RSA, &recs[n]);
-        free(recs[n].uri);
-        recs[n].uri = strdup(KEY_URI("%0a", "liar"));
-        recs[n].bits = 4096;
-        n++;
-        /* an id that does not decode */
-        record_of(K_P384, &recs[n]);
-        free(recs[n].uri);
-        recs[n].uri = strdup(KEY_URI("%zz", "badid"));
-        n++;
-        /* a huge label */
-        record_of(K_ED, &recs[n]);
-        free(recs[n].label);
-        recs[n].label = malloc(MOD_MAX_ATTR + 2);
-        memset(recs[n].label, 'x', MOD_MAX_ATTR + 1);
-        recs[n].label[MOD_MAX_ATTR + 1] = '\0';
-        free(recs[n].uri);
-        recs[n].uri = strdup(KEY_URI("%0b", "huge"));
-        n++;
-    }
-    assert_int_equal(bus_append_keys(reply, recs, n), BUS_OK);
-    bus_key_info_free_array(NULL, 0);
-    for (size_t i = 0; i < n; i++)
-        bus_key_info_clear(&recs[i]);
-    return reply;
-}
-
-static const EVP_MD *md_of(const char *h)
-{
-    return h[0] ? EVP_get_digestbyname(h) : NULL;
-}
-
-static DBusMessage *fake_sign(DBusMessage *msg)
-{
-    const char *uri = NULL;
-    const uint8_t *data = NULL;
-    bus_sign_params_t p;
-    const soft_key_t *k = NULL;
-    uint8_t sig[1024];
-    const uint8_t *sigp = sig;
-    size_t len = 0, siglen = sizeof(sig);
-    EVP_PKEY_CTX *pctx = NULL;
-    DBusMessage *reply;
-    sign_mode_t mode;
-    bus_err_t error;
-    int ok;
-
-    if (bus_parse_sign_call(msg, &uri, &p, &data, &len) < 0)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
-    pthread_mutex_lock(&fake_lock);
-    fake.last = p;
-    fake.last_len = len;
-    mode = fake.sign_mode;
-    error = fake.error;
-    pthread_mutex_unlock(&fake_lock);
-    if (mode == SIGN_ERROR)
-        return dbus_message_new_error(msg, bus_err_name(error), "the fake agent says no");
-    for (size_t i = 0; i < N_KEYS; i++)
-        if (strcmp(uri, keys[i].uri) == 0)
-            k = &keys[i];
-    if (k == NULL)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
-    if (p.alg == BUS_SIG_EDDSA) {
-        EVP_MD_CTX *m = EVP_MD_CTX_new();
-
-        ok = EVP_DigestSignInit_ex(m, NULL, NULL, NULL, NULL, k->pkey, NULL) == 1 &&
-             EVP_DigestSign(m, sig, &siglen, data, len) == 1;
-        EVP_MD_CTX_free(m);
-    } else {
-        pctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->pkey, NULL);
-        ok = pctx != NULL && EVP_PKEY_sign_init(pctx) == 1;
-        if (ok && p.hash[0] != '\0')
-            ok = EVP_PKEY_CTX_set_signature_md(pctx, md_of(p.hash)) == 1;
-        if (ok && p.alg == BUS_SIG_RSA_PKCS1)
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
-        if (ok && p.alg == BUS_SIG_RSA_PSS)
-            ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1 &&
-                 EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, p.salt_len) == 1 &&
-                 EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, md_of(p.mgf1_hash[0] ? p.mgf1_hash : p.hash)) == 1;
-        ok = ok && EVP_PKEY_sign(pctx, sig, &siglen, data, len) == 1;
-        EVP_PKEY_CTX_free(pctx);
-    }
-    if (!ok)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_DEVICE), "fake token failed");
-    if (mode == SIGN_SHORT)
-        siglen--;
-    else if (mode == SIGN_LONG)
-        siglen++;
-    else if (mode == SIGN_BAD_DER)
-        sig[0] = 0x31;
-    pthread_mutex_lock(&fake_lock);
-    fake.signs++;
-    pthread_mutex_unlock(&fake_lock);
-    reply = dbus_message_new_method_return(msg);
-    dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sigp, (int)siglen,
-                             DBUS_TYPE_INVALID);
-    return reply;
-}
-
-static struct {
-    char dir[64];
-    char socket[128];
-    agent_loop_t *loop;
-    DBusServer *server;
-    int ctl[2];
-    pthread_t thread;
-} srv;
-
-static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, void *data)
-{
-    DBusMessage *reply;
-
-    if (dbus_message_is_method_call(msg, BUS_IFACE, "ListTokens")) {
-        reply = fake_list_tokens(msg);
-    } else if (dbus_message_is_method_call(msg, BUS_IFACE, "ListKeys")) {
-        reply = fake_list_keys(msg);
-    } else if (dbus_message_is_method_call(msg, BUS_IFACE, "Sign")) {
-        reply = fake_sign(msg);
-    } else if (dbus_message_is_method_call(msg, BUS_IFACE, "Unlock")) {
-        pthread_mutex_lock(&fake_lock);
-        fake.unlocks++;
-        pthread_mutex_unlock(&fake_lock);
-        reply = dbus_message_new_method_return(msg);
-    } else {
-        return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
-    }
-    dbus_connection_send(conn, reply, NULL);
-    dbus_message_unref(reply);
-    return DBUS_HANDLER_RESULT_HANDLED;
-}
-
-static const DBusObjectPathVTable srv_vtable = {.message_function = srv_on_message};
-
-static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
-{
-    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
-        agent_loop_detach_connection(srv.loop, conn);
-        return DBUS_HANDLER_RESULT_HANDLED;
-    }
-    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
-}
-
-static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
-{
-    dbus_connection_set_exit_on_disconnect(conn, FALSE);
-    if (!dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL) ||
-        !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL) ||
-        !agent_loop_attach_connection(srv.loop, conn))
-        dbus_connection_close(conn);
-}
-
-static void srv_on_ctl(void *userdata, int fd, short revents)
-{
-    char c = 0;
-
-    if (read(fd, &c, 1) == 1 && c == 'q')
-        agent_loop_quit(srv.loop);
-}
-
-static void *srv_thread(void *arg)
-{
-    agent_loop_run(srv.loop);
-    return NULL;
-}
-
-static int srv_start(void)
-{
-    static const char *const mechs[] = {"EXTERNAL", NULL};
-    char addr[192];
-    DBusError err;
-
-    snprintf(srv.dir, sizeof(srv.dir), "/tmp/p11agent-test-XXXXXX");
-    if (mkdtemp(srv.dir) == NULL)
-        return -1;
-    snprintf(srv.socket, sizeof(srv.socket), "%s/agent.sock", srv.dir);
-    snprintf(addr, sizeof(addr), "unix:path=%s", srv.socket);
-    dbus_error_init(&err);
-    srv.server = dbus_server_listen(addr, &err);
-    if (srv.server == NULL) {
-        dbus_error_free(&err);
-        return -1;
-    }
-    dbus_server_set_auth_mechanisms(srv.server, (const char **)mechs);
-    if (agent_loop_new(&srv.loop) < 0 || pipe(srv.ctl) < 0)
-        return -1;
-    dbus_server_set_new_connection_function(srv.server, srv_on_new_connection, NULL, NULL);
-    if (!agent_loop_attach_server(srv.loop, srv.server) ||
-        agent_loop_add_fd(srv.loop, srv.ctl[0], POLLIN, srv_on_ctl, NULL) < 0)
-        return -1;
-    return pthread_create(&srv.thread, NULL, srv_thread, NULL) == 0 ? 0 : -1;
-}
-
-static void srv_stop(void)
-{
-    char c = 'q';
-
-    assert_int_equal(write(srv.ctl[1], &c, 1), 1);
-    pthread_join(srv.thread, NULL);
-    dbus_server_disconnect(srv.server);
-    dbus_server_unref(srv.server);
-    agent_loop_free(srv.loop);
-    close(srv.ctl[0]);
-    close(srv.ctl[1]);
-    unlink(srv.socket);
-    rmdir(srv.dir);
-}
+static const fake_config_t fake_config = {
+    .keys = keys,
+    .n_keys = N_KEYS,
+    .methods = FAKE_LIST_TOKENS | FAKE_LIST_KEYS | FAKE_SIGN | FAKE_UNLOCK,
+    .token = &token,
+    .odd_records = odd_records,
+};
 
 static int group_setup(void **state)
 {
-    for (size_t i = 0; i < N_KEYS; i++) {
-        soft_key_t *k = &keys[i];
-
-        if (k->bits != 0)
-            k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->bits);
-        else if (k->param != NULL)
-            k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->param);
-        else
-            k->pkey = EVP_PKEY_Q_keygen(NULL, NULL, k->alg);
-        if (k->pkey == NULL)
-            return -1;
-        k->cert = self_signed(k->pkey, k->alg);
-    }
-    if (srv_start() < 0)
+    if (fake_keys_make(keys, N_KEYS, cert_of) < 0 || srv_start(&fake_config) < 0)
         return -1;
     setenv("P11AGENT_SOCKET", srv.socket, 1);
     return 0;
@@ -434,10 +122,7 @@ static int group_setup(void **state)
 static int group_teardown(void **state)
 {
     srv_stop();
-    for (size_t i = 0; i < N_KEYS; i++) {
-        EVP_PKEY_free(keys[i].pkey);
-        X509_free(keys[i].cert);
-    }
+    fake_keys_free(keys, N_KEYS);
     return 0;
 }
 
@@ -544,7 +229,7 @@ static void test_module_objects_rsa(void **state)
     unsigned char *der = NULL;
     int dl;
 
-    record_of(K_RSA, &r);
+    fake_record(K_RSA, NULL, &r);
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_int_equal(k.sig_len, 256);
     assert_true(k.has_cert);
@@ -570,7 +255,7 @@ static void test_module_objects_rsa(void **state)
         assert_memory_equal(attr(&k.obj[i], CKA_LABEL)->value, "rsa", 3);
     }
     /* the modulus is the key's */
-    assert_true(EVP_PKEY_get_bn_param(K_RSA->pkey, "n", &n));
+    assert_true(EVP_PKEY_get_bn_param(K_RSA->soft, "n", &n));
     assert_int_equal(BN_bn2bin(n, nbuf), 256);
     assert_int_equal(attr(pub, CKA_MODULUS)->len, 256);
     assert_memory_equal(attr(pub, CKA_MODULUS)->value, nbuf, 256);
@@ -610,10 +295,10 @@ static void test_module_objects_ec_and_eddsa(void **state)
     size_t plen = 0;
     const mod_attr_t *a;
 
-    record_of(K_P384, &r);
+    fake_record(K_P384, NULL, &r);
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_int_equal(k.sig_len, 96);
-    assert_true(EVP_PKEY_get_octet_string_param(K_P384->pkey, "pub", point, sizeof(point), &plen));
+    assert_true(EVP_PKEY_get_octet_string_param(K_P384->soft, "pub", point, sizeof(point), &plen));
     a = attr(&k.obj[MOD_OBJ_PUBLIC], CKA_EC_POINT);
     /* a DER OCTET STRING holding the point */
     assert_int_equal(a->len, plen + 2);
@@ -627,14 +312,14 @@ static void test_module_objects_ec_and_eddsa(void **state)
     mod_key_clear(&k);
     bus_key_info_clear(&r);
 
-    record_of(K_P256, &r); /* id=%00%02: binary, with a NUL */
+    fake_record(K_P256, NULL, &r); /* id=%00%02: binary, with a NUL */
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_int_equal(attr(&k.obj[MOD_OBJ_CERT], CKA_ID)->len, 2);
     assert_memory_equal(attr(&k.obj[MOD_OBJ_CERT], CKA_ID)->value, "\x00\x02", 2);
     mod_key_clear(&k);
     bus_key_info_clear(&r);
 
-    record_of(K_ED, &r);
+    fake_record(K_ED, NULL, &r);
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_int_equal(k.sig_len, 64);
     assert_int_equal(attr_ulong(&k.obj[MOD_OBJ_PRIVATE], CKA_KEY_TYPE), CKK_EC_EDWARDS);
@@ -655,7 +340,7 @@ static void test_module_attribute_rules(void **state)
     uint8_t small[2], big[64];
     CK_ATTRIBUTE t[4];
 
-    record_of(K_P256, &r);
+    fake_record(K_P256, NULL, &r);
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     /* length query */
     t[0] = (CK_ATTRIBUTE){CKA_LABEL, NULL, 0};
@@ -695,7 +380,7 @@ static void test_module_template_match(void **state)
     uint8_t id[] = {0x00, 0x02}, wrong_id[] = {0x00};
     CK_ATTRIBUTE t[3];
 
-    record_of(K_P256, &r);
+    fake_record(K_P256, NULL, &r);
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_true(mod_object_match(&k.obj[MOD_OBJ_PRIVATE], NULL, 0));
     t[0] = (CK_ATTRIBUTE){CKA_CLASS, &priv, sizeof(priv)};
@@ -723,7 +408,7 @@ static void test_module_hostile_records(void **state)
 
     /* each record is broken in one way; each is refused with a reason */
     for (int c = 0; c < 9; c++) {
-        record_of(c == 2 || c == 7 ? K_P256 : K_RSA, &r);
+        fake_record(c == 2 || c == 7 ? K_P256 : K_RSA, NULL, &r);
         switch (c) {
         case 0:
             r.spki_len = 5;
@@ -763,7 +448,7 @@ static void test_module_hostile_records(void **state)
         bus_key_info_clear(&r);
     }
     /* a broken certificate: the key stays, without a certificate object */
-    record_of(K_P256, &r);
+    fake_record(K_P256, NULL, &r);
     r.cert[1] ^= 0x7f;
     assert_int_equal(mod_key_from_record(&r, &k, &why), 0);
     assert_false(k.has_cert);
@@ -910,7 +595,7 @@ static CK_RV sign_with(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE key, CK_MECHANISM *
     return f->C_Sign(s, (CK_BYTE_PTR)data, len, sig, sig_len);
 }
 
-static bool verify(const soft_key_t *k, const EVP_MD *md, int pad, const uint8_t *sig, size_t sl,
+static bool verify(const fake_key_t *k, const EVP_MD *md, int pad, const uint8_t *sig, size_t sl,
                    const uint8_t *msg, size_t ml)
 {
     EVP_MD_CTX *c = EVP_MD_CTX_new();
@@ -929,7 +614,7 @@ static bool verify(const soft_key_t *k, const EVP_MD *md, int pad, const uint8_t
         ECDSA_SIG_free(es);
         v = der;
     }
-    ok = EVP_DigestVerifyInit(c, &pc, md, NULL, k->pkey) == 1;
+    ok = EVP_DigestVerifyInit(c, &pc, md, NULL, k->soft) == 1;
     if (ok && pad == RSA_PKCS1_PSS_PADDING)
         ok = EVP_PKEY_CTX_set_rsa_padding(pc, pad) == 1 &&
              EVP_PKEY_CTX_set_rsa_pss_saltlen(pc, RSA_PSS_SALTLEN_DIGEST) == 1;
@@ -957,7 +642,7 @@ static void test_module_sign_mechanisms(void **state)
     p256 = find(s, CKO_PRIVATE_KEY, "p256");
     p384 = find(s, CKO_PRIVATE_KEY, "p384");
     ed = find(s, CKO_PRIVATE_KEY, "ed25519");
-    before = fake_get_signs();
+    before = fake_signs();
 
     /* C_Sign with NULL: the length, nothing signed; a short buffer:
      * CKR_BUFFER_TOO_SMALL and the operation stays */
@@ -969,10 +654,10 @@ static void test_module_sign_mechanisms(void **state)
     sl = 10;
     assert_int_equal(f->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg), sig, &sl), CKR_BUFFER_TOO_SMALL);
     assert_int_equal(sl, 256);
-    assert_int_equal(fake_get_signs(), before);
+    assert_int_equal(fake_signs(), before);
     assert_int_equal(f->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg), sig, &sl), CKR_OK);
     assert_true(verify(K_RSA, EVP_sha256(), RSA_PKCS1_PADDING, sig, sl, msg, sizeof(msg)));
-    assert_int_equal(fake_get_signs(), before + 1);
+    assert_int_equal(fake_signs(), before + 1);
     /* the operation is over */
     assert_int_equal(f->C_Sign(s, (CK_BYTE_PTR)msg, sizeof(msg), sig, &sl),
                      CKR_OPERATION_NOT_INITIALIZED);

@@ -2,16 +2,17 @@
 /*
  * Unit tests for p11agent.so without the real agent.
  *
- * A fake agent runs in a thread of the test process: a libdbus
- * peer-to-peer server on a temporary socket (driven by the agent's poll
- * loop), answering FindKeys and Sign with software keys made by the default
- * provider, and recording what it was asked. The provider is the real code
- * (client, store, keymgmt, signature), registered as a built-in in a
- * private OSSL_LIB_CTX next to "default", with P11AGENT_SOCKET pointing at
- * the fake. Covered: store loading, key params against the default
- * provider, algorithm identifiers, signatures that verify, in-memory
- * TLS 1.2/1.3 mutual-auth handshakes, reconnection after an agent restart,
- * fork, threads. One case loads the built p11agent.so itself.
+ * A fake agent (fakeagent.c) runs in a thread of the test process: a
+ * libdbus peer-to-peer server on a temporary socket (driven by the agent's
+ * poll loop), answering FindKeys, Sign and Decrypt with software keys made
+ * by the default provider, and recording what it was asked. The provider
+ * is the real code (client, store, keymgmt, signature), registered as a
+ * built-in in a private OSSL_LIB_CTX next to "default", with
+ * P11AGENT_SOCKET pointing at the fake. Covered: store loading, key
+ * params against the default provider, algorithm identifiers, signatures
+ * that verify, in-memory TLS 1.2/1.3 mutual-auth handshakes, reconnection
+ * after an agent restart, fork, threads. One case loads the built
+ * p11agent.so itself.
  */
 #include <poll.h>
 #include <pthread.h>
@@ -39,24 +40,13 @@
 #include <openssl/store.h>
 #include <openssl/x509.h>
 
+#include "fakeagent.h"
 #include "keyref.h"
-#include "loop.h"
 #include "provider.h"
 
 /* ------------------------------------------------------------------ */
-/* The fake agent                                                      */
+/* The fake agent (fakeagent.c)                                        */
 /* ------------------------------------------------------------------ */
-
-typedef struct fake_key {
-    const char *uri;
-    const char *alg;     /* for EVP_PKEY_Q_keygen */
-    const char *param;   /* curve or NULL */
-    size_t bits;         /* RSA */
-    bus_key_type_t type;
-    uint32_t flags;
-    EVP_PKEY *soft;      /* the "token" key, default provider */
-    X509 *cert;
-} fake_key_t;
 
 static fake_key_t fake_keys[] = {
     { "pkcs11:token=t;object=rsa;type=private", "RSA", NULL, 2048, BUS_KEY_RSA,
@@ -81,430 +71,18 @@ static fake_key_t fake_keys[] = {
 /* The RSA key on a token without CKM_RSA_PKCS_PSS: Sign rsa-pss fails. */
 #define URI_NOPSS "pkcs11:token=old;object=rsa;type=private"
 
-/* What the fake agent saw; written by the server thread under fake_lock,
- * read by tests after their (synchronous) call returned. */
-static pthread_mutex_t fake_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
-    int signs;
-    int finds;            /* FindKeys calls */
-    int calls;            /* every method call but OpenChannel */
-    int connections;      /* accepted so far */
-    bus_sign_params_t last;
-    size_t last_len;
-    int decrypts;
-    bus_decrypt_params_t last_dec; /* label: not kept (points into a freed message) */
-} fake;
+static const fake_standin_t fake_standins[] = {
+    { URI_REMOVED, 0, BUS_ERR_TOKEN_REMOVED, "the card was pulled from reader 0", 0 },
+    { URI_NOPSS, 0, BUS_ERR_UNSUPPORTED, "token old has no CKM_RSA_PKCS_PSS", BUS_SIG_RSA_PSS },
+};
 
-static int fake_signs(void)
-{
-    int n;
-
-    pthread_mutex_lock(&fake_lock);
-    n = fake.signs;
-    pthread_mutex_unlock(&fake_lock);
-    return n;
-}
-
-static int fake_finds(void)
-{
-    int n;
-
-    pthread_mutex_lock(&fake_lock);
-    n = fake.finds;
-    pthread_mutex_unlock(&fake_lock);
-    return n;
-}
-
-static int fake_calls(void)
-{
-    int n;
-
-    pthread_mutex_lock(&fake_lock);
-    n = fake.calls;
-    pthread_mutex_unlock(&fake_lock);
-    return n;
-}
-
-static int fake_connections(void)
-{
-    int n;
-
-    pthread_mutex_lock(&fake_lock);
-    n = fake.connections;
-    pthread_mutex_unlock(&fake_lock);
-    return n;
-}
-
-static int fake_info(const fake_key_t *k, const char *uri, bus_key_info_t *info)
-{
-    unsigned char *der = NULL;
-    int n;
-
-    memset(info, 0, sizeof(*info));
-    info->uri = strdup(uri);
-    info->type = k->type;
-    info->bits = (uint32_t)EVP_PKEY_get_bits(k->soft);
-    info->group = strdup(k->param != NULL ? (strcmp(k->param, "P-256") == 0 ? "prime256v1"
-                                                                             : "secp384r1")
-                                          : "");
-    info->label = strdup("label");
-    info->token = strdup("t");
-    n = i2d_PUBKEY(k->soft, &der);
-    if (n <= 0)
-        return BUS_ERR_FAILED;
-    info->spki = malloc((size_t)n);
-    memcpy(info->spki, der, (size_t)n);
-    info->spki_len = (size_t)n;
-    OPENSSL_free(der);
-    der = NULL;
-    n = i2d_X509(k->cert, &der);
-    if (n <= 0)
-        return BUS_ERR_FAILED;
-    info->cert = malloc((size_t)n);
-    memcpy(info->cert, der, (size_t)n);
-    info->cert_len = (size_t)n;
-    OPENSSL_free(der);
-    info->flags = k->flags;
-    return BUS_OK;
-}
-
-static DBusMessage *fake_find_keys(DBusMessage *msg)
-{
-    const char *uri = NULL;
-    const fake_key_t *k = NULL;
-    bus_key_info_t info;
-    DBusMessage *reply;
-
-    pthread_mutex_lock(&fake_lock);
-    fake.finds++;
-    pthread_mutex_unlock(&fake_lock);
-    if (!dbus_message_get_args(msg, NULL, DBUS_TYPE_STRING, &uri, DBUS_TYPE_INVALID))
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
-    for (size_t i = 0; i < N_FAKE; i++) {
-        if (strcmp(uri, fake_keys[i].uri) == 0)
-            k = &fake_keys[i];
-    }
-    if (k == NULL && (strcmp(uri, URI_REMOVED) == 0 || strcmp(uri, URI_NOPSS) == 0))
-        k = &fake_keys[0];
-    if (k == NULL)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY),
-                                      "no key on any token matches");
-    fake_info(k, uri, &info);
-    reply = dbus_message_new_method_return(msg);
-    bus_append_keys(reply, &info, 1);
-    bus_key_info_clear(&info);
-    return reply;
-}
-
-static const char *wire_to_ossl(const char *h)
-{
-    static const char *const map[][2] = {
-        { "sha1", "SHA1" },     { "sha224", "SHA224" }, { "sha256", "SHA256" },
-        { "sha384", "SHA384" }, { "sha512", "SHA512" },
-    };
-
-    for (size_t i = 0; i < 5; i++) {
-        if (strcmp(h, map[i][0]) == 0)
-            return map[i][1];
-    }
-    return NULL;
-}
-
-static int fake_soft_sign(const fake_key_t *k, const bus_sign_params_t *p, const uint8_t *data,
-                          size_t len, uint8_t *sig, size_t *siglen)
-{
-    EVP_PKEY_CTX *pctx = NULL;
-    int ok = 0;
-
-    if (p->alg == BUS_SIG_EDDSA) {
-        EVP_MD_CTX *m = EVP_MD_CTX_new();
-
-        ok = EVP_DigestSignInit_ex(m, NULL, NULL, NULL, NULL, k->soft, NULL) == 1
-             && EVP_DigestSign(m, sig, siglen, data, len) == 1;
-        EVP_MD_CTX_free(m);
-        return ok;
-    }
-    pctx = EVP_PKEY_CTX_new_from_pkey(NULL, k->soft, NULL);
-    ok = pctx != NULL && EVP_PKEY_sign_init(pctx) == 1;
-    if (ok && p->hash[0] != '\0')
-        ok = EVP_PKEY_CTX_set_signature_md(pctx, EVP_get_digestbyname(wire_to_ossl(p->hash)))
-             == 1;
-    if (ok && p->alg == BUS_SIG_RSA_PKCS1)
-        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) == 1;
-    if (ok && p->alg == BUS_SIG_RSA_PSS) {
-        const char *mgf = p->mgf1_hash[0] != '\0' ? p->mgf1_hash : p->hash;
-
-        ok = EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) == 1
-             && EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, p->salt_len) == 1
-             && EVP_PKEY_CTX_set_rsa_mgf1_md(pctx, EVP_get_digestbyname(wire_to_ossl(mgf))) == 1;
-    }
-    ok = ok && EVP_PKEY_sign(pctx, sig, siglen, data, len) == 1;
-    EVP_PKEY_CTX_free(pctx);
-    return ok;
-}
-
-static DBusMessage *fake_sign(DBusMessage *msg)
-{
-    const char *uri = NULL;
-    const uint8_t *data = NULL;
-    bus_sign_params_t p;
-    const fake_key_t *k = NULL;
-    uint8_t sig[1024];
-    const uint8_t *sigp = sig;
-    size_t len = 0, siglen = sizeof(sig);
-    DBusMessage *reply;
-
-    if (bus_parse_sign_call(msg, &uri, &p, &data, &len) < 0)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
-    pthread_mutex_lock(&fake_lock);
-    fake.last = p;
-    fake.last_len = len;
-    pthread_mutex_unlock(&fake_lock);
-    if (strcmp(uri, URI_REMOVED) == 0)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_TOKEN_REMOVED),
-                                      "the card was pulled from reader 0");
-    for (size_t i = 0; i < N_FAKE; i++) {
-        if (strcmp(uri, fake_keys[i].uri) == 0)
-            k = &fake_keys[i];
-    }
-    if (strcmp(uri, URI_NOPSS) == 0) {
-        if (p.alg == BUS_SIG_RSA_PSS)
-            return dbus_message_new_error(msg, bus_err_name(BUS_ERR_UNSUPPORTED),
-                                          "token old has no CKM_RSA_PKCS_PSS");
-        k = &fake_keys[0];
-    }
-    if (k == NULL)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
-    if (!fake_soft_sign(k, &p, data, len, sig, &siglen))
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_DEVICE), "fake token failed");
-    pthread_mutex_lock(&fake_lock);
-    fake.signs++;
-    pthread_mutex_unlock(&fake_lock);
-    reply = dbus_message_new_method_return(msg);
-    dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &sigp, (int)siglen,
-                             DBUS_TYPE_INVALID);
-    return reply;
-}
-
-/* Decrypt with the software key: rsa-pkcs1, rsa-oaep (hash, mgf1, label)
- * and rsa-raw (no padding), as a token would. */
-static DBusMessage *fake_decrypt(DBusMessage *msg)
-{
-    const char *uri = NULL;
-    const uint8_t *data = NULL;
-    bus_decrypt_params_t p;
-    uint8_t out[1024];
-    const uint8_t *outp = out;
-    size_t len = 0, outlen = sizeof(out);
-    EVP_PKEY_CTX *pctx;
-    DBusMessage *reply;
-    int pad, ok;
-
-    if (bus_parse_decrypt_call(msg, &uri, &p, &data, &len) < 0)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
-    pthread_mutex_lock(&fake_lock);
-    fake.last_dec = p;
-    fake.last_dec.label = NULL;
-    pthread_mutex_unlock(&fake_lock);
-    if (strcmp(uri, URI_RSA) != 0)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_NO_SUCH_KEY), "no such key");
-    pad = p.alg == BUS_DEC_RSA_OAEP  ? RSA_PKCS1_OAEP_PADDING
-          : p.alg == BUS_DEC_RSA_RAW ? RSA_NO_PADDING
-                                     : RSA_PKCS1_PADDING;
-    pctx = EVP_PKEY_CTX_new_from_pkey(NULL, fake_keys[0].soft, NULL);
-    ok = pctx != NULL && EVP_PKEY_decrypt_init(pctx) == 1 &&
-         EVP_PKEY_CTX_set_rsa_padding(pctx, pad) == 1;
-    if (ok && p.alg == BUS_DEC_RSA_OAEP) {
-        const char *h = p.hash[0] ? wire_to_ossl(p.hash) : "SHA1";
-        const char *m = p.mgf1_hash[0] ? wire_to_ossl(p.mgf1_hash) : h;
-
-        ok = EVP_PKEY_CTX_set_rsa_oaep_md_name(pctx, h, NULL) == 1 &&
-             EVP_PKEY_CTX_set_rsa_mgf1_md_name(pctx, m, NULL) == 1;
-        if (ok && p.label_len > 0) {
-            void *l = OPENSSL_memdup(p.label, p.label_len);
-
-            ok = l != NULL && EVP_PKEY_CTX_set0_rsa_oaep_label(pctx, l, (int)p.label_len) == 1;
-        }
-    }
-    ok = ok && EVP_PKEY_decrypt(pctx, out, &outlen, data, len) == 1;
-    EVP_PKEY_CTX_free(pctx);
-    if (!ok)
-        return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS),
-                                      "CKR_ENCRYPTED_DATA_INVALID");
-    pthread_mutex_lock(&fake_lock);
-    fake.decrypts++;
-    pthread_mutex_unlock(&fake_lock);
-    reply = dbus_message_new_method_return(msg);
-    dbus_message_append_args(reply, DBUS_TYPE_ARRAY, DBUS_TYPE_BYTE, &outp, (int)outlen,
-                             DBUS_TYPE_INVALID);
-    return reply;
-}
-
-/* --- the fake agent's D-Bus side: a libdbus server on a temporary
- * socket, driven by the agent's poll loop in a thread of its own --- */
-
-static struct {
-    char dir[64];
-    char socket[128];
-    agent_loop_t *loop;
-    DBusServer *server;
-    DBusConnection *conns[64];
-    size_t n_conns;
-    int ctl[2];     /* tests -> server thread commands */
-    int ack[2];     /* server thread -> tests */
-    pthread_t thread;
-} srv;
-
-static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, void *data)
-{
-    DBusMessage *reply;
-
-    /* OpenChannel (which this fake does not know) comes once per pooled
-     * connection, with its first signature. */
-    if (dbus_message_get_type(msg) == DBUS_MESSAGE_TYPE_METHOD_CALL
-        && !dbus_message_is_method_call(msg, BUS_IFACE, "OpenChannel")) {
-        pthread_mutex_lock(&fake_lock);
-        fake.calls++;
-        pthread_mutex_unlock(&fake_lock);
-    }
-    if (dbus_message_is_method_call(msg, BUS_IFACE, "FindKeys"))
-        reply = fake_find_keys(msg);
-    else if (dbus_message_is_method_call(msg, BUS_IFACE, "Sign"))
-        reply = fake_sign(msg);
-    else if (dbus_message_is_method_call(msg, BUS_IFACE, "Decrypt"))
-        reply = fake_decrypt(msg);
-    else
-        return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
-    dbus_connection_send(conn, reply, NULL);
-    dbus_message_unref(reply);
-    return DBUS_HANDLER_RESULT_HANDLED;
-}
-
-static const DBusObjectPathVTable srv_vtable = { .message_function = srv_on_message };
-
-static void srv_forget(DBusConnection *conn)
-{
-    for (size_t i = 0; i < srv.n_conns; i++) {
-        if (srv.conns[i] == conn) {
-            srv.conns[i] = srv.conns[--srv.n_conns];
-            return;
-        }
-    }
-}
-
-static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, void *data)
-{
-    if (dbus_message_is_signal(msg, DBUS_INTERFACE_LOCAL, "Disconnected")) {
-        srv_forget(conn);
-        agent_loop_detach_connection(srv.loop, conn);
-        return DBUS_HANDLER_RESULT_HANDLED;
-    }
-    return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
-}
-
-static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
-{
-    dbus_connection_set_exit_on_disconnect(conn, FALSE);
-    if (srv.n_conns == sizeof(srv.conns) / sizeof(srv.conns[0])
-        || !dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
-        || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL)
-        || !agent_loop_attach_connection(srv.loop, conn)) {
-        dbus_connection_close(conn);
-        return;
-    }
-    srv.conns[srv.n_conns++] = conn;
-    pthread_mutex_lock(&fake_lock);
-    fake.connections++;
-    pthread_mutex_unlock(&fake_lock);
-}
-
-/* Commands: 'r' drops every client connection, as an agent restart
- * would; 'd' does that and moves the socket away (nothing listens at the
- * path: the agent is down), 'u' puts it back (a new agent listens);
- * 'q' stops the loop. Each is acknowledged. */
-static void srv_on_ctl(void *userdata, int fd, short revents)
-{
-    char c = 0;
-
-    if (read(fd, &c, 1) != 1)
-        return;
-    if (c == 'r' || c == 'd') {
-        while (srv.n_conns > 0) {
-            DBusConnection *conn = srv.conns[--srv.n_conns];
-
-            agent_loop_detach_connection(srv.loop, conn);
-        }
-    }
-    if (c == 'd' || c == 'u') {
-        char away[sizeof(srv.socket) + 8];
-
-        snprintf(away, sizeof(away), "%s.away", srv.socket);
-        if (c == 'd' ? rename(srv.socket, away) : rename(away, srv.socket))
-            abort();
-    } else if (c == 'q') {
-        agent_loop_quit(srv.loop);
-    }
-    if (write(srv.ack[1], &c, 1) != 1)
-        abort();
-}
-
-static void srv_command(char c)
-{
-    char a = 0;
-
-    assert_int_equal(write(srv.ctl[1], &c, 1), 1);
-    assert_int_equal(read(srv.ack[0], &a, 1), 1);
-    assert_int_equal(a, c);
-}
-
-static void *srv_thread(void *arg)
-{
-    agent_loop_run(srv.loop);
-    return NULL;
-}
-
-static int srv_start(void)
-{
-    static const char *const mechs[] = { "EXTERNAL", NULL };
-    char addr[192];
-    DBusError err;
-
-    snprintf(srv.dir, sizeof(srv.dir), "/tmp/p11agent-test-XXXXXX");
-    if (mkdtemp(srv.dir) == NULL)
-        return -1;
-    snprintf(srv.socket, sizeof(srv.socket), "%s/agent.sock", srv.dir);
-    snprintf(addr, sizeof(addr), "unix:path=%s", srv.socket);
-    dbus_error_init(&err);
-    srv.server = dbus_server_listen(addr, &err);
-    if (srv.server == NULL) {
-        fprintf(stderr, "listen %s: %s\n", addr, err.message);
-        dbus_error_free(&err);
-        return -1;
-    }
-    dbus_server_set_auth_mechanisms(srv.server, (const char **)mechs);
-    if (agent_loop_new(&srv.loop) < 0 || pipe(srv.ctl) < 0 || pipe(srv.ack) < 0)
-        return -1;
-    dbus_server_set_new_connection_function(srv.server, srv_on_new_connection, NULL, NULL);
-    if (!agent_loop_attach_server(srv.loop, srv.server)
-        || agent_loop_add_fd(srv.loop, srv.ctl[0], POLLIN, srv_on_ctl, NULL) < 0)
-        return -1;
-    return pthread_create(&srv.thread, NULL, srv_thread, NULL) == 0 ? 0 : -1;
-}
-
-static void srv_stop(void)
-{
-    srv_command('q');
-    pthread_join(srv.thread, NULL);
-    dbus_server_disconnect(srv.server);
-    dbus_server_unref(srv.server);
-    agent_loop_free(srv.loop);
-    close(srv.ctl[0]);
-    close(srv.ctl[1]);
-    close(srv.ack[0]);
-    close(srv.ack[1]);
-    unlink(srv.socket);
-    rmdir(srv.dir);
-}
+static const fake_config_t fake_config = {
+    .keys = fake_keys,
+    .n_keys = N_FAKE,
+    .standins = fake_standins,
+    .n_standins = sizeof(fake_standins) / sizeof(fake_standins[0]),
+    .methods = FAKE_FIND_KEYS | FAKE_SIGN | FAKE_DECRYPT,
+};
 
 /* ------------------------------------------------------------------ */
 /* Fixtures                                                            */
@@ -515,41 +93,17 @@ static OSSL_PROVIDER *prov_default, *prov_ours;
 
 static X509 *self_signed(EVP_PKEY *key, const char *cn)
 {
-    X509 *x = X509_new();
-    X509_NAME *name = X509_NAME_new();
-    const EVP_MD *md = EVP_PKEY_is_a(key, "ED25519") || EVP_PKEY_is_a(key, "ED448")
-                           ? NULL
-                           : EVP_sha256();
+    return fake_cert(key, cn, NULL, 1);
+}
 
-    X509_set_version(x, X509_VERSION_3);
-    ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1, 0);
-    X509_set_subject_name(x, name);
-    X509_set_issuer_name(x, name);
-    X509_gmtime_adj(X509_getm_notBefore(x), -3600);
-    X509_gmtime_adj(X509_getm_notAfter(x), 86400);
-    X509_set_pubkey(x, key);
-    assert_true(X509_sign(x, key, md) > 0);
-    X509_NAME_free(name);
-    return x;
+static X509 *cert_of(const fake_key_t *k)
+{
+    return self_signed(k->soft, k->uri);
 }
 
 static int group_setup(void **state)
 {
-    for (size_t i = 0; i < N_FAKE; i++) {
-        fake_key_t *k = &fake_keys[i];
-
-        if (k->bits != 0)
-            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->bits);
-        else if (k->param != NULL)
-            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg, k->param);
-        else
-            k->soft = EVP_PKEY_Q_keygen(NULL, NULL, k->alg);
-        if (k->soft == NULL)
-            return -1;
-        k->cert = self_signed(k->soft, k->uri);
-    }
-    if (srv_start() < 0)
+    if (fake_keys_make(fake_keys, N_FAKE, cert_of) < 0 || srv_start(&fake_config) < 0)
         return -1;
     /* read once, when the provider starts */
     setenv("P11AGENT_SOCKET", srv.socket, 1);
@@ -567,10 +121,7 @@ static int group_teardown(void **state)
     OSSL_PROVIDER_unload(prov_default);
     OSSL_LIB_CTX_free(plibctx);
     srv_stop();
-    for (size_t i = 0; i < N_FAKE; i++) {
-        EVP_PKEY_free(fake_keys[i].soft);
-        X509_free(fake_keys[i].cert);
-    }
+    fake_keys_free(fake_keys, N_FAKE);
     return 0;
 }
 
