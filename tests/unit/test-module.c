@@ -17,6 +17,7 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -70,9 +71,14 @@ static const bus_token_info_t token = {
     .uri = TOKEN_URI, .label = "tok", .model = "Fake Model", .keys = 4};
 
 /* ListKeys with fake_set(.., odd = true, ..): hostile records beside the good ones. */
+/* ListKeys replies that carried the records below (the server's thread) */
+static atomic_uint odd_served;
+
 static size_t odd_records(bus_key_info_t *recs)
 {
     size_t n = 0;
+
+    atomic_fetch_add(&odd_served, 1);
 
     /* a key whose SPKI is not one */
     fake_record(K_P256, NULL, &recs[n]);
@@ -747,6 +753,8 @@ static void test_module_hostile_agent(void **state)
     uint8_t sig[600];
     CK_ULONG n = 0, sl;
 
+    unsigned served = atomic_load(&odd_served);
+
     /* odd records beside the good ones: skipped, the good ones stay */
     fake_set(true, true, SIGN_OK, BUS_OK);
     mod_init();
@@ -754,6 +762,7 @@ static void test_module_hostile_agent(void **state)
     assert_int_equal(f->C_FindObjectsInit(s, NULL, 0), CKR_OK);
     assert_int_equal(f->C_FindObjects(s, h, 32, &n), CKR_OK);
     assert_int_equal(f->C_FindObjectsFinal(s), CKR_OK);
+    assert_true(atomic_load(&odd_served) > served); /* they were sent */
     assert_int_equal(n, 3 * N_KEYS);
     /* signatures of the wrong size or shape are errors, never copied */
     fake_set(true, true, SIGN_LONG, BUS_OK);
