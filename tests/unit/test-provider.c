@@ -89,6 +89,9 @@ static struct {
     int finds;            /* FindKeys calls */
     int calls;            /* every method call but OpenChannel */
     int connections;      /* accepted so far */
+    bool limited;         /* admit only admit_left more connections: */
+    int admit_left;       /* past them each new one is refused, as the */
+    int refused;          /* agent's max-clients does; refused so far */
     bus_sign_params_t last;
     size_t last_len;
     int decrypts;
@@ -121,6 +124,26 @@ static int fake_calls(void)
 
     pthread_mutex_lock(&fake_lock);
     n = fake.calls;
+    pthread_mutex_unlock(&fake_lock);
+    return n;
+}
+
+/* Admit n more connections, refuse the ones after (n < 0: no limit). */
+static void fake_limit_connections(int n)
+{
+    pthread_mutex_lock(&fake_lock);
+    fake.limited = n >= 0;
+    fake.admit_left = n;
+    fake.refused = 0;
+    pthread_mutex_unlock(&fake_lock);
+}
+
+static int fake_refused(void)
+{
+    int n;
+
+    pthread_mutex_lock(&fake_lock);
+    n = fake.refused;
     pthread_mutex_unlock(&fake_lock);
     return n;
 }
@@ -382,6 +405,31 @@ static DBusHandlerResult srv_on_message(DBusConnection *conn, DBusMessage *msg, 
 
 static const DBusObjectPathVTable srv_vtable = { .message_function = srv_on_message };
 
+/* A connection past the limit, refused as the agent refuses one when every
+ * client under max-clients is in a request: its first call gets Busy, then
+ * it closes. */
+static DBusHandlerResult srv_on_refused_message(DBusConnection *conn, DBusMessage *msg,
+                                                void *data)
+{
+    DBusMessage *err;
+
+    if (dbus_message_get_type(msg) != DBUS_MESSAGE_TYPE_METHOD_CALL)
+        return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+    err = dbus_message_new_error(msg, bus_err_name(BUS_ERR_BUSY),
+                                 "the fake agent serves its limit of busy clients");
+    if (err) {
+        dbus_connection_send(conn, err, NULL);
+        dbus_connection_flush(conn);
+        dbus_message_unref(err);
+    }
+    dbus_connection_close(conn);
+    return DBUS_HANDLER_RESULT_HANDLED;
+}
+
+static const DBusObjectPathVTable srv_refused_vtable = {
+    .message_function = srv_on_refused_message
+};
+
 static void srv_forget(DBusConnection *conn)
 {
     for (size_t i = 0; i < srv.n_conns; i++) {
@@ -404,7 +452,27 @@ static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, v
 
 static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
+    bool refuse = false, at_once = false;
+
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    pthread_mutex_lock(&fake_lock);
+    if (fake.limited && fake.admit_left == 0) {
+        refuse = true;
+        /* every other one is closed before its first call */
+        at_once = fake.refused++ % 2 == 1;
+    } else if (fake.limited) {
+        fake.admit_left--;
+    }
+    pthread_mutex_unlock(&fake_lock);
+    if (at_once)
+        return; /* not referenced: libdbus closes it */
+    if (refuse) {
+        if (!dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
+            || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_refused_vtable, NULL)
+            || !agent_loop_attach_connection(srv.loop, conn))
+            dbus_connection_close(conn);
+        return;
+    }
     if (srv.n_conns == sizeof(srv.conns) / sizeof(srv.conns[0])
         || !dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
         || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL)
@@ -420,7 +488,8 @@ static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void
 
 /* Commands: 'r' drops every client connection, as an agent restart
  * would; 'd' does that and moves the socket away (nothing listens at the
- * path: the agent is down), 'u' puts it back (a new agent listens);
+ * path: the agent is down), 'm' only moves it away (open connections
+ * stay, new ones cannot be made), 'u' puts it back (a new agent listens);
  * 'q' stops the loop. Each is acknowledged. */
 static void srv_on_ctl(void *userdata, int fd, short revents)
 {
@@ -435,11 +504,11 @@ static void srv_on_ctl(void *userdata, int fd, short revents)
             agent_loop_detach_connection(srv.loop, conn);
         }
     }
-    if (c == 'd' || c == 'u') {
+    if (c == 'd' || c == 'u' || c == 'm') {
         char away[sizeof(srv.socket) + 8];
 
         snprintf(away, sizeof(away), "%s.away", srv.socket);
-        if (c == 'd' ? rename(srv.socket, away) : rename(away, srv.socket))
+        if (c != 'u' ? rename(srv.socket, away) : rename(away, srv.socket))
             abort();
     } else if (c == 'q') {
         agent_loop_quit(srv.loop);
@@ -1530,7 +1599,10 @@ static void *sign_many(void *p)
     thread_arg_t *a = p;
 
     for (int i = 0; i < 50; i++)
-        a->ok += sign_once(a->key, &fake_keys[1]) ? 1 : 0;
+        if (sign_once(a->key, &fake_keys[1]))
+            a->ok++;
+        else
+            ERR_print_errors_fp(stderr); /* why, in the test's log */
     return NULL;
 }
 
@@ -1602,6 +1674,112 @@ static void test_provider_max_connections_caps_the_pool(void **state)
     OSSL_PROVIDER_unload(ours);
     OSSL_PROVIDER_unload(d);
     OSSL_LIB_CTX_free(one);
+}
+
+/* A provider of its own (its own pool) with max-connections n. */
+static OSSL_LIB_CTX *own_provider(int n, OSSL_PROVIDER **ret_d, OSSL_PROVIDER **ret_ours)
+{
+    OSSL_LIB_CTX *l = OSSL_LIB_CTX_new();
+    char v[16];
+
+    assert_non_null(l);
+    assert_true(OSSL_PROVIDER_add_builtin(l, "p11agent", OSSL_provider_init));
+    snprintf(v, sizeof(v), "%d", n);
+    setenv("P11AGENT_MAX_CONNECTIONS", v, 1);
+    *ret_d = OSSL_PROVIDER_load(l, "default");
+    *ret_ours = OSSL_PROVIDER_load(l, "p11agent");
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    assert_non_null(*ret_d);
+    assert_non_null(*ret_ours);
+    return l;
+}
+
+static void run_signers(EVP_PKEY *key, int n)
+{
+    pthread_t t[8];
+    thread_arg_t args[8];
+
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) {
+        args[i] = (thread_arg_t){ .key = key };
+        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(args[i].ok, 50);
+    }
+}
+
+/* The agent admits 2 connections of this process and refuses the rest
+ * (Busy on the first call, or closed at once), as its max-clients does:
+ * 8 threads signing at once with max-connections 8 all succeed on the 2,
+ * every signature reaches the agent once, and the pool stops asking after
+ * the first refusals (it remembers them for a few seconds) rather than
+ * opening a connection per call. */
+static void test_provider_pool_shares_when_agent_refuses(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx;
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    int conns, before, refused;
+
+    OSSL_LIB_CTX *mine = own_provider(8, &d, &ours);
+
+    plibctx = mine;
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL); /* the pool's first connection */
+    fake_limit_connections(1);
+    before = fake_signs();
+    run_signers(key, 8);
+    refused = fake_refused();
+    assert_int_equal(fake_signs(), before + 400);
+    assert_int_equal(fake_connections(), conns + 2);
+    /* the pool tried to grow (so the refusals were met and survived) ... */
+    assert_true(refused >= 1);
+    /* ... at most once per thread that raced before the first refusal was
+     * known, not once per signature */
+    assert_true(refused <= 6);
+    /* within the hold, a second burst asks for no new connection */
+    run_signers(key, 8);
+    assert_int_equal(fake_refused(), refused);
+    assert_int_equal(fake_connections(), conns + 2);
+    assert_int_equal(fake_signs(), before + 800);
+    fake_limit_connections(-1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(mine);
+}
+
+/* Opening one more connection fails (nothing listens at the socket any
+ * more, the one open connection stays): 4 threads share the open one and
+ * all succeed. The first connection failing still fails (the other tests
+ * without an agent). */
+static void test_provider_pool_shares_when_connect_fails(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx;
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    int conns, before;
+
+    OSSL_LIB_CTX *mine = own_provider(8, &d, &ours);
+
+    plibctx = mine;
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL);
+    assert_int_equal(fake_connections(), conns + 1);
+    srv_command('m');
+    before = fake_signs();
+    run_signers(key, 4);
+    srv_command('u');
+    assert_int_equal(fake_signs(), before + 200);
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(mine);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2172,6 +2350,8 @@ int main(void)
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
         cmocka_unit_test(test_provider_max_connections_caps_the_pool),
+        cmocka_unit_test(test_provider_pool_shares_when_agent_refuses),
+        cmocka_unit_test(test_provider_pool_shares_when_connect_fails),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
         cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
         cmocka_unit_test(test_provider_decoder_cert_then_ref),
