@@ -1182,6 +1182,19 @@ static void test_module_socket_from_init_args(void **state)
     assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
     assert_int_equal(n, 0);
     assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    /* with another setting after it (and before it) the path still ends
+     * where that setting begins */
+    unsetenv("P11AGENT_SOCKET");
+    snprintf(arg, sizeof(arg), "agent-socket=%s  max-connections=2", srv.socket);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    snprintf(arg, sizeof(arg), "max-connections=40 agent-socket=%s", srv.socket);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
     setenv("P11AGENT_SOCKET", srv.socket, 1);
 }
 
