@@ -442,7 +442,10 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
     int64_t now = now_ms();
 
     pthread_mutex_lock(&c->lock);
-    if (unadmitted && (conn_err || r == BUS_ERR_BUSY) && c->lost_until_ms == 0 &&
+    /* Busy comes from a live agent even while a restart is suspected (the
+     * agent closed an idle connection of ours to admit another: that
+     * looks like one) */
+    if (unadmitted && (r == BUS_ERR_BUSY || (conn_err && c->lost_until_ms == 0)) &&
         open_count_locked(c, used) > 0) {
         refused = conn_err = true; /* dropped below, no restart */
         note_refusal_locked(c, open_count_locked(c, used));
