@@ -142,6 +142,8 @@ static struct {
     sign_mode_t sign_mode;
     bus_err_t error;
     int signs, lists, unlocks;
+    int connections;           /* accepted so far */
+    int sign_delay_us;         /* each Sign answers this late */
     bus_sign_params_t last;
     size_t last_len;
 } fake;
@@ -248,6 +250,13 @@ static DBusMessage *fake_sign(DBusMessage *msg)
     DBusMessage *reply;
     sign_mode_t mode;
     bus_err_t error;
+    int delay_us;
+
+    pthread_mutex_lock(&fake_lock);
+    delay_us = fake.sign_delay_us;
+    pthread_mutex_unlock(&fake_lock);
+    if (delay_us > 0) /* a slow token: callers wait with their connection */
+        usleep((useconds_t)delay_us);
     int ok;
 
     if (bus_parse_sign_call(msg, &uri, &p, &data, &len) < 0)
@@ -347,6 +356,9 @@ static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, v
 
 static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
+    pthread_mutex_lock(&fake_lock);
+    fake.connections++;
+    pthread_mutex_unlock(&fake_lock);
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
     if (!dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL) ||
         !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL) ||
@@ -1198,6 +1210,71 @@ static void test_module_socket_from_init_args(void **state)
     setenv("P11AGENT_SOCKET", srv.socket, 1);
 }
 
+typedef struct conn_signer {
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE key;
+    int ok;
+} conn_signer_t;
+
+static void *conn_sign_many(void *p)
+{
+    conn_signer_t *a = p;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    uint8_t digest[32] = {1, 2, 3}, sig[128];
+
+    for (int i = 0; i < 10; i++) {
+        CK_ULONG sl = sizeof(sig);
+
+        a->ok += sign_with(a->s, a->key, &m, digest, sizeof(digest), sig, &sl) == CKR_OK;
+    }
+    return NULL;
+}
+
+/* New connections while 4 threads sign at once against a slow agent. */
+static int connections_while_signing(void)
+{
+    conn_signer_t a[4];
+    pthread_t t[4];
+    int before;
+
+    mod_init();
+    for (int i = 0; i < 4; i++) {
+        a[i] = (conn_signer_t){.s = open_session()};
+        a[i].key = find(a[i].s, CKO_PRIVATE_KEY, "p256");
+    }
+    pthread_mutex_lock(&fake_lock);
+    before = fake.connections;
+    fake.sign_delay_us = 3000;
+    pthread_mutex_unlock(&fake_lock);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, conn_sign_many, &a[i]), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(a[i].ok, 10);
+    }
+    pthread_mutex_lock(&fake_lock);
+    fake.sign_delay_us = 0;
+    before = fake.connections - before;
+    pthread_mutex_unlock(&fake_lock);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    return before;
+}
+
+/* $P11AGENT_MAX_CONNECTIONS caps the module's pool as it does the
+ * provider's: 1 -> the listing's one connection is shared by 4 signing
+ * threads; 2 -> one more at most. */
+static void test_module_max_connections(void **state)
+{
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    setenv("P11AGENT_MAX_CONNECTIONS", "1", 1);
+    assert_int_equal(connections_while_signing(), 0);
+    setenv("P11AGENT_MAX_CONNECTIONS", "2", 1);
+    assert_int_equal(connections_while_signing(), 1);
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    /* the default lets each of the 4 have one */
+    assert_true(connections_while_signing() >= 2);
+}
+
 static void test_module_interface(void **state)
 {
     struct {
@@ -1252,6 +1329,7 @@ int main(void)
         cmocka_unit_test_teardown(test_module_slot_stays_when_token_goes, finalize_quietly),
         cmocka_unit_test_teardown(test_module_no_agent, finalize_quietly),
         cmocka_unit_test_teardown(test_module_socket_from_init_args, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_max_connections, finalize_quietly),
         cmocka_unit_test_teardown(test_module_stands_down_inside_agent, finalize_quietly),
         cmocka_unit_test(test_module_interface),
     };
