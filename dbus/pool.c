@@ -135,7 +135,6 @@ struct bus_pool {
                                  most this many (one more once the hold is
                                  over: a probe); 0: up to max */
     int64_t grow_hold_until_ms; /* guarded by lock: end of that hold */
-    unsigned refusals;        /* guarded by lock: refused connections seen */
     bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
     dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
     volatile uint64_t *fork_page; /* MADV_WIPEONFORK page holding fork_mark
@@ -309,7 +308,6 @@ static void note_refusal_locked(bus_pool_t *c, unsigned open)
 {
     c->grow_cap = open > 0 ? open : 1;
     c->grow_hold_until_ms = now_ms() + REFUSED_HOLD_MS;
-    c->refusals++;
 }
 
 /* Picks a slot for this call (lock held): an idle open connection, else a
