@@ -29,6 +29,20 @@
  * in flight is what a restart should cost). A process that never had a
  * connection, or whose agent stays away past the window, fails at once.
  *
+ * Refused growth: the agent caps its clients (max-clients, and
+ * max-clients-per-user across all of a user's processes). An extra
+ * connection it refuses (a Busy answer to its first call, or closed before
+ * that), or any failure to open one while the pool already holds a live
+ * connection, does not fail the call: the connection is dropped and the
+ * call waits for, and shares, one of the open ones, as if the pool's cap
+ * were reached. The pool remembers: for REFUSED_HOLD_MS it opens no more
+ * than it holds, then lets one connection try (one at a time, so refusals
+ * cost the agent a connection attempt every few seconds, not a storm);
+ * once one is admitted it grows freely again. Only a process's first
+ * connection fails the call (with the socket and the cause), as the
+ * window above says. A Busy answer from the token itself on a new
+ * connection is retried once on a shared one, and lowers the cap alike.
+ *
  * Signing channel: on each pooled connection the first Sign goes over
  * D-Bus (a process that signs once spares the channel's two round trips),
  * the next asks the agent for a signing channel (OpenChannel,
@@ -76,12 +90,19 @@
 #define RECONNECT_WAIT_MS 3000
 #define RECONNECT_POLL_MS 20
 
+/* After the agent refused an extra connection: how long the pool opens no
+ * more than it holds; and how many refused connections one call goes past
+ * (each refusal lowers the cap, so a call rarely meets more than one). */
+#define REFUSED_HOLD_MS 5000
+#define REFUSED_RETRIES 8
+
 typedef struct pool_slot {
     DBusConnection *conn;     /* NULL when not open */
     int fd;                   /* socket of conn, recorded at connect time */
     dev_t dev;
     ino_t ino;
     unsigned users;           /* threads using it now */
+    bool admitted;            /* a call on it was answered: the agent took it */
     int64_t opened_ms;        /* when it was opened (monotonic) */
     int chan_fd;              /* its signing channel's fd, or -1 (for a child) */
     dev_t chan_dev;
@@ -110,6 +131,10 @@ struct bus_pool {
     int64_t lost_since_ms;    /* guarded by lock: a connection dropped then; */
     int64_t lost_until_ms;    /* until then (monotonic ms) connecting is
                                  retried; 0: not restarting */
+    unsigned grow_cap;        /* guarded by lock: after a refusal, open at
+                                 most this many (one more once the hold is
+                                 over: a probe); 0: up to max */
+    int64_t grow_hold_until_ms; /* guarded by lock: end of that hold */
     bool use_channel;         /* immutable: P11AGENT_CHANNEL is not "0" */
     dbus_int32_t chan_slot;   /* libdbus data slot: a connection's pool_chan_t */
     volatile uint64_t *fork_page; /* MADV_WIPEONFORK page holding fork_mark
@@ -215,6 +240,8 @@ static void client_abandon_inherited(bus_pool_t *c)
         s->users = 0;
     }
     c->lost_until_ms = 0;
+    c->grow_cap = 0;
+    c->grow_hold_until_ms = 0;
 }
 
 static void client_check_fork(bus_pool_t *c)
@@ -251,8 +278,41 @@ static int64_t now_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* Open connections of the pool (those past a lowered max aside), but
+ * `except` (lock held). */
+static unsigned open_count_locked(const bus_pool_t *c, const DBusConnection *except)
+{
+    unsigned n = 0;
+
+    for (size_t i = 0; i < c->max; i++)
+        if (c->slots[i].conn != NULL && c->slots[i].conn != except)
+            n++;
+    return n;
+}
+
+/* How many connections the pool may hold now (lock held): max, or after a
+ * refusal what it held then (one more once the hold is over). */
+static unsigned grow_limit_locked(const bus_pool_t *c, int64_t now)
+{
+    unsigned lim;
+
+    if (c->grow_cap == 0)
+        return c->max;
+    lim = now < c->grow_hold_until_ms ? c->grow_cap : c->grow_cap + 1;
+    return lim < c->max ? lim : c->max;
+}
+
+/* The agent refused a connection (or one could not be opened) while the
+ * pool held `open` others: hold at that many for REFUSED_HOLD_MS. */
+static void note_refusal_locked(bus_pool_t *c, unsigned open)
+{
+    c->grow_cap = open > 0 ? open : 1;
+    c->grow_hold_until_ms = now_ms() + REFUSED_HOLD_MS;
+}
+
 /* Picks a slot for this call (lock held): an idle open connection, else a
- * slot to open, else the open one with the fewest users. */
+ * slot to open (while the pool is under its limit), else the open one with
+ * the fewest users. */
 static pool_slot_t *pick_slot_locked(bus_pool_t *c)
 {
     pool_slot_t *idle = NULL, *empty = NULL, *least = NULL;
@@ -266,18 +326,25 @@ static pool_slot_t *pick_slot_locked(bus_pool_t *c)
         } else if (s->users == 0) {
             idle = s;
             break;
-        } else if (!least || s->users < least->users) {
+        } else if (!least || (s->admitted && !least->admitted) ||
+                   (s->admitted == least->admitted && s->users < least->users)) {
+            /* one the agent may still refuse is shared last */
             least = s;
         }
     }
-    return idle ? idle : empty ? empty : least;
+    if (idle)
+        return idle;
+    if (empty && least && c->grow_cap != 0 &&
+        open_count_locked(c, NULL) >= grow_limit_locked(c, now_ms()))
+        return least;
+    return empty ? empty : least;
 }
 
 /* Returns a reference to a connection of the pool, opening one if needed.
- * *ret_fresh tells whether it was opened by this call. Release with
- * client_release(). */
+ * *ret_fresh tells whether it was opened by this call, *ret_unadmitted
+ * whether no call on it was answered yet. Release with client_release(). */
 static int client_acquire(bus_pool_t *c, DBusConnection **ret_conn, bool *ret_fresh,
-                          char **errmsg)
+                          bool *ret_unadmitted, char **errmsg)
 {
     DBusConnection *conn = NULL;
     pool_slot_t *s;
@@ -315,12 +382,24 @@ retry:
             }
             c->lost_until_ms = 0; /* gave up: fail at once from now on */
         }
+        if (r < 0 && r != BUS_ERR_NO_MEMORY && c->lost_until_ms == 0 &&
+            open_count_locked(c, NULL) > 0) {
+            /* An extra connection that cannot be had: share an open one
+             * (pick_slot_locked no longer offers an empty slot). */
+            note_refusal_locked(c, open_count_locked(c, NULL));
+            if (errmsg != NULL) {
+                free(*errmsg);
+                *errmsg = NULL;
+            }
+            goto retry;
+        }
         if (r < 0)
             goto out;
         s->conn = conn;
         s->fd = -1;
         s->chan_fd = -1;
         s->users = 0;
+        s->admitted = false;
         s->opened_ms = now_ms();
         if (dbus_connection_get_unix_fd(conn, &fd) && fd >= 0 && fstat(fd, &st) == 0) {
             s->fd = fd;
@@ -332,6 +411,7 @@ retry:
     s->users++;
     *ret_conn = dbus_connection_ref(s->conn);
     *ret_fresh = fresh;
+    *ret_unadmitted = !s->admitted;
 out:
     pthread_mutex_unlock(&c->lock);
     return r;
@@ -347,15 +427,30 @@ static bool is_connection_error(int r)
  * it already). If the process had a working connection (this one, or an
  * earlier one), the agent is then taken as restarting: connecting is
  * retried for RECONNECT_WAIT_MS, until a connection opened since answers.
+ * But a new connection that the agent refused (closed, or Busy, on its
+ * first call: `unadmitted`) while the pool holds others is a limit, not a
+ * restart: it is dropped, the pool stops growing for a while and
+ * *ret_refused tells the caller to run the call again on a shared one.
  * The caller still owns its reference. Returns whether the agent counts as
  * restarting now. */
-static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fresh)
+static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fresh,
+                           bool unadmitted, bool *ret_refused)
 {
-    bool conn_err = is_connection_error(r), restarting;
+    bool conn_err = is_connection_error(r), restarting, refused = false;
     int64_t now = now_ms();
 
     pthread_mutex_lock(&c->lock);
-    if (conn_err && c->lost_until_ms == 0 && (!fresh || c->answered)) {
+    /* Busy comes from a live agent even while a restart is suspected (the
+     * agent closed an idle connection of ours to admit another: that
+     * looks like one) */
+    if (unadmitted && (r == BUS_ERR_BUSY || (conn_err && c->lost_until_ms == 0)) &&
+        open_count_locked(c, used) > 0) {
+        refused = conn_err = true; /* dropped below, no restart */
+        note_refusal_locked(c, open_count_locked(c, used));
+    } else if (unadmitted && c->grow_cap != 0 && !conn_err && now >= c->grow_hold_until_ms) {
+        c->grow_cap = 0; /* a new one was admitted after the hold: grow again */
+    }
+    if (conn_err && !refused && c->lost_until_ms == 0 && (!fresh || c->answered)) {
         c->lost_since_ms = now;
         c->lost_until_ms = now + RECONNECT_WAIT_MS;
     }
@@ -366,6 +461,8 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
             continue;
         if (s->users > 0)
             s->users--;
+        if (!conn_err)
+            s->admitted = true;
         if (conn_err) {
             bus_client_close(s->conn);
             s->conn = NULL;
@@ -381,6 +478,7 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
         c->answered = true;
     restarting = c->lost_until_ms != 0 && now < c->lost_until_ms;
     pthread_mutex_unlock(&c->lock);
+    *ret_refused = refused;
     return restarting;
 }
 
@@ -391,14 +489,14 @@ static bool client_release(bus_pool_t *c, DBusConnection *used, int r, bool fres
  * BlockingIOError then) must see the OpenSSL error instead. */
 int bus_pool_call(bus_pool_t *c, bus_pool_op_fn op, void *arg, char **errmsg)
 {
-    int r = BUS_ERR_NOT_RUNNING, saved_errno = errno;
+    int r = BUS_ERR_NOT_RUNNING, saved_errno = errno, refusals = 0;
 
     for (int attempt = 0;; attempt++) {
         DBusConnection *conn = NULL;
-        bool fresh = false, restarting;
+        bool fresh = false, unadmitted = false, restarting, refused;
         char *msg = NULL;
 
-        r = client_acquire(c, &conn, &fresh, &msg);
+        r = client_acquire(c, &conn, &fresh, &unadmitted, &msg);
         if (r < 0) {
             if (errmsg != NULL)
                 *errmsg = msg;
@@ -407,8 +505,15 @@ int bus_pool_call(bus_pool_t *c, bus_pool_op_fn op, void *arg, char **errmsg)
             break;
         }
         r = op(conn, arg, &msg);
-        restarting = client_release(c, conn, r, fresh);
+        restarting = client_release(c, conn, r, fresh, unadmitted, &refused);
         dbus_connection_unref(conn);
+        if (refused && refusals++ < REFUSED_RETRIES) {
+            /* the agent would not take one more: again on a shared one,
+             * not counted as an attempt (the restart rules stay whole) */
+            free(msg);
+            attempt--;
+            continue;
+        }
         if (is_connection_error(r) && ((!fresh && attempt == 0) || restarting)) {
             /* The agent restarted since we connected: once more; and while
              * it restarts (a connection opened now may still reach the

@@ -30,7 +30,7 @@ const char *bus_pool_socket(const bus_pool_t *p);
 /* Connections a process opens at most (threads past that share them and
  * wait for each other): BUS_POOL_DEFAULT_MAX unless set, never past
  * BUS_POOL_MAX_MAX (larger values are cut). 0 keeps the current value. */
-#define BUS_POOL_DEFAULT_MAX 8u
+#define BUS_POOL_DEFAULT_MAX 32u
 #define BUS_POOL_MAX_MAX 64u
 void bus_pool_set_max(bus_pool_t *p, unsigned n);
 

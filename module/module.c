@@ -177,27 +177,78 @@ void mod_call_timed_out_locked(void)
     mod_g.backoff_until_ms = mod_now_ms() + BACKOFF_MS;
 }
 
+/* The value of `key` (e.g. "agent-socket=") in the module argument p11-kit
+ * passes in pReserved (a module file's x-init-reserved): settings
+ * separated by white space, each starting with a known key, so a socket
+ * path may hold spaces ("agent-socket=/a b max-connections=16"). A
+ * malloc'd copy, or NULL when absent, empty or out of memory. */
+static char *init_arg(const CK_C_INITIALIZE_ARGS *args, const char *key)
+{
+    static const char *const keys[] = {"agent-socket=", "max-connections="};
+    const char *res, *v = NULL, *end;
+    size_t n;
+
+    if (args == NULL || args->pReserved == NULL)
+        return NULL;
+    res = args->pReserved;
+    n = strnlen(res, 4096);
+    if (n == 4096)
+        return NULL;
+    end = res + n;
+    for (const char *p = res; p < end; p++) {
+        if (p != res && p[-1] != ' ' && p[-1] != '\t')
+            continue;
+        for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+            if (strncmp(p, keys[k], strlen(keys[k])) != 0)
+                continue;
+            if (v != NULL) { /* the value before ends here */
+                end = p;
+                while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
+                    end--;
+                goto found;
+            }
+            if (strcmp(keys[k], key) == 0)
+                v = p + strlen(keys[k]);
+        }
+    }
+    if (v == NULL)
+        return NULL;
+found:
+    return end > v ? strndup(v, (size_t)(end - v)) : NULL;
+}
+
 /* The socket: $P11AGENT_SOCKET, else the module argument p11-kit passes
  * in pReserved (a module file's `x-init-reserved: agent-socket=PATH`),
  * else the per-user default. */
 static char *socket_from_args(const CK_C_INITIALIZE_ARGS *args)
 {
-    static const char key[] = "agent-socket=";
-    const char *res;
-    size_t n;
+    char *path = init_arg(args, "agent-socket=");
+    char *sock = bus_socket_path(path);
 
-    if (args == NULL || args->pReserved == NULL)
-        return bus_socket_path(NULL);
-    res = args->pReserved;
-    n = strnlen(res, 4096);
-    if (n < 4096 && strncmp(res, key, sizeof(key) - 1) == 0 && n > sizeof(key) - 1) {
-        char *path = strndup(res + sizeof(key) - 1, n - (sizeof(key) - 1));
-        char *sock = bus_socket_path(path);
+    free(path);
+    return sock;
+}
 
-        free(path);
-        return sock;
+/* Connections to the agent at most: $P11AGENT_MAX_CONNECTIONS, else
+ * `max-connections=N` in the module argument (x-init-reserved), 1 to
+ * BUS_POOL_MAX_MAX (more is cut); 0 (unset or not a number): the pool's
+ * default. */
+static unsigned max_connections_from_args(const CK_C_INITIALIZE_ARGS *args)
+{
+    const char *env = getenv("P11AGENT_MAX_CONNECTIONS");
+    char *arg = NULL, *end = NULL;
+    const char *v = env;
+    unsigned long n = 0;
+
+    if (v == NULL || *v == '\0')
+        v = arg = init_arg(args, "max-connections=");
+    if (v != NULL) {
+        n = strtoul(v, &end, 10);
+        if (end == v || *end != '\0' || v[0] == '-')
+            n = 0;
     }
-    return bus_socket_path(NULL);
+    free(arg);
+    return n > BUS_POOL_MAX_MAX ? BUS_POOL_MAX_MAX : (unsigned)n;
 }
 
 CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
@@ -235,6 +286,7 @@ CK_RV mod_C_Initialize(CK_VOID_PTR init_args)
     mod_g.inside_agent = getenv("P11AGENT_AGENT_PROCESS") != NULL;
     sock = socket_from_args(args);
     mod_g.pool = bus_pool_new(sock);
+    bus_pool_set_max(mod_g.pool, max_connections_from_args(args));
     mod_g.libctx = OSSL_LIB_CTX_new();
     if (mod_g.libctx != NULL)
         mod_g.provider = OSSL_PROVIDER_load(mod_g.libctx, "default");

@@ -7,7 +7,7 @@
  *   [p11agent_sect]
  *   module = /usr/lib/x86_64-linux-gnu/ossl-modules/p11agent.so
  *   agent-socket = /run/p11agent/agent.sock     # optional
- *   max-connections = 8                         # optional, 1-64
+ *   max-connections = 32                        # optional, 1-64
  *   activate = 1
  * $P11AGENT_SOCKET overrides agent-socket, $P11AGENT_MAX_CONNECTIONS
  * max-connections. All are read once, here.

@@ -217,6 +217,20 @@ int fake_connections(void)
     return fake_read(&fake.connections);
 }
 
+int fake_refused(void)
+{
+    return fake_read(&fake.refused);
+}
+
+void fake_limit_connections(int n)
+{
+    pthread_mutex_lock(&fake_lock);
+    fake.limited = n >= 0;
+    fake.admit_left = n;
+    fake.refused = 0;
+    pthread_mutex_unlock(&fake_lock);
+}
+
 /* ------------------------------------------------------------------ */
 /* Methods                                                             */
 /* ------------------------------------------------------------------ */
@@ -362,6 +376,7 @@ static DBusMessage *fake_sign(DBusMessage *msg)
     size_t len = 0, siglen = sizeof(sig);
     sign_mode_t mode;
     bus_err_t error;
+    int delay_us;
 
     if (bus_parse_sign_call(msg, &uri, &p, &data, &len) < 0)
         return dbus_message_new_error(msg, bus_err_name(BUS_ERR_INVALID_ARGS), "bad args");
@@ -370,7 +385,10 @@ static DBusMessage *fake_sign(DBusMessage *msg)
     fake.last_len = len;
     mode = fake.sign_mode;
     error = fake.error;
+    delay_us = fake.sign_delay_us;
     pthread_mutex_unlock(&fake_lock);
+    if (delay_us > 0) /* a slow token: callers wait with their connection */
+        usleep((useconds_t)delay_us);
     if (mode == SIGN_ERROR)
         return dbus_message_new_error(msg, bus_err_name(error), "the fake agent says no");
     s = standin_by_uri(uri);
@@ -516,9 +534,54 @@ static DBusHandlerResult srv_on_filter(DBusConnection *conn, DBusMessage *msg, v
     return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
 }
 
+/* A connection past the limit, refused as the agent refuses one when every
+ * client under max-clients is in a request: its first call gets Busy, then
+ * it closes. */
+static DBusHandlerResult srv_on_refused_message(DBusConnection *conn, DBusMessage *msg,
+                                                void *data)
+{
+    DBusMessage *err;
+
+    if (dbus_message_get_type(msg) != DBUS_MESSAGE_TYPE_METHOD_CALL)
+        return DBUS_HANDLER_RESULT_NOT_YET_HANDLED;
+    err = dbus_message_new_error(msg, bus_err_name(BUS_ERR_BUSY),
+                                 "the fake agent serves its limit of busy clients");
+    if (err) {
+        dbus_connection_send(conn, err, NULL);
+        dbus_connection_flush(conn);
+        dbus_message_unref(err);
+    }
+    dbus_connection_close(conn);
+    return DBUS_HANDLER_RESULT_HANDLED;
+}
+
+static const DBusObjectPathVTable srv_refused_vtable = {
+    .message_function = srv_on_refused_message
+};
+
 static void srv_on_new_connection(DBusServer *server, DBusConnection *conn, void *data)
 {
+    bool refuse = false, at_once = false;
+
     dbus_connection_set_exit_on_disconnect(conn, FALSE);
+    pthread_mutex_lock(&fake_lock);
+    if (fake.limited && fake.admit_left == 0) {
+        refuse = true;
+        /* every other one is closed before its first call */
+        at_once = fake.refused++ % 2 == 1;
+    } else if (fake.limited) {
+        fake.admit_left--;
+    }
+    pthread_mutex_unlock(&fake_lock);
+    if (at_once)
+        return; /* not referenced: libdbus closes it */
+    if (refuse) {
+        if (!dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
+            || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_refused_vtable, NULL)
+            || !agent_loop_attach_connection(run.loop, conn))
+            dbus_connection_close(conn);
+        return;
+    }
     if (run.n_conns == sizeof(run.conns) / sizeof(run.conns[0])
         || !dbus_connection_add_filter(conn, srv_on_filter, NULL, NULL)
         || !dbus_connection_register_object_path(conn, BUS_PATH, &srv_vtable, NULL)
@@ -546,11 +609,11 @@ static void srv_on_ctl(void *userdata, int fd, short revents)
             agent_loop_detach_connection(run.loop, conn);
         }
     }
-    if (c == 'd' || c == 'u') {
+    if (c == 'd' || c == 'u' || c == 'm') {
         char away[sizeof(srv.socket) + 8];
 
         snprintf(away, sizeof(away), "%s.away", srv.socket);
-        if (c == 'd' ? rename(srv.socket, away) : rename(away, srv.socket))
+        if (c != 'u' ? rename(srv.socket, away) : rename(away, srv.socket))
             abort();
     } else if (c == 'q') {
         agent_loop_quit(run.loop);

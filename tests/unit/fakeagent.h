@@ -96,6 +96,10 @@ extern struct fake_state {
     int unlocks;
     int calls;            /* every method call but OpenChannel */
     int connections;      /* accepted so far */
+    bool limited;         /* admit only admit_left more connections: */
+    int admit_left;       /* past them each new one is refused, as the */
+    int refused;          /* agent's max-clients does; refused so far */
+    int sign_delay_us;    /* each Sign answers this late (a slow token) */
     bus_sign_params_t last;
     size_t last_len;
     int decrypts;
@@ -128,8 +132,9 @@ void srv_stop(void);
 
 /* Commands, each acknowledged before it returns: 'r' drops every client
  * connection, as an agent restart would; 'd' does that and moves the
- * socket away (nothing listens at the path: the agent is down), 'u' puts
- * it back (a new agent listens); 'q' stops the loop. */
+ * socket away (nothing listens at the path: the agent is down), 'm' only
+ * moves it away (open connections stay, new ones cannot be made), 'u'
+ * puts it back (a new agent listens); 'q' stops the loop. */
 void srv_command(char c);
 
 /* Sign's behaviour and what ListTokens/ListKeys show. */
@@ -140,5 +145,11 @@ int fake_signs(void);
 int fake_finds(void);
 int fake_calls(void);
 int fake_connections(void);
+int fake_refused(void);
+
+/* Admit n more connections, refuse the ones after (n < 0: no limit): the
+ * first call of a refused one gets Busy and it closes, or (every other
+ * one) it is closed before its first call. */
+void fake_limit_connections(int n);
 
 #endif

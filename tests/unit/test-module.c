@@ -876,7 +876,85 @@ static void test_module_socket_from_init_args(void **state)
     assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
     assert_int_equal(n, 0);
     assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    /* with another setting after it (and before it) the path still ends
+     * where that setting begins */
+    unsetenv("P11AGENT_SOCKET");
+    snprintf(arg, sizeof(arg), "agent-socket=%s  max-connections=2", srv.socket);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    snprintf(arg, sizeof(arg), "max-connections=40 agent-socket=%s", srv.socket);
+    assert_int_equal(f->C_Initialize(&args), CKR_OK);
+    assert_int_equal(f->C_GetSlotList(CK_TRUE, NULL, &n), CKR_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
     setenv("P11AGENT_SOCKET", srv.socket, 1);
+}
+
+typedef struct conn_signer {
+    CK_SESSION_HANDLE s;
+    CK_OBJECT_HANDLE key;
+    int ok;
+} conn_signer_t;
+
+static void *conn_sign_many(void *p)
+{
+    conn_signer_t *a = p;
+    CK_MECHANISM m = {CKM_ECDSA, NULL, 0};
+    uint8_t digest[32] = {1, 2, 3}, sig[128];
+
+    for (int i = 0; i < 10; i++) {
+        CK_ULONG sl = sizeof(sig);
+
+        a->ok += sign_with(a->s, a->key, &m, digest, sizeof(digest), sig, &sl) == CKR_OK;
+    }
+    return NULL;
+}
+
+/* New connections while 4 threads sign at once against a slow agent. */
+static int connections_while_signing(void)
+{
+    conn_signer_t a[4];
+    pthread_t t[4];
+    int before;
+
+    mod_init();
+    for (int i = 0; i < 4; i++) {
+        a[i] = (conn_signer_t){.s = open_session()};
+        a[i].key = find(a[i].s, CKO_PRIVATE_KEY, "p256");
+    }
+    pthread_mutex_lock(&fake_lock);
+    before = fake.connections;
+    fake.sign_delay_us = 3000;
+    pthread_mutex_unlock(&fake_lock);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, conn_sign_many, &a[i]), 0);
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(a[i].ok, 10);
+    }
+    pthread_mutex_lock(&fake_lock);
+    fake.sign_delay_us = 0;
+    before = fake.connections - before;
+    pthread_mutex_unlock(&fake_lock);
+    assert_int_equal(f->C_Finalize(NULL), CKR_OK);
+    return before;
+}
+
+/* $P11AGENT_MAX_CONNECTIONS caps the module's pool as it does the
+ * provider's: 1 -> the listing's one connection is shared by 4 signing
+ * threads; 2 -> one more at most. */
+static void test_module_max_connections(void **state)
+{
+    fake_set(true, false, SIGN_OK, BUS_OK);
+    setenv("P11AGENT_MAX_CONNECTIONS", "1", 1);
+    assert_int_equal(connections_while_signing(), 0);
+    setenv("P11AGENT_MAX_CONNECTIONS", "2", 1);
+    assert_int_equal(connections_while_signing(), 1);
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    /* the default lets each of the 4 have one */
+    assert_true(connections_while_signing() >= 2);
 }
 
 static void test_module_interface(void **state)
@@ -933,6 +1011,7 @@ int main(void)
         cmocka_unit_test_teardown(test_module_slot_stays_when_token_goes, finalize_quietly),
         cmocka_unit_test_teardown(test_module_no_agent, finalize_quietly),
         cmocka_unit_test_teardown(test_module_socket_from_init_args, finalize_quietly),
+        cmocka_unit_test_teardown(test_module_max_connections, finalize_quietly),
         cmocka_unit_test_teardown(test_module_stands_down_inside_agent, finalize_quietly),
         cmocka_unit_test(test_module_interface),
     };

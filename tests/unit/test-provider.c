@@ -1081,7 +1081,10 @@ static void *sign_many(void *p)
     thread_arg_t *a = p;
 
     for (int i = 0; i < 50; i++)
-        a->ok += sign_once(a->key, &fake_keys[1]) ? 1 : 0;
+        if (sign_once(a->key, &fake_keys[1]))
+            a->ok++;
+        else
+            ERR_print_errors_fp(stderr); /* why, in the test's log */
     return NULL;
 }
 
@@ -1153,6 +1156,112 @@ static void test_provider_max_connections_caps_the_pool(void **state)
     OSSL_PROVIDER_unload(ours);
     OSSL_PROVIDER_unload(d);
     OSSL_LIB_CTX_free(one);
+}
+
+/* A provider of its own (its own pool) with max-connections n. */
+static OSSL_LIB_CTX *own_provider(int n, OSSL_PROVIDER **ret_d, OSSL_PROVIDER **ret_ours)
+{
+    OSSL_LIB_CTX *l = OSSL_LIB_CTX_new();
+    char v[16];
+
+    assert_non_null(l);
+    assert_true(OSSL_PROVIDER_add_builtin(l, "p11agent", OSSL_provider_init));
+    snprintf(v, sizeof(v), "%d", n);
+    setenv("P11AGENT_MAX_CONNECTIONS", v, 1);
+    *ret_d = OSSL_PROVIDER_load(l, "default");
+    *ret_ours = OSSL_PROVIDER_load(l, "p11agent");
+    unsetenv("P11AGENT_MAX_CONNECTIONS");
+    assert_non_null(*ret_d);
+    assert_non_null(*ret_ours);
+    return l;
+}
+
+static void run_signers(EVP_PKEY *key, int n)
+{
+    pthread_t t[8];
+    thread_arg_t args[8];
+
+    assert_true(n <= 8);
+    for (int i = 0; i < n; i++) {
+        args[i] = (thread_arg_t){ .key = key };
+        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < n; i++) {
+        pthread_join(t[i], NULL);
+        assert_int_equal(args[i].ok, 50);
+    }
+}
+
+/* The agent admits 2 connections of this process and refuses the rest
+ * (Busy on the first call, or closed at once), as its max-clients does:
+ * 8 threads signing at once with max-connections 8 all succeed on the 2,
+ * every signature reaches the agent once, and the pool stops asking after
+ * the first refusals (it remembers them for a few seconds) rather than
+ * opening a connection per call. */
+static void test_provider_pool_shares_when_agent_refuses(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx;
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    int conns, before, refused;
+
+    OSSL_LIB_CTX *mine = own_provider(8, &d, &ours);
+
+    plibctx = mine;
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL); /* the pool's first connection */
+    fake_limit_connections(1);
+    before = fake_signs();
+    run_signers(key, 8);
+    refused = fake_refused();
+    assert_int_equal(fake_signs(), before + 400);
+    assert_int_equal(fake_connections(), conns + 2);
+    /* the pool tried to grow (so the refusals were met and survived) ... */
+    assert_true(refused >= 1);
+    /* ... at most once per thread that raced before the first refusal was
+     * known, not once per signature */
+    assert_true(refused <= 6);
+    /* within the hold, a second burst asks for no new connection */
+    run_signers(key, 8);
+    assert_int_equal(fake_refused(), refused);
+    assert_int_equal(fake_connections(), conns + 2);
+    assert_int_equal(fake_signs(), before + 800);
+    fake_limit_connections(-1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(mine);
+}
+
+/* Opening one more connection fails (nothing listens at the socket any
+ * more, the one open connection stays): 4 threads share the open one and
+ * all succeed. The first connection failing still fails (the other tests
+ * without an agent). */
+static void test_provider_pool_shares_when_connect_fails(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx;
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    int conns, before;
+
+    OSSL_LIB_CTX *mine = own_provider(8, &d, &ours);
+
+    plibctx = mine;
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL);
+    assert_int_equal(fake_connections(), conns + 1);
+    srv_command('m');
+    before = fake_signs();
+    run_signers(key, 4);
+    srv_command('u');
+    assert_int_equal(fake_signs(), before + 200);
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(mine);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1723,6 +1832,8 @@ int main(void)
         cmocka_unit_test(test_provider_fork_child_gets_own_connection),
         cmocka_unit_test(test_provider_threads_share_key_and_connection_pool),
         cmocka_unit_test(test_provider_max_connections_caps_the_pool),
+        cmocka_unit_test(test_provider_pool_shares_when_agent_refuses),
+        cmocka_unit_test(test_provider_pool_shares_when_connect_fails),
         cmocka_unit_test(test_provider_decoder_reads_ref_files),
         cmocka_unit_test(test_provider_decoder_file_store_one_lookup),
         cmocka_unit_test(test_provider_decoder_cert_then_ref),
