@@ -463,6 +463,14 @@ int agent_channel_fd(const agent_client_t *c);
 bool agent_channel_serve(agent_client_t *c, bool *closing);
 
 /* agent/decrypt.c: the Decrypt method */
+/* One decryption, the path of every one (D-Bus Decrypt and the channel's
+ * DECRYPT): the OAEP hashes checked, then agent_use_key with the key's
+ * decrypt = setting; *res as there (res->out is a secret). */
+void agent_decrypt(agent_client_t *c, const char *uri, const bus_decrypt_params_t *bp,
+                   const uint8_t *data, size_t len, agent_use_result_t *res);
+/* The error text for a Decrypt refused before a key is looked at (r is
+ * BUS_ERR_UNSUPPORTED or BUS_ERR_INVALID_ARGS), the same on both paths. */
+const char *agent_decrypt_refusal(int r);
 int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
                          DBusMessage **ret_reply);
 

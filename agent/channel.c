@@ -6,8 +6,10 @@
  * its place in the limits: a frame makes the client busy as a method call
  * does, its idle timeout covers both, closing it closes the channel. Every
  * Sign goes through agent_sign(), the path of the D-Bus Sign (lookup,
- * access, allow-exe now, confirm, login, counters, audit), whose result is
- * written straight into the reply frame.
+ * access, allow-exe now, confirm, login, counters, audit), and every
+ * Decrypt through agent_decrypt(), the path of the D-Bus Decrypt (the same,
+ * plus the key's decrypt = setting); the result is written straight into
+ * the reply frame, and a plaintext is wiped from it once sent.
  */
 #include <errno.h>
 #include <poll.h>
@@ -147,44 +149,87 @@ static bool answer_bind(agent_chan_t *ch, const bus_chan_req_t *q)
     return send_all(ch->fd, ch->out, n);
 }
 
-/* SIGN through the one path of every signature (agent_sign): its result
- * goes straight into the reply frame; the audit record is written once it
- * is sent. */
+/* Sends the result of a key use in a reply frame, wipes the frame when it
+ * held a secret (a plaintext), writes the audit record once it is sent. */
+static bool send_result(agent_client_t *c, agent_chan_t *ch, const bus_chan_req_t *q,
+                        agent_use_result_t *res)
+{
+    const char *text;
+    size_t n;
+    bool ok;
+
+    if (res->status == 0) {
+        n = bus_chan_encode_reply(ch->out, q->op, q->id, 0, q->handle, res->out, res->out_len);
+    } else {
+        text = agent_use_result_text(res);
+        n = bus_chan_encode_reply(ch->out, q->op, q->id, res->status, q->handle, text,
+                                  strlen(text));
+    }
+    ok = send_all(ch->fd, ch->out, n);
+    if (res->secret)
+        explicit_bzero(ch->out, n);
+    if (res->status == 0 && res->audit.set)
+        agent_audit_use(c->agent, c, &res->audit);
+    agent_use_result_clear(res);
+    return ok;
+}
+
+/* The URI bound to q's handle, or NULL with an error frame sent (*ok says
+ * whether it went out). */
+static const char *bound_uri(agent_chan_t *ch, const bus_chan_req_t *q, bool *ok)
+{
+    char buf[80];
+
+    if (q->handle > 0 && q->handle <= BUS_CHAN_MAX_HANDLES && ch->uris[q->handle - 1])
+        return ch->uris[q->handle - 1];
+    snprintf(buf, sizeof(buf), "no key is bound to handle %u on this channel",
+             (unsigned)q->handle);
+    *ok = send_error(ch, q, BUS_ERR_INVALID_ARGS, buf);
+    return NULL;
+}
+
+/* SIGN through the one path of every signature (agent_sign). */
 static bool answer_sign(agent_client_t *c, agent_chan_t *ch, const bus_chan_req_t *q)
 {
     agent_t *a = c->agent;
     agent_use_result_t res;
-    char buf[160];
-    const char *text;
-    size_t n;
-    bool ok;
+    const char *uri;
+    bool ok = false;
 
     if (q->status < 0) {
         atomic_fetch_add(&a->sign_failures, 1);
         return send_error(ch, q, q->status, "unknown signature algorithm or hash on the "
                                             "signing channel");
     }
-    if (q->handle == 0 || q->handle > BUS_CHAN_MAX_HANDLES || !ch->uris[q->handle - 1]) {
+    uri = bound_uri(ch, q, &ok);
+    if (!uri) {
         atomic_fetch_add(&a->sign_failures, 1);
-        snprintf(buf, sizeof(buf), "no key is bound to handle %u on this channel",
-                 (unsigned)q->handle);
-        return send_error(ch, q, BUS_ERR_INVALID_ARGS, buf);
+        return ok;
     }
-    agent_sign(c, ch->uris[q->handle - 1], &q->params, q->data, q->len, &res);
-    if (res.status == 0) {
-        n = bus_chan_encode_reply(ch->out, q->op, q->id, 0, q->handle, res.out, res.out_len);
-    } else {
-        text = agent_use_result_text(&res);
-        n = bus_chan_encode_reply(ch->out, q->op, q->id, res.status, q->handle, text,
-                                  strlen(text));
+    agent_sign(c, uri, &q->params, q->data, q->len, &res);
+    return send_result(c, ch, q, &res);
+}
+
+/* DECRYPT through the one path of every decryption (agent_decrypt): a
+ * request the D-Bus Decrypt would refuse is refused with its words. */
+static bool answer_decrypt(agent_client_t *c, agent_chan_t *ch, const bus_chan_req_t *q)
+{
+    agent_t *a = c->agent;
+    agent_use_result_t res;
+    const char *uri;
+    bool ok = false;
+
+    if (q->status < 0) {
+        atomic_fetch_add(&a->decrypt_failures, 1);
+        return send_error(ch, q, q->status, agent_decrypt_refusal(q->status));
     }
-    ok = send_all(ch->fd, ch->out, n);
-    if (res.secret)
-        explicit_bzero(ch->out, n);
-    if (res.audit.set)
-        agent_audit_use(a, c, &res.audit);
-    agent_use_result_clear(&res);
-    return ok;
+    uri = bound_uri(ch, q, &ok);
+    if (!uri) {
+        atomic_fetch_add(&a->decrypt_failures, 1);
+        return ok;
+    }
+    agent_decrypt(c, uri, &q->dparams, q->data, q->len, &res);
+    return send_result(c, ch, q, &res);
 }
 
 bool agent_channel_serve(agent_client_t *c, bool *closing)
@@ -222,9 +267,14 @@ bool agent_channel_serve(agent_client_t *c, bool *closing)
             break;
         }
         agent_debug(AGENT_DBG_BUS, "signing channel of uid %ld pid %ld: %s, handle %u, %zu bytes",
-                    (long)c->uid, (long)c->pid, q.op == BUS_CHAN_OP_BIND ? "BIND" : "SIGN",
+                    (long)c->uid, (long)c->pid,
+                    q.op == BUS_CHAN_OP_BIND   ? "BIND"
+                    : q.op == BUS_CHAN_OP_SIGN ? "SIGN"
+                                               : "DECRYPT",
                     (unsigned)q.handle, q.len);
-        ok = q.op == BUS_CHAN_OP_BIND ? answer_bind(ch, &q) : answer_sign(c, ch, &q);
+        ok = q.op == BUS_CHAN_OP_BIND   ? answer_bind(ch, &q)
+             : q.op == BUS_CHAN_OP_SIGN ? answer_sign(c, ch, &q)
+                                        : answer_decrypt(c, ch, &q);
         atomic_store(&c->last_active_ms, agent_now_ms());
         expected = AGENT_CONN_BUSY;
         atomic_compare_exchange_strong(&c->state, &expected, AGENT_CONN_IDLE);

@@ -25,6 +25,11 @@
 #include <string.h>
 
 #include "agent.h"
+#include "text.h"
+
+#define ERROR_TEXT_MAX 2048
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 static bool decrypt_permitted(const agent_t *a, const tok_key_t *key,
                               const agent_key_policy_t *pol, char *why, size_t why_size)
@@ -53,54 +58,73 @@ static int run_decrypt(void *arg, const tok_key_t *key, const tok_auth_t *auth, 
     return tok_decrypt(key, &d->tp, d->data, d->len, auth, ret, ret_len, why);
 }
 
+/* The text of a Decrypt request refused before any key is looked at
+ * (BUS_ERR_UNSUPPORTED or BUS_ERR_INVALID_ARGS): D-Bus and the channel
+ * say the same. */
+const char *agent_decrypt_refusal(int r)
+{
+    return r == BUS_ERR_UNSUPPORTED
+                   ? "unknown decryption algorithm (expected rsa-pkcs1, rsa-oaep or rsa-raw)"
+                   : "malformed Decrypt request (expected key URI, algorithm, parameters and 1 "
+                     "to " STR(BUS_DECRYPT_MAX_DATA) " bytes of data; hash, mgf1-hash and label "
+                     "only with rsa-oaep)";
+}
+
+void agent_decrypt(agent_client_t *c, const char *uri, const bus_decrypt_params_t *bp,
+                   const uint8_t *data, size_t len, agent_use_result_t *res)
+{
+    agent_t *a = c->agent;
+    decrypt_use_t du = {.data = data, .len = len};
+    agent_key_use_t u = {.event = "decrypt", .verb = "decrypting",
+                         .permitted = decrypt_permitted, .run = run_decrypt, .arg = &du,
+                         .secret_result = true, .decrypt = true, .ok_count = &a->decryptions,
+                         .fail_count = &a->decrypt_failures};
+    int h = tok_hash_from_name(bp->hash), m = tok_hash_from_name(bp->mgf1_hash);
+
+    if (h < 0 || m < 0) {
+        char *text = NULL;
+
+        atomic_fetch_add(&a->decrypt_failures, 1);
+        *res = (agent_use_result_t){.status = BUS_ERR_UNSUPPORTED, .secret = true};
+        if (asprintf(&text, "hash '%s' is not supported for OAEP with key '%s'",
+                     h < 0 ? bp->hash : bp->mgf1_hash, uri) >= 0) {
+            res->text = text_dbus_safe(text, ERROR_TEXT_MAX);
+            free(text);
+        }
+        return;
+    }
+    du.tp.alg = (tok_dec_alg_t)bp->alg;
+    du.tp.hash = (tok_hash_t)h;
+    du.tp.mgf1_hash = (tok_hash_t)m;
+    du.tp.label = bp->label;
+    du.tp.label_len = bp->label_len;
+    u.alg = bus_dec_alg_name(bp->alg);
+    u.hash = bp->hash;
+    agent_use_key(c, uri, &u, res);
+}
+
 int agent_handle_decrypt(agent_client_t *c, DBusConnection *conn, DBusMessage *msg,
                          DBusMessage **ret_reply)
 {
     agent_t *a = c->agent;
     const char *uri;
     bus_decrypt_params_t bp;
-    decrypt_use_t du = {0};
-    agent_key_use_t u = {.event = "decrypt", .verb = "decrypting",
-                         .permitted = decrypt_permitted, .run = run_decrypt, .arg = &du,
-                         .secret_result = true, .decrypt = true, .ok_count = &a->decryptions,
-                         .fail_count = &a->decrypt_failures};
-    DBusMessage *reply = NULL;
+    const uint8_t *data;
+    size_t len;
     agent_use_result_t res;
-    int r, h = 0, m = 0;
+    int r;
 
     (void)conn;
-    r = bus_parse_decrypt_call(msg, &uri, &bp, &du.data, &du.len);
-    if (r == BUS_ERR_UNSUPPORTED)
-        reply = agent_error_reply(msg, r, "unknown decryption algorithm (expected rsa-pkcs1, "
-                                          "rsa-oaep or rsa-raw)");
-    else if (r < 0)
-        reply = agent_error_reply(msg, r, "malformed Decrypt request (expected key URI, "
-                                          "algorithm, parameters and 1 to %d bytes of data; "
-                                          "hash, mgf1-hash and label only with rsa-oaep)",
-                                  BUS_DECRYPT_MAX_DATA);
-    if (r == 0) {
-        h = tok_hash_from_name(bp.hash);
-        m = tok_hash_from_name(bp.mgf1_hash);
-        if (h < 0 || m < 0) {
-            r = BUS_ERR_UNSUPPORTED;
-            reply = agent_error_reply(msg, r, "hash '%s' is not supported for OAEP with key '%s'",
-                                      h < 0 ? bp.hash : bp.mgf1_hash, uri);
-        }
-    }
+    r = bus_parse_decrypt_call(msg, &uri, &bp, &data, &len);
     if (r < 0) {
+        DBusMessage *reply = agent_error_reply(msg, r, "%s", agent_decrypt_refusal(r));
+
         atomic_fetch_add(&a->decrypt_failures, 1);
         if (!reply)
             return -ENOMEM;
         *ret_reply = reply;
         return 0;
     }
-    du.tp.alg = (tok_dec_alg_t)bp.alg;
-    du.tp.hash = (tok_hash_t)h;
-    du.tp.mgf1_hash = (tok_hash_t)m;
-    du.tp.label = bp.label;
-    du.tp.label_len = bp.label_len;
-    u.alg = bus_dec_alg_name(bp.alg);
-    u.hash = bp.hash;
-    agent_use_key(c, uri, &u, &res);
+    agent_decrypt(c, uri, &bp, data, len, &res);
     return agent_use_reply(c, msg, &res, ret_reply);
 }

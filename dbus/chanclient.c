@@ -2,9 +2,10 @@
 /*
  * The client end of a signing channel (channel.h), one per pooled
  * connection (pool.c keeps it as the connection's libdbus data): opened with
- * OpenChannel on the first Sign, key URIs bound to handles once, then one
- * SIGN frame and its reply per signature. The first BUS_CHAN_OPEN_AFTER
- * signatures of a connection go over D-Bus Sign instead: a process that
+ * OpenChannel, key URIs bound to handles once, then one SIGN (or DECRYPT)
+ * frame and its reply per signature (decryption). The first
+ * BUS_CHAN_OPEN_AFTER uses of a connection go over D-Bus Sign (Decrypt)
+ * instead: a process that
  * signs once (openssl pkeyutl, a short-lived client's one handshake) would
  * pay two round trips (OpenChannel, BIND) for nothing. lock serialises the threads that
  * share the connection. A channel that breaks is dropped and the call fails
@@ -30,7 +31,7 @@
 struct bus_chan_client {
     pthread_mutex_t lock;
     int state;          /* CHAN_UNTRIED, CHAN_OPEN, CHAN_NONE */
-    unsigned dbus_signs; /* signatures made over D-Bus before the channel */
+    unsigned dbus_uses; /* signatures and decryptions made over D-Bus before the channel */
     int fd;
     uint32_t next_id;
     struct {
@@ -214,10 +215,13 @@ static int chan_status(const bus_chan_rep_hdr_t *h, const uint8_t *data, char **
     return h->status < 0 ? h->status : BUS_ERR_FAILED;
 }
 
-int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char *uri,
-                         const bus_sign_params_t *p, const uint8_t *data_in, size_t len,
-                         bus_chan_opened_fn opened, void *opened_arg, uint8_t **ret_sig,
-                         size_t *ret_len, char **errmsg)
+/* One SIGN or DECRYPT on the channel of conn, opened and the URI bound as
+ * needed (see bus_chan_client_sign). A DECRYPT's reply is wiped from
+ * ch->in on every path once copied out. */
+static int chan_use(bus_chan_client_t *ch, DBusConnection *conn, const char *uri, uint8_t op,
+                    const bus_sign_params_t *sp, const bus_decrypt_params_t *dp,
+                    const uint8_t *data_in, size_t len, bus_chan_opened_fn opened,
+                    void *opened_arg, uint8_t **ret_out, size_t *ret_len, char **errmsg)
 {
     bus_chan_rep_hdr_t h;
     const uint8_t *data;
@@ -226,8 +230,8 @@ int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char
     int r = BUS_CHAN_UNAVAILABLE;
 
     pthread_mutex_lock(&ch->lock);
-    if (ch->state == CHAN_UNTRIED && ch->dbus_signs < BUS_CHAN_OPEN_AFTER) {
-        ch->dbus_signs++;
+    if (ch->state == CHAN_UNTRIED && ch->dbus_uses < BUS_CHAN_OPEN_AFTER) {
+        ch->dbus_uses++;
         goto out; /* BUS_CHAN_UNAVAILABLE: this one over D-Bus */
     }
     if (ch->state == CHAN_UNTRIED) {
@@ -263,27 +267,49 @@ int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char
         handle = ch->binds[ch->n_binds++].handle = h.handle;
     }
     id = ++ch->next_id;
-    n = bus_chan_encode_sign(ch->out, id, handle, p, data_in, len);
+    n = op == BUS_CHAN_OP_SIGN ? bus_chan_encode_sign(ch->out, id, handle, sp, data_in, len)
+                               : bus_chan_encode_decrypt(ch->out, id, handle, dp, data_in, len);
     if (n < 0) {
         r = BUS_CHAN_UNAVAILABLE;
         goto out;
     }
-    r = chan_roundtrip_locked(ch, (size_t)n, id, BUS_CHAN_OP_SIGN, &h, &data, errmsg);
+    r = chan_roundtrip_locked(ch, (size_t)n, id, op, &h, &data, errmsg);
     if (r < 0)
         goto out;
     if (h.status != 0) {
         r = chan_status(&h, data, errmsg);
         goto out;
     }
-    *ret_sig = malloc(h.len ? h.len : 1);
-    if (!*ret_sig) {
+    *ret_out = malloc(h.len ? h.len : 1);
+    if (!*ret_out) {
         r = BUS_ERR_NO_MEMORY;
         goto out;
     }
-    memcpy(*ret_sig, data, h.len);
+    memcpy(*ret_out, data, h.len);
     *ret_len = h.len;
     r = BUS_OK;
 out:
+    /* a plaintext, whole or in part (a reply cut short), never stays here */
+    if (op == BUS_CHAN_OP_DECRYPT)
+        explicit_bzero(ch->in, sizeof(ch->in));
     pthread_mutex_unlock(&ch->lock);
     return r;
+}
+
+int bus_chan_client_sign(bus_chan_client_t *ch, DBusConnection *conn, const char *uri,
+                         const bus_sign_params_t *p, const uint8_t *data, size_t len,
+                         bus_chan_opened_fn opened, void *opened_arg, uint8_t **ret_sig,
+                         size_t *ret_len, char **errmsg)
+{
+    return chan_use(ch, conn, uri, BUS_CHAN_OP_SIGN, p, NULL, data, len, opened, opened_arg,
+                    ret_sig, ret_len, errmsg);
+}
+
+int bus_chan_client_decrypt(bus_chan_client_t *ch, DBusConnection *conn, const char *uri,
+                            const bus_decrypt_params_t *p, const uint8_t *data, size_t len,
+                            bus_chan_opened_fn opened, void *opened_arg, uint8_t **ret_plain,
+                            size_t *ret_len, char **errmsg)
+{
+    return chan_use(ch, conn, uri, BUS_CHAN_OP_DECRYPT, NULL, p, data, len, opened, opened_arg,
+                    ret_plain, ret_len, errmsg);
 }

@@ -17,6 +17,35 @@ int bus_chan_hash_index(const char *name)
     return -1;
 }
 
+/* The parameters of a whole DECRYPT frame into r (label and ciphertext
+ * point into the payload). BUS_OK, or the error it is answered with, in
+ * the order of the D-Bus Decrypt's checks (bus_parse_decrypt_call): an
+ * unknown algorithm first, then what that call finds malformed. */
+static int parse_decrypt(const bus_chan_req_hdr_t *h, const uint8_t *payload, bus_chan_req_t *r)
+{
+    size_t data_len;
+
+    if (h->alg < BUS_DEC_RSA_PKCS1 || h->alg > BUS_DEC_RSA_RAW || h->hash >= N_HASHES ||
+        h->mgf1 >= N_HASHES)
+        return BUS_ERR_UNSUPPORTED;
+    /* h->len <= BUS_CHAN_MAX_PAYLOAD (checked): no overflow below */
+    if (h->label_len > h->len || h->label_len > BUS_DECRYPT_MAX_LABEL)
+        return BUS_ERR_INVALID_ARGS;
+    data_len = h->len - h->label_len;
+    if (data_len == 0 || data_len > BUS_DECRYPT_MAX_DATA)
+        return BUS_ERR_INVALID_ARGS;
+    if (h->alg != BUS_DEC_RSA_OAEP && (h->hash || h->mgf1 || h->label_len))
+        return BUS_ERR_INVALID_ARGS; /* parameters only OAEP takes */
+    r->dparams.alg = (bus_dec_alg_t)h->alg;
+    strcpy(r->dparams.hash, chan_hashes[h->hash]);
+    strcpy(r->dparams.mgf1_hash, chan_hashes[h->mgf1]);
+    r->dparams.label = h->label_len ? payload : NULL;
+    r->dparams.label_len = h->label_len;
+    r->data = payload + h->label_len;
+    r->len = data_len;
+    return BUS_OK;
+}
+
 long bus_chan_parse_request(const uint8_t *buf, size_t avail, bus_chan_req_t *ret)
 {
     bus_chan_req_hdr_t h;
@@ -30,7 +59,7 @@ long bus_chan_parse_request(const uint8_t *buf, size_t avail, bus_chan_req_t *re
     if (h.op == BUS_CHAN_OP_BIND) {
         if (h.alg || h.hash || h.mgf1 || h.handle || h.len == 0 || h.len > BUS_CHAN_MAX_URI)
             return BUS_ERR_PROTOCOL;
-    } else if (h.op != BUS_CHAN_OP_SIGN) {
+    } else if (h.op != BUS_CHAN_OP_SIGN && h.op != BUS_CHAN_OP_DECRYPT) {
         return BUS_ERR_PROTOCOL;
     }
     if (avail - sizeof(h) < h.len)
@@ -52,6 +81,8 @@ long bus_chan_parse_request(const uint8_t *buf, size_t avail, bus_chan_req_t *re
         strcpy(r.params.hash, chan_hashes[h.hash]);
         strcpy(r.params.mgf1_hash, chan_hashes[h.mgf1]);
         r.params.salt_len = h.alg == BUS_SIG_RSA_PSS ? h.salt_len : -1;
+    } else if (h.op == BUS_CHAN_OP_DECRYPT) {
+        r.status = parse_decrypt(&h, buf + sizeof(h), &r);
     }
     *ret = r;
     return (long)(sizeof(h) + h.len);
@@ -66,7 +97,8 @@ long bus_chan_parse_reply(const uint8_t *buf, size_t avail, bus_chan_rep_hdr_t *
         return 0;
     memcpy(&h, buf, sizeof(h));
     if (h.magic != BUS_CHAN_MAGIC || h.reserved != 0 || h.len > BUS_CHAN_MAX_PAYLOAD ||
-        (h.op != BUS_CHAN_OP_BIND && h.op != BUS_CHAN_OP_SIGN) || h.status > 0 ||
+        (h.op != BUS_CHAN_OP_BIND && h.op != BUS_CHAN_OP_SIGN && h.op != BUS_CHAN_OP_DECRYPT) ||
+        h.status > 0 ||
         h.status < BUS_ERR_PROTOCOL)
         return BUS_ERR_PROTOCOL;
     if (avail - sizeof(h) < h.len)
@@ -106,6 +138,43 @@ long bus_chan_encode_bind(uint8_t *out, uint32_t id, const char *uri)
     memcpy(out, &h, sizeof(h));
     memcpy(out + sizeof(h), uri, len);
     return (long)(sizeof(h) + len);
+}
+
+bool bus_chan_can_decrypt(const bus_decrypt_params_t *p, size_t len)
+{
+    bool oaep = p->alg == BUS_DEC_RSA_OAEP;
+
+    return len <= BUS_CHAN_MAX_PAYLOAD &&
+           (!oaep || (memchr(p->hash, 0, sizeof(p->hash)) &&
+                      memchr(p->mgf1_hash, 0, sizeof(p->mgf1_hash)) &&
+                      bus_chan_hash_index(p->hash) >= 0 &&
+                      bus_chan_hash_index(p->mgf1_hash) >= 0 &&
+                      p->label_len <= BUS_CHAN_MAX_PAYLOAD - len));
+}
+
+/* As bus_new_decrypt_call: hash, mgf1 and label go only with OAEP. */
+long bus_chan_encode_decrypt(uint8_t *out, uint32_t id, uint32_t handle,
+                             const bus_decrypt_params_t *p, const uint8_t *data, size_t len)
+{
+    bool oaep = p->alg == BUS_DEC_RSA_OAEP;
+    size_t label_len = oaep ? p->label_len : 0;
+    bus_chan_req_hdr_t h = {.magic = BUS_CHAN_MAGIC, .op = BUS_CHAN_OP_DECRYPT, .id = id,
+                            .handle = handle};
+
+    if (!bus_chan_can_decrypt(p, len) || p->alg < BUS_DEC_RSA_PKCS1 || p->alg > BUS_DEC_RSA_RAW ||
+        len == 0 || len > BUS_DECRYPT_MAX_DATA || label_len > BUS_DECRYPT_MAX_LABEL ||
+        (!p->label && label_len))
+        return BUS_ERR_INVALID_ARGS;
+    h.alg = (uint8_t)p->alg;
+    h.hash = oaep ? (uint8_t)bus_chan_hash_index(p->hash) : 0;
+    h.mgf1 = oaep ? (uint8_t)bus_chan_hash_index(p->mgf1_hash) : 0;
+    h.label_len = (uint32_t)label_len;
+    h.len = (uint32_t)(label_len + len);
+    memcpy(out, &h, sizeof(h));
+    if (label_len)
+        memcpy(out + sizeof(h), p->label, label_len);
+    memcpy(out + sizeof(h) + label_len, data, len);
+    return (long)(sizeof(h) + h.len);
 }
 
 size_t bus_chan_encode_reply(uint8_t *out, uint8_t op, uint32_t id, int32_t status,

@@ -8,9 +8,15 @@
  * (both ends are on this machine):
  *
  *   request:  bus_chan_req_hdr_t, then `len` bytes
- *     BIND  payload: a key URI (no NUL, valid UTF-8) -> reply.handle
- *     SIGN  handle of a BIND on this channel, alg/hash/mgf1/salt_len,
- *           payload: the digest (or message, eddsa) -> reply payload: signature
+ *     BIND     payload: a key URI (no NUL, valid UTF-8) -> reply.handle
+ *     SIGN     handle of a BIND on this channel, alg/hash/mgf1/salt_len,
+ *              payload: the digest (or message, eddsa) -> reply payload:
+ *              signature
+ *     DECRYPT  handle, alg (bus_dec_alg_t), hash/mgf1 (OAEP; 0: none, as
+ *              the D-Bus Decrypt without "hash"/"mgf1-hash"), label_len;
+ *              payload: the OAEP label (label_len bytes), then the
+ *              ciphertext -> reply payload: the plaintext (a secret: both
+ *              ends wipe the buffers that held it)
  *   reply:    bus_chan_rep_hdr_t, then `len` bytes: the result when status
  *             is 0, else the error text (status is a bus_err_t).
  *
@@ -32,18 +38,21 @@
 #define BUS_CHAN_MAX_URI 2048u
 #define BUS_CHAN_MAX_HANDLES 32u     /* bound keys per channel */
 
-enum { BUS_CHAN_OP_BIND = 1, BUS_CHAN_OP_SIGN = 2 };
+enum { BUS_CHAN_OP_BIND = 1, BUS_CHAN_OP_SIGN = 2, BUS_CHAN_OP_DECRYPT = 3 };
 
 typedef struct bus_chan_req_hdr {
     uint16_t magic;   /* BUS_CHAN_MAGIC */
     uint8_t op;       /* BUS_CHAN_OP_* */
-    uint8_t alg;      /* SIGN: bus_sig_alg_t */
-    uint8_t hash;     /* SIGN: index in the hash table of channel.c (0: none) */
-    uint8_t mgf1;     /* SIGN: same; 0: as hash */
+    uint8_t alg;      /* SIGN: bus_sig_alg_t; DECRYPT: bus_dec_alg_t */
+    uint8_t hash;     /* SIGN, DECRYPT: index in the hash table of channel.c (0: none) */
+    uint8_t mgf1;     /* SIGN: same; 0: as hash. DECRYPT: same; 0: none */
     uint16_t reserved; /* 0 */
     uint32_t id;      /* echoed in the reply */
-    uint32_t handle;  /* SIGN: from BIND */
-    int32_t salt_len; /* SIGN, rsa-pss: bytes; else -1 */
+    uint32_t handle;  /* SIGN, DECRYPT: from BIND */
+    union {
+        int32_t salt_len;   /* SIGN, rsa-pss: bytes; else -1 */
+        uint32_t label_len; /* DECRYPT: label bytes at the start of the payload */
+    };
     uint32_t len;     /* payload bytes that follow, <= BUS_CHAN_MAX_PAYLOAD */
 } bus_chan_req_hdr_t;
 
@@ -66,10 +75,16 @@ typedef struct bus_chan_req {
     uint32_t id;
     uint32_t handle;
     bus_sign_params_t params; /* SIGN */
-    const uint8_t *data;      /* payload */
+    bus_decrypt_params_t dparams; /* DECRYPT; label points into the buffer */
+    const uint8_t *data;      /* payload (DECRYPT: the ciphertext, after the label) */
     size_t len;
-    int status; /* BUS_OK, or BUS_ERR_UNSUPPORTED: a SIGN with an unknown
-                   algorithm or hash index (answered, the channel goes on) */
+    int status; /* BUS_OK; or, for a whole frame answered with an error while
+                   the channel goes on: BUS_ERR_UNSUPPORTED, a SIGN or
+                   DECRYPT with an unknown algorithm or hash index;
+                   BUS_ERR_INVALID_ARGS, a DECRYPT the D-Bus Decrypt would
+                   refuse (no ciphertext or more than BUS_DECRYPT_MAX_DATA,
+                   a label past BUS_DECRYPT_MAX_LABEL or the payload, hash,
+                   mgf1 or label with a padding other than OAEP) */
 } bus_chan_req_t;
 
 /* Parses the request at the start of buf (avail bytes). Returns the size
@@ -93,6 +108,15 @@ int bus_chan_hash_index(const char *name);
 long bus_chan_encode_sign(uint8_t *out, uint32_t id, uint32_t handle, const bus_sign_params_t *p,
                           const uint8_t *data, size_t len);
 long bus_chan_encode_bind(uint8_t *out, uint32_t id, const char *uri);
+/* A DECRYPT request (label, then data, as the payload); the frame's size,
+ * or BUS_ERR_INVALID_ARGS when it cannot go on a channel (see
+ * bus_chan_can_decrypt) or the D-Bus Decrypt would refuse it too. */
+long bus_chan_encode_decrypt(uint8_t *out, uint32_t id, uint32_t handle,
+                             const bus_decrypt_params_t *p, const uint8_t *data, size_t len);
+/* Whether a Decrypt with p and len bytes fits a DECRYPT frame (its hashes
+ * have an index, label and data fit the payload); if not, the client
+ * decrypts over D-Bus. */
+bool bus_chan_can_decrypt(const bus_decrypt_params_t *p, size_t len);
 /* A reply frame into out (same room); len is cut at BUS_CHAN_MAX_PAYLOAD. */
 size_t bus_chan_encode_reply(uint8_t *out, uint8_t op, uint32_t id, int32_t status,
                              uint32_t handle, const void *data, size_t len);

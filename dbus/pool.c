@@ -50,7 +50,9 @@
  * signature. An agent without channels (UnknownMethod) or a request the
  * channel cannot carry (a long message, a hash it has no index for) signs
  * with the D-Bus Sign call; P11AGENT_CHANNEL=0 in the environment when the
- * pool is made forces D-Bus Sign (for comparison). The channel belongs to
+ * pool is made forces D-Bus Sign (for comparison). Decrypt goes the same
+ * way (one count of first uses for both, DECRYPT frames, the same
+ * fallbacks to the D-Bus Decrypt call). The channel belongs to
  * its connection: it closes with it, a child abandons it with it (closing
  * its inherited fd), and a channel that breaks (the agent restarted)
  * fails the call as Disconnected, which reconnects and retries as above.
@@ -693,6 +695,7 @@ int bus_pool_sign(bus_pool_t *c, const char *uri, const bus_sign_params_t *p,
 }
 
 typedef struct decrypt_args {
+    bus_pool_t *client;
     const char *uri;
     const bus_decrypt_params_t *p;
     const uint8_t *data;
@@ -705,6 +708,17 @@ static int op_decrypt(DBusConnection *conn, void *arg, char **errmsg)
 {
     decrypt_args_t *a = arg;
 
+    /* the channel as for op_sign, unless the request does not fit a frame */
+    if (a->client->use_channel && bus_chan_can_decrypt(a->p, a->len)) {
+        bus_chan_client_t *ch = chan_of(a->client, conn);
+        int r = ch ? bus_chan_client_decrypt(ch, conn, a->uri, a->p, a->data, a->len,
+                                             chan_opened, a->client, &a->plain,
+                                             &a->plain_len, errmsg)
+                   : BUS_CHAN_UNAVAILABLE;
+
+        if (r != BUS_CHAN_UNAVAILABLE)
+            return r;
+    }
     return bus_client_decrypt(conn, a->uri, a->p, a->data, a->len, BUS_CALL_TIMEOUT_MS,
                               &a->plain, &a->plain_len, errmsg);
 }
@@ -713,7 +727,7 @@ int bus_pool_decrypt(bus_pool_t *c, const char *uri, const bus_decrypt_params_t 
                      const uint8_t *data, size_t len, uint8_t **ret_plain, size_t *ret_len,
                      char **errmsg)
 {
-    decrypt_args_t a = {.uri = uri, .p = p, .data = data, .len = len};
+    decrypt_args_t a = {.client = c, .uri = uri, .p = p, .data = data, .len = len};
     int r = bus_pool_call(c, op_decrypt, &a, errmsg);
 
     if (r == BUS_OK) {

@@ -4,8 +4,11 @@
  * agent reads it from a channel. It is parsed as the agent does (frame after
  * frame until one is incomplete or breaks the rules), and once more fed in
  * pieces (the piece size from the first byte): both must agree, a frame is
- * never longer than what was there nor than the maximum, and a SIGN that
- * parsed re-encodes to the same bytes. The same bytes go to the reply
+ * never longer than what was there nor than the maximum, a SIGN that
+ * parsed re-encodes to the same bytes, and so does a DECRYPT whose
+ * parameters were accepted (its label and ciphertext lie inside the
+ * frame, within the D-Bus Decrypt's bounds); a DECRYPT refused is refused
+ * with Unsupported or InvalidArgs only. The same bytes go to the reply
  * parser (the client's side).
  */
 #include <stdbool.h>
@@ -21,6 +24,31 @@ static void fail(const char *why)
 {
     fprintf(stderr, "fuzz-channel: %s\n", why);
     abort();
+}
+
+static void check_decrypt(const bus_chan_req_t *q, const uint8_t *frame, long n)
+{
+    static uint8_t again[FRAME_MAX];
+    const uint8_t *end = frame + n;
+    long m;
+
+    if (q->status != BUS_OK) {
+        if (q->status != BUS_ERR_UNSUPPORTED && q->status != BUS_ERR_INVALID_ARGS)
+            fail("a DECRYPT refused with another error");
+        return;
+    }
+    if (q->len == 0 || q->len > BUS_DECRYPT_MAX_DATA ||
+        q->dparams.label_len > BUS_DECRYPT_MAX_LABEL || q->data < frame + sizeof(bus_chan_req_hdr_t) ||
+        q->data + q->len != end ||
+        (q->dparams.label_len &&
+         (q->dparams.label != frame + sizeof(bus_chan_req_hdr_t) ||
+          q->dparams.label + q->dparams.label_len != q->data)) ||
+        (q->dparams.alg != BUS_DEC_RSA_OAEP &&
+         (q->dparams.hash[0] || q->dparams.mgf1_hash[0] || q->dparams.label_len)))
+        fail("an accepted DECRYPT out of its frame or bounds");
+    m = bus_chan_encode_decrypt(again, q->id, q->handle, &q->dparams, q->data, q->len);
+    if (m != n || memcmp(again, frame, (size_t)n) != 0)
+        fail("a DECRYPT frame does not re-encode to itself");
 }
 
 /* Parses the stream whole; returns the bytes consumed by whole frames and
@@ -42,7 +70,13 @@ static size_t parse_all(const uint8_t *data, size_t size, bool *bad)
             *bad = true;
             return off;
         }
-        if ((size_t)n > size - off || (size_t)n > FRAME_MAX || q.len + sizeof(bus_chan_req_hdr_t) != (size_t)n)
+        /* an accepted DECRYPT's len is its ciphertext, after the label */
+        size_t payload = q.len + (q.op == BUS_CHAN_OP_DECRYPT && q.status == BUS_OK
+                                          ? q.dparams.label_len
+                                          : 0);
+
+        if ((size_t)n > size - off || (size_t)n > FRAME_MAX ||
+            payload + sizeof(bus_chan_req_hdr_t) != (size_t)n)
             fail("a frame longer than its input or the maximum");
         if (q.op == BUS_CHAN_OP_SIGN && q.status == BUS_OK) {
             static uint8_t again[FRAME_MAX];
@@ -54,6 +88,8 @@ static size_t parse_all(const uint8_t *data, size_t size, bool *bad)
                 memcmp(again + sizeof(bus_chan_req_hdr_t), q.data, q.len) != 0)
                 fail("a SIGN frame does not re-encode to itself");
         }
+        if (q.op == BUS_CHAN_OP_DECRYPT)
+            check_decrypt(&q, data + off, n);
         off += (size_t)n;
     }
 }

@@ -11,6 +11,15 @@ rawcall.py's helpers, then raw frames, hostile ones included.
                                 per check ("ok ..." or "FAIL ..."), exit 1
                                 if any failed
   stall SOCKET SECONDS          open a channel, write half a frame, wait
+  decrypt SOCKET URI ALG CT_HEX [HASH MGF1 LABEL_HEX]
+                                bind URI, DECRYPT (ALG 1 rsa-pkcs1, 2 rsa-oaep,
+                                3 rsa-raw; HASH/MGF1 channel hash indexes),
+                                print the plaintext in hex, or "decrypt
+                                failed: status N" and the agent's text on a
+                                second line
+  hostile-decrypt SOCKET URI CT_HEX PLAIN_HEX
+                                hostile DECRYPT frames, each checked, then
+                                CT_HEX (rsa-pkcs1) must decrypt to PLAIN_HEX
 
 Bounded: every read waits at most 20 s.
 """
@@ -27,7 +36,8 @@ TIMEOUT = 20.0
 REQ = struct.Struct("=HBBBBHIIiI")  # magic op alg hash mgf1 reserved id handle salt len
 REP = struct.Struct("=HBBIiII")     # magic op reserved id status handle len
 MAGIC = 0x4350
-BIND, SIGN = 1, 2
+BIND, SIGN, DECRYPT = 1, 2, 3
+PKCS1, OAEP, RAW = 1, 2, 3
 ECDSA, SHA256 = 3, 3
 
 
@@ -75,9 +85,18 @@ def second_open_refused(s):
     return len(data) > 1 and data[1] == 3
 
 
-def frame(op, rid, handle=0, payload=b"", alg=0, hsh=0, length=None, magic=MAGIC, reserved=0):
+def frame(op, rid, handle=0, payload=b"", alg=0, hsh=0, length=None, magic=MAGIC, reserved=0,
+          mgf1=0, arg=-1):
     n = len(payload) if length is None else length
-    return REQ.pack(magic, op, alg, hsh, 0, reserved, rid, handle, -1, n) + payload
+    return REQ.pack(magic, op, alg, hsh, mgf1, reserved, rid, handle, arg, n) + payload
+
+
+def decrypt(ch, handle, ct, rid=2, alg=RAW, hsh=0, mgf1=0, label=b"", label_len=None):
+    """A DECRYPT: the label, then the ciphertext, as the payload."""
+    ll = len(label) if label_len is None else label_len
+    ll = ll - (1 << 32) if ll >= (1 << 31) else ll
+    ch.sendall(frame(DECRYPT, rid, handle, label + ct, alg, hsh, mgf1=mgf1, arg=ll))
+    return reply(ch)
 
 
 def reply(ch):
@@ -198,6 +217,69 @@ def mode_hostile(path, uri):
     return 1 if failed else 0
 
 
+def mode_decrypt(path, uri, alg, ct_hex, hsh=0, mgf1=0, label_hex=""):
+    s, ch = open_channel(path)
+    b = bind(ch, uri)
+    if b is None or b[1] != 0:
+        print("bind failed: %r" % (b,))
+        return 1
+    r = decrypt(ch, b[2], bytes.fromhex(ct_hex), alg=int(alg), hsh=int(hsh), mgf1=int(mgf1),
+                label=bytes.fromhex(label_hex))
+    if r is None or r[1] != 0:
+        print("decrypt failed: status %s" % (r and r[1]))
+        print(r[3].decode(errors="replace") if r else "(the channel closed)")
+        return 1
+    print(r[3].hex())
+    s.close()
+    return 0
+
+
+def mode_hostile_decrypt(path, uri, ct_hex, plain_hex):
+    failed = 0
+    ct = bytes.fromhex(ct_hex)
+
+    def check(name, ok):
+        nonlocal failed
+        print(("ok " if ok else "FAIL ") + name)
+        failed += 0 if ok else 1
+
+    s, ch = open_channel(path)
+    r = decrypt(ch, 7, ct, alg=PKCS1)
+    check("DECRYPT: a handle never bound: InvalidArgs (-10), naming the handle",
+          r is not None and r[1] == -10 and b"handle 7" in r[3])
+    b = bind(ch, uri)
+    h = b[2] if b and b[1] == 0 else 1
+    for name, kw, status, text in (
+            ("an unknown padding: Unsupported (-8), as D-Bus says it", dict(alg=9), -8,
+             b"unknown decryption algorithm"),
+            ("padding 0: Unsupported", dict(alg=0), -8, b"unknown decryption algorithm"),
+            ("an unknown hash index: Unsupported", dict(alg=OAEP, hsh=77), -8, None),
+            ("an unknown MGF1 hash index: Unsupported", dict(alg=OAEP, mgf1=6), -8, None),
+            ("a label longer than the payload: InvalidArgs (-10), as D-Bus says it",
+             dict(alg=OAEP, label_len=len(ct) + 1), -10, b"malformed Decrypt request"),
+            ("a label length of 2^32-1: InvalidArgs", dict(alg=OAEP, label_len=0xffffffff), -10,
+             None),
+            ("a label that leaves no ciphertext: InvalidArgs", dict(alg=OAEP, label_len=len(ct)),
+             -10, None),
+            ("a label with rsa-pkcs1: InvalidArgs", dict(alg=PKCS1, label_len=8), -10, None),
+            ("a hash with rsa-raw: InvalidArgs", dict(alg=RAW, hsh=3), -10, None)):
+        r = decrypt(ch, h, ct, rid=3, **kw)
+        check(name, r is not None and r[1] == status and r[0] == 3 and
+              (text is None or text in r[3]))
+    ch.sendall(frame(DECRYPT, 4, h, b"", PKCS1, arg=0))
+    r = reply(ch)
+    check("an empty ciphertext: InvalidArgs", r is not None and r[1] == -10)
+    r = decrypt(ch, h, b"\x01" * 2049, rid=5, alg=RAW)
+    check("a ciphertext past 2048 bytes: InvalidArgs", r is not None and r[1] == -10)
+    r = decrypt(ch, h, ct, rid=6, alg=PKCS1)
+    check("the channel still decrypts after the refusals", r is not None and r[1] == 0 and
+          r[0] == 6 and r[3] == bytes.fromhex(plain_hex))
+    ch.sendall(frame(DECRYPT, 7, h, ct, PKCS1, length=1 << 20))
+    check("a DECRYPT longer than the maximum closes the channel", closed(ch))
+    s.close()
+    return 1 if failed else 0
+
+
 def mode_stall(path, seconds):
     s, ch = open_channel(path)
     ch.sendall(frame(SIGN, 1, 1, b"\x22" * 32)[:30])
@@ -218,6 +300,10 @@ def main():
             return mode_hostile(path, sys.argv[3])
         if mode == "stall":
             return mode_stall(path, sys.argv[3])
+        if mode == "decrypt" and len(sys.argv) in (6, 9):
+            return mode_decrypt(path, *sys.argv[3:])
+        if mode == "hostile-decrypt" and len(sys.argv) == 6:
+            return mode_hostile_decrypt(path, *sys.argv[3:])
     except (EOFError, RuntimeError, OSError) as exc:
         print("FAIL %s: %s" % (type(exc).__name__, exc))
         return 1

@@ -11,7 +11,13 @@
 #    answer as from a software key: bad_record_mac at Finished, never an
 #    earlier, distinct alert; a correct one is accepted;
 #  - TLS 1.0 and 1.1 with ECDHE-RSA: the ServerKeyExchange is signed over
-#    MD5-SHA1 (raw PKCS#1 v1.5 by the agent).
+#    MD5-SHA1 (raw PKCS#1 v1.5 by the agent);
+#  - decryption over the signing channel (DECRYPT frames): a server's
+#    handshakes after its first decrypt there (the first goes over D-Bus
+#    Decrypt), counted and audited; raw, PKCS#1 and OAEP; a key with
+#    decrypt = no is refused on the channel with the D-Bus Decrypt's error
+#    and the same audit record; hostile DECRYPT frames; P11AGENT_CHANNEL=0
+#    keeps D-Bus; the ROBOT probes below run mostly over the channel.
 # The token key "rsakex" is made here with CKA_DECRYPT (mktoken's keys only
 # sign).
 . "$(dirname "$0")/lib-prog.sh"
@@ -79,6 +85,8 @@ conf yes
 export FAKE_PINENTRY_LOG=$T/pinentry.log FAKE_PINENTRY_CONFIRM=$T/confirm.answer
 echo yes >"$FAKE_PINENTRY_CONFIRM"
 IT_AGENT_ARGS=(--config "$AGENT_CONF" --pinentry "$IT_LIB_DIR/fake-pinentry.sh")
+# the agent logs each channel frame (P11AGENT_DEBUG=bus)
+export P11AGENT_DEBUG=bus
 agent_start "$T/pin" || tap_bail "p11agentd did not start"
 prog_env
 
@@ -189,6 +197,139 @@ case_confirm() {
 tap_case "confirm = yes: a decryption waits for the person (the prompt says decrypt); Deny refuses it" \
 	case_confirm
 
+# --- decryption over the signing channel --------------------------------
+CHANRAW=$IT_LIB_DIR/chanraw.py
+RAWCALL=$IT_LIB_DIR/rawcall.py
+decrypt_frames() { grep -c 'signing channel of uid [0-9]* pid [0-9]*: DECRYPT' "$T/agent.log"; }
+decrypt_failures() {
+	with_timeout 10 "$P11AGENTCTL" --socket "$SOCK" status |
+		sed -n 's/^decrypt-failures:[[:space:]]*\([0-9][0-9]*\)$/\1/p'
+}
+# decryptions the audit records account for (a summary says count=N)
+audit_ok_decs() {
+	grep 'event=decrypt .*object=rsakex.*result="ok"' "$AUDIT" |
+		awk '{ n = 1; for (i = 1; i <= NF; i++) if ($i ~ /^count=[0-9]+$/) n = substr($i, 7); s += n } END { print s + 0 }'
+}
+# an audit record without what differs between two uses (time, pid, duration)
+audit_shape() { sed -E 's/^time=[^ ]* //; s/ pid=[0-9]+ / /; s/ duration_us=[0-9]+//'; }
+
+# handshakes N NAME [ENV...]: one s_server, N TLS 1.2 AES128-SHA handshakes
+handshakes() {
+	local n=$1 name=$2 i
+	shift 2
+	PORT=$(free_port)
+	bg "srv-$name" "${PROG_ENV[@]}" "$@" openssl s_server -accept "127.0.0.1:$PORT" \
+		-naccept "$n" -www -cert "$T/rsakex.pem" -key "$(uri rsakex)" -tls1_2
+	wait_listen "$PORT" "$BG_PID" || { cat "$T/srv-$name.log" >&2; return 1; }
+	for ((i = 1; i <= n; i++)); do
+		connect "$name-$i" -tls1_2 -cipher AES128-SHA &&
+			grep -Eq '^ *Cipher *: AES128-SHA$' "$T/$name-$i.out" ||
+			{ cat "$T/$name-$i.out" "$T/srv-$name.log" >&2; return 1; }
+	done
+	stop_checked "$BG_PID" s_server
+}
+
+case_channel_handshakes() {
+	local f0 d0 a0 f1 d1 a1
+	f0=$(decrypt_frames) a0=$(audit_ok_decs) d0=$(decryptions) || return 1
+	handshakes 3 chan || return 1
+	f1=$(decrypt_frames) a1=$(audit_ok_decs) d1=$(decryptions) || return 1
+	echo "DECRYPT frames $f0 -> $f1, decryptions $d0 -> $d1, audited $a0 -> $a1"
+	[ "$f1" -eq $((f0 + 2)) ] || { echo "not two DECRYPT frames for 3 handshakes" >&2; return 1; }
+	[ "$d1" -eq $((d0 + 3)) ] || { echo "not three decryptions counted" >&2; return 1; }
+	[ "$a1" -eq $((a0 + 3)) ] || { echo "the audit does not account for three decryptions" >&2; return 1; }
+}
+tap_case "s_server, 3 RSA key exchanges: the 1st over D-Bus Decrypt, then 2 DECRYPT frames; counted and audited" \
+	case_channel_handshakes
+
+case_channel_dbus_forced() {
+	local f0 d0 f1 d1
+	f0=$(decrypt_frames) d0=$(decryptions) || return 1
+	handshakes 2 nochan P11AGENT_CHANNEL=0 || return 1
+	f1=$(decrypt_frames) d1=$(decryptions) || return 1
+	echo "DECRYPT frames $f0 -> $f1, decryptions $d0 -> $d1"
+	[ "$f1" -eq "$f0" ] || { echo "a DECRYPT frame with P11AGENT_CHANNEL=0" >&2; return 1; }
+	[ "$d1" -eq $((d0 + 2)) ] || { echo "the D-Bus decryptions were not counted" >&2; return 1; }
+}
+tap_case "P11AGENT_CHANNEL=0: RSA key exchanges over D-Bus Decrypt, no DECRYPT frame" \
+	case_channel_dbus_forced
+
+printf 'a premaster stand-in' >"$T/chan.msg"
+plain pkeyutl -encrypt -pubin -inkey "$T/rsakex.pub" -in "$T/chan.msg" -out "$T/chan.pkcs1" &&
+	plain pkeyutl -encrypt -pubin -inkey "$T/rsakex.pub" -in "$T/chan.msg" -out "$T/chan.oaep" \
+		-pkeyopt rsa_padding_mode:oaep ||
+	tap_bail "cannot encrypt to the rsakex key"
+CHAN_MSG_HEX=$(xxd -p -c 4096 "$T/chan.msg")
+
+case_channel_paddings() {
+	local out f0
+	f0=$(decrypt_frames)
+	out=$(with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 1 \
+		"$(xxd -p -c 4096 "$T/chan.pkcs1")") && [ "$out" = "$CHAN_MSG_HEX" ] ||
+		{ echo "rsa-pkcs1: $out" >&2; return 1; }
+	out=$(with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 2 \
+		"$(xxd -p -c 4096 "$T/chan.oaep")" 1 1 "") && [ "$out" = "$CHAN_MSG_HEX" ] ||
+		{ echo "rsa-oaep/sha1: $out" >&2; return 1; }
+	# raw: the whole PKCS#1 block, the message at its end
+	out=$(with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 3 \
+		"$(xxd -p -c 4096 "$T/chan.pkcs1")") && [ "${#out}" -eq 512 ] &&
+		[ "${out:0:4}" = 0002 ] && [ "${out%"$CHAN_MSG_HEX"}" != "$out" ] ||
+		{ echo "rsa-raw: $out" >&2; return 1; }
+	[ "$(decrypt_frames)" -eq $((f0 + 3)) ] || { echo "not three DECRYPT frames" >&2; return 1; }
+}
+tap_case "raw channel client: DECRYPT with rsa-pkcs1, rsa-oaep (sha1) and rsa-raw give the plaintext" \
+	case_channel_paddings
+
+case_channel_denied() {
+	local rc=0 ct dbus chan x0 x1 recs
+	ct=$(xxd -p -c 4096 "$T/chan.pkcs1")
+	conf no && hup || return 1
+	x0=$(decrypt_failures) || rc=1
+	dbus=$(with_timeout "$IT_TIMEOUT" python3 "$RAWCALL" "$SOCK" Decrypt "s:$(uri rsakex)" \
+		s:rsa-pkcs1 'asv:{}' "ay:$ct") || rc=1
+	chan=$(with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 1 "$ct")
+	x1=$(decrypt_failures) || rc=1
+	recs=$(grep 'event=decrypt .*object=rsakex.*result="denied"' "$AUDIT" | tail -n 2 | audit_shape)
+	conf yes && hup || return 1
+	[ "$rc" -eq 0 ] || return 1
+	printf 'D-Bus:\n%s\nchannel:\n%s\naudit:\n%s\n' "$dbus" "$chan" "$recs"
+	[ "$(head -n 1 <<<"$dbus" | cut -d' ' -f1,2)" = "error org.p11agent.Error.Denied" ] ||
+		{ echo "D-Bus Decrypt was not denied" >&2; return 1; }
+	[ "$(head -n 1 <<<"$chan")" = "decrypt failed: status -7" ] ||
+		{ echo "the channel's DECRYPT was not denied (-7)" >&2; return 1; }
+	[ "$(sed -n 2p <<<"$dbus")" = "$(sed -n 2p <<<"$chan")" ] ||
+		{ echo "the channel's error text differs from D-Bus Decrypt's" >&2; return 1; }
+	grep -q "decrypt = yes" <<<"$chan" || { echo "the refusal does not name the setting" >&2; return 1; }
+	[ "$x1" -eq $((x0 + 2)) ] || { echo "decrypt-failures $x0 -> $x1, not +2" >&2; return 1; }
+	[ "$(wc -l <<<"$recs")" -eq 2 ] && [ "$(sort -u <<<"$recs" | wc -l)" -eq 1 ] ||
+		{ echo "not two identical audit records of the denial" >&2; return 1; }
+}
+tap_case "decrypt = no: the channel's DECRYPT is refused with D-Bus Decrypt's error (Denied, same text), counted, the same audit record" \
+	case_channel_denied
+
+case_channel_audit_same() {
+	local ct recs
+	ct=$(xxd -p -c 4096 "$T/chan.pkcs1")
+	with_timeout "$IT_TIMEOUT" python3 "$RAWCALL" "$SOCK" Decrypt "s:$(uri rsakex)" s:rsa-raw \
+		'asv:{}' "ay:$ct" | grep -q '^return ay$' || { echo "D-Bus Decrypt failed" >&2; return 1; }
+	with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 3 "$ct" \
+		>/dev/null || { echo "the channel's DECRYPT failed" >&2; return 1; }
+	recs=$(grep 'event=decrypt .*object=rsakex.*result="ok"' "$AUDIT" | tail -n 2 | audit_shape)
+	echo "$recs"
+	[ "$(wc -l <<<"$recs")" -eq 2 ] && [ "$(sort -u <<<"$recs" | wc -l)" -eq 1 ] &&
+		grep -q 'mechanism=rsa-raw ' <<<"$recs" ||
+		{ echo "the audit records of D-Bus Decrypt and DECRYPT differ" >&2; return 1; }
+}
+tap_case "a decryption over D-Bus and one over the channel leave the same audit record" \
+	case_channel_audit_same
+
+case_channel_hostile() {
+	with_timeout 120 python3 "$CHANRAW" hostile-decrypt "$SOCK" "$(uri rsakex)" \
+		"$(xxd -p -c 4096 "$T/chan.pkcs1")" "$CHAN_MSG_HEX"
+}
+tap_case "hostile DECRYPT frames (padding, hash indexes, label and ciphertext lengths) are refused as D-Bus refuses them, or close the channel" \
+	case_channel_hostile
+
 # probes NAME KEYARG CERT: each ROBOT probe against a fresh s_server
 # holding the key; the answers in $T/probes-NAME.txt
 KINDS="good bad-type no-zero zero-in-pad bad-version short long"
@@ -220,11 +361,17 @@ tap_case "harness: ROBOT probes against a software key: good accepted, every fla
 	case_probes_soft
 
 case_probes_token() {
+	local f0
+	f0=$(decrypt_frames)
 	probes token "$(uri rsakex)" "$T/rsakex.pem" || return 1
 	diff "$T/probes-soft.txt" "$T/probes-token.txt" ||
 		{ echo "the token key answers the probes unlike the software key" >&2; return 1; }
+	# one s_server: its first decryption over D-Bus, the other probes' on the channel
+	echo "DECRYPT frames: $f0 -> $(decrypt_frames)"
+	[ "$(decrypt_frames)" -ge $((f0 + 6)) ] ||
+		{ echo "the probes' decryptions did not go over the channel" >&2; return 1; }
 }
-tap_case "ROBOT probes against the token key: the same answers as the software key (implicit rejection)" \
+tap_case "ROBOT probes against the token key (over the signing channel): the same answers as the software key (implicit rejection)" \
 	case_probes_token
 
 # legacy PROTO: ECDHE-RSA with the token key, the ServerKeyExchange signed

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: LGPL-2.1-or-later */
 /* Frames of the signing channel (dbus/channel.c): round trips, and the
  * parser against hostile input (short, long, split, unknown op, bad magic,
- * reserved bits, lengths past the maximum). */
+ * reserved bits, lengths past the maximum), DECRYPT's label and ciphertext
+ * lengths and the parameters the D-Bus Decrypt refuses. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -109,7 +110,7 @@ static void test_channel_hostile_headers(void **state)
     h = valid_hdr();
     h.op = 0;
     assert_int_equal(parse_hdr(&h, 0, &q), BUS_ERR_PROTOCOL);
-    h.op = 3;
+    h.op = BUS_CHAN_OP_DECRYPT + 1;
     assert_int_equal(parse_hdr(&h, 0, &q), BUS_ERR_PROTOCOL);
     h.op = 0xff;
     assert_int_equal(parse_hdr(&h, 0, &q), BUS_ERR_PROTOCOL);
@@ -217,6 +218,179 @@ static void test_channel_reply_round_trip_and_hostile(void **state)
     assert_int_equal(bus_chan_parse_reply(buf, n, &h, &data), BUS_ERR_PROTOCOL);
 }
 
+static const uint8_t oaep_label[] = "a label\0with a NUL";
+
+static void test_channel_decrypt_round_trip(void **state)
+{
+    bus_decrypt_params_t p = {.alg = BUS_DEC_RSA_OAEP, .hash = "sha256", .mgf1_hash = "sha1",
+                              .label = oaep_label, .label_len = sizeof(oaep_label)};
+    static uint8_t buf[FRAME_MAX], ct[BUS_DECRYPT_MAX_DATA];
+    bus_chan_req_t q;
+    long n;
+
+    (void)state;
+    memset(ct, 0xa5, sizeof(ct));
+    n = bus_chan_encode_decrypt(buf, 12, 4, &p, ct, 256);
+    assert_int_equal(n, sizeof(bus_chan_req_hdr_t) + sizeof(oaep_label) + 256);
+    assert_int_equal(bus_chan_parse_request(buf, (size_t)n, &q), n);
+    assert_int_equal(q.op, BUS_CHAN_OP_DECRYPT);
+    assert_int_equal(q.status, BUS_OK);
+    assert_int_equal(q.id, 12);
+    assert_int_equal(q.handle, 4);
+    assert_int_equal(q.dparams.alg, BUS_DEC_RSA_OAEP);
+    assert_string_equal(q.dparams.hash, "sha256");
+    assert_string_equal(q.dparams.mgf1_hash, "sha1");
+    assert_int_equal(q.dparams.label_len, sizeof(oaep_label));
+    assert_memory_equal(q.dparams.label, oaep_label, sizeof(oaep_label));
+    assert_int_equal(q.len, 256);
+    assert_memory_equal(q.data, ct, 256);
+    /* raw: the largest ciphertext, no label; hash fields of the caller not sent */
+    p = (bus_decrypt_params_t){.alg = BUS_DEC_RSA_RAW, .hash = "sha1"};
+    n = bus_chan_encode_decrypt(buf, 13, 1, &p, ct, sizeof(ct));
+    assert_true(n > 0);
+    assert_int_equal(bus_chan_parse_request(buf, (size_t)n, &q), n);
+    assert_int_equal(q.status, BUS_OK);
+    assert_int_equal(q.dparams.alg, BUS_DEC_RSA_RAW);
+    assert_string_equal(q.dparams.hash, "");
+    assert_null(q.dparams.label);
+    assert_int_equal(q.len, sizeof(ct));
+    /* OAEP with the largest label and ciphertext: the whole payload */
+    p = (bus_decrypt_params_t){.alg = BUS_DEC_RSA_OAEP, .label = ct,
+                               .label_len = BUS_DECRYPT_MAX_LABEL};
+    n = bus_chan_encode_decrypt(buf, 14, 1, &p, ct, BUS_DECRYPT_MAX_DATA);
+    assert_int_equal(n, FRAME_MAX);
+    assert_int_equal(bus_chan_parse_request(buf, (size_t)n, &q), n);
+    assert_int_equal(q.status, BUS_OK);
+    assert_int_equal(q.len, BUS_DECRYPT_MAX_DATA);
+    assert_string_equal(q.dparams.hash, "");
+}
+
+static bus_chan_req_hdr_t decrypt_hdr(void)
+{
+    return (bus_chan_req_hdr_t){.magic = BUS_CHAN_MAGIC, .op = BUS_CHAN_OP_DECRYPT,
+                                .alg = BUS_DEC_RSA_OAEP, .hash = 3, .id = 9, .handle = 1,
+                                .label_len = 4, .len = 260};
+}
+
+/* A whole DECRYPT frame the D-Bus Decrypt would refuse is answered with
+ * the same error (Unsupported for an unknown algorithm or hash, InvalidArgs
+ * for what is malformed), the channel goes on; a DECRYPT past the maximum
+ * length ends it. */
+static void test_channel_decrypt_hostile(void **state)
+{
+    bus_chan_req_hdr_t h;
+    bus_chan_req_t q;
+
+    (void)state;
+    h = decrypt_hdr();
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_OK);
+    assert_int_equal(q.len, 256);
+    assert_int_equal(q.dparams.label_len, 4);
+    assert_int_equal(parse_hdr(&h, 259, &q), 0);
+    h.alg = 0;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_UNSUPPORTED);
+    h.alg = BUS_DEC_RSA_RAW + 1;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_UNSUPPORTED);
+    h = decrypt_hdr();
+    h.mgf1 = 6;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_UNSUPPORTED);
+    /* label longer than the payload, than the maximum; no ciphertext */
+    h = decrypt_hdr();
+    h.label_len = 261;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.label_len = UINT32_MAX;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.label_len = 260;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.len = BUS_CHAN_MAX_PAYLOAD;
+    h.label_len = BUS_DECRYPT_MAX_LABEL + 1;
+    assert_int_equal(parse_hdr(&h, h.len, &q), sizeof(h) + h.len);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    /* ciphertext longer than the D-Bus Decrypt takes */
+    h.label_len = BUS_DECRYPT_MAX_LABEL - 1;
+    assert_int_equal(parse_hdr(&h, h.len, &q), sizeof(h) + h.len);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    /* OAEP parameters with PKCS#1 or raw */
+    h = decrypt_hdr();
+    h.alg = BUS_DEC_RSA_PKCS1;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.label_len = 0;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.hash = 0;
+    h.mgf1 = 1;
+    h.alg = BUS_DEC_RSA_RAW;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_ERR_INVALID_ARGS);
+    h.mgf1 = 0;
+    assert_int_equal(parse_hdr(&h, 260, &q), sizeof(h) + 260);
+    assert_int_equal(q.status, BUS_OK);
+    /* framing rules as for SIGN: fatal */
+    h = decrypt_hdr();
+    h.len = BUS_CHAN_MAX_PAYLOAD + 1;
+    assert_int_equal(parse_hdr(&h, 0, &q), BUS_ERR_PROTOCOL);
+    h = decrypt_hdr();
+    h.reserved = 2;
+    assert_int_equal(parse_hdr(&h, 0, &q), BUS_ERR_PROTOCOL);
+}
+
+static void test_channel_decrypt_encode_refuses(void **state)
+{
+    static uint8_t buf[FRAME_MAX], ct[BUS_CHAN_MAX_PAYLOAD + 1];
+    bus_decrypt_params_t p = {.alg = BUS_DEC_RSA_OAEP, .hash = "sha3-256"};
+
+    (void)state;
+    /* a hash without an index: not for the channel (D-Bus carries it) */
+    assert_false(bus_chan_can_decrypt(&p, 256));
+    assert_int_equal(bus_chan_encode_decrypt(buf, 1, 1, &p, ct, 256), BUS_ERR_INVALID_ARGS);
+    /* label and ciphertext past the payload */
+    p = (bus_decrypt_params_t){.alg = BUS_DEC_RSA_OAEP, .label = ct, .label_len = 2049};
+    assert_false(bus_chan_can_decrypt(&p, BUS_CHAN_MAX_PAYLOAD - 2048));
+    assert_false(bus_chan_can_decrypt(&p, SIZE_MAX));
+    p.label_len = SIZE_MAX;
+    assert_false(bus_chan_can_decrypt(&p, 16));
+    /* what the D-Bus Decrypt refuses too */
+    p = (bus_decrypt_params_t){.alg = BUS_DEC_RSA_PKCS1};
+    assert_true(bus_chan_can_decrypt(&p, 0));
+    assert_int_equal(bus_chan_encode_decrypt(buf, 1, 1, &p, ct, 0), BUS_ERR_INVALID_ARGS);
+    assert_int_equal(bus_chan_encode_decrypt(buf, 1, 1, &p, ct, BUS_DECRYPT_MAX_DATA + 1),
+                     BUS_ERR_INVALID_ARGS);
+    p.alg = 0;
+    assert_int_equal(bus_chan_encode_decrypt(buf, 1, 1, &p, ct, 16), BUS_ERR_INVALID_ARGS);
+    p = (bus_decrypt_params_t){.alg = BUS_DEC_RSA_OAEP, .label_len = 3};
+    assert_int_equal(bus_chan_encode_decrypt(buf, 1, 1, &p, ct, 16), BUS_ERR_INVALID_ARGS);
+}
+
+static void test_channel_decrypt_reply(void **state)
+{
+    static uint8_t buf[sizeof(bus_chan_rep_hdr_t) + BUS_CHAN_MAX_PAYLOAD];
+    bus_chan_rep_hdr_t h;
+    const uint8_t *data;
+    size_t n;
+
+    (void)state;
+    n = bus_chan_encode_reply(buf, BUS_CHAN_OP_DECRYPT, 8, 0, 1, "\x03\x03secret", 8);
+    assert_int_equal(bus_chan_parse_reply(buf, n, &h, &data), (long)n);
+    assert_int_equal(h.op, BUS_CHAN_OP_DECRYPT);
+    assert_int_equal(h.len, 8);
+    assert_memory_equal(data, "\x03\x03secret", 8);
+    /* an empty plaintext (OAEP of an empty message) */
+    n = bus_chan_encode_reply(buf, BUS_CHAN_OP_DECRYPT, 9, 0, 1, NULL, 0);
+    assert_int_equal(bus_chan_parse_reply(buf, n, &h, &data), (long)n);
+    assert_int_equal(h.len, 0);
+    /* an op no request has */
+    n = bus_chan_encode_reply(buf, BUS_CHAN_OP_DECRYPT + 1, 9, 0, 1, NULL, 0);
+    assert_int_equal(bus_chan_parse_reply(buf, n, &h, &data), BUS_ERR_PROTOCOL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -227,6 +401,10 @@ int main(void)
         cmocka_unit_test(test_channel_unsupported_sign_is_answered),
         cmocka_unit_test(test_channel_encode_refuses_what_it_cannot_carry),
         cmocka_unit_test(test_channel_reply_round_trip_and_hostile),
+        cmocka_unit_test(test_channel_decrypt_round_trip),
+        cmocka_unit_test(test_channel_decrypt_hostile),
+        cmocka_unit_test(test_channel_decrypt_encode_refuses),
+        cmocka_unit_test(test_channel_decrypt_reply),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
