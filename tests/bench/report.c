@@ -498,8 +498,8 @@ void report_table(bench_t *b)
         }
     }
     printf("   (vs in-process: the method's throughput over direct-copy's, same clients and delay; "
-           "CPU us: clients' and agent's CPU time per signature; agent: the provider, at most 8 "
-           "connections per process; agent-bus: a connection per thread)\n");
+           "CPU us: clients' and agent's CPU time per signature; agent: the provider, its pool of up to "
+           "max-connections (32) connections per process; agent-bus: a connection per thread)\n");
 
     printf("\n== Targets (issue 12, server scale; issue 6, the first benchmark)\n");
     printf("%-6s %-7s %-66s %-12s %s\n", "issue", "verdict", "target", "goal", "measured");
