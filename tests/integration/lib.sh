@@ -316,6 +316,21 @@ agent_stop() {
 	return "$rc"
 }
 
+# agent_hup: SIGHUP to the agent, then wait (bounded: 10 s) until it logged
+# the outcome of the reload, "reloaded" or "reload refused" (callers that
+# need one of them check the log). 1 when nothing was logged in time.
+agent_hup() {
+	local before i
+	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
+	kill -HUP "$AGENT_PID" || return 1
+	for ((i = 0; i < 100; i++)); do
+		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && return 0
+		sleep 0.1
+	done
+	echo "the agent logged no reload outcome within 10 s" >&2
+	return 1
+}
+
 # agent_kill: SIGKILL on purpose (not a failure), but the agent must have
 # been alive until then.
 agent_kill() {

@@ -31,18 +31,6 @@ EOF
 	mv "$AGENT_CONF.new" "$AGENT_CONF"
 }
 
-# hup: SIGHUP, then wait (bounded) until the agent logged the reload
-hup() {
-	local before i
-	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
-	kill -HUP "$AGENT_PID" || return 1
-	for ((i = 0; i < 100; i++)); do
-		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && return 0
-		sleep 0.1
-	done
-	echo "the agent logged no reload outcome within 10 s" >&2
-	return 1
-}
 
 # uses PID: the successful signatures of PID the audit records account for
 # (a record without count= is one use); records PID: how many records
@@ -133,7 +121,7 @@ tap_case "D-Bus Sign, default audit-interval: $N signatures add up to $N in a fe
 case_refusal_and_exit() {
 	local pid r0
 	conf 1h
-	hup || return 1
+	agent_hup || return 1
 	hold_start || return 1
 	pid=$SIGNER
 	hold_sign 50 || return 1
@@ -157,7 +145,7 @@ case_reload_flush() {
 	pid=$SIGNER
 	hold_sign 30 || return 1
 	[ "$(uses "$pid")" -lt 30 ] || { echo "no summary pending" >&2; return 1; }
-	hup || return 1
+	agent_hup || return 1
 	wait_uses "$pid" 30 3 || return 1
 	hold_end
 }
@@ -166,7 +154,7 @@ tap_case "audit-interval = 1h: SIGHUP writes the pending summary" case_reload_fl
 case_interval_zero() {
 	local pid
 	conf 0
-	hup || return 1
+	agent_hup || return 1
 	hold_start || return 1
 	pid=$SIGNER
 	hold_sign "$N" || return 1

@@ -22,19 +22,6 @@ conf() {
 	mv "$AGENT_CONF.new" "$AGENT_CONF"
 }
 
-# hup: SIGHUP, then wait (bounded) until the agent logged the outcome of
-# the reload: "reloaded" or "reload refused"
-hup() {
-	local before i
-	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
-	kill -HUP "$AGENT_PID" || return 1
-	for ((i = 0; i < 100; i++)); do
-		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && return 0
-		sleep 0.1
-	done
-	echo "the agent logged no reload outcome within 10 s" >&2
-	return 1
-}
 
 # sign NAME: p256 through the provider, signature to $T/NAME.sig
 sign() {
@@ -89,7 +76,7 @@ audit-file = $AUDIT
 [key notauri]
 allow-exe = $OPENSSL_EXE
 CONF
-	hup || return 1
+	agent_hup || return 1
 	grep -q "reload refused: $AGENT_CONF:3: \[key notauri\]: 'notauri' is not a pkcs11: URI.*the configuration in force stays unchanged" \
 		"$T/agent.log" || { echo "no log line saying why the reload was refused" >&2; return 1; }
 	kill -0 "$AGENT_PID" || { echo "the agent died" >&2; return 1; }
@@ -99,7 +86,7 @@ tap_case "a broken agent.conf + SIGHUP is refused, logged, the old policy stays"
 
 case_writable_refused() {
 	allow_conf 0620
-	hup || return 1
+	agent_hup || return 1
 	grep -q "reload refused: refusing $AGENT_CONF: it is writable by its group" "$T/agent.log" ||
 		{ echo "no log line naming the mode" >&2; return 1; }
 	denied denied3
@@ -108,7 +95,7 @@ tap_case "a group-writable agent.conf + SIGHUP is refused, the old policy stays"
 
 case_allowed_after_hup() {
 	allow_conf 0600
-	hup || return 1
+	agent_hup || return 1
 	grep -q "reloaded $AGENT_CONF" "$T/agent.log" || { echo "no reload line" >&2; return 1; }
 	sign allowed1 && verifies allowed1
 }
@@ -132,7 +119,7 @@ tap_case "audit-file: one line per signature (3 denied, 1 ok), mode 0600, as in 
 case_rotation() {
 	mv "$AUDIT" "$AUDIT.1"
 	sign rotated1 || return 1 # before SIGHUP: still into the moved file
-	hup || return 1
+	agent_hup || return 1
 	sign rotated2 && verifies rotated2 || return 1
 	[ "$(grep -c "event=sign " "$AUDIT.1")" -eq 5 ] ||
 		{ cat "$AUDIT.1" >&2; echo "the moved file does not end with the signature before SIGHUP" >&2; return 1; }
@@ -144,7 +131,7 @@ tap_case "audit-file: after mv + SIGHUP the next signature goes to the new file"
 
 case_module_needs_restart() {
 	allow_conf 0600 "module = $MODULE"
-	hup || return 1
+	agent_hup || return 1
 	grep -q "reload: $AGENT_CONF: module changed: needs a restart" "$T/agent.log" ||
 		{ echo "no 'needs a restart' line" >&2; return 1; }
 	sign module1 && verifies module1

@@ -68,18 +68,6 @@ EOF
 	chmod 0600 "$AGENT_CONF.new"
 	mv "$AGENT_CONF.new" "$AGENT_CONF"
 }
-# hup: SIGHUP, then wait (bounded) for the agent to log the reload
-hup() {
-	local before i
-	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
-	kill -HUP "$AGENT_PID" || return 1
-	for ((i = 0; i < 100; i++)); do
-		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && return 0
-		sleep 0.1
-	done
-	echo "the agent logged no reload outcome within 10 s" >&2
-	return 1
-}
 conf yes
 # the fake pinentry answers confirm = yes prompts (allow, unless the file says no)
 export FAKE_PINENTRY_LOG=$T/pinentry.log FAKE_PINENTRY_CONFIRM=$T/confirm.answer
@@ -150,11 +138,11 @@ tap_case "token RSA key, decrypt = yes: TLS 1.2 AES128-SHA handshake; a decrypti
 
 case_denied() {
 	local rc=0 st=0
-	conf no && hup || return 1
+	conf no && agent_hup || return 1
 	server srv-denied "$(uri rsakex)" "$T/rsakex.pem" 1 -tls1_2 || return 1
 	connect denied -tls1_2 -cipher AES128-SHA || rc=$?
 	stop_checked "$BG_PID" s_server 0 1 143 || st=1
-	conf yes && hup || return 1
+	conf yes && agent_hup || return 1
 	[ "$st" -eq 0 ] || return 1
 	[ "$rc" -ne 0 ] || { cat "$T/denied.out" >&2; echo "the handshake succeeded" >&2; return 1; }
 	grep -q 'alert decrypt error' "$T/denied.out" ||
@@ -174,7 +162,7 @@ case_confirm() {
 	echo secret >"$T/msg"
 	plain pkeyutl -encrypt -pubin -inkey "$T/rsakex.pub" -in "$T/msg" -out "$T/msg.enc" ||
 		return 1
-	conf yes "confirm = yes" && hup || return 1
+	conf yes "confirm = yes" && agent_hup || return 1
 	: >"$FAKE_PINENTRY_LOG"
 	echo yes >"$FAKE_PINENTRY_CONFIRM"
 	client pkeyutl -decrypt -inkey "$(uri rsakex)" -in "$T/msg.enc" -out "$T/msg.dec" ||
@@ -186,7 +174,7 @@ case_confirm() {
 		rc=1
 	fi
 	echo yes >"$FAKE_PINENTRY_CONFIRM"
-	conf yes && hup || return 1
+	conf yes && agent_hup || return 1
 	[ "$rc" -eq 0 ] || return 1
 	cmp "$T/msg" "$T/msg.dec" || { echo "the plaintext differs" >&2; return 1; }
 	grep -q "^SETDESC Allow openssl (pid [0-9]*, uid $(id -u)) to decrypt with key \"rsakex\"" \
@@ -283,14 +271,14 @@ tap_case "raw channel client: DECRYPT with rsa-pkcs1, rsa-oaep (sha1) and rsa-ra
 case_channel_denied() {
 	local rc=0 ct dbus chan x0 x1 recs
 	ct=$(xxd -p -c 4096 "$T/chan.pkcs1")
-	conf no && hup || return 1
+	conf no && agent_hup || return 1
 	x0=$(decrypt_failures) || rc=1
 	dbus=$(with_timeout "$IT_TIMEOUT" python3 "$RAWCALL" "$SOCK" Decrypt "s:$(uri rsakex)" \
 		s:rsa-pkcs1 'asv:{}' "ay:$ct") || rc=1
 	chan=$(with_timeout "$IT_TIMEOUT" python3 "$CHANRAW" decrypt "$SOCK" "$(uri rsakex)" 1 "$ct")
 	x1=$(decrypt_failures) || rc=1
 	recs=$(grep 'event=decrypt .*object=rsakex.*result="denied"' "$AUDIT" | tail -n 2 | audit_shape)
-	conf yes && hup || return 1
+	conf yes && agent_hup || return 1
 	[ "$rc" -eq 0 ] || return 1
 	printf 'D-Bus:\n%s\nchannel:\n%s\naudit:\n%s\n' "$dbus" "$chan" "$recs"
 	[ "$(head -n 1 <<<"$dbus" | cut -d' ' -f1,2)" = "error org.p11agent.Error.Denied" ] ||

@@ -46,15 +46,9 @@ CONF
 IT_AGENT_ARGS=(--config "$T/agent.conf")
 agent_start || tap_bail "p11agentd did not start on p11fault.so"
 
-# hup: SIGHUP, then wait (bounded) until the agent logged the reload.
+# hup: agent_hup, and the reload must have been taken
 hup() {
-	local before i
-	before=$(grep -c "reloaded \|reload refused" "$T/agent.log")
-	kill -HUP "$AGENT_PID" || return 1
-	for ((i = 0; i < 100; i++)); do
-		[ "$(grep -c "reloaded \|reload refused" "$T/agent.log")" -gt "$before" ] && break
-		sleep 0.1
-	done
+	agent_hup || return 1
 	grep -q "reloaded " <(tail -n 5 "$T/agent.log") ||
 		{ echo "the reload did not happen:" >&2; tail -n 5 "$T/agent.log" >&2; return 1; }
 }
