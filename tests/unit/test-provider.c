@@ -1088,76 +1088,6 @@ static void *sign_many(void *p)
     return NULL;
 }
 
-static void test_provider_threads_share_key_and_connection_pool(void **state)
-{
-    EVP_PKEY *key = NULL;
-    pthread_t t[4];
-    thread_arg_t args[4];
-    int conns, before;
-
-    load_uri(URI_P256, &key, NULL);
-    assert_true(sign_once(key, &fake_keys[1]));
-    conns = fake_connections();
-    before = fake_signs();
-    for (int i = 0; i < 4; i++) {
-        args[i] = (thread_arg_t){ .key = key };
-        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(t[i], NULL);
-        assert_int_equal(args[i].ok, 50);
-    }
-    assert_int_equal(fake_signs(), before + 200);
-    /* Concurrent signers get connections of their own from the pool (at
-     * most 4 here, never more than the threads), and keep them: once the
-     * threads are done, signing reuses an idle one. */
-    assert_true(fake_connections() >= conns);
-    assert_true(fake_connections() <= conns + 3);
-    conns = fake_connections();
-    assert_true(sign_once(key, &fake_keys[1]));
-    assert_true(sign_once(key, &fake_keys[1]));
-    assert_int_equal(fake_connections(), conns);
-    EVP_PKEY_free(key);
-}
-
-/* max-connections (here $P11AGENT_MAX_CONNECTIONS, read when the provider
- * starts): 4 threads signing at once share the one connection allowed. */
-static void test_provider_max_connections_caps_the_pool(void **state)
-{
-    OSSL_LIB_CTX *saved = plibctx, *one = OSSL_LIB_CTX_new();
-    OSSL_PROVIDER *d, *ours;
-    EVP_PKEY *key = NULL;
-    pthread_t t[4];
-    thread_arg_t args[4];
-    int conns;
-
-    assert_non_null(one);
-    assert_true(OSSL_PROVIDER_add_builtin(one, "p11agent", OSSL_provider_init));
-    setenv("P11AGENT_MAX_CONNECTIONS", "1", 1);
-    d = OSSL_PROVIDER_load(one, "default");
-    ours = OSSL_PROVIDER_load(one, "p11agent");
-    unsetenv("P11AGENT_MAX_CONNECTIONS");
-    assert_non_null(d);
-    assert_non_null(ours);
-    plibctx = one; /* load_uri and sign_once use it */
-    conns = fake_connections();
-    load_uri(URI_P256, &key, NULL);
-    for (int i = 0; i < 4; i++) {
-        args[i] = (thread_arg_t){ .key = key };
-        assert_int_equal(pthread_create(&t[i], NULL, sign_many, &args[i]), 0);
-    }
-    for (int i = 0; i < 4; i++) {
-        pthread_join(t[i], NULL);
-        assert_int_equal(args[i].ok, 50);
-    }
-    assert_int_equal(fake_connections(), conns + 1);
-    EVP_PKEY_free(key);
-    plibctx = saved;
-    OSSL_PROVIDER_unload(ours);
-    OSSL_PROVIDER_unload(d);
-    OSSL_LIB_CTX_free(one);
-}
-
 /* A provider of its own (its own pool) with max-connections n. */
 static OSSL_LIB_CTX *own_provider(int n, OSSL_PROVIDER **ret_d, OSSL_PROVIDER **ret_ours)
 {
@@ -1176,6 +1106,7 @@ static OSSL_LIB_CTX *own_provider(int n, OSSL_PROVIDER **ret_d, OSSL_PROVIDER **
     return l;
 }
 
+/* n threads (at most 8) sign 50 times each with key; all must succeed. */
 static void run_signers(EVP_PKEY *key, int n)
 {
     pthread_t t[8];
@@ -1191,6 +1122,52 @@ static void run_signers(EVP_PKEY *key, int n)
         assert_int_equal(args[i].ok, 50);
     }
 }
+
+static void test_provider_threads_share_key_and_connection_pool(void **state)
+{
+    EVP_PKEY *key = NULL;
+    int conns, before;
+
+    load_uri(URI_P256, &key, NULL);
+    assert_true(sign_once(key, &fake_keys[1]));
+    conns = fake_connections();
+    before = fake_signs();
+    run_signers(key, 4);
+    assert_int_equal(fake_signs(), before + 200);
+    /* Concurrent signers get connections of their own from the pool (at
+     * most 4 here, never more than the threads), and keep them: once the
+     * threads are done, signing reuses an idle one. */
+    assert_true(fake_connections() >= conns);
+    assert_true(fake_connections() <= conns + 3);
+    conns = fake_connections();
+    assert_true(sign_once(key, &fake_keys[1]));
+    assert_true(sign_once(key, &fake_keys[1]));
+    assert_int_equal(fake_connections(), conns);
+    EVP_PKEY_free(key);
+}
+
+/* max-connections (here $P11AGENT_MAX_CONNECTIONS, read when the provider
+ * starts): 4 threads signing at once share the one connection allowed. */
+static void test_provider_max_connections_caps_the_pool(void **state)
+{
+    OSSL_LIB_CTX *saved = plibctx, *one;
+    OSSL_PROVIDER *d, *ours;
+    EVP_PKEY *key = NULL;
+    int conns;
+
+    one = own_provider(1, &d, &ours);
+    plibctx = one; /* load_uri and sign_once use it */
+    conns = fake_connections();
+    load_uri(URI_P256, &key, NULL);
+    run_signers(key, 4);
+    assert_int_equal(fake_connections(), conns + 1);
+    EVP_PKEY_free(key);
+    plibctx = saved;
+    OSSL_PROVIDER_unload(ours);
+    OSSL_PROVIDER_unload(d);
+    OSSL_LIB_CTX_free(one);
+}
+
 
 /* The agent admits 2 connections of this process and refuses the rest
  * (Busy on the first call, or closed at once), as its max-clients does:
