@@ -435,6 +435,10 @@ void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
                    agent_use_result_t *res);
 /* Wipes (secret) and frees what res holds. */
 void agent_use_result_clear(agent_use_result_t *res);
+/* Sets res to the error err with a sentence (any bytes: made valid UTF-8 and
+ * cut to fit D-Bus); on out of memory the text stays NULL. */
+void agent_use_result_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
+        __attribute__((format(printf, 3, 4)));
 /* The error text of res, or a fixed one when there is none (out of memory). */
 const char *agent_use_result_text(const agent_use_result_t *res);
 

@@ -82,15 +82,11 @@ void agent_decrypt(agent_client_t *c, const char *uri, const bus_decrypt_params_
     int h = tok_hash_from_name(bp->hash), m = tok_hash_from_name(bp->mgf1_hash);
 
     if (h < 0 || m < 0) {
-        char *text = NULL;
-
         atomic_fetch_add(&a->decrypt_failures, 1);
-        *res = (agent_use_result_t){.status = BUS_ERR_UNSUPPORTED, .secret = true};
-        if (asprintf(&text, "hash '%s' is not supported for OAEP with key '%s'",
-                     h < 0 ? bp->hash : bp->mgf1_hash, uri) >= 0) {
-            res->text = text_dbus_safe(text, ERROR_TEXT_MAX);
-            free(text);
-        }
+        *res = (agent_use_result_t){.secret = true};
+        agent_use_result_fail(res, BUS_ERR_UNSUPPORTED,
+                              "hash '%s' is not supported for OAEP with key '%s'",
+                              h < 0 ? bp->hash : bp->mgf1_hash, uri);
         return;
     }
     du.tp.alg = (tok_dec_alg_t)bp->alg;

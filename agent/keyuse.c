@@ -21,9 +21,7 @@
 /* Sets res to the error err with a sentence (any bytes: URIs, labels; made
  * valid UTF-8 and cut at a character boundary, as it goes on D-Bus). On out
  * of memory the text stays NULL: the status still tells the client. */
-static void use_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
-        __attribute__((format(printf, 3, 4)));
-static void use_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
+void agent_use_result_fail(agent_use_result_t *res, bus_err_t err, const char *fmt, ...)
 {
     char *text = NULL;
     va_list ap;
@@ -70,17 +68,18 @@ static ssize_t lookup_key_locked(agent_t *a, const char *uri, agent_use_result_t
             return (ssize_t)i;
     r = tok_find_keys(a->tok, uri, &keys, &n);
     if (r == TOK_ERR_ARGS)
-        use_fail(res, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
+        agent_use_result_fail(res, BUS_ERR_INVALID_ARGS, "'%s' is not a valid PKCS#11 URI", uri);
     else if (r < 0)
-        use_fail(res, agent_err_from_tok(r), "looking up '%s' failed: %s", uri, tok_strerror(r));
+        agent_use_result_fail(res, agent_err_from_tok(r), "looking up '%s' failed: %s", uri,
+                              tok_strerror(r));
     else if (n == 0)
-        use_fail(res, BUS_ERR_NO_SUCH_KEY,
-                 "no key matches '%s' (the agent holds %zu keys on %zu tokens; "
-                 "list them with 'p11agentctl keys')",
-                 uri, tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
+        agent_use_result_fail(res, BUS_ERR_NO_SUCH_KEY,
+                              "no key matches '%s' (the agent holds %zu keys on %zu tokens; "
+                              "list them with 'p11agentctl keys')",
+                              uri, tok_ctx_n_keys(a->tok), tok_ctx_n_tokens(a->tok));
     else if (n > 1)
-        use_fail(res, BUS_ERR_INVALID_ARGS,
-                 "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri, n);
+        agent_use_result_fail(res, BUS_ERR_INVALID_ARGS,
+                              "'%s' matches %zu keys; name one (e.g. add object= or id=)", uri, n);
     else
         for (size_t i = 0; i < tok_ctx_n_keys(a->tok) && found < 0; i++)
             if (tok_ctx_key(a->tok, i) == keys[0])
@@ -169,16 +168,17 @@ static int use_locked(agent_client_t *c, const char *uri, const agent_key_use_t 
         agent_audit(a, c, u->event, key->uri, u->alg, u->hash, "denied", 0);
         agent_warn("denied key '%s' to uid %ld pid %ld (%s): %s", key->uri, (long)c->uid,
                    (long)c->pid, u->event, why_denied);
-        use_fail(res, BUS_ERR_DENIED, "this client (uid %ld, %s) may not use key '%s' for %s: %s",
-                 (long)c->uid, c->exe[0] ? c->exe : "unknown program", key->uri, u->verb,
-                 why_denied);
+        agent_use_result_fail(res, BUS_ERR_DENIED,
+                              "this client (uid %ld, %s) may not use key '%s' for %s: %s",
+                              (long)c->uid, c->exe[0] ? c->exe : "unknown program", key->uri,
+                              u->verb, why_denied);
         return USE_DONE;
     }
     /* confirm = yes | DURATION: the person allows this use first (the
      * prompt runs without the lock; then this is called again, confirmed) */
     if (pol && pol->confirm && !confirmed && !agent_confirm_fresh(a, key->uri, pol->confirm_s)) {
         if (!may_need) {
-            use_fail(res, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
+            agent_use_result_fail(res, BUS_ERR_DENIED, "key '%s' needs a confirmation", key->uri);
             return USE_DONE;
         }
         if (!set_need(need, NEED_CONFIRM, key))
@@ -200,8 +200,9 @@ static int use_locked(agent_client_t *c, const char *uri, const agent_key_use_t 
     if (r < 0) {
         agent_audit(a, c, u->event, key->uri, u->alg, u->hash, why ? why : tok_strerror(r),
                     now_us() - t0);
-        use_fail(res, agent_err_from_tok(r), "%s with key '%s' on token '%s' failed: %s", u->verb,
-                 key->uri, tok_token_label(key->token), why ? why : tok_strerror(r));
+        agent_use_result_fail(res, agent_err_from_tok(r),
+                              "%s with key '%s' on token '%s' failed: %s", u->verb, key->uri,
+                              tok_token_label(key->token), why ? why : tok_strerror(r));
         free(why);
         return USE_DONE;
     }
@@ -277,8 +278,8 @@ void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
         r = use_locked(c, uri, u, authp, round < 3, confirmed, &need, res);
         pthread_rwlock_unlock(&a->keys_lock);
         if (r < 0) {
-            use_fail(res, BUS_ERR_NO_MEMORY, "the agent ran out of memory %s with key '%s'",
-                     u->verb, uri);
+            agent_use_result_fail(res, BUS_ERR_NO_MEMORY,
+                                  "the agent ran out of memory %s with key '%s'", u->verb, uri);
             done = true;
             break;
         }
@@ -296,7 +297,7 @@ void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
                 confirmed = true;
             } else {
                 agent_audit(a, c, u->event, need.key_uri, u->alg, u->hash, "not confirmed", 0);
-                use_fail(res, BUS_ERR_DENIED,
+                agent_use_result_fail(res, BUS_ERR_DENIED,
                          "key '%s' may be used only when the person confirms it: %s",
                          need.key_uri, why ? why : "refused");
                 done = true;
@@ -313,17 +314,17 @@ void agent_use_key(agent_client_t *c, const char *uri, const agent_key_use_t *u,
             authp = &auth;
         }
         if (r < 0) {
-            agent_audit(a, c, u->event, need.key_uri, u->alg, u->hash,
-                        why ? why : tok_strerror(r), 0);
-            use_fail(res, agent_err_from_tok(r), "%s with key '%s' failed: %s", u->verb,
-                     need.key_uri, why ? why : tok_strerror(r));
+            agent_audit(a, c, u->event, need.key_uri, u->alg, u->hash, why ? why : tok_strerror(r),
+                        0);
+            agent_use_result_fail(res, agent_err_from_tok(r), "%s with key '%s' failed: %s",
+                                  u->verb, need.key_uri, why ? why : tok_strerror(r));
             done = true;
         }
         free(why);
     }
     /* three rounds and still a need: cannot happen, but never hang */
     if (!done)
-        use_fail(res, BUS_ERR_FAILED, "%s with key '%s' did not complete", u->verb,
+        agent_use_result_fail(res, BUS_ERR_FAILED, "%s with key '%s' did not complete", u->verb,
                  need.key_uri ? need.key_uri : uri);
     agent_secret_free(&pin);
     use_need_clear(&need);
